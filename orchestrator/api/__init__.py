@@ -1,0 +1,1 @@
+"""The REST API: one handler module per resource; app.py assembles the routes."""

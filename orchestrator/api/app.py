@@ -1,0 +1,41 @@
+"""The REST application: every route under /api/v1."""
+
+from __future__ import annotations
+
+import tornado.web
+
+from orchestrator.api import binaries, jobs, system
+from orchestrator.api.base import NotFoundHandler
+from orchestrator.service import Service
+
+ID = r"(?P<job_id>[A-Za-z0-9_-]+)"
+NAME = r"(?P<name>[^/]+)"
+PREFIX = "/api/v1"
+
+ROUTES = [
+    (r"/health", system.HealthHandler),
+    (r"/openapi\.json", system.OpenAPIHandler),
+    (r"/cluster", system.ClusterHandler),
+    (r"/binaries", binaries.BinariesHandler),
+    (rf"/binaries/{NAME}/content", binaries.BinaryContentHandler),
+    (rf"/binaries/{NAME}", binaries.BinaryHandler),
+    (r"/jobs", jobs.JobsHandler),
+    (r"/jobs/stop", jobs.JobsStopHandler),
+    (rf"/jobs/{ID}", jobs.JobHandler),
+    (rf"/jobs/{ID}/submit", jobs.JobSubmitHandler),
+    (rf"/jobs/{ID}/stop", jobs.JobStopHandler),
+    (rf"/jobs/{ID}/statuses", jobs.JobStatusesHandler),
+    (rf"/jobs/{ID}/logs", jobs.JobLogsHandler),
+    (rf"/jobs/{ID}/files", jobs.JobFilesHandler),
+    (rf"/jobs/{ID}/files/(?P<path>.+)", jobs.JobFileHandler),
+    (rf"/jobs/{ID}/result", jobs.JobResultHandler),
+]
+
+
+def make_app(service: Service) -> tornado.web.Application:
+    return tornado.web.Application(
+        [(PREFIX + pattern, handler) for pattern, handler in ROUTES],
+        service=service,
+        default_handler_class=NotFoundHandler,
+        compress_response=False,
+    )

@@ -1,0 +1,261 @@
+"""What every handler shares: JSON in and out, the error body, pagination, file streaming."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+from urllib.parse import urlencode
+
+import tornado.web
+from pydantic import BaseModel, ValidationError
+from tornado.iostream import StreamClosedError
+
+from orchestrator.errors import (
+    NotFound,
+    OrchestratorError,
+    StorageUnavailable,
+    ValidationFailed,
+    validation_failed,
+)
+from orchestrator.service import Service
+from storage import Storage
+
+logger = logging.getLogger(__name__)
+
+M = TypeVar("M", bound=BaseModel)
+MAX_PAGE_SIZE = 1000
+
+
+@dataclass
+class Operation:
+    """OpenAPI description of one method of a handler."""
+
+    summary: str
+    body: type[BaseModel] | None = None
+    response: Any = None
+    status: int = 200
+    query: dict[str, str] = field(default_factory=dict)
+    content_types: tuple[str, ...] = ("application/json",)
+    raw_response: str | None = None
+
+
+class BaseHandler(tornado.web.RequestHandler):
+    openapi: dict[str, Operation] = {}
+
+    @property
+    def service(self) -> Service:
+        return self.application.settings["service"]
+
+    @property
+    def user(self) -> str:
+        return self.service.settings.default_owner
+
+    def set_default_headers(self) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.set_header("X-Content-Type-Options", "nosniff")
+
+    # ---- output -----------------------------------------------------------------------
+
+    def send_json(self, payload: Any, status: int = 200) -> None:
+        self.set_status(status)
+        if isinstance(payload, BaseModel):
+            self.finish(payload.model_dump_json())
+        else:
+            self.finish(json.dumps(payload, default=_json_default))
+
+    def send_created(self, payload: BaseModel, location: str) -> None:
+        self.set_header("Location", location)
+        self.send_json(payload, 201)
+
+    def send_page(self, count: int, results: list[Any], page: int, page_size: int) -> None:
+        self.send_json(
+            {
+                "count": count,
+                "next": self._page_url(page + 1) if page * page_size < count else None,
+                "previous": self._page_url(page - 1) if page > 1 else None,
+                "results": [_dump(item) for item in results],
+            }
+        )
+
+    def _page_url(self, page: int) -> str:
+        query = {k: self.get_query_argument(k) for k in self.request.query_arguments}
+        query["page"] = str(page)
+        return f"{self.request.protocol}://{self.request.host}{self.request.path}?{urlencode(query)}"
+
+    def write_error(self, status_code: int, **kwargs: Any) -> None:
+        exc = kwargs.get("exc_info", (None, None, None))[1]
+        error = _public_error(exc, status_code)
+        self.set_status(error.status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(error.to_json()))
+
+    def log_exception(self, typ, value, tb) -> None:
+        if isinstance(value, (OrchestratorError, ValidationError)):
+            return
+        super().log_exception(typ, value, tb)
+
+    # ---- input ------------------------------------------------------------------------
+
+    def parse_body(self, model: type[M], body: bytes | None = None) -> M:
+        raw = self.request.body if body is None else body
+        if not raw:
+            raise ValidationFailed("the request needs a JSON body", {"body": "empty"})
+        try:
+            return model.model_validate_json(raw)
+        except ValidationError as exc:
+            raise validation_failed(exc) from None
+
+    def query_int(self, name: str, default: int, low: int, high: int | None = None) -> int:
+        raw = self.get_query_argument(name, None)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ValidationFailed(f"{name} must be an integer", {name: "must be an integer"}) from None
+        if value < low or (high is not None and value > high):
+            bounds = f">= {low}" + (f" and <= {high}" if high is not None else "")
+            raise ValidationFailed(f"{name} must be {bounds}", {name: f"must be {bounds}"})
+        return value
+
+    def query_float(self, name: str, default: float | None, low: float, high: float) -> float | None:
+        raw = self.get_query_argument(name, None)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValidationFailed(f"{name} must be a number", {name: "must be a number"}) from None
+        if not low <= value <= high:
+            raise ValidationFailed(f"{name} out of range", {name: f"must be between {low:g} and {high:g}"})
+        return value
+
+    def query_bool(self, name: str, default: bool = False) -> bool:
+        raw = self.get_query_argument(name, None)
+        if raw is None or raw == "":
+            return default
+        if raw.lower() in ("1", "true", "yes", "on"):
+            return True
+        if raw.lower() in ("0", "false", "no", "off"):
+            return False
+        raise ValidationFailed(f"{name} must be true or false", {name: "must be true or false"})
+
+    def query_choice(self, name: str, model_field: Any, choices: type) -> Any:
+        raw = self.get_query_argument(name, None)
+        if raw is None or raw == "":
+            return model_field
+        try:
+            return choices(raw)
+        except ValueError:
+            allowed = ", ".join(c.value for c in choices)
+            raise ValidationFailed(f"unknown {name} {raw!r}", {name: f"must be one of {allowed}"}) from None
+
+    def pagination(self) -> tuple[int, int]:
+        page = self.query_int("page", 1, 1)
+        page_size = self.query_int("page_size", 100, 1, MAX_PAGE_SIZE)
+        return page, page_size
+
+    # ---- downloads --------------------------------------------------------------------
+
+    async def send_stored(
+        self, storage: Storage, key: str, size: int, sha256: str, content_type: str, filename: str
+    ) -> None:
+        """Stream a stored object in chunks, honouring a single HTTP Range."""
+        start, end = self._byte_range(size)
+        partial = (start, end) != (0, size)
+        self.set_status(206 if partial else 200)
+        self.set_header("Content-Type", content_type)
+        self.set_header("Accept-Ranges", "bytes")
+        self.set_header("ETag", f'"{sha256}"')
+        self.set_header("X-Checksum-Sha256", sha256)
+        self.set_header("Content-Disposition", _attachment(filename))
+        self.set_header("Content-Length", str(end - start))
+        if partial:
+            self.set_header("Content-Range", f"bytes {start}-{end - 1}/{size}")
+        if end <= start:
+            self.finish()
+            return
+        chunks = storage.iter_chunks(key, start, end)
+        try:
+            while chunk := await asyncio.to_thread(next, chunks, b""):
+                self.write(chunk)
+                await self.flush()
+        except StreamClosedError:
+            return
+        except FileNotFoundError:
+            raise NotFound("the stored bytes are missing") from None
+        finally:
+            chunks.close()
+        self.finish()
+
+    def _byte_range(self, size: int) -> tuple[int, int]:
+        header = self.request.headers.get("Range")
+        if not header:
+            return 0, size
+        match = re.fullmatch(r"bytes=(\d*)-(\d*)", header.strip())
+        if not match or match.groups() == ("", ""):
+            raise RangeNotSatisfiable(size)
+        first, last = match.groups()
+        if first == "":
+            start, end = max(0, size - int(last)), size
+        else:
+            start = int(first)
+            end = min(size, int(last) + 1) if last else size
+        if start >= size or end <= start:
+            raise RangeNotSatisfiable(size)
+        return start, end
+
+
+class RangeNotSatisfiable(OrchestratorError):
+    status = 416
+    code = "range_not_satisfiable"
+
+    def __init__(self, size: int):
+        super().__init__(f"the requested range is outside the {size} bytes available")
+
+
+class NotFoundHandler(BaseHandler):
+    """Unknown routes answer the same JSON error as unknown ids."""
+
+    def prepare(self) -> None:
+        raise NotFound(f"no route {self.request.method} {self.request.path}")
+
+
+def _public_error(exc: BaseException | None, status_code: int) -> OrchestratorError:
+    if isinstance(exc, OrchestratorError):
+        return exc
+    if isinstance(exc, ValidationError):
+        return validation_failed(exc)
+    if isinstance(exc, tornado.web.HTTPError):
+        error = OrchestratorError(exc.log_message or exc.reason or f"HTTP {exc.status_code}")
+        error.status = exc.status_code
+        error.code = {405: "method_not_allowed", 404: "not_found"}.get(exc.status_code, "bad_request")
+        return error
+    if isinstance(exc, (OSError, TimeoutError)) and not isinstance(exc, FileNotFoundError):
+        return StorageUnavailable(f"storage error: {type(exc).__name__}: {exc}")
+    error = OrchestratorError("internal error; the server log has the details")
+    error.status = status_code if status_code >= 400 else 500
+    error.code = "internal_error"
+    return error
+
+
+def _dump(item: Any) -> Any:
+    return item.model_dump(mode="json") if isinstance(item, BaseModel) else item
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _attachment(filename: str) -> str:
+    from urllib.parse import quote
+
+    return f"attachment; filename*=UTF-8''{quote(filename.rsplit('/', 1)[-1])}"

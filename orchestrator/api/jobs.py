@@ -1,0 +1,314 @@
+"""/jobs: create (JSON or multipart with files), list, show, edit, submit, stop, delete,
+status history, logs (tail and follow), output files and result."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+from pydantic import ValidationError
+from tornado.iostream import StreamClosedError
+
+from orchestrator.api.base import BaseHandler, Operation
+from orchestrator.api.uploads import StreamingBodyHandler
+from orchestrator.errors import Conflict, ValidationFailed, validation_failed
+from orchestrator.jobs import new_job_id
+from orchestrator.models import (
+    FileEntry,
+    JobCreate,
+    JobPatch,
+    JobRecord,
+    JobResult,
+    JobSelection,
+    JobStatus,
+    Page,
+    StatusChange,
+)
+from orchestrator.paths import safe_relative_path
+from storage import AtomicWriter, layout
+
+FILE_FIELDS = ("file[]", "file", "files", "files[]")
+MAX_WAIT_S = 3600.0
+LIST_QUERY = {
+    "status": "CREATED, QUEUED, RUNNING, COMPLETED, FAILED or STOPPED",
+    "search": "part of the name",
+    "sweep_id": "runs of one sweep",
+    "owner": "jobs of one owner",
+    "page": "1-based",
+    "page_size": "1-1000",
+}
+
+
+class JobsHandler(StreamingBodyHandler):
+    openapi = {
+        "post": Operation(
+            "Create a job (and submit it unless submit is false); multipart adds files",
+            body=JobCreate, response=JobRecord, status=201,
+            query={"sync": "wait for the job to finish", "timeout": "seconds to wait with sync"},
+            content_types=("application/json", "multipart/form-data"),
+        ),
+        "get": Operation("List jobs", response=Page[JobRecord], query=LIST_QUERY),
+        "delete": Operation(
+            "Delete jobs by ids or filters",
+            body=JobSelection, query={"stop": "stop active jobs and delete them once stopped"},
+        ),
+    }
+    body_methods = ("POST", "DELETE")
+
+    async def prepare(self) -> None:
+        self.job_id = new_job_id()
+        self._paths: set[str] = set()
+        await super().prepare()
+
+    def open_part(self, field_name: str, filename: str) -> AtomicWriter:
+        if field_name not in FILE_FIELDS:
+            raise ValidationFailed(f"unexpected file in field {field_name}", {field_name: "use file[]"})
+        try:
+            path = safe_relative_path(filename)
+        except ValueError as exc:
+            raise ValidationFailed(f"bad file name {filename!r}: {exc}", {"file[]": str(exc)}) from None
+        if path in self._paths:
+            raise ValidationFailed(f"file {path!r} given twice", {"file[]": f"duplicate {path}"})
+        self._paths.add(path)
+        return self.service.storage.writer(layout.input_key(self.job_id, path))
+
+    async def post(self) -> None:
+        await self.finish_body()
+        request = self._job_request()
+        writers = [writer for _, _, writer in self.multipart.files] if self.multipart else []
+        await asyncio.to_thread(lambda: [w.commit() for w in writers])
+        try:
+            job = await self.service.jobs.create(
+                request, self.user, job_id=self.job_id, files=sorted(self._paths)
+            )
+        except BaseException:
+            await asyncio.to_thread(self.service.storage.delete_prefix, layout.job_prefix(self.job_id))
+            raise
+        status = 201
+        if self.query_bool("sync"):
+            timeout = self.query_float("timeout", 60.0, 0, MAX_WAIT_S)
+            job = await self.service.jobs.wait(job.id, timeout)
+            status = 201 if job.status.is_terminal else 202
+        self.set_header("Location", f"/api/v1/jobs/{job.id}")
+        self.send_json(job, status)
+
+    def _job_request(self) -> JobCreate:
+        if self.json_body is not None:
+            return self.parse_body(JobCreate, bytes(self.json_body))
+        if self.multipart is None:
+            raise ValidationFailed("send JSON or multipart/form-data", {"body": "missing"})
+        fields = {name: _form_value(name, values) for name, values in self.multipart.fields.items()}
+        try:
+            return JobCreate.model_validate(fields)
+        except ValidationError as exc:
+            raise validation_failed(exc) from None
+
+    async def get(self) -> None:
+        page, size = self.pagination()
+        count, jobs = self.service.jobs.list(
+            status=self.query_choice("status", None, JobStatus),
+            search=self.get_query_argument("search", None),
+            sweep_id=self.get_query_argument("sweep_id", None),
+            owner=self.get_query_argument("owner", None),
+            offset=(page - 1) * size,
+            limit=size,
+        )
+        self.send_page(count, jobs, page, size)
+
+    async def delete(self) -> None:
+        await self.finish_body()
+        selection = self._selection()
+        result = await self.service.jobs.delete_many(
+            selection, self.user, None, stop=self.query_bool("stop")
+        )
+        self.send_json(result, 202 if result["deleting"] else 200)
+
+    def _selection(self) -> JobSelection:
+        if self.json_body:
+            return self.parse_body(JobSelection, bytes(self.json_body))
+        ids = self.get_query_argument("ids", None)
+        query: dict[str, Any] = {
+            "ids": [i for i in ids.split(",") if i] if ids else None,
+            "status": self.get_query_argument("status", None),
+            "sweep_id": self.get_query_argument("sweep_id", None),
+        }
+        try:
+            return JobSelection.model_validate({k: v for k, v in query.items() if v is not None})
+        except ValidationError as exc:
+            raise validation_failed(exc) from None
+
+
+class JobsStopHandler(BaseHandler):
+    openapi = {"post": Operation("Stop jobs by ids or filters", body=JobSelection, status=202)}
+
+    async def post(self) -> None:
+        selection = self.parse_body(JobSelection)
+        stopped = await self.service.jobs.stop_many(selection, self.user, None)
+        self.send_json({"stopping": stopped}, 202)
+
+
+class JobHandler(BaseHandler):
+    openapi = {
+        "get": Operation("Show a job", response=JobRecord,
+                         query={"wait": "seconds to wait for the job to finish first"}),
+        "patch": Operation("Edit name or priority while CREATED or QUEUED", body=JobPatch,
+                           response=JobRecord),
+        "delete": Operation("Delete a finished job and its files", status=204,
+                            query={"stop": "stop it first if running (answers 202)"}),
+    }
+
+    async def get(self, job_id: str) -> None:
+        wait = self.query_float("wait", None, 0, MAX_WAIT_S)
+        if wait:
+            job = await self.service.jobs.wait(job_id, wait)
+        else:
+            job = self.service.jobs.get(job_id)
+        self.send_json(job)
+
+    async def patch(self, job_id: str) -> None:
+        patch = self.parse_body(JobPatch)
+        self.send_json(await self.service.jobs.patch(job_id, patch))
+
+    async def delete(self, job_id: str) -> None:
+        deleted = await self.service.jobs.delete(
+            job_id, stop=self.query_bool("stop"), requested_by=self.user
+        )
+        if deleted:
+            self.set_status(204)
+            self.finish()
+        else:
+            self.send_json(self.service.jobs.get(job_id), 202)
+
+
+class JobSubmitHandler(BaseHandler):
+    openapi = {"post": Operation("Submit a CREATED job", response=JobRecord, status=202)}
+
+    async def post(self, job_id: str) -> None:
+        self.send_json(await self.service.jobs.submit(job_id), 202)
+
+
+class JobStopHandler(BaseHandler):
+    openapi = {"post": Operation("Stop a job and every process it started", response=JobRecord,
+                                 status=202)}
+
+    async def post(self, job_id: str) -> None:
+        self.send_json(await self.service.jobs.stop(job_id, self.user), 202)
+
+
+class JobStatusesHandler(BaseHandler):
+    openapi = {"get": Operation("Status history, oldest first", response=list[StatusChange])}
+
+    async def get(self, job_id: str) -> None:
+        history = self.service.jobs.history(job_id)
+        self.send_json([h.model_dump(mode="json") for h in history])
+
+
+class JobLogsHandler(BaseHandler):
+    openapi = {
+        "get": Operation(
+            "stdout or stderr from a byte offset; follow streams until the job ends",
+            query={"stream": "stdout (default) or stderr", "offset": "byte offset",
+                   "limit": "most bytes to return", "follow": "stream until the job ends"},
+            raw_response="text/plain",
+        )
+    }
+
+    async def get(self, job_id: str) -> None:
+        jobs = self.service.jobs
+        stream = self.get_query_argument("stream", "stdout")
+        offset = self.query_int("offset", 0, 0)
+        limit = self.query_int("limit", 4 * 2**20, 1, 16 * 2**20)
+        follow = self.query_bool("follow")
+        job = jobs.get(job_id)
+        data = await jobs.read_log(job_id, stream, offset, limit)
+        self.set_header("Content-Type", "text/plain; charset=utf-8")
+        if not follow:
+            self.set_header("X-Log-Offset", str(offset + len(data)))
+            self.set_header("X-Job-Status", job.status.value)
+            self.finish(data)
+            return
+        await self._follow(job_id, stream, offset, data)
+
+    async def _follow(self, job_id: str, stream: str, offset: int, data: bytes) -> None:
+        """Write as the log grows; after the job ends, one last read takes the tail."""
+        jobs, pause = self.service.jobs, 0.1
+        try:
+            while True:
+                if data:
+                    self.write(data)
+                    await self.flush()
+                    offset += len(data)
+                    pause = 0.1
+                    data = await jobs.read_log(job_id, stream, offset, 4 * 2**20)
+                    continue
+                if jobs.get(job_id).status.is_terminal:
+                    data = await jobs.read_log(job_id, stream, offset, 16 * 2**20)
+                    if not data:
+                        break
+                    continue
+                await asyncio.sleep(pause)
+                pause = min(pause * 1.5, 1.0)
+                data = await jobs.read_log(job_id, stream, offset, 4 * 2**20)
+        except StreamClosedError:
+            return
+        self.finish()
+
+
+class JobFilesHandler(BaseHandler):
+    openapi = {"get": Operation("List output files", response=Page[FileEntry],
+                                query={"search": "part of the path", "page": "1-based",
+                                       "page_size": "1-1000"})}
+
+    async def get(self, job_id: str) -> None:
+        page, size = self.pagination()
+        count, files = self.service.jobs.list_files(
+            job_id, self.get_query_argument("search", None), (page - 1) * size, size
+        )
+        self.send_page(count, files, page, size)
+
+
+class JobFileHandler(BaseHandler):
+    openapi = {"get": Operation("Download an output file (Range supported)",
+                                raw_response="application/octet-stream")}
+
+    async def get(self, job_id: str, path: str) -> None:
+        entry, key = self.service.jobs.file(job_id, path)
+        await self.send_stored(
+            self.service.storage, key, entry.size, entry.sha256, "application/octet-stream", entry.path
+        )
+
+
+class JobResultHandler(BaseHandler):
+    openapi = {"get": Operation("The job's exit code, scalar outputs and timings",
+                                response=JobResult)}
+
+    async def get(self, job_id: str) -> None:
+        job = self.service.jobs.get(job_id)
+        if job.result is None:
+            raise Conflict(f"job {job_id} is {job.status.value}; it has no result yet")
+        body = job.result.model_dump(mode="json")
+        body.update(job_id=job.id, status=job.status.value, status_reason=job.status_reason)
+        self.send_json(body)
+
+
+def _form_value(name: str, values: list[str]) -> Any:
+    """Form fields carry text; structured fields (and numbers) are JSON in that text."""
+    if name == "binaries" and len(values) > 1:
+        return values
+    value = values[-1]
+    if name == "name":
+        return value
+    if name == "command":
+        return _json_or_text(value) if value.lstrip().startswith("[") else value
+    if name == "binaries":
+        parsed = _json_or_text(value)
+        return parsed if isinstance(parsed, list) else [v for v in value.split(",") if v]
+    return _json_or_text(value)
+
+
+def _json_or_text(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value

@@ -1,0 +1,216 @@
+"""Request bodies streamed to storage as they arrive, so no upload is held whole in memory.
+
+A body is JSON (buffered, small), multipart (file parts streamed to storage writers, plain
+fields buffered) or raw bytes (streamed to one writer). Parsing and writing run off the event
+loop, one chunk at a time, so other requests keep being served during a large upload.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from email.message import Message
+
+import tornado.web
+from python_multipart.multipart import MultipartParser
+
+from orchestrator.api.base import BaseHandler
+from orchestrator.errors import OrchestratorError, PayloadTooLarge, ValidationFailed
+from storage import AtomicWriter
+
+MULTIPART_SLACK = 1024 * 1024  # boundaries and headers around the file bytes
+READ_CHUNK_SIZE = 1024 * 1024
+
+OpenPart = Callable[[str, str], AtomicWriter]
+
+
+class MultipartStream:
+    """Feeds a multipart body through python-multipart; file parts go to writers."""
+
+    def __init__(self, boundary: bytes, open_part: OpenPart, field_limit: int):
+        self.fields: dict[str, list[str]] = {}
+        self.files: list[tuple[str, str, AtomicWriter]] = []  # written, not yet committed
+        self._open_part = open_part
+        self._field_limit = field_limit
+        self._field_bytes = 0
+        self._header_name = b""
+        self._headers: dict[str, str] = {}
+        self._part: tuple[str, str | None] | None = None
+        self._writer: AtomicWriter | None = None
+        self._value = bytearray()
+        self.writers: list[AtomicWriter] = []
+        self._parser = MultipartParser(
+            boundary,
+            {
+                "on_part_begin": self._part_begin,
+                "on_header_field": self._header_field,
+                "on_header_value": self._header_value,
+                "on_header_end": self._header_end,
+                "on_headers_finished": self._headers_finished,
+                "on_part_data": self._part_data,
+                "on_part_end": self._part_end,
+            },
+        )
+
+    def feed(self, chunk: bytes) -> None:
+        try:
+            self._parser.write(chunk)
+        except OrchestratorError:
+            raise
+        except Exception as exc:  # the parser's own errors: the body is malformed
+            raise ValidationFailed(f"malformed multipart body: {exc}", {"body": "malformed multipart"}) from None
+
+    def close(self) -> None:
+        self._parser.finalize()
+        if self._part is not None:
+            raise ValidationFailed("truncated multipart body", {"body": "truncated multipart"})
+
+    def abort(self) -> None:
+        for writer in self.writers:
+            with contextlib.suppress(Exception):
+                writer.abort()
+
+    def _part_begin(self) -> None:
+        self._headers, self._value = {}, bytearray()
+
+    def _header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def _header_value(self, data: bytes, start: int, end: int) -> None:
+        name = self._header_name.decode("latin-1").lower()
+        self._headers[name] = self._headers.get(name, "") + data[start:end].decode("utf-8", "replace")
+
+    def _header_end(self) -> None:
+        self._header_name = b""
+
+    def _headers_finished(self) -> None:
+        message = Message()
+        message["content-disposition"] = self._headers.get("content-disposition", "")
+        name = message.get_param("name", header="content-disposition")
+        filename = message.get_param("filename", header="content-disposition")
+        if not name:
+            raise ValidationFailed("a multipart part has no name", {"body": "part without name"})
+        name, filename = str(name), (str(filename) if filename is not None else None)
+        self._part = (name, filename)
+        if filename is not None:
+            self._writer = self._open_part(name, filename)
+            self.writers.append(self._writer)
+
+    def _part_data(self, data: bytes, start: int, end: int) -> None:
+        if self._writer is not None:
+            self._writer.write(data[start:end])
+            return
+        self._field_bytes += end - start
+        if self._field_bytes > self._field_limit:
+            raise PayloadTooLarge(f"form fields exceed {self._field_limit} bytes")
+        self._value += data[start:end]
+
+    def _part_end(self) -> None:
+        assert self._part is not None
+        name, filename = self._part
+        if self._writer is not None:
+            self.files.append((name, filename or "", self._writer))
+            self._writer = None
+        else:
+            try:
+                self.fields.setdefault(name, []).append(self._value.decode("utf-8"))
+            except UnicodeDecodeError:
+                raise ValidationFailed(f"field {name} is not UTF-8", {name: "not UTF-8"}) from None
+        self._part = None
+
+
+@tornado.web.stream_request_body
+class StreamingBodyHandler(BaseHandler):
+    """Subclasses say which methods take bodies and where raw or file bytes go."""
+
+    body_methods = ("POST",)
+
+    def open_raw(self) -> AtomicWriter | None:
+        """A writer for a raw (non-JSON, non-multipart) body, or None to refuse one."""
+        return None
+
+    def open_part(self, field_name: str, filename: str) -> AtomicWriter:
+        raise ValidationFailed("this route takes no files", {field_name: "unexpected file"})
+
+    async def prepare(self) -> None:
+        self.json_body: bytearray | None = None
+        self.multipart: MultipartStream | None = None
+        self.raw: AtomicWriter | None = None
+        self._problem: BaseException | None = None
+        self._received = 0
+        if self.request.method not in self.body_methods:
+            return
+        settings = self.service.settings
+        self._limit = settings.max_upload_bytes
+        declared = self.request.headers.get("Content-Length")
+        if declared and declared.isdigit() and int(declared) > self._limit + MULTIPART_SLACK:
+            raise PayloadTooLarge(f"the body is larger than the {self._limit}-byte limit")
+        self.request.connection.set_max_body_size(self._limit + MULTIPART_SLACK)
+        content_type = self.request.headers.get("Content-Type", "")
+        if content_type.startswith("multipart/form-data"):
+            boundary = _boundary(content_type)
+            self.multipart = MultipartStream(boundary, self.open_part, settings.max_json_bytes)
+        elif content_type.startswith("application/json"):
+            self._limit = settings.max_json_bytes
+            if declared and declared.isdigit() and int(declared) > self._limit:
+                raise PayloadTooLarge(f"JSON bodies are limited to {self._limit} bytes")
+            self.json_body = bytearray()
+        else:
+            self.raw = await asyncio.to_thread(self.open_raw)
+            if self.raw is None:
+                raise ValidationFailed(
+                    f"unsupported Content-Type {content_type!r}",
+                    {"Content-Type": "use application/json or multipart/form-data"},
+                )
+
+    async def data_received(self, chunk: bytes) -> None:
+        if self._problem is not None:
+            return
+        self._received += len(chunk)
+        try:
+            if self._received > self._limit + (MULTIPART_SLACK if self.multipart else 0):
+                raise PayloadTooLarge(f"the body is larger than the {self._limit}-byte limit")
+            if self.json_body is not None:
+                self.json_body += chunk
+            elif self.multipart is not None:
+                await asyncio.to_thread(self.multipart.feed, chunk)
+            elif self.raw is not None:
+                await asyncio.to_thread(self.raw.write, chunk)
+        except Exception as exc:  # noqa: BLE001 - reported when the body has ended
+            self._problem = exc
+            await asyncio.to_thread(self._abort)
+
+    async def finish_body(self) -> None:
+        """Call first in the method: raises what went wrong while the body streamed in."""
+        if self._problem is not None:
+            raise self._problem
+        if self.multipart is not None:
+            try:
+                self.multipart.close()
+            except Exception:
+                await asyncio.to_thread(self._abort)
+                raise
+
+    def on_connection_close(self) -> None:
+        self._abort()
+
+    def on_finish(self) -> None:
+        if self.get_status() >= 400:
+            self._abort()
+
+    def _abort(self) -> None:
+        if getattr(self, "multipart", None) is not None:
+            self.multipart.abort()
+        if getattr(self, "raw", None) is not None:
+            with contextlib.suppress(Exception):
+                self.raw.abort()
+
+
+def _boundary(content_type: str) -> bytes:
+    message = Message()
+    message["content-type"] = content_type
+    boundary = message.get_param("boundary")
+    if not boundary:
+        raise ValidationFailed("multipart body without boundary", {"Content-Type": "no boundary"})
+    return str(boundary).encode("latin-1")

@@ -1,0 +1,91 @@
+"""Every setting, declared once with its default and help; read from ORCHESTRATOR_* variables."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ORCHESTRATOR_", extra="forbid")
+
+    host: str = Field("127.0.0.1", description="address the REST API binds")
+    port: int = Field(8080, ge=0, le=65535, description="port of the REST API (0: any free)")
+    data_dir: Path = Field(
+        Path("./orchestrator-data"), description="folder of the job store and default storage"
+    )
+    storage: str | None = Field(
+        None, description="fsspec URL of storage (default: <data_dir>/storage)"
+    )
+    storage_options: dict[str, Any] = Field(
+        default_factory=dict, description="fsspec options of storage, as JSON"
+    )
+    database: Path | None = Field(None, description="SQLite file (default: <data_dir>/jobs.db)")
+    scheduler: str | None = Field(
+        None, description="address of an existing Dask scheduler (default: embedded cluster)"
+    )
+    workers: int = Field(1, ge=1, description="worker processes of the embedded cluster")
+    threads_per_worker: int | None = Field(
+        None, ge=1, description="threads per embedded worker (default: cores / workers)"
+    )
+    dashboard_address: str = Field(
+        "127.0.0.1:8787", description="Dask dashboard of the embedded cluster"
+    )
+    max_upload_bytes: int = Field(
+        10 * 2**30, ge=1, description="largest upload (binary or job files) in bytes"
+    )
+    max_json_bytes: int = Field(8 * 2**20, ge=1024, description="largest JSON request body")
+    default_owner: str = Field("anonymous", description="owner of work when auth is off")
+
+    @property
+    def storage_url(self) -> str:
+        return self.storage or str((self.data_dir / "storage").resolve())
+
+    @property
+    def database_path(self) -> Path:
+        return self.database or self.data_dir / "jobs.db"
+
+    def describe(self) -> list[tuple[str, Any, str]]:
+        """(environment variable, effective value, help) for `orchestrator config`."""
+        rows = []
+        for name, field in type(self).model_fields.items():
+            value = getattr(self, name)
+            rows.append((f"ORCHESTRATOR_{name.upper()}", value, field.description or ""))
+        return rows
+
+
+def machine_resources() -> dict[str, float]:
+    """What this machine offers to the embedded cluster: CPU cores, GPU devices, memory."""
+    import psutil
+
+    resources: dict[str, float] = {
+        "CPU": float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1),
+        "MEMORY": float(psutil.virtual_memory().total),
+    }
+    gpus = count_gpus()
+    if gpus:
+        resources["GPU"] = float(gpus)
+    return resources
+
+
+def count_gpus() -> int:
+    """NVIDIA devices visible here, from the driver's /proc entries or nvidia-smi; 0 if none."""
+    proc = Path("/proc/driver/nvidia/gpus")
+    if proc.is_dir():
+        return len(list(proc.iterdir()))
+    import shutil
+    import subprocess
+
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(
+                ["nvidia-smi", "-L"], capture_output=True, text=True, timeout=10, check=False
+            )
+            return sum(1 for line in out.stdout.splitlines() if line.startswith("GPU "))
+        except (OSError, subprocess.SubprocessError):
+            return 0
+    return 0

@@ -1,0 +1,88 @@
+"""The public error family: safe to show users, each with its HTTP status and code.
+
+The REST layer maps these to `{"error": {...}}` bodies; the Python client maps the bodies back
+to the same classes, so embedded and remote callers catch the same exceptions.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class OrchestratorError(Exception):
+    """An error whose message is meant for the user."""
+
+    status = 400
+    code = "bad_request"
+
+    def __init__(self, message: str, fields: dict[str, str] | None = None):
+        super().__init__(message)
+        self.message = message
+        self.fields = fields or {}
+
+    def to_json(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.fields:
+            body["fields"] = self.fields
+        return {"error": body}
+
+
+class ValidationFailed(OrchestratorError, ValueError):
+    status = 400
+    code = "validation_error"
+
+
+class NotFound(OrchestratorError, LookupError):
+    status = 404
+    code = "not_found"
+
+
+class Conflict(OrchestratorError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(OrchestratorError):
+    status = 413
+    code = "too_large"
+
+
+class StorageUnavailable(OrchestratorError):
+    status = 503
+    code = "storage_unavailable"
+
+
+class JobFailed(Exception):
+    """Raised by `Job.result()` when the job ended in FAILED or STOPPED."""
+
+    def __init__(self, job: Any):
+        self.job = job
+        super().__init__(f"job {job.id} {job.status.value}: {job.status_reason or ''}".rstrip(": "))
+
+
+_BY_CODE = {cls.code: cls for cls in OrchestratorError.__subclasses__()}
+
+
+def from_json(status: int, body: Any) -> OrchestratorError:
+    """Rebuild the exception a server answered with."""
+    error = body.get("error", {}) if isinstance(body, dict) else {}
+    cls = _BY_CODE.get(error.get("code"), OrchestratorError)
+    exc = cls(error.get("message") or f"HTTP {status}", error.get("fields"))
+    exc.status = status
+    return exc
+
+
+def field_errors(validation_error: Any) -> dict[str, str]:
+    """pydantic's error list as {"dotted.field": "message"}."""
+    fields: dict[str, str] = {}
+    for err in validation_error.errors(include_url=False):
+        location = ".".join(str(part) for part in err.get("loc", ())) or "body"
+        message = err.get("msg", "invalid").removeprefix("Value error, ")
+        fields.setdefault(location, message)
+    return fields
+
+
+def validation_failed(validation_error: Any) -> ValidationFailed:
+    fields = field_errors(validation_error)
+    summary = "; ".join(f"{name}: {msg}" for name, msg in list(fields.items())[:5])
+    return ValidationFailed(f"invalid request: {summary}", fields)

@@ -1,0 +1,217 @@
+"""Jobs as users see them: create, submit, edit, stop, delete, and read logs and outputs.
+
+The REST handlers and the embedded Python API both call this one service, so the two can
+never disagree about what a request means.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+from orchestrator.binaries import BinaryService
+from orchestrator.engine import Engine
+from orchestrator.errors import Conflict, NotFound, ValidationFailed
+from orchestrator.models import (
+    FileEntry,
+    JobCreate,
+    JobPatch,
+    JobRecord,
+    JobSelection,
+    JobStatus,
+    StatusChange,
+    utcnow,
+)
+from orchestrator.store import Store
+from storage import Storage, layout
+
+MAX_LOG_CHUNK = 16 * 2**20
+
+
+def new_job_id() -> str:
+    return uuid.uuid4().hex[:12]
+
+
+class JobService:
+    def __init__(self, store: Store, storage: Storage, engine: Engine, binaries: BinaryService):
+        self.store = store
+        self.storage = storage
+        self.engine = engine
+        self.binaries = binaries
+        engine.on_finished.append(self._delete_if_asked)
+
+    # ---- creating ---------------------------------------------------------------------
+
+    async def create(
+        self,
+        request: JobCreate,
+        owner: str,
+        *,
+        job_id: str | None = None,
+        files: list[str] | None = None,
+        kind: str = "command",
+    ) -> JobRecord:
+        """Record a job whose input files are already stored under its id, and submit it."""
+        now = utcnow()
+        job = JobRecord(
+            id=job_id or new_job_id(),
+            name=request.name or _default_name(request.command),
+            owner=owner,
+            kind=kind,
+            status=JobStatus.CREATED,
+            command=request.command if kind == "command" else None,
+            binaries=self.binaries.pin(request.binaries),
+            files=sorted(files or []),
+            env=request.env,
+            resources=request.resources,
+            timeout_s=request.timeout_s,
+            retries=request.retries,
+            priority=request.priority,
+            created_at=now,
+        )
+        await self.engine.check_feasible(job)
+        self.store.insert_job(job, [StatusChange(status=JobStatus.CREATED, at=now)])
+        if request.submit:
+            self.engine.submit(job)
+        return self.get(job.id)
+
+    async def submit(self, job_id: str, owner: str | None = None) -> JobRecord:
+        job = self.get(job_id, owner)
+        if job.status != JobStatus.CREATED:
+            raise Conflict(f"job {job_id} is {job.status.value}; only CREATED jobs can be submitted")
+        await self.engine.check_feasible(job)
+        self.engine.submit(job)
+        return self.get(job_id)
+
+    # ---- reading ----------------------------------------------------------------------
+
+    def get(self, job_id: str, owner: str | None = None) -> JobRecord:
+        job = self.store.get_job(job_id)
+        if job is None or (owner is not None and job.owner != owner):
+            raise NotFound(f"no job {job_id}")
+        return job
+
+    def list(self, **filters: Any) -> tuple[int, list[JobRecord]]:
+        return self.store.list_jobs(**filters)
+
+    def history(self, job_id: str, owner: str | None = None) -> list[StatusChange]:
+        self.get(job_id, owner)
+        return self.store.history(job_id)
+
+    async def wait(self, job_id: str, timeout: float | None, owner: str | None = None) -> JobRecord:
+        self.get(job_id, owner)
+        await self.engine.wait(job_id, timeout)
+        return self.get(job_id)
+
+    async def read_log(
+        self, job_id: str, stream: str, offset: int, limit: int, owner: str | None = None
+    ) -> bytes:
+        self.get(job_id, owner)
+        if stream not in layout.LOG_STREAMS:
+            raise ValidationFailed("unknown log stream", {"stream": "must be stdout or stderr"})
+        limit = min(limit, MAX_LOG_CHUNK)
+        return await asyncio.to_thread(
+            layout.read_log, self.storage, job_id, stream, offset, limit
+        )
+
+    def list_files(
+        self, job_id: str, search: str | None, offset: int, limit: int, owner: str | None = None
+    ) -> tuple[int, list[FileEntry]]:
+        self.get(job_id, owner)
+        return self.store.list_files(job_id, search, offset, limit)
+
+    def file(self, job_id: str, path: str, owner: str | None = None) -> tuple[FileEntry, str]:
+        """The manifest entry of an output and its storage key."""
+        self.get(job_id, owner)
+        entry = self.store.get_file(job_id, path)
+        if entry is None:
+            raise NotFound(f"job {job_id} has no output {path!r}")
+        return entry, layout.output_key(job_id, entry.path)
+
+    # ---- changing ---------------------------------------------------------------------
+
+    async def patch(self, job_id: str, patch: JobPatch, owner: str | None = None) -> JobRecord:
+        job = self.get(job_id, owner)
+        if job.status not in (JobStatus.CREATED, JobStatus.QUEUED):
+            raise Conflict(f"job {job_id} is {job.status.value}; only CREATED or QUEUED jobs can be edited")
+        changes = patch.model_dump(exclude_none=True)
+        self.store.update_job(job_id, **changes)
+        if job.status == JobStatus.QUEUED and "priority" in changes:
+            await self.engine.retract(job)
+            current = self.get(job_id)
+            if current.status == JobStatus.QUEUED:
+                self.engine.submit(current, reason=f"priority changed to {patch.priority}")
+        return self.get(job_id)
+
+    async def stop(self, job_id: str, requested_by: str, owner: str | None = None) -> JobRecord:
+        job = self.get(job_id, owner)
+        await self.engine.stop(job, requested_by)
+        return self.get(job_id)
+
+    async def delete(self, job_id: str, *, stop: bool, requested_by: str, owner: str | None = None) -> bool:
+        """Delete now (True), or, with `stop`, once the job has stopped (False)."""
+        job = self.get(job_id, owner)
+        if job.status.is_active:
+            if not stop:
+                raise Conflict(
+                    f"job {job_id} is {job.status.value}; stop it first or pass stop=true",
+                )
+            self.store.update_job(job_id, delete_when_done=True)
+            await self.engine.stop(job, requested_by)
+            if not self.get(job_id).status.is_terminal:
+                return False
+        await self._remove(job_id)
+        return True
+
+    async def stop_many(self, selection: JobSelection, requested_by: str, owner: str | None) -> list[str]:
+        jobs = self._select(selection, owner)
+        stopped = []
+        for job in jobs:
+            if not job.status.is_terminal:
+                await self.engine.stop(job, requested_by)
+                stopped.append(job.id)
+        return stopped
+
+    async def delete_many(
+        self, selection: JobSelection, requested_by: str, owner: str | None, stop: bool
+    ) -> dict[str, list[str]]:
+        deleted, scheduled, skipped = [], [], []
+        for job in self._select(selection, owner):
+            if job.status.is_active and not stop:
+                skipped.append(job.id)
+            elif await self.delete(job.id, stop=stop, requested_by=requested_by):
+                deleted.append(job.id)
+            else:
+                scheduled.append(job.id)
+        return {"deleted": deleted, "deleting": scheduled, "skipped_active": skipped}
+
+    def _select(self, selection: JobSelection, owner: str | None) -> list[JobRecord]:
+        _, jobs = self.store.list_jobs(
+            ids=selection.ids, status=selection.status, sweep_id=selection.sweep_id,
+            owner=owner, limit=None,
+        )
+        return jobs
+
+    async def _remove(self, job_id: str) -> None:
+        await asyncio.to_thread(self.storage.delete_prefix, layout.job_prefix(job_id))
+        self.store.delete_job(job_id)
+
+    async def _delete_if_asked(self, job: JobRecord) -> None:
+        if self.store.marked_for_deletion(job.id):
+            await self._remove(job.id)
+
+    async def finish_pending_deletes(self) -> None:
+        """After a restart: deletions that were waiting for a stop."""
+        for job in self.store.jobs_to_delete():
+            if job.status.is_terminal:
+                await self._remove(job.id)
+
+
+def _default_name(command: str | list[str] | None) -> str:
+    if not command:
+        return "job"
+    first = command if isinstance(command, str) else command[0]
+    word = first.strip().split()[0].rsplit("/", 1)[-1] if first.strip() else "job"
+    cleaned = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in word)[:64]
+    return cleaned if cleaned[:1].isalnum() else f"job{cleaned}"[:64]

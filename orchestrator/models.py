@@ -1,0 +1,250 @@
+"""Request and record models: the JSON users send and see."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime, timezone
+from enum import Enum
+from typing import Annotated, Any, Generic, TypeVar
+
+from dask.utils import parse_bytes
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+
+from orchestrator.paths import safe_name
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class JobStatus(str, Enum):
+    CREATED = "CREATED"
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    STOPPED = "STOPPED"
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in TERMINAL_STATUSES
+
+    @property
+    def is_active(self) -> bool:
+        return self in (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+TERMINAL_STATUSES = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.STOPPED})
+
+
+class Request(BaseModel):
+    """Requests refuse unknown fields so typos are reported, not ignored."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Resources(Request):
+    cores: float = Field(1, ge=0, le=4096, description="CPU cores (Dask resource CPU)")
+    gpus: int = Field(0, ge=0, le=64, description="GPU devices (Dask resource GPU)")
+    memory: int | None = Field(
+        None, ge=0, description="bytes, or a size such as '2GiB' (Dask resource MEMORY)"
+    )
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _parse_size(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            try:
+                return parse_bytes(value)
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"not a size: {value!r}") from exc
+        return value
+
+    def as_dask(self) -> dict[str, float]:
+        """The Dask resource restrictions; zero requests are left out."""
+        wanted = {"CPU": self.cores, "GPU": self.gpus, "MEMORY": self.memory or 0}
+        return {name: amount for name, amount in wanted.items() if amount}
+
+
+def _check_job_name(value: str) -> str:
+    if not _JOB_NAME.match(value):
+        raise ValueError(
+            "must be 1-128 letters, digits, spaces, '.', '_' or '-', starting with a letter or digit"
+        )
+    return value
+
+
+JobName = Annotated[str, AfterValidator(_check_job_name)]
+
+
+class JobCreate(Request):
+    name: JobName | None = Field(None, description="shown in lists and in Dask task keys")
+    command: str | list[str] = Field(
+        ..., description="a shell command line, or an argument list run without a shell"
+    )
+    binaries: list[str] = Field(
+        default_factory=list,
+        description="uploaded binaries ('name' or 'name@version') or fsspec URLs to stage",
+    )
+    env: dict[str, str] = Field(default_factory=dict)
+    resources: Resources = Field(default_factory=Resources)
+    timeout_s: float | None = Field(None, gt=0, le=30 * 24 * 3600)
+    retries: int = Field(0, ge=0, le=10, description="extra attempts after a failure")
+    priority: int = Field(0, ge=-1_000_000, le=1_000_000, description="higher runs first")
+    submit: bool = Field(True, description="false saves the job as CREATED")
+
+    @field_validator("command")
+    @classmethod
+    def _non_empty_command(cls, value: str | list[str]) -> str | list[str]:
+        if isinstance(value, str):
+            if not value.strip():
+                raise ValueError("must not be empty")
+            if "\x00" in value:
+                raise ValueError("must not contain NUL")
+        else:
+            if not value or not value[0].strip():
+                raise ValueError("must not be empty")
+            if any("\x00" in arg for arg in value):
+                raise ValueError("must not contain NUL")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, item in value.items():
+            if not _ENV_NAME.match(name):
+                raise ValueError(f"invalid variable name {name!r}")
+            if "\x00" in item:
+                raise ValueError(f"value of {name} contains NUL")
+        return value
+
+    @field_validator("binaries")
+    @classmethod
+    def _binary_refs(cls, value: list[str]) -> list[str]:
+        for ref in value:
+            if "://" in ref:
+                continue
+            name, _, version = ref.partition("@")
+            safe_name(name)
+            if version and not version.isdigit():
+                raise ValueError(f"{ref!r}: version must be a number")
+        return value
+
+
+class JobPatch(Request):
+    name: JobName | None = None
+    priority: int | None = Field(None, ge=-1_000_000, le=1_000_000)
+
+    @model_validator(mode="after")
+    def _something(self) -> JobPatch:
+        if self.name is None and self.priority is None:
+            raise ValueError("give name or priority")
+        return self
+
+
+class JobSelection(Request):
+    """Bulk stop and delete: explicit ids, or filters; never everything by accident."""
+
+    ids: list[str] | None = Field(None, max_length=10_000)
+    status: JobStatus | None = None
+    sweep_id: str | None = None
+
+    @model_validator(mode="after")
+    def _something(self) -> JobSelection:
+        if not self.ids and self.status is None and self.sweep_id is None:
+            raise ValueError("give ids, status or sweep_id")
+        return self
+
+
+class StatusChange(BaseModel):
+    status: JobStatus
+    at: datetime
+    reason: str | None = None
+
+
+class FileEntry(BaseModel):
+    path: str
+    size: int
+    sha256: str
+
+
+class JobResult(BaseModel):
+    exit_code: int | None = None
+    outputs: dict[str, Any] = Field(
+        default_factory=dict, description="scalar outputs the job wrote to outputs.json"
+    )
+    value: Any = Field(None, description="a Python callable job's return value, if JSON")
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    duration_s: float | None = None
+    worker: str | None = None
+    error: str | None = None
+
+
+class JobRecord(BaseModel):
+    id: str
+    name: str
+    owner: str
+    kind: str = Field("command", description="'command' or 'callable'")
+    status: JobStatus
+    status_reason: str | None = None
+    command: str | list[str] | None = None
+    binaries: list[str] = Field(default_factory=list, description="pinned as name@version")
+    files: list[str] = Field(default_factory=list, description="input files staged with the job")
+    env: dict[str, str] = Field(default_factory=dict)
+    resources: Resources
+    timeout_s: float | None = None
+    retries: int = 0
+    priority: int = 0
+    attempt: int = 0
+    worker: str | None = None
+    sweep_id: str | None = None
+    index: int | None = None
+    created_at: datetime
+    submitted_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    result: JobResult | None = None
+
+
+class BinaryRecord(BaseModel):
+    name: str
+    version: int
+    size: int
+    sha256: str
+    content_type: str
+    owner: str
+    uploaded_at: datetime
+
+
+T = TypeVar("T")
+
+
+class Page(BaseModel, Generic[T]):
+    count: int
+    next: str | None = None
+    previous: str | None = None
+    results: list[T]
+
+
+class ErrorBody(BaseModel):
+    code: str
+    message: str
+    fields: dict[str, str] | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody
+
+
+PageSize = Annotated[int, Field(ge=1, le=1000)]

@@ -1,0 +1,408 @@
+"""What runs on a Dask worker: stage inputs, run the command, ship logs, collect outputs.
+
+The task carries only a small `RunSpec`; bytes move between the worker and storage directly.
+It returns a small outcome dict, never raising for the job's own failures, so the engine can
+tell a failed command (an outcome) from a broken worker (an exception). Imports no API or
+store code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from orchestrator.paths import safe_relative_path
+from plugins.worker import job_processes, signal_group
+from storage import Storage
+from storage import layout
+
+STATUS_TOPIC = "orchestrator-status"
+OUTPUTS_FILE = "outputs.json"
+STOP_GRACE_S = 2.0
+TASK_KEY_VARIABLE = "ORCHESTRATOR_TASK_KEY"
+
+
+@dataclass
+class StagedInput:
+    path: str
+    key: str | None = None  # in storage
+    url: str | None = None  # any fsspec URL
+    executable: bool = False
+
+
+@dataclass
+class RunSpec:
+    job_id: str
+    key: str
+    attempt: int
+    storage_url: str
+    storage_options: dict[str, Any] = field(default_factory=dict)
+    command: str | list[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    inputs: list[StagedInput] = field(default_factory=list)
+    timeout_s: float | None = None
+    callable_key: str | None = None
+
+
+@dataclass
+class Outcome:
+    status: str
+    reason: str | None = None
+    exit_code: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    worker: str | None = None
+    files: list[dict[str, Any]] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    value: Any = None
+    error: str | None = None
+
+
+def run_job(spec_dict: dict[str, Any]) -> dict[str, Any]:
+    """The Dask task of every job."""
+    spec = RunSpec(**{**spec_dict, "inputs": [StagedInput(**i) for i in spec_dict["inputs"]]})
+    worker = _worker_address()
+    stopper = job_processes().stop_requested(spec.key)
+    if stopper:
+        return asdict(Outcome("STOPPED", f"stop requested by {stopper}", worker=worker))
+    storage = _storage(spec.storage_url, json.dumps(spec.storage_options, sort_keys=True))
+    scratch = Path(tempfile.mkdtemp(prefix=f"{spec.job_id}-", dir=_scratch_root()))
+    try:
+        outcome = _run_in(scratch, spec, storage, worker)
+    finally:
+        job_processes().unregister(spec.key)
+        shutil.rmtree(scratch, ignore_errors=True)
+    return asdict(outcome)
+
+
+def _run_in(scratch: Path, spec: RunSpec, storage: Storage, worker: str | None) -> Outcome:
+    workdir = scratch / "work"
+    workdir.mkdir()
+    if spec.attempt > 1:
+        storage.delete_prefix(layout.outputs_prefix(spec.job_id))
+    try:
+        staged = _stage_inputs(storage, spec.inputs, workdir)
+    except Exception as exc:  # noqa: BLE001 - any staging failure fails the job with its reason
+        return Outcome("FAILED", f"staging inputs failed: {_describe(exc)}", worker=worker)
+    started = time.time()
+    _announce_running(spec, worker, started)
+    if spec.callable_key:
+        outcome = _run_callable(storage, spec, worker)
+    else:
+        outcome = _run_command(scratch, workdir, spec, storage, worker)
+    outcome.started_at = started
+    try:
+        outcome.files = _upload_outputs(storage, spec.job_id, workdir, staged)
+    except Exception as exc:  # noqa: BLE001
+        outcome.status = "FAILED"
+        outcome.reason = f"uploading outputs failed: {_describe(exc)}"
+        outcome.files = []
+    _read_outputs_json(workdir, outcome)
+    outcome.finished_at = time.time()
+    return outcome
+
+
+# ---- commands ---------------------------------------------------------------------------
+
+
+def _run_command(
+    scratch: Path, workdir: Path, spec: RunSpec, storage: Storage, worker: str | None
+) -> Outcome:
+    logs = scratch / "logs"
+    logs.mkdir()
+    log_paths = {stream: logs / stream for stream in layout.LOG_STREAMS}
+    env = {**os.environ, **spec.env, "ORCHESTRATOR_JOB_ID": spec.job_id, TASK_KEY_VARIABLE: spec.key}
+    argv = ["/bin/sh", "-c", spec.command] if isinstance(spec.command, str) else list(spec.command)
+    with open(log_paths["stdout"], "wb") as out, open(log_paths["stderr"], "wb") as err:
+        try:
+            process = subprocess.Popen(
+                argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            err.write(f"cannot start {argv[0]}: {exc}\n".encode())
+            err.flush()
+            _ship_final_logs(storage, spec.job_id, log_paths)
+            return Outcome("FAILED", f"cannot start command: {exc.strerror or exc}", 127, worker=worker)
+        shipper = LogShipper(storage, spec.job_id, log_paths)
+        shipper.start()
+        try:
+            outcome = _supervise(process, spec, worker)
+        finally:
+            shipper.finish()
+    return outcome
+
+
+def _supervise(process: subprocess.Popen, spec: RunSpec, worker: str | None) -> Outcome:
+    registry = job_processes()
+    registry.register(spec.key, process)
+    deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else None
+    timed_out = False
+    while registry.stop_requested(spec.key) is None:
+        try:
+            process.wait(timeout=0.1)
+            break
+        except subprocess.TimeoutExpired:
+            if deadline is not None and time.monotonic() > deadline:
+                timed_out = True
+                break
+    stopper = registry.stop_requested(spec.key)
+    if stopper is None and not timed_out:
+        _kill_group_remains(process)
+        if process.returncode == 0:
+            return Outcome("COMPLETED", None, 0, worker=worker)
+        return Outcome("FAILED", _exit_reason(process.returncode), process.returncode, worker=worker)
+    leftovers = _terminate_tree(process, spec.key)
+    if stopper is not None:
+        reason = _with_leftovers(f"stop requested by {stopper}", leftovers)
+        return Outcome("STOPPED", reason, process.returncode, worker=worker)
+    reason = _with_leftovers(f"timeout after {spec.timeout_s:g} s", leftovers)
+    return Outcome("FAILED", reason, process.returncode, worker=worker)
+
+
+def _exit_reason(exit_code: int) -> str:
+    if exit_code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by signal {signal.Signals(-exit_code).name}"
+    return f"exit code {exit_code}"
+
+
+def _terminate_tree(process: subprocess.Popen, key: str) -> list[str]:
+    """SIGTERM the group, SIGKILL what stays, then hunt escaped descendants by their marker.
+
+    Returns descriptions of processes still alive afterwards (there should be none).
+    """
+    signal_group(process, signal.SIGTERM)
+    try:
+        process.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        pass
+    signal_group(process, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=STOP_GRACE_S)
+    marked = _marked_processes(key)
+    for proc in marked:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    _, alive = psutil.wait_procs(marked, timeout=1.0)
+    return [f"pid {p.pid} ({_name(p)})" for p in alive]
+
+
+def _kill_group_remains(process: subprocess.Popen) -> None:
+    """Background processes a finished job left in its group do not outlive it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, 0)
+        signal_group(process, signal.SIGKILL)
+
+
+def _marked_processes(key: str) -> list[psutil.Process]:
+    marked = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get(TASK_KEY_VARIABLE) == key:
+                marked.append(proc)
+    return marked
+
+
+def _name(proc: psutil.Process) -> str:
+    with contextlib.suppress(psutil.Error):
+        return proc.name()
+    return "?"
+
+
+def _with_leftovers(reason: str, leftovers: list[str]) -> str:
+    if not leftovers:
+        return reason
+    return f"{reason}; {len(leftovers)} process(es) survived: {', '.join(leftovers)}"
+
+
+class LogShipper:
+    """Copies what the job writes to its log files into storage as offset-named segments.
+
+    Starts shipping often and slows down, so short jobs cost nothing and long ones
+    do not flood storage with tiny objects.
+    """
+
+    def __init__(self, storage: Storage, job_id: str, paths: dict[str, Path]):
+        self._storage = storage
+        self._job_id = job_id
+        self._paths = paths
+        self._shipped = dict.fromkeys(paths, 0)
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name=f"logs-{job_id}")
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def finish(self) -> None:
+        self._done.set()
+        self._thread.join()
+        _ship_final_logs(self._storage, self._job_id, self._paths)
+
+    def _loop(self) -> None:
+        interval = 0.2
+        while not self._done.wait(interval):
+            with contextlib.suppress(OSError):
+                self._ship_new_bytes()
+            interval = min(interval * 1.2, 2.0)
+
+    def _ship_new_bytes(self) -> None:
+        for stream, path in self._paths.items():
+            size = path.stat().st_size
+            start = self._shipped[stream]
+            if size <= start:
+                continue
+            with open(path, "rb") as source:
+                source.seek(start)
+                data = source.read(size - start)
+            self._storage.put_bytes(layout.segment_key(self._job_id, stream, start), data)
+            self._shipped[stream] = start + len(data)
+
+
+def _ship_final_logs(storage: Storage, job_id: str, paths: dict[str, Path]) -> None:
+    """The whole log under its final key, then the segments go: readers prefer the final."""
+    for stream, path in paths.items():
+        if path.exists() and path.stat().st_size:
+            storage.put_file(str(path), layout.log_key(job_id, stream))
+            storage.delete_prefix(layout.log_segments_prefix(job_id, stream))
+
+
+# ---- Python callables -------------------------------------------------------------------
+
+
+def _run_callable(storage: Storage, spec: RunSpec, worker: str | None) -> Outcome:
+    import cloudpickle
+
+    with storage.open(spec.callable_key) as source:
+        function, args, kwargs = cloudpickle.loads(source.read())
+    try:
+        value = function(*args, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - the job's own exception is its failure
+        storage.put_bytes(layout.log_key(spec.job_id, "stderr"), traceback.format_exc().encode())
+        return Outcome("FAILED", _describe(exc), worker=worker, error=_describe(exc))
+    outcome = Outcome("COMPLETED", None, 0, worker=worker)
+    try:
+        json.dumps(value)
+        outcome.value = value
+    except (TypeError, ValueError):
+        storage.put_bytes(layout.output_key(spec.job_id, "return.pkl"), cloudpickle.dumps(value))
+        outcome.value = repr(value)[:1000]
+    return outcome
+
+
+# ---- inputs and outputs -----------------------------------------------------------------
+
+
+def _stage_inputs(
+    storage: Storage, inputs: list[StagedInput], workdir: Path
+) -> dict[str, tuple[int, int]]:
+    """Copy inputs in; returns path -> (size, mtime_ns) so unchanged inputs are not outputs."""
+    import fsspec
+
+    staged: dict[str, tuple[int, int]] = {}
+    for item in inputs:
+        relative = safe_relative_path(item.path)
+        target = workdir / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if item.key is not None:
+            storage.get_file(item.key, str(target))
+        else:
+            with fsspec.open(item.url, "rb") as source, open(target, "wb") as out:
+                shutil.copyfileobj(source, out, 4 * 2**20)
+        if item.executable:
+            target.chmod(0o755)
+        stat = target.stat()
+        staged[relative] = (stat.st_size, stat.st_mtime_ns)
+    return staged
+
+
+def _upload_outputs(
+    storage: Storage, job_id: str, workdir: Path, staged: dict[str, tuple[int, int]]
+) -> list[dict[str, Any]]:
+    files = []
+    for root, dirs, names in os.walk(workdir, followlinks=False):
+        dirs.sort()
+        for name in sorted(names):
+            path = Path(root) / name
+            relative = path.relative_to(workdir).as_posix()
+            if path.is_symlink() or not path.is_file():
+                continue  # a link could point anywhere on the worker
+            stat = path.stat()
+            if staged.get(relative) == (stat.st_size, stat.st_mtime_ns):
+                continue
+            stored = storage.put_file(str(path), layout.output_key(job_id, relative))
+            files.append({"path": relative, "size": stored.size, "sha256": stored.sha256})
+    return files
+
+
+def _read_outputs_json(workdir: Path, outcome: Outcome) -> None:
+    path = workdir / OUTPUTS_FILE
+    if not path.is_file() or path.is_symlink():
+        return
+    try:
+        data = json.loads(path.read_text())
+    except (ValueError, OSError) as exc:
+        outcome.error = f"{OUTPUTS_FILE} is not valid JSON: {exc}"
+        return
+    if not isinstance(data, dict):
+        outcome.error = f"{OUTPUTS_FILE} must hold a JSON object"
+        return
+    outcome.outputs = data
+
+
+# ---- worker context ---------------------------------------------------------------------
+
+
+def _worker():
+    from distributed import get_worker
+
+    try:
+        return get_worker()
+    except ValueError:
+        return None
+
+
+def _worker_address() -> str | None:
+    worker = _worker()
+    return worker.address if worker else None
+
+
+def _scratch_root() -> str:
+    worker = _worker()
+    base = Path(worker.local_directory) if worker else Path(tempfile.gettempdir())
+    root = base / "orchestrator-jobs"
+    root.mkdir(parents=True, exist_ok=True)
+    return str(root)
+
+
+def _announce_running(spec: RunSpec, worker_address: str | None, started: float) -> None:
+    worker = _worker()
+    if worker is not None:
+        worker.log_event(
+            STATUS_TOPIC,
+            {"job_id": spec.job_id, "key": spec.key, "status": "RUNNING",
+             "worker": worker_address, "at": started},
+        )
+
+
+@lru_cache(maxsize=16)
+def _storage(url: str, options_json: str) -> Storage:
+    return Storage(url, **json.loads(options_json))
+
+
+def _describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:2000]

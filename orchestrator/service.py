@@ -1,0 +1,54 @@
+"""The orchestrator service: store, storage, cluster and engine wired together.
+
+The REST server and the embedded Python API each run one of these on an event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from orchestrator import cluster
+from orchestrator.binaries import BinaryService
+from orchestrator.config import Settings
+from orchestrator.engine import Engine
+from orchestrator.jobs import JobService
+from orchestrator.store import Store
+from storage import Storage
+
+logger = logging.getLogger(__name__)
+
+
+class Service:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.store: Store
+        self.storage: Storage
+        self.connection: cluster.ClusterConnection
+        self.engine: Engine
+        self.binaries: BinaryService
+        self.jobs: JobService
+
+    async def start(self) -> Service:
+        settings = self.settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        self.store = Store(settings.database_path)
+        self.storage = Storage(settings.storage_url, **settings.storage_options)
+        self.storage.root  # noqa: B018 - creates a local storage folder now, not mid-request
+        self.connection = await cluster.connect(settings)
+        self.engine = Engine(
+            self.connection.client, self.store, settings.storage_url, settings.storage_options
+        )
+        self.binaries = BinaryService(self.store, self.storage)
+        self.jobs = JobService(self.store, self.storage, self.engine, self.binaries)
+        await self.engine.start()
+        await self.jobs.finish_pending_deletes()
+        return self
+
+    @property
+    def dashboard_link(self) -> str | None:
+        return self.connection.dashboard_link
+
+    async def close(self) -> None:
+        await self.engine.close()
+        await self.connection.close()
+        self.store.close()

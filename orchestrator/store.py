@@ -1,0 +1,386 @@
+"""The ledger (SQLite, WAL): jobs, their status history, output manifests and binaries.
+
+It is the truth after any crash: the engine rebuilds its view of the world from it. Every
+status change and the history entry that explains it are written in one transaction.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from orchestrator.models import (
+    BinaryRecord,
+    FileEntry,
+    JobRecord,
+    JobResult,
+    JobStatus,
+    Resources,
+    StatusChange,
+)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    status_reason TEXT,
+    spec TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    worker TEXT,
+    sweep_id TEXT,
+    idx INTEGER,
+    created_at TEXT NOT NULL,
+    submitted_at TEXT,
+    started_at TEXT,
+    finished_at TEXT,
+    result TEXT,
+    delete_when_done INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, seq);
+CREATE INDEX IF NOT EXISTS jobs_sweep ON jobs(sweep_id, idx);
+CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, seq);
+CREATE TABLE IF NOT EXISTS job_statuses (
+    job_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    at TEXT NOT NULL,
+    reason TEXT,
+    attempt INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS job_statuses_job ON job_statuses(job_id);
+CREATE TABLE IF NOT EXISTS job_files (
+    job_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    PRIMARY KEY (job_id, path)
+);
+CREATE TABLE IF NOT EXISTS binaries (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    uploaded_at TEXT NOT NULL,
+    PRIMARY KEY (name, version)
+);
+"""
+
+# Fields kept together as JSON: they are read with the job, never filtered on.
+_SPEC_FIELDS = ("command", "binaries", "files", "env", "resources", "timeout_s", "retries")
+
+
+class Store:
+    """One connection shared by the service's threads, serialised by a lock."""
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        self._lock = threading.RLock()
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.executescript(SCHEMA)
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, tuple(params)).fetchall()
+
+    # ---- jobs -------------------------------------------------------------------------
+
+    def insert_job(self, job: JobRecord, history: list[StatusChange]) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO jobs (id, name, owner, kind, status, status_reason, spec, priority,"
+                " attempt, worker, sweep_id, idx, created_at, submitted_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (
+                    job.id, job.name, job.owner, job.kind, job.status.value, job.status_reason,
+                    _spec_json(job), job.priority, job.attempt, job.worker, job.sweep_id,
+                    job.index, _ts(job.created_at), _ts(job.submitted_at),
+                ),
+            )
+            _append_history(db, job.id, job.attempt, history)
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
+        return _job_from_row(rows[0]) if rows else None
+
+    def list_jobs(
+        self,
+        *,
+        status: JobStatus | None = None,
+        search: str | None = None,
+        sweep_id: str | None = None,
+        owner: str | None = None,
+        ids: list[str] | None = None,
+        offset: int = 0,
+        limit: int | None = 100,
+    ) -> tuple[int, list[JobRecord]]:
+        where, params = _job_filters(status, search, sweep_id, owner, ids)
+        count = self._query(f"SELECT COUNT(*) FROM jobs {where}", params)[0][0]
+        page = f" LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None else ""
+        rows = self._query(f"SELECT * FROM jobs {where} ORDER BY seq{page}", params)
+        return count, [_job_from_row(row) for row in rows]
+
+    def jobs_with_status(self, statuses: Iterable[JobStatus]) -> list[JobRecord]:
+        wanted = [s.value for s in statuses]
+        marks = ",".join("?" * len(wanted))
+        rows = self._query(f"SELECT * FROM jobs WHERE status IN ({marks}) ORDER BY seq", wanted)
+        return [_job_from_row(row) for row in rows]
+
+    def record_status(
+        self,
+        job_id: str,
+        status: JobStatus,
+        reason: str | None,
+        at: datetime,
+        *,
+        only_from: Iterable[JobStatus] | None = None,
+        **fields: Any,
+    ) -> bool:
+        """Move a job to `status` and log why; with `only_from`, only if it is in one of those.
+
+        Returns whether the change was made, so racing recorders (a stop and a result, say)
+        cannot both win.
+        """
+        columns = {"status": status.value, "status_reason": reason, **_encode_fields(fields)}
+        sets = ", ".join(f"{name} = ?" for name in columns)
+        params: list[Any] = [*columns.values(), job_id]
+        guard = ""
+        if only_from is not None:
+            allowed = [s.value for s in only_from]
+            guard = f" AND status IN ({','.join('?' * len(allowed))})"
+            params += allowed
+        with self.transaction() as db:
+            changed = db.execute(f"UPDATE jobs SET {sets} WHERE id = ?{guard}", params).rowcount
+            if changed:
+                attempt = db.execute("SELECT attempt FROM jobs WHERE id = ?", (job_id,)).fetchone()
+                _append_history(db, job_id, attempt[0], [StatusChange(status=status, at=at, reason=reason)])
+        return bool(changed)
+
+    def update_job(self, job_id: str, **fields: Any) -> None:
+        columns = _encode_fields(fields)
+        sets = ", ".join(f"{name} = ?" for name in columns)
+        with self.transaction() as db:
+            db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [*columns.values(), job_id])
+
+    def history(self, job_id: str) -> list[StatusChange]:
+        rows = self._query(
+            "SELECT status, at, reason FROM job_statuses WHERE job_id = ? ORDER BY rowid", (job_id,)
+        )
+        return [StatusChange(status=row[0], at=row[1], reason=row[2]) for row in rows]
+
+    def delete_job(self, job_id: str) -> None:
+        with self.transaction() as db:
+            for table, column in (("job_files", "job_id"), ("job_statuses", "job_id"), ("jobs", "id")):
+                db.execute(f"DELETE FROM {table} WHERE {column} = ?", (job_id,))
+
+    def marked_for_deletion(self, job_id: str) -> bool:
+        rows = self._query("SELECT delete_when_done FROM jobs WHERE id = ?", (job_id,))
+        return bool(rows and rows[0][0])
+
+    def jobs_to_delete(self) -> list[JobRecord]:
+        rows = self._query("SELECT * FROM jobs WHERE delete_when_done = 1")
+        return [_job_from_row(row) for row in rows]
+
+    # ---- output manifests -------------------------------------------------------------
+
+    def set_files(self, job_id: str, files: list[FileEntry]) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM job_files WHERE job_id = ?", (job_id,))
+            db.executemany(
+                "INSERT INTO job_files (job_id, path, size, sha256) VALUES (?,?,?,?)",
+                [(job_id, f.path, f.size, f.sha256) for f in files],
+            )
+
+    def list_files(
+        self, job_id: str, search: str | None = None, offset: int = 0, limit: int = 100
+    ) -> tuple[int, list[FileEntry]]:
+        where, params = "WHERE job_id = ?", [job_id]
+        if search:
+            where += " AND path LIKE ? ESCAPE '\\'"
+            params.append(f"%{_like_escape(search)}%")
+        count = self._query(f"SELECT COUNT(*) FROM job_files {where}", params)[0][0]
+        rows = self._query(
+            f"SELECT path, size, sha256 FROM job_files {where} ORDER BY path LIMIT ? OFFSET ?",
+            [*params, int(limit), int(offset)],
+        )
+        return count, [FileEntry(path=r[0], size=r[1], sha256=r[2]) for r in rows]
+
+    def get_file(self, job_id: str, path: str) -> FileEntry | None:
+        rows = self._query(
+            "SELECT path, size, sha256 FROM job_files WHERE job_id = ? AND path = ?", (job_id, path)
+        )
+        return FileEntry(path=rows[0][0], size=rows[0][1], sha256=rows[0][2]) if rows else None
+
+    # ---- binaries ---------------------------------------------------------------------
+
+    def next_binary_version(self, name: str) -> int:
+        rows = self._query("SELECT MAX(version) FROM binaries WHERE name = ?", (name,))
+        return (rows[0][0] or 0) + 1
+
+    def insert_binary(self, binary: BinaryRecord) -> None:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO binaries (name, version, size, sha256, content_type, owner, uploaded_at)"
+                " VALUES (?,?,?,?,?,?,?)",
+                (binary.name, binary.version, binary.size, binary.sha256, binary.content_type,
+                 binary.owner, _ts(binary.uploaded_at)),
+            )
+
+    def get_binary(self, name: str, version: int | None = None) -> BinaryRecord | None:
+        if version is None:
+            rows = self._query(
+                "SELECT * FROM binaries WHERE name = ? ORDER BY version DESC LIMIT 1", (name,)
+            )
+        else:
+            rows = self._query(
+                "SELECT * FROM binaries WHERE name = ? AND version = ?", (name, version)
+            )
+        return BinaryRecord(**dict(rows[0])) if rows else None
+
+    def list_binaries(
+        self, search: str | None = None, offset: int = 0, limit: int = 100
+    ) -> tuple[int, list[BinaryRecord]]:
+        """The latest version of each binary name."""
+        where, params = "", []
+        if search:
+            where, params = "WHERE name LIKE ? ESCAPE '\\'", [f"%{_like_escape(search)}%"]
+        latest = (
+            f"SELECT b.* FROM binaries b JOIN (SELECT name, MAX(version) v FROM binaries {where}"
+            " GROUP BY name) m ON b.name = m.name AND b.version = m.v"
+        )
+        count = self._query(f"SELECT COUNT(*) FROM ({latest})", params)[0][0]
+        rows = self._query(f"{latest} ORDER BY b.name LIMIT ? OFFSET ?", [*params, limit, offset])
+        return count, [BinaryRecord(**dict(row)) for row in rows]
+
+    def binary_versions(self, name: str) -> list[BinaryRecord]:
+        rows = self._query("SELECT * FROM binaries WHERE name = ? ORDER BY version", (name,))
+        return [BinaryRecord(**dict(row)) for row in rows]
+
+    def delete_binary(self, name: str) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM binaries WHERE name = ?", (name,))
+
+
+def _ts(value: datetime | None) -> str | None:
+    return value.isoformat() if value else None
+
+
+def _like_escape(text: str) -> str:
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+def _spec_json(job: JobRecord) -> str:
+    return json.dumps(job.model_dump(mode="json", include=set(_SPEC_FIELDS)))
+
+
+def _encode_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    encoded: dict[str, Any] = {}
+    for name, value in fields.items():
+        if name == "result":
+            encoded[name] = value.model_dump_json() if value is not None else None
+        elif name == "status":
+            encoded[name] = value.value
+        elif name == "delete_when_done":
+            encoded[name] = int(value)
+        elif isinstance(value, datetime):
+            encoded[name] = value.isoformat()
+        else:
+            encoded[name] = value
+    return encoded
+
+
+def _append_history(
+    db: sqlite3.Connection, job_id: str, attempt: int, history: list[StatusChange]
+) -> None:
+    db.executemany(
+        "INSERT INTO job_statuses (job_id, status, at, reason, attempt) VALUES (?,?,?,?,?)",
+        [(job_id, h.status.value, h.at.isoformat(), h.reason, attempt) for h in history],
+    )
+
+
+def _job_filters(
+    status: JobStatus | None,
+    search: str | None,
+    sweep_id: str | None,
+    owner: str | None,
+    ids: list[str] | None,
+) -> tuple[str, list[Any]]:
+    clauses: list[str] = []
+    params: list[Any] = []
+    if status is not None:
+        clauses.append("status = ?")
+        params.append(status.value)
+    if search:
+        clauses.append("name LIKE ? ESCAPE '\\'")
+        params.append(f"%{_like_escape(search)}%")
+    if sweep_id is not None:
+        clauses.append("sweep_id = ?")
+        params.append(sweep_id)
+    if owner is not None:
+        clauses.append("owner = ?")
+        params.append(owner)
+    if ids is not None:
+        clauses.append(f"id IN ({','.join('?' * len(ids))})" if ids else "0")
+        params.extend(ids)
+    return ("WHERE " + " AND ".join(clauses) if clauses else ""), params
+
+
+def _job_from_row(row: sqlite3.Row) -> JobRecord:
+    spec = json.loads(row["spec"])
+    result = JobResult.model_validate_json(row["result"]) if row["result"] else None
+    return JobRecord(
+        id=row["id"],
+        name=row["name"],
+        owner=row["owner"],
+        kind=row["kind"],
+        status=row["status"],
+        status_reason=row["status_reason"],
+        command=spec.get("command"),
+        binaries=spec.get("binaries", []),
+        files=spec.get("files", []),
+        env=spec.get("env", {}),
+        resources=Resources.model_validate(spec.get("resources", {})),
+        timeout_s=spec.get("timeout_s"),
+        retries=spec.get("retries", 0),
+        priority=row["priority"],
+        attempt=row["attempt"],
+        worker=row["worker"],
+        sweep_id=row["sweep_id"],
+        index=row["idx"],
+        created_at=row["created_at"],
+        submitted_at=row["submitted_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        result=result,
+    )

@@ -1,0 +1,114 @@
+"""Worker-side state of the orchestrator: the processes of running jobs, and stop requests.
+
+`Future.cancel()` does not stop a running task, so the orchestrator stops a job by calling
+`request_stop` on the workers (`Client.run`). It flags the task key, so a job that has not
+started yet never starts, and signals the process group of one that runs; the runner that
+owns the process then escalates to SIGKILL and checks that nothing was left behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+
+from distributed.diagnostics.plugin import WorkerPlugin
+
+logger = logging.getLogger(__name__)
+
+STOP_FLAG_TTL_S = 3600.0
+
+
+@dataclass
+class _StopRequest:
+    requested_by: str
+    at: float = field(default_factory=time.monotonic)
+
+
+class JobProcesses:
+    """The processes of the jobs running in this worker process, by Dask task key."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._running: dict[str, subprocess.Popen] = {}
+        self._stops: dict[str, _StopRequest] = {}
+
+    def register(self, key: str, process: subprocess.Popen) -> str | None:
+        """Track a started process; returns who asked to stop it if that came first."""
+        with self._lock:
+            self._running[key] = process
+            request = self._stops.get(key)
+        if request:
+            signal_group(process, signal.SIGTERM)
+            return request.requested_by
+        return None
+
+    def unregister(self, key: str) -> None:
+        with self._lock:
+            self._running.pop(key, None)
+
+    def request_stop(self, key: str, requested_by: str) -> str:
+        with self._lock:
+            self._forget_old_stops()
+            self._stops[key] = _StopRequest(requested_by)
+            process = self._running.get(key)
+        if process is None:
+            return "flagged"
+        signal_group(process, signal.SIGTERM)
+        return "signalled"
+
+    def stop_requested(self, key: str) -> str | None:
+        with self._lock:
+            request = self._stops.get(key)
+        return request.requested_by if request else None
+
+    def running_keys(self) -> list[str]:
+        with self._lock:
+            return list(self._running)
+
+    def kill_all(self) -> None:
+        """Worker shutdown: no job process may outlive its worker."""
+        with self._lock:
+            processes = list(self._running.values())
+        for process in processes:
+            signal_group(process, signal.SIGKILL)
+
+    def _forget_old_stops(self) -> None:
+        horizon = time.monotonic() - STOP_FLAG_TTL_S
+        for key in [k for k, r in self._stops.items() if r.at < horizon]:
+            del self._stops[key]
+
+
+def signal_group(process: subprocess.Popen, signum: int) -> None:
+    """Signal the process group the job's process leads (it was started in a new session)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, signum)
+
+
+_processes = JobProcesses()
+
+
+def job_processes() -> JobProcesses:
+    return _processes
+
+
+def request_stop(key: str, requested_by: str) -> str:
+    """Run on every worker through `Client.run`; cheap, never blocks the worker's loop."""
+    return _processes.request_stop(key, requested_by)
+
+
+class OrchestratorWorkerPlugin(WorkerPlugin):
+    """Registered by the engine on every worker: kills job processes when a worker closes."""
+
+    name = "orchestrator"
+
+    def setup(self, worker) -> None:  # noqa: D401 - dask hook
+        logger.debug("orchestrator plugin set up on %s", worker.address)
+
+    def teardown(self, worker) -> None:
+        _processes.kill_all()

@@ -1,0 +1,210 @@
+"""fsspec-backed storage of binaries, inputs, logs and outputs.
+
+Every write goes to a temporary key first and is moved into place only once complete, so a
+reader never sees half a file under its final name. Sizes and sha256 digests are computed
+while the bytes stream through, so nothing is read twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import posixpath
+import shutil
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from typing import IO, Any, BinaryIO
+
+import fsspec
+
+CHUNK_SIZE = 4 * 1024 * 1024
+TEMP_PREFIX = "_tmp"
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """What a completed write left in storage."""
+
+    key: str
+    size: int
+    sha256: str
+
+
+class StorageError(OSError):
+    """Storage could not be reached or refused an operation."""
+
+
+class AtomicWriter:
+    """A file-like writer that becomes visible under its key only on `commit()`."""
+
+    def __init__(self, storage: Storage, key: str):
+        self._storage = storage
+        self.key = key
+        self._temp_key = f"{TEMP_PREFIX}/{uuid.uuid4().hex}"
+        self._file: IO[bytes] = storage.fs.open(storage.path(self._temp_key), "wb")
+        self._digest = hashlib.sha256()
+        self.size = 0
+        self._done = False
+
+    def write(self, data: bytes) -> int:
+        self._file.write(data)
+        self._digest.update(data)
+        self.size += len(data)
+        return len(data)
+
+    def commit(self, key: str | None = None) -> StoredObject:
+        """Publish under `key` (default: the key given at creation), all at once."""
+        self.key = key or self.key
+        self._file.close()
+        self._storage._ensure_parent(self.key)
+        self._storage.fs.mv(self._storage.path(self._temp_key), self._storage.path(self.key))
+        self._done = True
+        return StoredObject(self.key, self.size, self._digest.hexdigest())
+
+    def abort(self) -> None:
+        if self._done:
+            return
+        self._done = True
+        try:
+            self._file.close()
+        finally:
+            self._storage.delete(self._temp_key)
+
+    def __enter__(self) -> AtomicWriter:
+        return self
+
+    def __exit__(self, exc_type, *_) -> None:
+        if exc_type is None:
+            self.commit()
+        else:
+            self.abort()
+
+
+class Storage:
+    """Keys are '/'-separated paths relative to the storage root URL."""
+
+    def __init__(self, url: str, **storage_options: Any):
+        self.url = url
+        self.options = storage_options
+
+    @cached_property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        fs, _ = fsspec.url_to_fs(self.url, **self.options)
+        return fs
+
+    @cached_property
+    def root(self) -> str:
+        _, root = fsspec.url_to_fs(self.url, **self.options)
+        root = root.rstrip("/")
+        if _is_local(self.fs):
+            self.fs.makedirs(root, exist_ok=True)
+        return root
+
+    def path(self, key: str) -> str:
+        return f"{self.root}/{key}" if key else self.root
+
+    def writer(self, key: str) -> AtomicWriter:
+        self._ensure_parent(f"{TEMP_PREFIX}/x")
+        return AtomicWriter(self, key)
+
+    def put_bytes(self, key: str, data: bytes) -> StoredObject:
+        return self.put_stream(key, io.BytesIO(data))
+
+    def put_stream(self, key: str, source: BinaryIO) -> StoredObject:
+        out = self.writer(key)
+        try:
+            while chunk := source.read(CHUNK_SIZE):
+                out.write(chunk)
+        except BaseException:
+            out.abort()
+            raise
+        return out.commit()
+
+    def put_file(self, local_path: str, key: str) -> StoredObject:
+        with open(local_path, "rb") as source:
+            return self.put_stream(key, source)
+
+    def get_file(self, key: str, local_path: str) -> None:
+        with self.fs.open(self.path(key), "rb") as source, open(local_path, "wb") as target:
+            shutil.copyfileobj(source, target, CHUNK_SIZE)
+
+    def open(self, key: str) -> IO[bytes]:
+        return self.fs.open(self.path(key), "rb")
+
+    def read_range(self, key: str, start: int, end: int | None = None) -> bytes:
+        """Bytes [start, end) of an object; end None means to its end."""
+        with self.open(key) as source:
+            source.seek(start)
+            return source.read() if end is None else source.read(max(0, end - start))
+
+    def iter_chunks(self, key: str, start: int = 0, end: int | None = None) -> Iterator[bytes]:
+        with self.open(key) as source:
+            source.seek(start)
+            remaining = None if end is None else end - start
+            while remaining is None or remaining > 0:
+                chunk = source.read(CHUNK_SIZE if remaining is None else min(CHUNK_SIZE, remaining))
+                if not chunk:
+                    return
+                if remaining is not None:
+                    remaining -= len(chunk)
+                yield chunk
+
+    def info(self, key: str) -> StoredObject:
+        """Size and sha256 of a stored object, reading it once."""
+        digest = hashlib.sha256()
+        size = 0
+        for chunk in self.iter_chunks(key):
+            digest.update(chunk)
+            size += len(chunk)
+        return StoredObject(key, size, digest.hexdigest())
+
+    def exists(self, key: str) -> bool:
+        return self.fs.exists(self.path(key))
+
+    def size(self, key: str) -> int:
+        return int(self.fs.size(self.path(key)))
+
+    def list_sizes(self, prefix: str) -> dict[str, int]:
+        """Object names directly below `prefix`, with sizes; empty when there is none."""
+        try:
+            entries = self.fs.ls(self.path(prefix), detail=True, refresh=True)
+        except FileNotFoundError:
+            return {}
+        except TypeError:  # filesystems whose ls takes no refresh
+            entries = self.fs.ls(self.path(prefix), detail=True)
+        return {
+            posixpath.basename(entry["name"].rstrip("/")): int(entry.get("size") or 0)
+            for entry in entries
+            if entry.get("type") != "directory"
+        }
+
+    def delete(self, key: str) -> None:
+        try:
+            self.fs.rm(self.path(key))
+        except FileNotFoundError:
+            pass
+
+    def delete_prefix(self, prefix: str) -> None:
+        try:
+            self.fs.rm(self.path(prefix), recursive=True)
+        except FileNotFoundError:
+            pass
+
+    def _ensure_parent(self, key: str) -> None:
+        if _is_local(self.fs):
+            self.fs.makedirs(posixpath.dirname(self.path(key)), exist_ok=True)
+
+    def __reduce__(self):
+        return (Storage, (self.url,), {"options": self.options})
+
+    def __setstate__(self, state: dict) -> None:
+        self.options = state["options"]
+
+
+def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
+    """Local folders need their directories made; object stores have none."""
+    protocol = fs.protocol
+    protocols = (protocol,) if isinstance(protocol, str) else tuple(protocol)
+    return "file" in protocols
