@@ -340,7 +340,7 @@ def _job_filters(
     params: list[Any] = []
     if status is not None:
         clauses.append("status = ?")
-        params.append(status.value)
+        params.append(JobStatus(status).value)
     if search:
         clauses.append("name LIKE ? ESCAPE '\\'")
         params.append(f"%{_like_escape(search)}%")

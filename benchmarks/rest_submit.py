@@ -1,0 +1,180 @@
+"""Throughput of trivial jobs through the REST API, against raw Dask and a bare loop.
+
+One run starts the orchestrator's server in this process (embedded Dask LocalCluster,
+temporary data directory) and measures, on the same machine and cluster:
+
+1. accepted:  how fast N `true` jobs are accepted by ``POST /api/v1/jobs`` from a
+   concurrent HTTP client;
+2. completed: how fast they finish, from the first submit until the count endpoint reports
+   all N terminal (polled every 0.2 s);
+3. raw dask:  ``client.map`` of a function running ``true`` N times on the same cluster,
+   i.e. what Dask alone costs per task;
+4. bare:      ``subprocess.run(["true"])`` N times in 2 parallel processes, the floor set by
+   process creation on this machine.
+
+The ratios against the bare loop say how much of the machine's process-spawning rate
+survives Dask alone and the whole orchestrator (HTTP, job store, storage, Dask).
+
+    python benchmarks/rest_submit.py --jobs 2000 --concurrency 16 --workers 2
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import shutil
+import subprocess
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from distributed import Client
+
+from orchestrator.config import Settings
+from orchestrator.loop_thread import LoopThread
+from orchestrator.server import RunningServer, start_server
+
+TERMINAL = ("COMPLETED", "FAILED", "STOPPED")
+POLL_INTERVAL_S = 0.2
+COMPLETION_TIMEOUT_S = 600.0
+BARE_PROCESSES = 2
+
+
+@dataclass
+class RestResult:
+    accepted_s: float
+    completed_s: float
+    counts: dict[str, int]
+
+
+def run_true(_: int) -> None:
+    """The task of the raw Dask measurement: module-level so that workers can unpickle it."""
+    subprocess.run(["true"], check=True)
+
+
+def run_true_times(times: int) -> None:
+    """The work of one process of the bare measurement."""
+    for _ in range(times):
+        subprocess.run(["true"], check=True)
+
+
+def rate(count: int, seconds: float) -> float:
+    return count / seconds if seconds > 0 else float("inf")
+
+
+async def submit_jobs(url: str, jobs: int, concurrency: int) -> float:
+    """POST `jobs` trivial jobs through at most `concurrency` connections; returns the start."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    queue: asyncio.Queue[int] = asyncio.Queue()
+    for index in range(jobs):
+        queue.put_nowait(index)
+
+    async def submitter(client: httpx.AsyncClient) -> None:
+        while not queue.empty():
+            queue.get_nowait()
+            response = await client.post(f"{url}/api/v1/jobs", json={"command": "true"})
+            if response.status_code != 201:
+                raise RuntimeError(f"submit answered {response.status_code}: {response.text}")
+
+    async with httpx.AsyncClient(limits=limits, timeout=120) as client:
+        started = time.perf_counter()
+        await asyncio.gather(*(submitter(client) for _ in range(concurrency)))
+    return started
+
+
+def count_jobs(client: httpx.Client, url: str, status: str) -> int:
+    response = client.get(f"{url}/api/v1/jobs", params={"status": status, "page_size": 1})
+    response.raise_for_status()
+    return int(response.json()["count"])
+
+
+def wait_terminal(url: str, jobs: int) -> dict[str, int]:
+    """Poll the count endpoint until `jobs` jobs are terminal; returns the count per status."""
+    deadline = time.perf_counter() + COMPLETION_TIMEOUT_S
+    with httpx.Client(timeout=60) as client:
+        while True:
+            counts = {status: count_jobs(client, url, status) for status in TERMINAL}
+            if sum(counts.values()) >= jobs:
+                return counts
+            if time.perf_counter() > deadline:
+                raise TimeoutError(f"only {counts} of {jobs} jobs terminal after {COMPLETION_TIMEOUT_S} s")
+            time.sleep(POLL_INTERVAL_S)
+
+
+def measure_rest(url: str, jobs: int, concurrency: int) -> RestResult:
+    started = asyncio.run(submit_jobs(url, jobs, concurrency))
+    accepted = time.perf_counter()
+    counts = wait_terminal(url, jobs)
+    completed = time.perf_counter()
+    return RestResult(accepted - started, completed - started, counts)
+
+
+def measure_raw_dask(scheduler_address: str, jobs: int) -> float:
+    """Seconds for `jobs` tasks running `true` on the cluster, submitted with client.map."""
+    with Client(scheduler_address) as client:
+        started = time.perf_counter()
+        client.gather(client.map(run_true, range(jobs), pure=False))
+        return time.perf_counter() - started
+
+
+def measure_bare(runs: int, processes: int = BARE_PROCESSES) -> float:
+    """Seconds for `runs` runs of `true` split across `processes` processes, pool start included."""
+    shares = [runs // processes + (1 if i < runs % processes else 0) for i in range(processes)]
+    started = time.perf_counter()
+    with ProcessPoolExecutor(processes) as pool:
+        list(pool.map(run_true_times, shares))
+    return time.perf_counter() - started
+
+
+def start(loop: LoopThread, data_dir: Path, workers: int) -> RunningServer:
+    settings = Settings(
+        data_dir=data_dir, port=0, dashboard_address=":0", workers=workers, threads_per_worker=1
+    )
+    return loop.run(start_server(settings))
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--jobs", type=int, default=2000, help="jobs (and runs) per measurement")
+    parser.add_argument("--concurrency", type=int, default=16, help="concurrent HTTP requests")
+    parser.add_argument("--workers", type=int, default=2, help="worker processes of the cluster")
+    return parser.parse_args()
+
+
+def report_rest(jobs: int, rest: RestResult) -> None:
+    print(f"accepted: {jobs} jobs in {rest.accepted_s:.2f} s = {rate(jobs, rest.accepted_s):.1f} jobs/s")
+    print(f"completed: {jobs} jobs in {rest.completed_s:.2f} s = {rate(jobs, rest.completed_s):.1f} jobs/s")
+    for status in ("FAILED", "STOPPED"):
+        if rest.counts[status]:
+            print(f"{status.lower()}: {rest.counts[status]}")
+
+
+def main() -> None:
+    args = parse_args()
+    data_dir = Path(tempfile.mkdtemp(prefix="orchestrator-bench-"))
+    loop = LoopThread()
+    try:
+        server = start(loop, data_dir, args.workers)
+        try:
+            rest = measure_rest(server.url, args.jobs, args.concurrency)
+            report_rest(args.jobs, rest)
+            raw_dask_s = measure_raw_dask(server.service.connection.client.scheduler.address, args.jobs)
+            print(f"raw dask: {rate(args.jobs, raw_dask_s):.1f} runs/s ({raw_dask_s:.2f} s)")
+        finally:
+            loop.run(server.close())
+    finally:
+        loop.stop()
+        shutil.rmtree(data_dir, ignore_errors=True)
+    # After the cluster is gone, so that its idle processes take no CPU from the bare loop.
+    bare_s = measure_bare(args.jobs)
+    print(f"bare subprocess ({BARE_PROCESSES} processes): {rate(args.jobs, bare_s):.1f} runs/s ({bare_s:.2f} s)")
+    # Same N everywhere, so a ratio of rates is the inverse ratio of durations.
+    print(f"ratio raw-dask/bare = {bare_s / raw_dask_s:.2f}")
+    print(f"ratio completed/bare = {bare_s / rest.completed_s:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,345 @@
+"""The Python API: one `Orchestrator` facade, embedded (no server) or over REST.
+
+Both backends answer the same calls with the same models and raise the same exceptions, so
+a script written against the embedded orchestrator runs unchanged against a server.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+
+from orchestrator.errors import JobFailed, from_json
+from orchestrator.models import (
+    BinaryRecord,
+    FileEntry,
+    JobCreate,
+    JobRecord,
+    JobResult,
+    JobStatus,
+    StatusChange,
+)
+
+Files = list[str | os.PathLike] | dict[str, str | os.PathLike] | None
+
+
+class Backend(Protocol):
+    def create_job(self, request: JobCreate, files: dict[str, Path]) -> JobRecord: ...
+    def create_callable(self, request: JobCreate, function: Callable, args: tuple, kwargs: dict) -> JobRecord: ...
+    def get_job(self, job_id: str) -> JobRecord: ...
+    def list_jobs(self, **filters: Any) -> tuple[int, list[JobRecord]]: ...
+    def wait(self, job_id: str, timeout: float | None) -> JobRecord: ...
+    def stop(self, job_id: str) -> JobRecord: ...
+    def delete(self, job_id: str, stop: bool) -> None: ...
+    def statuses(self, job_id: str) -> list[StatusChange]: ...
+    def read_log(self, job_id: str, stream: str, offset: int) -> bytes: ...
+    def list_files(self, job_id: str, search: str | None) -> list[FileEntry]: ...
+    def download(self, job_id: str, path: str, dest: Path) -> None: ...
+    def return_value(self, job_id: str) -> Any: ...
+    def upload_binary(self, name: str, source: Path | bytes) -> BinaryRecord: ...
+    def list_binaries(self) -> list[BinaryRecord]: ...
+    def close(self) -> None: ...
+
+
+class Job:
+    """A live handle on one job; every property reads fresh state."""
+
+    def __init__(self, backend: Backend, record: JobRecord):
+        self._backend = backend
+        self.record = record
+
+    @property
+    def id(self) -> str:
+        return self.record.id
+
+    @property
+    def status(self) -> JobStatus:
+        return self.refresh().status
+
+    def refresh(self) -> JobRecord:
+        self.record = self._backend.get_job(self.id)
+        return self.record
+
+    def wait(self, timeout: float | None = None) -> JobRecord:
+        """Block until the job ends (or the timeout runs out) and return its record."""
+        self.record = self._backend.wait(self.id, timeout)
+        return self.record
+
+    def result(self, timeout: float | None = None) -> Any:
+        """The result of a finished job: JobResult for commands, the return value for callables.
+
+        Raises JobFailed if it failed or was stopped, TimeoutError if it is still going.
+        """
+        record = self.wait(timeout)
+        if not record.status.is_terminal:
+            raise TimeoutError(f"job {self.id} is still {record.status.value}")
+        if record.status != JobStatus.COMPLETED:
+            raise JobFailed(record)
+        if record.kind == "callable":
+            return self._backend.return_value(self.id)
+        return record.result or JobResult()
+
+    def stop(self) -> JobRecord:
+        self.record = self._backend.stop(self.id)
+        return self.record
+
+    def delete(self, stop: bool = False) -> None:
+        self._backend.delete(self.id, stop)
+
+    def statuses(self) -> list[StatusChange]:
+        return self._backend.statuses(self.id)
+
+    def logs(self, stream: str = "stdout", offset: int = 0) -> str:
+        return self._backend.read_log(self.id, stream, offset).decode("utf-8", "replace")
+
+    def follow(self, stream: str = "stdout", poll_s: float = 0.5) -> Iterator[str]:
+        """Yield log text as it is written, until the job has ended and all is read."""
+        offset = 0
+        while True:
+            data = self._backend.read_log(self.id, stream, offset)
+            offset += len(data)
+            if data:
+                yield data.decode("utf-8", "replace")
+                continue
+            if self.status.is_terminal:
+                tail = self._backend.read_log(self.id, stream, offset)
+                if tail:
+                    yield tail.decode("utf-8", "replace")
+                return
+            time.sleep(poll_s)
+
+    def files(self, search: str | None = None) -> list[FileEntry]:
+        return self._backend.list_files(self.id, search)
+
+    def download(self, path: str, dest: str | os.PathLike | None = None) -> Path:
+        """Save one output file; `dest` may be a folder or a file name (default: here)."""
+        target = Path(dest) if dest is not None else Path(Path(path).name)
+        if target.is_dir():
+            target = target / Path(path).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        self._backend.download(self.id, path, target)
+        return target
+
+    def __repr__(self) -> str:
+        return f"<Job {self.id} {self.record.name} {self.record.status.value}>"
+
+
+class Orchestrator:
+    """`Orchestrator()` runs everything in this process; `Orchestrator.connect(url)` uses a server."""
+
+    def __init__(self, settings: Any = None, *, _backend: Backend | None = None, **overrides: Any):
+        if _backend is None:
+            from orchestrator.config import Settings
+            from orchestrator.embedded import EmbeddedBackend
+
+            settings = settings or Settings(**overrides)
+            _backend = EmbeddedBackend(settings)
+        self._backend = _backend
+
+    @classmethod
+    def connect(cls, url: str, token: str | None = None, timeout: float = 60.0) -> Orchestrator:
+        return cls(_backend=RemoteBackend(url, token or os.environ.get("ORCHESTRATOR_TOKEN"), timeout))
+
+    def submit(
+        self,
+        command: str | list[str] | Callable,
+        *args: Any,
+        files: Files = None,
+        binaries: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        resources: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+        retries: int = 0,
+        priority: int = 0,
+        name: str | None = None,
+        submit: bool = True,
+        **kwargs: Any,
+    ) -> Job:
+        """Run a command (or, embedded, a Python callable called with *args, **kwargs)."""
+        fields = {
+            "name": name, "binaries": binaries or [], "env": env or {},
+            "resources": resources or {}, "timeout_s": timeout_s, "retries": retries,
+            "priority": priority, "submit": submit,
+        }
+        if callable(command):
+            fields["name"] = name or getattr(command, "__name__", "call").strip("<>") or "call"
+            request = JobCreate(command=_qualified_name(command), **fields)
+            return Job(self._backend, self._backend.create_callable(request, command, args, kwargs))
+        if args or kwargs:
+            raise TypeError(f"unexpected arguments for a command job: {args or kwargs}")
+        request = JobCreate(command=command, **fields)
+        return Job(self._backend, self._backend.create_job(request, _file_map(files)))
+
+    def job(self, job_id: str) -> Job:
+        return Job(self._backend, self._backend.get_job(job_id))
+
+    def jobs(self, **filters: Any) -> list[Job]:
+        """Jobs matching filters (status, search, sweep_id), oldest first."""
+        _, records = self._backend.list_jobs(**filters)
+        return [Job(self._backend, record) for record in records]
+
+    def upload_binary(self, name: str, source: str | os.PathLike | bytes) -> BinaryRecord:
+        data = source if isinstance(source, bytes) else Path(source)
+        return self._backend.upload_binary(name, data)
+
+    def binaries(self) -> list[BinaryRecord]:
+        return self._backend.list_binaries()
+
+    def close(self) -> None:
+        self._backend.close()
+
+    def __enter__(self) -> Orchestrator:
+        return self
+
+    def __exit__(self, *_: Any) -> None:
+        self.close()
+
+
+class RemoteBackend:
+    """The REST API through httpx; errors come back as the same exception classes."""
+
+    def __init__(self, url: str, token: str | None, timeout: float):
+        headers = {"Authorization": f"Token {token}"} if token else {}
+        self._http = httpx.Client(base_url=url.rstrip("/") + "/api/v1", headers=headers, timeout=timeout)
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = self._http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {}
+            raise from_json(response.status_code, body)
+        return response
+
+    def create_job(self, request: JobCreate, files: dict[str, Path]) -> JobRecord:
+        body = request.model_dump(mode="json", exclude_none=True)
+        if not files:
+            return JobRecord.model_validate(self._call("POST", "/jobs", json=body).json())
+        form = {k: v if isinstance(v, str) else _json(v) for k, v in body.items()}
+        handles = [(dest, open(path, "rb")) for dest, path in files.items()]
+        try:
+            parts = [("file[]", (dest, handle, "application/octet-stream")) for dest, handle in handles]
+            response = self._call("POST", "/jobs", data=form, files=parts)
+        finally:
+            for _, handle in handles:
+                handle.close()
+        return JobRecord.model_validate(response.json())
+
+    def create_callable(self, request, function, args, kwargs) -> JobRecord:
+        raise TypeError("Python callables run only on an embedded Orchestrator(); send a command")
+
+    def get_job(self, job_id: str) -> JobRecord:
+        return JobRecord.model_validate(self._call("GET", f"/jobs/{job_id}").json())
+
+    def list_jobs(self, **filters: Any) -> tuple[int, list[JobRecord]]:
+        params = {k: (v.value if isinstance(v, JobStatus) else v) for k, v in filters.items() if v is not None}
+        records: list[JobRecord] = []
+        page, count = 1, 0
+        while True:
+            body = self._call("GET", "/jobs", params={**params, "page": page, "page_size": 1000}).json()
+            count = body["count"]
+            records += [JobRecord.model_validate(item) for item in body["results"]]
+            if not body["next"]:
+                return count, records
+            page += 1
+
+    def wait(self, job_id: str, timeout: float | None) -> JobRecord:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = 30.0 if deadline is None else max(0.0, min(30.0, deadline - time.monotonic()))
+            response = self._call(
+                "GET", f"/jobs/{job_id}", params={"wait": remaining} if remaining else {},
+                timeout=remaining + 30,
+            )
+            record = JobRecord.model_validate(response.json())
+            if record.status.is_terminal or (deadline is not None and time.monotonic() >= deadline):
+                return record
+            if record.status == JobStatus.CREATED:
+                time.sleep(min(1.0, remaining))
+
+    def stop(self, job_id: str) -> JobRecord:
+        return JobRecord.model_validate(self._call("POST", f"/jobs/{job_id}/stop").json())
+
+    def delete(self, job_id: str, stop: bool) -> None:
+        self._call("DELETE", f"/jobs/{job_id}", params={"stop": "true"} if stop else {})
+
+    def statuses(self, job_id: str) -> list[StatusChange]:
+        return [StatusChange.model_validate(s) for s in self._call("GET", f"/jobs/{job_id}/statuses").json()]
+
+    def read_log(self, job_id: str, stream: str, offset: int) -> bytes:
+        params = {"stream": stream, "offset": offset}
+        return self._call("GET", f"/jobs/{job_id}/logs", params=params).content
+
+    def list_files(self, job_id: str, search: str | None) -> list[FileEntry]:
+        files, page = [], 1
+        while True:
+            params = {"page": page, "page_size": 1000, **({"search": search} if search else {})}
+            body = self._call("GET", f"/jobs/{job_id}/files", params=params).json()
+            files += [FileEntry.model_validate(item) for item in body["results"]]
+            if not body["next"]:
+                return files
+            page += 1
+
+    def download(self, job_id: str, path: str, dest: Path) -> None:
+        with self._http.stream("GET", f"/jobs/{job_id}/files/{path}") as response:
+            if response.status_code >= 400:
+                response.read()
+                raise from_json(response.status_code, response.json())
+            _save_stream(response.iter_bytes(), dest)
+
+    def return_value(self, job_id: str) -> Any:
+        record = self.get_job(job_id)
+        return record.result.value if record.result else None
+
+    def upload_binary(self, name: str, source: Path | bytes) -> BinaryRecord:
+        headers = {"Content-Type": "application/octet-stream"}
+        if isinstance(source, bytes):
+            response = self._call("POST", f"/binaries/{name}", content=source, headers=headers)
+        else:
+            with open(source, "rb") as handle:
+                response = self._call("POST", f"/binaries/{name}", content=handle, headers=headers)
+        return BinaryRecord.model_validate(response.json())
+
+    def list_binaries(self) -> list[BinaryRecord]:
+        body = self._call("GET", "/binaries", params={"page_size": 1000}).json()
+        return [BinaryRecord.model_validate(item) for item in body["results"]]
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def _save_stream(chunks: Iterator[bytes], dest: Path) -> None:
+    """Write to a temporary name and rename, so a broken download leaves no half file."""
+    partial = dest.with_name(dest.name + ".part")
+    try:
+        with open(partial, "wb") as out:
+            for chunk in chunks:
+                out.write(chunk)
+        partial.replace(dest)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def _file_map(files: Files) -> dict[str, Path]:
+    if not files:
+        return {}
+    if isinstance(files, dict):
+        return {str(dest): Path(src) for dest, src in files.items()}
+    return {Path(src).name: Path(src) for src in files}
+
+
+def _qualified_name(function: Callable) -> str:
+    module = getattr(function, "__module__", None) or "?"
+    return f"{module}.{getattr(function, '__qualname__', repr(function))}"
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value)

@@ -1,0 +1,152 @@
+"""The embedded backend of the Python API: the whole service on a private event loop thread.
+
+Calls hop onto that loop, so the engine, the store and Dask see one thread as they would in
+the server. Closing shuts down what this backend started and nothing else.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from orchestrator.config import Settings
+from orchestrator.loop_thread import LoopThread
+from orchestrator.models import (
+    BinaryRecord,
+    FileEntry,
+    JobCreate,
+    JobRecord,
+    StatusChange,
+)
+from orchestrator.service import Service
+from storage import layout
+
+LOG_READ_LIMIT = 16 * 2**20
+
+
+class EmbeddedBackend:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self._loop = LoopThread()
+        try:
+            self.service: Service = self._loop.run(Service(settings).start())
+        except BaseException:
+            self._loop.stop()
+            raise
+        self._owner = settings.default_owner
+        self._closed = False
+
+    def _run(self, coroutine: Any) -> Any:
+        return self._loop.run(coroutine)
+
+    async def _call(self, function: Callable, *args: Any, **kwargs: Any) -> Any:
+        return function(*args, **kwargs)
+
+    def _sync(self, function: Callable, *args: Any, **kwargs: Any) -> Any:
+        """Run a synchronous service method on the loop thread."""
+        return self._run(self._call(function, *args, **kwargs))
+
+    # ---- jobs -------------------------------------------------------------------------
+
+    def create_job(self, request: JobCreate, files: dict[str, Path]) -> JobRecord:
+        from orchestrator.jobs import new_job_id
+        from orchestrator.paths import safe_relative_path
+
+        job_id = new_job_id()
+        storage = self.service.storage
+        paths = []
+        try:
+            for dest, source in files.items():
+                path = safe_relative_path(dest)
+                storage.put_file(str(source), layout.input_key(job_id, path))
+                paths.append(path)
+            return self._run(self.service.jobs.create(request, self._owner, job_id=job_id, files=paths))
+        except BaseException:
+            storage.delete_prefix(layout.job_prefix(job_id))
+            raise
+
+    def create_callable(
+        self, request: JobCreate, function: Callable, args: tuple, kwargs: dict
+    ) -> JobRecord:
+        import cloudpickle
+
+        from orchestrator.jobs import new_job_id
+
+        job_id = new_job_id()
+        self.service.storage.put_bytes(
+            layout.callable_key(job_id), cloudpickle.dumps((function, args, kwargs))
+        )
+        return self._run(
+            self.service.jobs.create(request, self._owner, job_id=job_id, kind="callable")
+        )
+
+    def get_job(self, job_id: str) -> JobRecord:
+        return self._sync(self.service.jobs.get, job_id)
+
+    def list_jobs(self, **filters: Any) -> tuple[int, list[JobRecord]]:
+        return self._sync(self.service.jobs.list, limit=None, **filters)
+
+    def wait(self, job_id: str, timeout: float | None) -> JobRecord:
+        return self._run(self.service.jobs.wait(job_id, timeout))
+
+    def stop(self, job_id: str) -> JobRecord:
+        return self._run(self.service.jobs.stop(job_id, self._owner))
+
+    def delete(self, job_id: str, stop: bool) -> None:
+        self._run(self.service.jobs.delete(job_id, stop=stop, requested_by=self._owner))
+
+    def statuses(self, job_id: str) -> list[StatusChange]:
+        return self._sync(self.service.jobs.history, job_id)
+
+    def read_log(self, job_id: str, stream: str, offset: int) -> bytes:
+        return self._run(self.service.jobs.read_log(job_id, stream, offset, LOG_READ_LIMIT))
+
+    def list_files(self, job_id: str, search: str | None) -> list[FileEntry]:
+        _, files = self._sync(self.service.jobs.list_files, job_id, search, 0, 1_000_000)
+        return files
+
+    def download(self, job_id: str, path: str, dest: Path) -> None:
+        from orchestrator.client import _save_stream
+
+        _, key = self._sync(self.service.jobs.file, job_id, path)
+        _save_stream(self.service.storage.iter_chunks(key), dest)
+
+    def return_value(self, job_id: str) -> Any:
+        record = self.get_job(job_id)
+        key = layout.output_key(job_id, "return.pkl")
+        if self.service.store.get_file(job_id, "return.pkl") is not None:
+            import cloudpickle
+
+            with self.service.storage.open(key) as source:
+                return cloudpickle.loads(source.read())
+        return record.result.value if record.result else None
+
+    # ---- binaries ---------------------------------------------------------------------
+
+    def upload_binary(self, name: str, source: Path | bytes) -> BinaryRecord:
+        binaries = self.service.binaries
+        if isinstance(source, bytes):
+            return binaries.upload_bytes(name, source, "application/octet-stream", self._owner)
+        writer = binaries.begin_upload(name)
+        try:
+            with open(source, "rb") as handle:
+                shutil.copyfileobj(handle, writer, 4 * 2**20)
+        except BaseException:
+            writer.abort()
+            raise
+        return binaries.finish_upload(name, writer, "application/octet-stream", self._owner)
+
+    def list_binaries(self) -> list[BinaryRecord]:
+        _, records = self._sync(self.service.binaries.list, None, 0, 1_000_000)
+        return records
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._run(self.service.close())
+        finally:
+            self._loop.stop()
