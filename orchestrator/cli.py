@@ -1,0 +1,330 @@
+"""The command line: `orchestrator serve` runs the service; every other command talks to a
+server (default the local one) through the Python API."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from orchestrator.client import Orchestrator
+from orchestrator.errors import JobFailed, OrchestratorError
+
+DEFAULT_URL = "http://127.0.0.1:8080"
+
+
+# ---- serve and config ---------------------------------------------------------------------
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from orchestrator.config import Settings
+
+    overrides = {
+        "host": args.host, "port": args.port, "data_dir": args.data_dir, "storage": args.storage,
+        "scheduler": args.scheduler, "max_upload_bytes": args.max_upload_bytes,
+        "workers": args.workers,
+    }
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    asyncio.run(_serve(settings))
+    return 0
+
+
+async def _serve(settings: Any) -> None:
+    from orchestrator.server import start_server
+
+    server = await start_server(settings)
+    print(f"orchestrator API: {server.url}/api/v1", flush=True)
+    print(f"Dask dashboard:   {server.service.dashboard_link}", flush=True)
+    print(f"data: {settings.data_dir.resolve()}  storage: {settings.storage_url}", flush=True)
+    stopped = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stopped.set)
+    await stopped.wait()
+    print("shutting down", flush=True)
+    await server.close()
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    from orchestrator.config import Settings
+
+    settings = Settings()
+    rows = settings.describe()
+    if args.json:
+        _print_json({name: value for name, value, _ in rows})
+    else:
+        _print_table(["variable", "value", "meaning"], [[n, str(v), h] for n, v, h in rows])
+    return 0
+
+
+# ---- jobs -----------------------------------------------------------------------------------
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    command: str | list[str] = args.command[0] if len(args.command) == 1 else list(args.command)
+    resources: dict[str, Any] = {"cores": args.cores, "gpus": args.gpus}
+    if args.memory:
+        resources["memory"] = args.memory
+    env = dict(_key_value(item) for item in args.env)
+    with _connect(args) as orch:
+        job = orch.submit(
+            command, files=args.file, binaries=args.binary, env=env, resources=resources,
+            timeout_s=args.timeout, retries=args.retries, priority=args.priority, name=args.name,
+        )
+        if args.wait or args.follow:
+            if args.follow:
+                for text in job.follow():
+                    sys.stdout.write(text)
+                    sys.stdout.flush()
+            record = job.wait()
+        else:
+            record = job.record
+        _show_job(record, args.json)
+        return 0 if record.status.value in ("COMPLETED", "QUEUED", "CREATED", "RUNNING") else 1
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    with _connect(args) as orch:
+        jobs = orch.jobs(status=args.status, search=args.search, sweep_id=args.sweep_id)
+    records = [job.record for job in jobs][-args.limit:] if args.limit else [j.record for j in jobs]
+    if args.json:
+        _print_json([r.model_dump(mode="json") for r in records])
+        return 0
+    _print_table(
+        ["id", "name", "status", "attempt", "worker", "created", "reason"],
+        [[r.id, r.name, r.status.value, r.attempt, r.worker or "", _ts(r.created_at),
+          (r.status_reason or "")[:60]] for r in records],
+    )
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    with _connect(args) as orch:
+        job = orch.job(args.job_id)
+        if args.json:
+            body = job.record.model_dump(mode="json")
+            body["statuses"] = [s.model_dump(mode="json") for s in job.statuses()]
+            _print_json(body)
+            return 0
+        _show_job(job.record, False)
+        print()
+        _print_table(["status", "at", "reason"],
+                     [[s.status.value, _ts(s.at), s.reason or ""] for s in job.statuses()])
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    with _connect(args) as orch:
+        job = orch.job(args.job_id)
+        if args.follow:
+            for text in job.follow(args.stream):
+                sys.stdout.write(text)
+                sys.stdout.flush()
+        else:
+            sys.stdout.write(job.logs(args.stream))
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    with _connect(args) as orch:
+        for job_id in args.job_ids:
+            record = orch.job(job_id).stop()
+            if args.json:
+                _print_json(record.model_dump(mode="json"))
+            else:
+                print(f"{record.id}: {record.status.value} {record.status_reason or ''}".rstrip())
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    with _connect(args) as orch:
+        for job_id in args.job_ids:
+            orch.job(job_id).delete(stop=args.stop)
+            print(f"{job_id}: deleted" + (" once stopped" if args.stop else ""))
+    return 0
+
+
+def cmd_files(args: argparse.Namespace) -> int:
+    with _connect(args) as orch:
+        files = orch.job(args.job_id).files(args.search)
+    if args.json:
+        _print_json([f.model_dump() for f in files])
+    else:
+        _print_table(["path", "size", "sha256"], [[f.path, f.size, f.sha256] for f in files])
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    with _connect(args) as orch:
+        job = orch.job(args.job_id)
+        paths = args.paths or [f.path for f in job.files()]
+        dest = Path(args.dest)
+        for path in paths:
+            target = dest / path if (len(paths) > 1 or dest.is_dir()) else dest
+            saved = job.download(path, target)
+            print(f"{path} -> {saved}")
+    return 0
+
+
+def cmd_upload(args: argparse.Namespace) -> int:
+    with _connect(args) as orch:
+        record = orch.upload_binary(args.name or Path(args.path).name, args.path)
+    if args.json:
+        _print_json(record.model_dump(mode="json"))
+    else:
+        print(f"{record.name}@{record.version}  {record.size} bytes  sha256 {record.sha256}")
+    return 0
+
+
+# ---- plumbing -------------------------------------------------------------------------------
+
+
+def _connect(args: argparse.Namespace) -> Orchestrator:
+    return Orchestrator.connect(args.url, token=args.token)
+
+
+def _show_job(record: Any, as_json: bool) -> None:
+    if as_json:
+        _print_json(record.model_dump(mode="json"))
+        return
+    rows = [
+        ["id", record.id], ["name", record.name], ["status", record.status.value],
+        ["reason", record.status_reason or ""], ["worker", record.worker or ""],
+        ["attempt", record.attempt], ["created", _ts(record.created_at)],
+    ]
+    if record.result is not None:
+        rows += [["exit code", record.result.exit_code],
+                 ["duration", f"{record.result.duration_s or 0:.3f} s"]]
+        rows += [[f"output {k}", v] for k, v in record.result.outputs.items()]
+    _print_table(["field", "value"], rows, header=False)
+
+
+def _print_table(columns: Sequence[str], rows: list[list[Any]], header: bool = True) -> None:
+    cells = [[str(c) for c in row] for row in rows]
+    widths = [max([len(col) if header else 0] + [len(r[i]) for r in cells]) for i, col in enumerate(columns)]
+    lines = []
+    if header:
+        lines.append("  ".join(col.upper().ljust(w) for col, w in zip(columns, widths)).rstrip())
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    print("\n".join(lines))
+
+
+def _print_json(payload: Any) -> None:
+    print(json.dumps(payload, indent=2, default=str))
+
+
+def _ts(value: Any) -> str:
+    return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+def _key_value(item: str) -> tuple[str, str]:
+    key, sep, value = item.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {item!r}")
+    return key, value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+
+    def client_command(name: str, help_text: str, func) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=help_text)
+        cmd.add_argument("--url", default=os.environ.get("ORCHESTRATOR_URL", DEFAULT_URL),
+                         help="server URL (env ORCHESTRATOR_URL)")
+        cmd.add_argument("--token", default=None, help="API token (env ORCHESTRATOR_TOKEN)")
+        cmd.add_argument("--json", action="store_true", help="print JSON")
+        cmd.set_defaults(func=func)
+        return cmd
+
+    serve = sub.add_parser("serve", help="run the REST API with its Dask cluster")
+    serve.add_argument("--host", help="bind address (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 8080)")
+    serve.add_argument("--data-dir", help="folder of the job store and default storage")
+    serve.add_argument("--storage", help="fsspec URL of storage (e.g. s3://bucket/prefix)")
+    serve.add_argument("--scheduler", help="address of an existing Dask scheduler")
+    serve.add_argument("--workers", type=int, help="worker processes of the embedded cluster")
+    serve.add_argument("--max-upload-bytes", type=int, help="largest accepted upload")
+    serve.set_defaults(func=cmd_serve)
+
+    config = sub.add_parser("config", help="print the effective settings")
+    config.add_argument("--json", action="store_true")
+    config.set_defaults(func=cmd_config)
+
+    submit = client_command("submit", "submit a command as a job", cmd_submit)
+    submit.add_argument("command", nargs="+", help="a shell command line, or program and arguments")
+    submit.add_argument("--name")
+    submit.add_argument("-f", "--file", action="append", default=[], help="local file to stage")
+    submit.add_argument("-b", "--binary", action="append", default=[], help="binary name[@version] or URL")
+    submit.add_argument("-e", "--env", action="append", default=[], help="NAME=VALUE")
+    submit.add_argument("--cores", type=float, default=1)
+    submit.add_argument("--gpus", type=int, default=0)
+    submit.add_argument("--memory", help="e.g. 2GiB")
+    submit.add_argument("--timeout", type=float, help="seconds")
+    submit.add_argument("--retries", type=int, default=0)
+    submit.add_argument("--priority", type=int, default=0)
+    submit.add_argument("-w", "--wait", action="store_true", help="wait for the job to end")
+    submit.add_argument("--follow", action="store_true", help="print stdout while it runs")
+
+    listing = client_command("list", "list jobs", cmd_list)
+    listing.add_argument("--status")
+    listing.add_argument("--search")
+    listing.add_argument("--sweep-id")
+    listing.add_argument("--limit", type=int, default=50, help="newest N (0: all)")
+
+    status = client_command("status", "show a job and its status history", cmd_status)
+    status.add_argument("job_id")
+
+    logs = client_command("logs", "print a job's log", cmd_logs)
+    logs.add_argument("job_id")
+    logs.add_argument("--stream", default="stdout", choices=["stdout", "stderr"])
+    logs.add_argument("-f", "--follow", action="store_true", help="follow until the job ends")
+
+    stop = client_command("stop", "stop jobs", cmd_stop)
+    stop.add_argument("job_ids", nargs="+")
+
+    delete = client_command("delete", "delete finished jobs and their files", cmd_delete)
+    delete.add_argument("job_ids", nargs="+")
+    delete.add_argument("--stop", action="store_true", help="stop running jobs first")
+
+    files = client_command("files", "list a job's output files", cmd_files)
+    files.add_argument("job_id")
+    files.add_argument("--search")
+
+    download = client_command("download", "download output files", cmd_download)
+    download.add_argument("job_id")
+    download.add_argument("paths", nargs="*", help="output paths (default: all)")
+    download.add_argument("-o", "--dest", default=".", help="file or folder")
+
+    upload = client_command("upload", "upload a binary", cmd_upload)
+    upload.add_argument("path")
+    upload.add_argument("--name", help="binary name (default: the file name)")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except JobFailed as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except OrchestratorError as exc:
+        detail = "".join(f"\n  {k}: {v}" for k, v in exc.fields.items())
+        print(f"error: {exc.message}{detail}", file=sys.stderr)
+        return 2
+    except (OSError, TimeoutError, httpx.HTTPError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
