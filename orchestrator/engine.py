@@ -151,7 +151,7 @@ class Engine:
         current = self.store.get_job(job.id)
         if current is not None and current.status == JobStatus.QUEUED:
             if future is not None:
-                future.cancel()
+                await self.client.cancel([future])
             self._transition(job.id, JobStatus.STOPPED, reason, utcnow(), only_from=[JobStatus.QUEUED],
                              finished_at=utcnow())
         elif future is None and current is not None and current.status.is_active:
@@ -164,7 +164,7 @@ class Engine:
         await self._flag_on_workers(task_key(job), "the orchestrator")
         future = self._futures.pop(job.id, None)
         if future is not None:
-            future.cancel()
+            await self.client.cancel([future])
 
     async def _flag_on_workers(self, key: str, requested_by: str) -> None:
         with contextlib.suppress(Exception):

@@ -139,7 +139,7 @@ class StreamingBodyHandler(BaseHandler):
         self.raw: AtomicWriter | None = None
         self._problem: BaseException | None = None
         self._received = 0
-        if self.request.method not in self.body_methods:
+        if self.request.method not in self.body_methods or not _has_body(self.request):
             return
         settings = self.service.settings
         self._limit = settings.max_upload_bytes
@@ -205,6 +205,11 @@ class StreamingBodyHandler(BaseHandler):
         if getattr(self, "raw", None) is not None:
             with contextlib.suppress(Exception):
                 self.raw.abort()
+
+
+def _has_body(request) -> bool:
+    length = request.headers.get("Content-Length")
+    return bool(request.headers.get("Transfer-Encoding")) or (length is not None and length != "0")
 
 
 def _boundary(content_type: str) -> bytes:

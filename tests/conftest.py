@@ -1,0 +1,151 @@
+"""Real parts only: a LocalCluster with worker processes, SQLite files and storage folders in
+tmp dirs, and the REST server on 127.0.0.1 with a real HTTP client."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import psutil
+import pytest
+from distributed import LocalCluster
+
+from orchestrator.config import Settings
+from orchestrator.loop_thread import LoopThread
+from orchestrator.server import RunningServer, start_server
+
+REPO = Path(__file__).resolve().parent.parent
+TERMINAL = {"COMPLETED", "FAILED", "STOPPED"}
+
+
+@pytest.fixture(scope="session")
+def scheduler_address() -> Iterator[str]:
+    """One real cluster for the suite: 1 worker process, 2 threads, declaring CPU=2."""
+    with LocalCluster(
+        n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
+        dashboard_address=None, resources={"CPU": 2, "MEMORY": 8 * 2**30},
+    ) as cluster:
+        yield cluster.scheduler_address
+
+
+@dataclass
+class Server:
+    running: RunningServer
+    loop: LoopThread
+    http: httpx.Client
+    settings: Settings
+
+    @property
+    def url(self) -> str:
+        return self.running.url
+
+    def submit(self, **job) -> dict:
+        response = self.http.post("/jobs", json=job)
+        assert response.status_code == 201, response.text
+        return response.json()
+
+    def wait(self, job_id: str, timeout: float = 60) -> dict:
+        response = self.http.get(f"/jobs/{job_id}", params={"wait": timeout}, timeout=timeout + 10)
+        assert response.status_code == 200, response.text
+        job = response.json()
+        assert job["status"] in TERMINAL, job
+        return job
+
+    def wait_for_status(self, job_id: str, status: str, timeout: float = 30) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.http.get(f"/jobs/{job_id}").json()
+            if job["status"] == status:
+                return job
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id} never reached {status}: {job}")
+
+
+def start_test_server(settings: Settings) -> Server:
+    loop = LoopThread()
+    running = loop.run(start_server(settings))
+    http = httpx.Client(base_url=running.url + "/api/v1", timeout=60)
+    return Server(running, loop, http, settings)
+
+
+def stop_test_server(server: Server) -> None:
+    server.http.close()
+    jobs = server.running.service.jobs
+    _, active = server.running.service.store.list_jobs(limit=None)
+    for job in active:
+        if job.status.is_active:
+            with contextlib.suppress(Exception):
+                server.loop.run(jobs.stop(job.id, "teardown"), timeout=10)
+    server.loop.run(server.running.close(), timeout=60)
+    server.loop.stop()
+
+
+@pytest.fixture
+def make_server(tmp_path: Path, scheduler_address: str):
+    servers: list[Server] = []
+
+    def make(**overrides) -> Server:
+        options = {
+            "data_dir": tmp_path / f"data{len(servers)}", "port": 0,
+            "scheduler": scheduler_address, **overrides,
+        }
+        server = start_test_server(Settings(**options))
+        servers.append(server)
+        return server
+
+    yield make
+    for server in servers:
+        stop_test_server(server)
+
+
+@pytest.fixture
+def server(make_server) -> Server:
+    return make_server()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def serve_subprocess(data_dir: Path, port: int, *extra: str) -> subprocess.Popen:
+    """`orchestrator serve` as a user runs it, from this checkout."""
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "serve", "--data-dir", str(data_dir),
+         "--port", str(port), *extra],
+        env=env, cwd=data_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def wait_until_serving(url: str, process: subprocess.Popen, timeout: float = 90) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited: {process.stdout.read().decode()}")
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/api/v1/health", timeout=2).status_code == 200:
+                return
+        time.sleep(0.2)
+    raise AssertionError("server did not start")
+
+
+def kill_tree(process: subprocess.Popen) -> None:
+    """The server and everything it started (worker processes, their jobs)."""
+    with contextlib.suppress(psutil.Error):
+        children = psutil.Process(process.pid).children(recursive=True)
+        for proc in [psutil.Process(process.pid), *children]:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(children, timeout=10)
+    process.wait(timeout=10)
