@@ -212,8 +212,8 @@ def _print_table(columns: Sequence[str], rows: list[list[Any]], header: bool = T
     widths = [max([len(col) if header else 0] + [len(r[i]) for r in cells]) for i, col in enumerate(columns)]
     lines = []
     if header:
-        lines.append("  ".join(col.upper().ljust(w) for col, w in zip(columns, widths)).rstrip())
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+        lines.append("  ".join(col.upper().ljust(w) for col, w in zip(columns, widths, strict=False)).rstrip())
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)).rstrip() for row in cells]
     print("\n".join(lines))
 
 

@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import httpx
+from pydantic import ValidationError
 
-from orchestrator.errors import JobFailed, from_json
+from orchestrator.errors import JobFailed, from_json, validation_failed
 from orchestrator.models import (
     BinaryRecord,
     FileEntry,
@@ -168,11 +169,11 @@ class Orchestrator:
         }
         if callable(command):
             fields["name"] = name or getattr(command, "__name__", "call").strip("<>") or "call"
-            request = JobCreate(command=_qualified_name(command), **fields)
+            request = _job_request(command=_qualified_name(command), **fields)
             return Job(self._backend, self._backend.create_callable(request, command, args, kwargs))
         if args or kwargs:
             raise TypeError(f"unexpected arguments for a command job: {args or kwargs}")
-        request = JobCreate(command=command, **fields)
+        request = _job_request(command=command, **fields)
         return Job(self._backend, self._backend.create_job(request, _file_map(files)))
 
     def job(self, job_id: str) -> Job:
@@ -324,6 +325,14 @@ def _save_stream(chunks: Iterator[bytes], dest: Path) -> None:
         partial.replace(dest)
     finally:
         partial.unlink(missing_ok=True)
+
+
+def _job_request(**fields: Any) -> JobCreate:
+    """Validated here, so mistakes raise the same ValidationFailed a server would answer."""
+    try:
+        return JobCreate(**fields)
+    except ValidationError as exc:
+        raise validation_failed(exc) from None
 
 
 def _file_map(files: Files) -> dict[str, Path]:

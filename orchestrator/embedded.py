@@ -20,6 +20,7 @@ from orchestrator.models import (
     JobRecord,
     StatusChange,
 )
+from orchestrator.runner import RETURN_FILE
 from orchestrator.service import Service
 from storage import layout
 
@@ -115,8 +116,8 @@ class EmbeddedBackend:
 
     def return_value(self, job_id: str) -> Any:
         record = self.get_job(job_id)
-        key = layout.output_key(job_id, "return.pkl")
-        if self.service.store.get_file(job_id, "return.pkl") is not None:
+        key = layout.output_key(job_id, RETURN_FILE)
+        if self.service.store.get_file(job_id, RETURN_FILE) is not None:
             import cloudpickle
 
             with self.service.storage.open(key) as source:

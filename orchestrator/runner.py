@@ -27,11 +27,11 @@ import psutil
 
 from orchestrator.paths import safe_relative_path
 from plugins.worker import job_processes, signal_group
-from storage import Storage
-from storage import layout
+from storage import Storage, layout
 
 STATUS_TOPIC = "orchestrator-status"
 OUTPUTS_FILE = "outputs.json"
+RETURN_FILE = "return.pkl"
 STOP_GRACE_S = 2.0
 TASK_KEY_VARIABLE = "ORCHESTRATOR_TASK_KEY"
 
@@ -101,7 +101,7 @@ def _run_in(scratch: Path, spec: RunSpec, storage: Storage, worker: str | None) 
     started = time.time()
     _announce_running(spec, worker, started)
     if spec.callable_key:
-        outcome = _run_callable(storage, spec, worker)
+        outcome = _run_callable(storage, workdir, spec, worker)
     else:
         outcome = _run_command(scratch, workdir, spec, storage, worker)
     outcome.started_at = started
@@ -187,10 +187,8 @@ def _terminate_tree(process: subprocess.Popen, key: str) -> list[str]:
     Returns descriptions of processes still alive afterwards (there should be none).
     """
     signal_group(process, signal.SIGTERM)
-    try:
+    with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        pass
     signal_group(process, signal.SIGKILL)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=STOP_GRACE_S)
@@ -284,7 +282,7 @@ def _ship_final_logs(storage: Storage, job_id: str, paths: dict[str, Path]) -> N
 # ---- Python callables -------------------------------------------------------------------
 
 
-def _run_callable(storage: Storage, spec: RunSpec, worker: str | None) -> Outcome:
+def _run_callable(storage: Storage, workdir: Path, spec: RunSpec, worker: str | None) -> Outcome:
     import cloudpickle
 
     with storage.open(spec.callable_key) as source:
@@ -299,7 +297,7 @@ def _run_callable(storage: Storage, spec: RunSpec, worker: str | None) -> Outcom
         json.dumps(value)
         outcome.value = value
     except (TypeError, ValueError):
-        storage.put_bytes(layout.output_key(spec.job_id, "return.pkl"), cloudpickle.dumps(value))
+        (workdir / RETURN_FILE).write_bytes(cloudpickle.dumps(value))  # uploaded as an output
         outcome.value = repr(value)[:1000]
     return outcome
 

@@ -7,6 +7,7 @@ while the bytes stream through, so nothing is read twice.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import posixpath
@@ -181,16 +182,12 @@ class Storage:
         }
 
     def delete(self, key: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.fs.rm(self.path(key))
-        except FileNotFoundError:
-            pass
 
     def delete_prefix(self, prefix: str) -> None:
-        try:
+        with contextlib.suppress(FileNotFoundError):
             self.fs.rm(self.path(prefix), recursive=True)
-        except FileNotFoundError:
-            pass
 
     def _ensure_parent(self, key: str) -> None:
         if _is_local(self.fs):
