@@ -119,7 +119,8 @@ def free_port() -> int:
 
 def serve_subprocess(data_dir: Path, port: int, *extra: str) -> subprocess.Popen:
     """`orchestrator serve` as a user runs it, from this checkout."""
-    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
+           "ORCHESTRATOR_DASHBOARD_ADDRESS": "127.0.0.1:0"}
     return subprocess.Popen(
         [sys.executable, "-m", "orchestrator.cli", "serve", "--data-dir", str(data_dir),
          "--port", str(port), *extra],
@@ -140,12 +141,21 @@ def wait_until_serving(url: str, process: subprocess.Popen, timeout: float = 90)
     raise AssertionError("server did not start")
 
 
-def kill_tree(process: subprocess.Popen) -> None:
-    """The server and everything it started (worker processes, their jobs)."""
-    with contextlib.suppress(psutil.Error):
-        children = psutil.Process(process.pid).children(recursive=True)
-        for proc in [psutil.Process(process.pid), *children]:
-            with contextlib.suppress(psutil.Error):
-                proc.kill()
-        psutil.wait_procs(children, timeout=10)
+def kill_session(process: subprocess.Popen) -> None:
+    """Everything the server started (worker processes and their jobs) after it is gone."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, 9)
     process.wait(timeout=10)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(
+        p.info["pid"] != os.getpid() and _session(p) == process.pid
+        for p in psutil.process_iter(["pid"])
+    ):
+        time.sleep(0.1)
+
+
+def _session(proc: psutil.Process) -> int | None:
+    try:
+        return os.getsid(proc.pid)
+    except OSError:
+        return None

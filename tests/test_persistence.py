@@ -1,0 +1,70 @@
+"""Crash and restart with real processes: `orchestrator serve` killed with SIGKILL loses nothing."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import httpx
+
+from tests.conftest import free_port, kill_session, serve_subprocess, wait_until_serving
+
+
+def test_kill_9_and_restart_keeps_every_job_and_resubmits_active_ones(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    api = httpx.Client(base_url=url + "/api/v1", timeout=60)
+    server = serve_subprocess(data_dir, port)
+    try:
+        wait_until_serving(url, server)
+        done = api.post("/jobs", params={"sync": "true"}, json={"command": "echo kept > out.txt"}).json()
+        assert done["status"] == "COMPLETED"
+        blocker = api.post("/jobs", json={"command": "sleep 600", "resources": {"cores": 2}}).json()
+        queued = [api.post("/jobs", json={"command": "echo again", "resources": {"cores": 2}}).json()
+                  for _ in range(2)]
+        saved = api.post("/jobs", json={"command": "true", "submit": False}).json()
+        _wait_status(api, blocker["id"], "RUNNING")
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait(timeout=10)
+    finally:
+        kill_session(server)
+
+    server = serve_subprocess(data_dir, port)
+    try:
+        wait_until_serving(url, server)
+        assert api.get("/jobs").json()["count"] == 5
+        kept = api.get(f"/jobs/{done['id']}").json()
+        assert kept["status"] == "COMPLETED"
+        assert api.get(f"/jobs/{done['id']}/files/out.txt").content == b"kept\n"
+        assert [h["status"] for h in api.get(f"/jobs/{done['id']}/statuses").json()] == [
+            "CREATED", "QUEUED", "RUNNING", "COMPLETED"]
+        assert api.get(f"/jobs/{saved['id']}").json()["status"] == "CREATED"
+        history = api.get(f"/jobs/{blocker['id']}/statuses").json()
+        assert history[-1]["status"] in ("QUEUED", "RUNNING")
+        reasons = [h["reason"] or "" for h in history]
+        assert any(r.startswith("resubmitted after orchestrator restart (was RUNNING on tcp://")
+                   for r in reasons), reasons
+        api.post(f"/jobs/{blocker['id']}/stop")
+        for job in queued:
+            finished = api.get(f"/jobs/{job['id']}", params={"wait": 60}).json()
+            assert finished["status"] == "COMPLETED", finished
+            assert api.get(f"/jobs/{job['id']}/logs").text == "again\n"
+            assert any("resubmitted after orchestrator restart" in (h["reason"] or "")
+                       for h in api.get(f"/jobs/{job['id']}/statuses").json())
+        assert api.get(f"/jobs/{blocker['id']}", params={"wait": 10}).json()["status"] == "STOPPED"
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+    finally:
+        kill_session(server)
+        api.close()
+
+
+def _wait_status(api: httpx.Client, job_id: str, status: str) -> None:
+    import time
+
+    deadline = time.monotonic() + 30
+    while api.get(f"/jobs/{job_id}").json()["status"] != status:
+        assert time.monotonic() < deadline, f"{job_id} never {status}"
+        time.sleep(0.1)

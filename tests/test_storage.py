@@ -1,0 +1,81 @@
+"""Storage conformance over a local folder and fsspec's memory filesystem."""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+
+import pytest
+
+from storage import Storage, layout
+
+
+@pytest.fixture(params=["local", "memory"])
+def storage(request, tmp_path) -> Storage:
+    if request.param == "local":
+        return Storage(str(tmp_path / "store"))
+    return Storage(f"memory://test-{uuid.uuid4().hex}")
+
+
+def test_writer_is_invisible_until_commit(storage):
+    writer = storage.writer("a/b.txt")
+    writer.write(b"half")
+    assert not storage.exists("a/b.txt")
+    stored = writer.commit()
+    assert storage.exists("a/b.txt")
+    assert stored.size == 4 and stored.sha256 == hashlib.sha256(b"half").hexdigest()
+
+
+def test_aborted_write_leaves_nothing(storage):
+    writer = storage.writer("x.bin")
+    writer.write(b"partial")
+    writer.abort()
+    assert not storage.exists("x.bin")
+    assert storage.list_sizes("_tmp") == {}
+
+
+def test_failed_stream_leaves_nothing(storage):
+    class Broken:
+        def read(self, _):
+            raise OSError("connection reset")
+
+    with pytest.raises(OSError):
+        storage.put_stream("y.bin", Broken())
+    assert not storage.exists("y.bin")
+
+
+def test_ranges_chunks_and_delete_prefix(storage):
+    storage.put_bytes("d/one", b"0123456789")
+    assert storage.read_range("d/one", 3, 6) == b"345"
+    assert b"".join(storage.iter_chunks("d/one", 8)) == b"89"
+    assert storage.list_sizes("d") == {"one": 10}
+    storage.delete_prefix("d")
+    assert not storage.exists("d/one")
+    assert storage.list_sizes("d") == {}
+
+
+def test_logs_read_from_segments_and_from_the_final_file(storage):
+    storage.put_bytes(layout.segment_key("j", "stdout", 0), b"hello ")
+    storage.put_bytes(layout.segment_key("j", "stdout", 6), b"world\n")
+    assert layout.read_log(storage, "j", "stdout", 0, 100) == b"hello world\n"
+    assert layout.read_log(storage, "j", "stdout", 3, 5) == b"lo wo"
+    assert layout.read_log(storage, "j", "stdout", 12, 100) == b""
+    storage.put_bytes(layout.log_key("j", "stdout"), b"hello world\n")
+    storage.delete_prefix(layout.log_segments_prefix("j", "stdout"))
+    assert layout.read_log(storage, "j", "stdout", 6, 100) == b"world\n"
+    assert layout.log_size(storage, "j", "stdout") == 12
+    assert layout.read_log(storage, "missing", "stderr", 0, 10) == b""
+
+
+@pytest.mark.parametrize("path", ["../x", "/abs", "a/../../b", "", "a\x00b", "C:/x", "~/x"])
+def test_unsafe_paths_are_refused(path):
+    from orchestrator.paths import safe_relative_path
+
+    with pytest.raises(ValueError):
+        safe_relative_path(path)
+
+
+def test_safe_paths_are_normalised():
+    from orchestrator.paths import safe_relative_path
+
+    assert safe_relative_path("a/./b//c.txt") == "a/b/c.txt"
