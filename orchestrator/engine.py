@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections import defaultdict
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -35,6 +36,8 @@ from storage import layout
 
 logger = logging.getLogger(__name__)
 
+RESOURCE_CACHE_S = 2.0
+
 StatusListener = Callable[[JobRecord, StatusChange], None]
 
 
@@ -58,7 +61,9 @@ class Engine:
         self._waiters: dict[str, list[asyncio.Future]] = defaultdict(list)
         self._tasks: set[asyncio.Task] = set()
         self.listeners: list[StatusListener] = []
-        self.on_finished: list[Callable[[JobRecord], Any]] = []
+        self._offers: list[dict[str, float]] | None = None
+        self._offers_at = 0.0
+        self.on_finished: list[Callable[[str], Any]] = []  # called with the job id
 
     async def start(self) -> None:
         await self.client.register_plugin(OrchestratorWorkerPlugin())
@@ -75,15 +80,20 @@ class Engine:
     # ---- submitting -------------------------------------------------------------------
 
     async def check_feasible(self, job: JobRecord) -> None:
-        """Refuse a job no connected worker could ever run, unless the cluster can grow."""
+        """Refuse a job no connected worker could ever run, unless the cluster can grow.
+
+        Worker resources are cached briefly: asking the scheduler on every submit would
+        cost a round trip per job. A refusal always re-asks, so a new worker is seen.
+        """
         wanted = job.resources.as_dask()
         if not wanted or self.can_grow:
             return
-        identity = await self.client.scheduler.identity(n_workers=-1)
-        workers = identity.get("workers", {}).values()
-        if any(all(w.get("resources", {}).get(r, 0) >= n for r, n in wanted.items()) for w in workers):
+        if _fits_any(wanted, await self._worker_resources(fresh=False)):
             return
-        best = {r: max((w.get("resources", {}).get(r, 0) for w in workers), default=0) for r in wanted}
+        offers = await self._worker_resources(fresh=True)
+        if _fits_any(wanted, offers):
+            return
+        best = {r: max((o.get(r, 0) for o in offers), default=0) for r in wanted}
         missing = [r for r, n in wanted.items() if best[r] < n]
         field_name = {"CPU": "cores", "GPU": "gpus", "MEMORY": "memory"}
         fields = {
@@ -92,17 +102,22 @@ class Engine:
         } or {"resources": "no single worker offers all of these together"}
         raise ValidationFailed("no worker can satisfy the requested resources", fields)
 
-    def submit(self, job: JobRecord, reason: str | None = None) -> None:
-        """Queue the job's next attempt on Dask and record it as QUEUED."""
-        attempt = job.attempt + 1
+    async def _worker_resources(self, fresh: bool) -> list[dict[str, float]]:
+        now = time.monotonic()
+        if fresh or self._offers is None or now - self._offers_at > RESOURCE_CACHE_S:
+            identity = await self.client.scheduler.identity(n_workers=-1)
+            self._offers = [w.get("resources", {}) for w in identity.get("workers", {}).values()]
+            self._offers_at = now
+        return self._offers
+
+    def submit(self, job: JobRecord, reason: str | None = None) -> JobRecord:
+        """Queue the job's next attempt on Dask, record it as QUEUED and return the record."""
         now = utcnow()
-        first = job.submitted_at is None
-        fields: dict[str, Any] = {"attempt": attempt, "worker": None}
-        if first:
+        fields: dict[str, Any] = {"attempt": job.attempt + 1, "worker": None}
+        if job.submitted_at is None:
             fields["submitted_at"] = now
-        self.store.update_job(job.id, **fields)
-        self._transition(job.id, JobStatus.QUEUED, reason, now)
-        job = job.model_copy(update={"attempt": attempt})
+        self._transition(job.id, JobStatus.QUEUED, reason, now, **fields)
+        job = job.model_copy(update={**fields, "status": JobStatus.QUEUED, "status_reason": reason})
         spec = self._run_spec(job)
         future = self.client.submit(
             run_job,
@@ -115,6 +130,7 @@ class Engine:
         )
         self._futures[job.id] = future
         self._spawn(self._await_outcome(job.id, spec["key"], future))
+        return job
 
     def _run_spec(self, job: JobRecord) -> dict[str, Any]:
         inputs = [_binary_input(ref) for ref in job.binaries]
@@ -243,20 +259,20 @@ class Engine:
         changed = self.store.record_status(job_id, status, reason, at, **kwargs)
         if not changed:
             return False
-        job = self.store.get_job(job_id)
-        if job is None:
-            return True
-        change = StatusChange(status=status, at=at, reason=reason)
-        for listener in list(self.listeners):
-            try:
-                listener(job, change)
-            except Exception:  # a listener's failure never takes the engine down
-                logger.exception("status listener failed")
+        if self.listeners:
+            job = self.store.get_job(job_id)
+            change = StatusChange(status=status, at=at, reason=reason)
+            for listener in list(self.listeners):
+                try:
+                    if job is not None:
+                        listener(job, change)
+                except Exception:  # a listener's failure never takes the engine down
+                    logger.exception("status listener failed")
         if status.is_terminal:
             self._wake_waiters(job_id)
             for callback in list(self.on_finished):
                 try:
-                    self._spawn_maybe(callback(job))
+                    self._spawn_maybe(callback(job_id))
                 except Exception:
                     logger.exception("finish callback failed")
         return True
@@ -308,6 +324,10 @@ class Engine:
     def _spawn_maybe(self, value: Any) -> None:
         if asyncio.iscoroutine(value):
             self._spawn(value)
+
+
+def _fits_any(wanted: dict[str, float], offers: list[dict[str, float]]) -> bool:
+    return any(all(offer.get(r, 0) >= n for r, n in wanted.items()) for offer in offers)
 
 
 def task_key(job: JobRecord) -> str:

@@ -72,9 +72,7 @@ class JobService:
         )
         await self.engine.check_feasible(job)
         self.store.insert_job(job, [StatusChange(status=JobStatus.CREATED, at=now)])
-        if request.submit:
-            self.engine.submit(job)
-        return self.get(job.id)
+        return self.engine.submit(job) if request.submit else job
 
     async def submit(self, job_id: str, owner: str | None = None) -> JobRecord:
         job = self.get(job_id, owner)
@@ -197,9 +195,9 @@ class JobService:
         await asyncio.to_thread(self.storage.delete_prefix, layout.job_prefix(job_id))
         self.store.delete_job(job_id)
 
-    async def _delete_if_asked(self, job: JobRecord) -> None:
-        if self.store.marked_for_deletion(job.id):
-            await self._remove(job.id)
+    async def _delete_if_asked(self, job_id: str) -> None:
+        if self.store.marked_for_deletion(job_id):
+            await self._remove(job_id)
 
     async def finish_pending_deletes(self) -> None:
         """After a restart: deletions that were waiting for a stop."""
