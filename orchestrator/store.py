@@ -19,9 +19,7 @@ from orchestrator.models import (
     BinaryRecord,
     FileEntry,
     JobRecord,
-    JobResult,
     JobStatus,
-    Resources,
     StatusChange,
 )
 
@@ -357,30 +355,10 @@ def _job_filters(
 
 
 def _job_from_row(row: sqlite3.Row) -> JobRecord:
-    spec = json.loads(row["spec"])
-    result = JobResult.model_validate_json(row["result"]) if row["result"] else None
-    return JobRecord(
-        id=row["id"],
-        name=row["name"],
-        owner=row["owner"],
-        kind=row["kind"],
-        status=row["status"],
-        status_reason=row["status_reason"],
-        command=spec.get("command"),
-        binaries=spec.get("binaries", []),
-        files=spec.get("files", []),
-        env=spec.get("env", {}),
-        resources=Resources.model_validate(spec.get("resources", {})),
-        timeout_s=spec.get("timeout_s"),
-        retries=spec.get("retries", 0),
-        priority=row["priority"],
-        attempt=row["attempt"],
-        worker=row["worker"],
-        sweep_id=row["sweep_id"],
-        index=row["idx"],
-        created_at=row["created_at"],
-        submitted_at=row["submitted_at"],
-        started_at=row["started_at"],
-        finished_at=row["finished_at"],
-        result=result,
-    )
+    fields = dict(row)
+    fields.update(json.loads(fields.pop("spec")))
+    fields["index"] = fields.pop("idx")
+    del fields["seq"], fields["delete_when_done"]
+    if fields["result"]:
+        fields["result"] = json.loads(fields["result"])
+    return JobRecord.model_validate(fields)
