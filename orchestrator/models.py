@@ -246,5 +246,3 @@ class ErrorBody(BaseModel):
 class ErrorResponse(BaseModel):
     error: ErrorBody
 
-
-PageSize = Annotated[int, Field(ge=1, le=1000)]

@@ -33,10 +33,6 @@ class StoredObject:
     sha256: str
 
 
-class StorageError(OSError):
-    """Storage could not be reached or refused an operation."""
-
-
 class AtomicWriter:
     """A file-like writer that becomes visible under its key only on `commit()`."""
 
