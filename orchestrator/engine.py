@@ -14,6 +14,7 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from dataclasses import asdict
 from datetime import datetime, timezone
 from typing import Any
 
@@ -147,8 +148,6 @@ class Engine:
             timeout_s=job.timeout_s,
             callable_key=layout.callable_key(job.id) if job.kind == "callable" else None,
         )
-        from dataclasses import asdict
-
         return asdict(spec)
 
     # ---- stopping ---------------------------------------------------------------------

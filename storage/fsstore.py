@@ -85,6 +85,7 @@ class Storage:
     def __init__(self, url: str, **storage_options: Any):
         self.url = url
         self.options = storage_options
+        self._temp_ready = False
 
     @cached_property
     def fs(self) -> fsspec.AbstractFileSystem:
@@ -103,7 +104,9 @@ class Storage:
         return f"{self.root}/{key}" if key else self.root
 
     def writer(self, key: str) -> AtomicWriter:
-        self._ensure_parent(f"{TEMP_PREFIX}/x")
+        if not self._temp_ready:
+            self._ensure_parent(f"{TEMP_PREFIX}/x")  # once, not on every write
+            self._temp_ready = True
         return AtomicWriter(self, key)
 
     def put_bytes(self, key: str, data: bytes) -> StoredObject:
@@ -190,10 +193,12 @@ class Storage:
             self.fs.makedirs(posixpath.dirname(self.path(key)), exist_ok=True)
 
     def __reduce__(self):
-        return (Storage, (self.url,), {"options": self.options})
+        """Pickle the URL and options only; the filesystem is rebuilt where it lands."""
+        return (_storage_from, (self.url, self.options))
 
-    def __setstate__(self, state: dict) -> None:
-        self.options = state["options"]
+
+def _storage_from(url: str, options: dict[str, Any]) -> Storage:
+    return Storage(url, **options)
 
 
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:

@@ -79,3 +79,13 @@ def test_safe_paths_are_normalised():
     from orchestrator.paths import safe_relative_path
 
     assert safe_relative_path("a/./b//c.txt") == "a/b/c.txt"
+
+
+def test_storage_pickles_as_url_and_options(tmp_path):
+    import pickle
+
+    original = Storage(str(tmp_path / "p"), auto_mkdir=True)
+    original.put_bytes("k", b"v")
+    copy = pickle.loads(pickle.dumps(original))
+    assert (copy.url, copy.options) == (original.url, original.options)
+    assert copy.read_range("k", 0) == b"v"
