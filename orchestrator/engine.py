@@ -14,7 +14,7 @@ import re
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
@@ -30,8 +30,8 @@ from orchestrator.models import (
     StatusChange,
     utcnow,
 )
-from orchestrator.runner import STATUS_TOPIC, RunSpec, StagedInput, run_job
-from orchestrator.store import Store
+from orchestrator.runner import STATUS_TOPIC, RunSpec, StagedInput, run_batch, run_job
+from orchestrator.store import StatusUpdate, Store
 from plugins.worker import OrchestratorWorkerPlugin, request_stop
 from storage import layout
 
@@ -40,6 +40,16 @@ logger = logging.getLogger(__name__)
 RESOURCE_CACHE_S = 2.0
 
 StatusListener = Callable[[JobRecord, StatusChange], None]
+ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+
+
+@dataclass
+class BatchReport:
+    """What a finished batch of sweep runs tells the dispatcher feeding it."""
+
+    requeued: list[JobRecord] = field(default_factory=list)  # failed runs with retries left
+    failed: int = 0  # runs that ended FAILED for good
+    run_seconds: float | None = None  # worker time per run, to size the next batches
 
 
 class Engine:
@@ -58,13 +68,15 @@ class Engine:
         self.storage_options = storage_options
         self.can_grow = can_grow
         self._futures: dict[str, Future] = {}  # job id -> future of its current attempt
+        self._batched: dict[str, str] = {}  # job id -> Dask key of the batch running it
         self._stop_requests: dict[str, str] = {}  # job id -> who asked
         self._waiters: dict[str, list[asyncio.Future]] = defaultdict(list)
         self._tasks: set[asyncio.Task] = set()
         self.listeners: list[StatusListener] = []
         self._offers: list[dict[str, float]] | None = None
+        self._threads = 0
         self._offers_at = 0.0
-        self.on_finished: list[Callable[[str], Any]] = []  # called with the job id
+        self.on_finished: list[Callable[[list[str]], Any]] = []  # called with job ids
 
     async def start(self) -> None:
         await self.client.register_plugin(OrchestratorWorkerPlugin())
@@ -107,9 +119,16 @@ class Engine:
         now = time.monotonic()
         if fresh or self._offers is None or now - self._offers_at > RESOURCE_CACHE_S:
             identity = await self.client.scheduler.identity(n_workers=-1)
-            self._offers = [w.get("resources", {}) for w in identity.get("workers", {}).values()]
+            workers = identity.get("workers", {}).values()
+            self._offers = [w.get("resources", {}) for w in workers]
+            self._threads = sum(w.get("nthreads", 1) for w in workers)
             self._offers_at = now
         return self._offers
+
+    async def cluster_threads(self) -> int:
+        """Worker threads in the cluster now (cached like the resource offers)."""
+        await self._worker_resources(fresh=False)
+        return self._threads
 
     def submit(self, job: JobRecord, reason: str | None = None) -> JobRecord:
         """Queue the job's next attempt on Dask, record it as QUEUED and return the record."""
@@ -150,40 +169,125 @@ class Engine:
         )
         return asdict(spec)
 
+    # ---- batches of sweep runs -------------------------------------------------------
+
+    async def run_batch(
+        self, jobs: list[JobRecord], key: str, template: dict[str, Any]
+    ) -> BatchReport:
+        """Run QUEUED sweep runs as one Dask task, record every outcome, report to the feeder.
+
+        `template` holds the RunSpec fields the runs share (inputs, timeout, callable...).
+        """
+        jobs = [job.model_copy(update={"attempt": job.attempt + 1}) for job in jobs]
+        now = utcnow()
+        for job in jobs:
+            self.store.update_job(job.id, attempt=job.attempt, worker=None,
+                                  **({"submitted_at": now} if job.submitted_at is None else {}))
+            self._batched[job.id] = key
+        runs = [
+            {"job_id": job.id, "key": task_key(job), "attempt": job.attempt,
+             "command": job.command, "env": job.env, "variables": job.variables}
+            for job in jobs
+        ]
+        spec = {"template": {**template, "storage_url": self.storage_url,
+                             "storage_options": self.storage_options},
+                "runs": runs}
+        future = self.client.submit(
+            run_batch, spec, key=key, resources=jobs[0].resources.as_dask() or None,
+            priority=jobs[0].priority, pure=False, retries=0,
+        )
+        try:
+            outcomes: list[dict[str, Any]] | BaseException = await future
+        except (asyncio.CancelledError, FutureCancelledError) as exc:
+            if isinstance(exc, asyncio.CancelledError) and not future.cancelled():
+                raise
+            outcomes = exc
+        except Exception as exc:  # noqa: BLE001 - worker loss, ...
+            outcomes = exc
+        finally:
+            future.release()
+            for job in jobs:
+                if self._batched.get(job.id) == key:
+                    del self._batched[job.id]
+        return self._record_batch(jobs, outcomes)
+
+    def _record_batch(
+        self, jobs: list[JobRecord], outcomes: list[dict[str, Any]] | BaseException
+    ) -> BatchReport:
+        report = BatchReport()
+        states = self.store.job_states([job.id for job in jobs])
+        updates: list[StatusUpdate] = []
+        spans: list[tuple[float, float]] = []
+        for position, job in enumerate(jobs):
+            outcome = outcomes[position] if isinstance(outcomes, list) else outcomes
+            state = states.get(job.id)
+            if state is None or state[0].is_terminal or state[1] != job.attempt:
+                continue
+            job = job.model_copy(update={"status": state[0]})
+            status, reason = self._judge(job, outcome)
+            if status is None:
+                continue
+            if isinstance(outcome, dict) and outcome.get("started_at") and outcome.get("finished_at"):
+                spans.append((outcome["started_at"], outcome["finished_at"]))
+            if status == JobStatus.FAILED and job.attempt <= job.retries:
+                retry = f"{reason}, retry {job.attempt}/{job.retries}"
+                updates += self._finish_updates(job, JobStatus.QUEUED, retry, outcome, final=False)
+                report.requeued.append(job)
+                continue
+            report.failed += status == JobStatus.FAILED
+            updates += self._finish_updates(job, status, reason, outcome)
+        self._apply(updates)
+        if spans:
+            busy = max(end for _, end in spans) - min(start for start, _ in spans)
+            report.run_seconds = max(busy, 0.0) / len(spans)
+        return report
+
     # ---- stopping ---------------------------------------------------------------------
 
     async def stop(self, job: JobRecord, requested_by: str) -> None:
         """Stop a job whatever its state; the STOPPED record follows when it is really gone."""
-        if job.status.is_terminal:
+        await self.stop_many([job], requested_by)
+
+    async def stop_many(self, jobs: list[JobRecord], requested_by: str, reason: str | None = None) -> None:
+        """Stop jobs with one round trip to the workers, however many there are."""
+        reason = reason or f"stop requested by {requested_by}"
+        jobs = [job for job in jobs if not job.status.is_terminal]
+        if not jobs:
             return
-        reason = f"stop requested by {requested_by}"
-        if job.status == JobStatus.CREATED:
-            self._transition(job.id, JobStatus.STOPPED, reason, utcnow(), only_from=[JobStatus.CREATED])
-            return
-        self._stop_requests[job.id] = requested_by
-        await self._flag_on_workers(task_key(job), requested_by)
-        future = self._futures.get(job.id)
-        current = self.store.get_job(job.id)
-        if current is not None and current.status == JobStatus.QUEUED:
-            if future is not None:
-                await self.client.cancel([future])
-            self._transition(job.id, JobStatus.STOPPED, reason, utcnow(), only_from=[JobStatus.QUEUED],
-                             finished_at=utcnow())
-        elif future is None and current is not None and current.status.is_active:
-            # Nothing of ours runs it (e.g. its worker vanished while we were down).
-            self._transition(job.id, JobStatus.STOPPED, reason, utcnow(),
-                             only_from=[JobStatus.RUNNING], finished_at=utcnow())
+        updates = [StatusUpdate(job.id, JobStatus.STOPPED, reason, utcnow(), [JobStatus.CREATED])
+                   for job in jobs if job.status == JobStatus.CREATED]
+        live = [job for job in jobs if job.status != JobStatus.CREATED]
+        for job in live:
+            self._stop_requests[job.id] = reason
+        if live:
+            await self._flag_on_workers([task_key(job) for job in live], requested_by)
+        states = self.store.job_states([job.id for job in live])
+        for job in live:
+            state = states.get(job.id)
+            if state is None or not state[0].is_active:
+                continue
+            future = self._futures.get(job.id)
+            if state[0] == JobStatus.QUEUED:
+                if future is not None:
+                    await self.client.cancel([future])
+                updates.append(StatusUpdate(job.id, JobStatus.STOPPED, reason, utcnow(),
+                                            [JobStatus.QUEUED], {"finished_at": utcnow()}))
+            elif future is None and job.id not in self._batched:
+                # Nothing of ours runs it (e.g. its worker vanished while we were down).
+                updates.append(StatusUpdate(job.id, JobStatus.STOPPED, reason, utcnow(),
+                                            [JobStatus.RUNNING], {"finished_at": utcnow()}))
+        self._apply(updates)
 
     async def retract(self, job: JobRecord) -> None:
         """Take a queued attempt back from Dask, making sure it never starts."""
-        await self._flag_on_workers(task_key(job), "the orchestrator")
+        await self._flag_on_workers([task_key(job)], "the orchestrator")
         future = self._futures.pop(job.id, None)
         if future is not None:
             await self.client.cancel([future])
 
-    async def _flag_on_workers(self, key: str, requested_by: str) -> None:
+    async def _flag_on_workers(self, keys: list[str], requested_by: str) -> None:
         with contextlib.suppress(Exception):
-            await self.client.run(request_stop, key, requested_by, on_error="ignore")
+            await self.client.run(request_stop, keys, requested_by, on_error="ignore")
 
     # ---- recording --------------------------------------------------------------------
 
@@ -219,62 +323,99 @@ class Engine:
         job = self.store.get_job(job_id)
         if job is None or task_key(job) != key or job.status.is_terminal:
             return  # deleted, superseded by a newer attempt, or already stopped
-        stopper = self._stop_requests.get(job_id)
-        if isinstance(outcome, dict):
-            status = JobStatus(outcome["status"])
-            reason = outcome["reason"]
-        elif isinstance(outcome, (asyncio.CancelledError, FutureCancelledError)):
-            if stopper is None:
-                return  # retracted on purpose; a new attempt follows
-            status, reason = JobStatus.STOPPED, f"stop requested by {stopper}"
-        else:
-            status, reason = JobStatus.FAILED, _describe_failure(outcome)
-        if stopper is not None and status == JobStatus.FAILED:
-            status, reason = JobStatus.STOPPED, f"stop requested by {stopper}; {reason}"
+        status, reason = self._judge(job, outcome)
+        if status is None:
+            return
         if status == JobStatus.FAILED and job.attempt <= job.retries:
             self.submit(job, reason=f"{reason}, retry {job.attempt}/{job.retries}")
             return
-        self._finish(job, status, reason, outcome if isinstance(outcome, dict) else None)
+        self._apply(self._finish_updates(job, status, reason, outcome))
 
-    def _finish(
-        self, job: JobRecord, status: JobStatus, reason: str | None, outcome: dict[str, Any] | None
-    ) -> None:
+    def _judge(
+        self, job: JobRecord, outcome: dict[str, Any] | BaseException
+    ) -> tuple[JobStatus | None, str | None]:
+        """The status an outcome earns; None when a retracted attempt needs no record."""
+        stopper = self._stop_requests.get(job.id)
+        if isinstance(outcome, dict):
+            status, reason = JobStatus(outcome["status"]), outcome["reason"]
+        elif isinstance(outcome, (asyncio.CancelledError, FutureCancelledError)):
+            if stopper is None:
+                return None, None  # retracted on purpose; a new attempt follows
+            status, reason = JobStatus.STOPPED, stopper
+        else:
+            status, reason = JobStatus.FAILED, _describe_failure(outcome)
+        if stopper is not None and status == JobStatus.FAILED:
+            status, reason = JobStatus.STOPPED, f"{stopper}; {reason}"
+        return status, reason
+
+    def _finish_updates(
+        self,
+        job: JobRecord,
+        status: JobStatus,
+        reason: str | None,
+        outcome: dict[str, Any] | BaseException,
+        final: bool = True,
+    ) -> list[StatusUpdate]:
+        """RUNNING (if the start was never announced) then the end, with result and outputs."""
+        outcome = outcome if isinstance(outcome, dict) else None
         result = _result_from(outcome)
-        if outcome is not None:
-            self.store.set_files(job.id, [FileEntry(**f) for f in outcome.get("files", [])])
-            if job.status == JobStatus.QUEUED and result.started_at is not None:
-                self._transition(job.id, JobStatus.RUNNING, f"on {result.worker}", result.started_at,
-                                 only_from=[JobStatus.QUEUED], worker=result.worker,
-                                 started_at=result.started_at)
+        updates = []
+        if job.status == JobStatus.QUEUED and result.started_at is not None:
+            updates.append(StatusUpdate(
+                job.id, JobStatus.RUNNING, f"on {result.worker}", result.started_at,
+                [JobStatus.QUEUED], {"worker": result.worker, "started_at": result.started_at},
+            ))
         finished = result.finished_at or utcnow()
-        self._transition(job.id, status, reason, finished, only_from=[JobStatus.QUEUED, JobStatus.RUNNING],
-                         result=result, finished_at=finished,
-                         **({"worker": result.worker} if result.worker else {}))
+        if not final:  # a retry follows: its outputs and result replace this attempt's
+            updates.append(StatusUpdate(job.id, status, reason, finished, ACTIVE))
+            return updates
         self._stop_requests.pop(job.id, None)
+        fields: dict[str, Any] = {"result": result, "finished_at": finished}
+        if result.worker:
+            fields["worker"] = result.worker
+        files = [FileEntry(**f) for f in outcome.get("files", [])] if outcome else None
+        updates.append(StatusUpdate(job.id, status, reason, finished, ACTIVE, fields, files))
+        return updates
 
     def _transition(
         self, job_id: str, status: JobStatus, reason: str | None, at: datetime, **kwargs: Any
     ) -> bool:
-        changed = self.store.record_status(job_id, status, reason, at, **kwargs)
-        if not changed:
-            return False
-        if self.listeners:
-            job = self.store.get_job(job_id)
-            change = StatusChange(status=status, at=at, reason=reason)
-            for listener in list(self.listeners):
-                try:
-                    if job is not None:
-                        listener(job, change)
-                except Exception:  # a listener's failure never takes the engine down
-                    logger.exception("status listener failed")
-        if status.is_terminal:
-            self._wake_waiters(job_id)
+        only_from = kwargs.pop("only_from", None)
+        return self._apply([StatusUpdate(job_id, status, reason, at, only_from, kwargs)])[0]
+
+    def _apply(self, updates: list[StatusUpdate]) -> list[bool]:
+        """Record status changes in one transaction, then tell whoever waits for them."""
+        if not updates:
+            return []
+        made = self.store.record_statuses(updates)
+        finished = []
+        for update, changed in zip(updates, made, strict=True):
+            if not changed:
+                continue
+            self._notify_listeners(update)
+            if update.status.is_terminal:
+                self._wake_waiters(update.job_id)
+                finished.append(update.job_id)
+        if finished:
             for callback in list(self.on_finished):
                 try:
-                    self._spawn_maybe(callback(job_id))
+                    self._spawn_maybe(callback(finished))
                 except Exception:
                     logger.exception("finish callback failed")
-        return True
+        return made
+
+    def _notify_listeners(self, update: StatusUpdate) -> None:
+        if not self.listeners:
+            return
+        job = self.store.get_job(update.job_id)
+        if job is None:
+            return
+        change = StatusChange(status=update.status, at=update.at, reason=update.reason)
+        for listener in list(self.listeners):
+            try:
+                listener(job, change)
+            except Exception:  # a listener's failure never takes the engine down
+                logger.exception("status listener failed")
 
     # ---- waiting ----------------------------------------------------------------------
 
@@ -308,8 +449,8 @@ class Engine:
     async def recover(self) -> None:
         """Resubmit what the store says should be running: the futures died with us."""
         for job in self.store.jobs_with_status([JobStatus.QUEUED, JobStatus.RUNNING]):
-            if job.id in self._futures:
-                continue
+            if job.id in self._futures or job.sweep_id is not None:
+                continue  # sweep runs are resumed by their sweep's dispatcher
             was = f" (was RUNNING on {job.worker})" if job.status == JobStatus.RUNNING else ""
             self.submit(job, reason=f"resubmitted after orchestrator restart{was}")
 

@@ -134,6 +134,8 @@ class JobService:
         if job.status not in (JobStatus.CREATED, JobStatus.QUEUED):
             raise Conflict(f"job {job_id} is {job.status.value}; only CREATED or QUEUED jobs can be edited")
         changes = patch.model_dump(exclude_none=True)
+        if job.sweep_id is not None and "priority" in changes:
+            raise Conflict(f"job {job_id} is a run of sweep {job.sweep_id}; runs share the sweep's priority")
         self.store.update_job(job_id, **changes)
         if job.status == JobStatus.QUEUED and "priority" in changes:
             await self.engine.retract(job)
@@ -163,13 +165,9 @@ class JobService:
         return True
 
     async def stop_many(self, selection: JobSelection, requested_by: str, owner: str | None) -> list[str]:
-        jobs = self._select(selection, owner)
-        stopped = []
-        for job in jobs:
-            if not job.status.is_terminal:
-                await self.engine.stop(job, requested_by)
-                stopped.append(job.id)
-        return stopped
+        jobs = [job for job in self._select(selection, owner) if not job.status.is_terminal]
+        await self.engine.stop_many(jobs, requested_by)
+        return [job.id for job in jobs]
 
     async def delete_many(
         self, selection: JobSelection, requested_by: str, owner: str | None, stop: bool
@@ -195,8 +193,8 @@ class JobService:
         await asyncio.to_thread(self.storage.delete_prefix, layout.job_prefix(job_id))
         self.store.delete_job(job_id)
 
-    async def _delete_if_asked(self, job_id: str) -> None:
-        if self.store.marked_for_deletion(job_id):
+    async def _delete_if_asked(self, job_ids: list[str]) -> None:
+        for job_id in self.store.marked_among(job_ids):
             await self._remove(job_id)
 
     async def finish_pending_deletes(self) -> None:

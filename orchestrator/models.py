@@ -87,9 +87,11 @@ def _check_job_name(value: str) -> str:
 JobName = Annotated[str, AfterValidator(_check_job_name)]
 
 
-class JobCreate(Request):
+class JobTemplate(Request):
+    """What a job runs and with what; a sweep fills it in once per run."""
+
     name: JobName | None = Field(None, description="shown in lists and in Dask task keys")
-    command: str | list[str] = Field(
+    command: str | list[str] | None = Field(
         ..., description="a shell command line, or an argument list run without a shell"
     )
     binaries: list[str] = Field(
@@ -101,11 +103,12 @@ class JobCreate(Request):
     timeout_s: float | None = Field(None, gt=0, le=30 * 24 * 3600)
     retries: int = Field(0, ge=0, le=10, description="extra attempts after a failure")
     priority: int = Field(0, ge=-1_000_000, le=1_000_000, description="higher runs first")
-    submit: bool = Field(True, description="false saves the job as CREATED")
 
     @field_validator("command")
     @classmethod
-    def _non_empty_command(cls, value: str | list[str]) -> str | list[str]:
+    def _non_empty_command(cls, value: str | list[str] | None) -> str | list[str] | None:
+        if value is None:
+            return value
         if isinstance(value, str):
             if not value.strip():
                 raise ValueError("must not be empty")
@@ -139,6 +142,13 @@ class JobCreate(Request):
             if version and not version.isdigit():
                 raise ValueError(f"{ref!r}: version must be a number")
         return value
+
+
+class JobCreate(JobTemplate):
+    command: str | list[str] = Field(
+        ..., description="a shell command line, or an argument list run without a shell"
+    )
+    submit: bool = Field(True, description="false saves the job as CREATED")
 
 
 class JobPatch(Request):
@@ -210,6 +220,7 @@ class JobRecord(BaseModel):
     worker: str | None = None
     sweep_id: str | None = None
     index: int | None = None
+    variables: dict[str, Any] | None = Field(None, description="a sweep run's variable values")
     created_at: datetime
     submitted_at: datetime | None = None
     started_at: datetime | None = None

@@ -15,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import tempfile
-import threading
 import time
 import traceback
 from dataclasses import asdict, dataclass, field
@@ -25,6 +24,7 @@ from typing import Any
 
 import psutil
 
+from orchestrator import templating
 from orchestrator.paths import safe_relative_path
 from plugins.worker import job_processes, signal_group
 from storage import Storage, layout
@@ -33,6 +33,7 @@ STATUS_TOPIC = "orchestrator-status"
 OUTPUTS_FILE = "outputs.json"
 RETURN_FILE = "return.pkl"
 STOP_GRACE_S = 2.0
+ANNOUNCE_INTERVAL_S = 0.1
 TASK_KEY_VARIABLE = "ORCHESTRATOR_TASK_KEY"
 
 
@@ -42,6 +43,7 @@ class StagedInput:
     key: str | None = None  # in storage
     url: str | None = None  # any fsspec URL
     executable: bool = False
+    template: bool = False  # `${name}` placeholders filled with the run's variables
 
 
 @dataclass
@@ -56,6 +58,11 @@ class RunSpec:
     inputs: list[StagedInput] = field(default_factory=list)
     timeout_s: float | None = None
     callable_key: str | None = None
+    variables: dict[str, Any] | None = None  # a sweep run's values
+
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> RunSpec:
+        return cls(**{**fields, "inputs": [StagedInput(**i) for i in fields.get("inputs", [])]})
 
 
 @dataclass
@@ -73,37 +80,65 @@ class Outcome:
 
 
 def run_job(spec_dict: dict[str, Any]) -> dict[str, Any]:
-    """The Dask task of every job."""
-    spec = RunSpec(**{**spec_dict, "inputs": [StagedInput(**i) for i in spec_dict["inputs"]]})
+    """The Dask task of a single job."""
+    return asdict(execute(RunSpec.from_dict(spec_dict), announce=True))
+
+
+def run_batch(batch: dict[str, Any]) -> list[dict[str, Any]]:
+    """The Dask task of several sweep runs, one after another, sharing one template.
+
+    Cheap runs are batched so Dask's per-task cost is paid once per batch. A run starting
+    is announced at most every ANNOUNCE_INTERVAL_S; runs that start and end in between are
+    recorded as RUNNING with their real start time when the batch reports. One run's
+    unexpected error fails that run only.
+    """
+    template = batch["template"]
+    outcomes = []
+    announced_at = float("-inf")
+    for run in batch["runs"]:
+        spec = RunSpec.from_dict({**template, **run})
+        announce = time.monotonic() - announced_at >= ANNOUNCE_INTERVAL_S
+        try:
+            outcome = execute(spec, announce)
+        except Exception as exc:  # noqa: BLE001 - keep the rest of the batch going
+            outcome = Outcome("FAILED", f"runner error: {_describe(exc)}", worker=_worker_address())
+        if announce:
+            announced_at = time.monotonic()
+        outcomes.append(asdict(outcome))
+    return outcomes
+
+
+def execute(spec: RunSpec, announce: bool) -> Outcome:
     worker = _worker_address()
     stopper = job_processes().stop_requested(spec.key)
     if stopper:
-        return asdict(Outcome("STOPPED", f"stop requested by {stopper}", worker=worker))
+        return Outcome("STOPPED", f"stop requested by {stopper}", worker=worker)
     storage = _storage(spec.storage_url, json.dumps(spec.storage_options, sort_keys=True))
+    if spec.callable_key:
+        return _call(storage, spec, worker, announce)
     scratch = Path(tempfile.mkdtemp(prefix=f"{spec.job_id}-", dir=_scratch_root()))
     try:
-        outcome = _run_in(scratch, spec, storage, worker)
+        return _run_in(scratch, spec, storage, worker, announce)
     finally:
         job_processes().unregister(spec.key)
         shutil.rmtree(scratch, ignore_errors=True)
-    return asdict(outcome)
 
 
-def _run_in(scratch: Path, spec: RunSpec, storage: Storage, worker: str | None) -> Outcome:
+def _run_in(
+    scratch: Path, spec: RunSpec, storage: Storage, worker: str | None, announce: bool
+) -> Outcome:
     workdir = scratch / "work"
     workdir.mkdir()
     if spec.attempt > 1:
         storage.delete_prefix(layout.outputs_prefix(spec.job_id))
     try:
-        staged = _stage_inputs(storage, spec.inputs, workdir)
+        staged = _stage_inputs(storage, spec.inputs, workdir, spec.variables or {})
     except Exception as exc:  # noqa: BLE001 - any staging failure fails the job with its reason
         return Outcome("FAILED", f"staging inputs failed: {_describe(exc)}", worker=worker)
     started = time.time()
-    _announce_running(spec, worker, started)
-    if spec.callable_key:
-        outcome = _run_callable(storage, workdir, spec, worker)
-    else:
-        outcome = _run_command(scratch, workdir, spec, storage, worker)
+    if announce:
+        _announce_running(spec, worker, started)
+    outcome = _run_command(scratch, workdir, spec, storage, worker)
     outcome.started_at = started
     try:
         outcome.files = _upload_outputs(storage, spec.job_id, workdir, staged)
@@ -139,15 +174,16 @@ def _run_command(
             _ship_final_logs(storage, spec.job_id, log_paths)
             return Outcome("FAILED", f"cannot start command: {exc.strerror or exc}", 127, worker=worker)
         shipper = LogShipper(storage, spec.job_id, log_paths)
-        shipper.start()
         try:
-            outcome = _supervise(process, spec, worker)
+            outcome = _supervise(process, spec, worker, shipper)
         finally:
             shipper.finish()
     return outcome
 
 
-def _supervise(process: subprocess.Popen, spec: RunSpec, worker: str | None) -> Outcome:
+def _supervise(
+    process: subprocess.Popen, spec: RunSpec, worker: str | None, shipper: LogShipper
+) -> Outcome:
     registry = job_processes()
     registry.register(spec.key, process)
     deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else None
@@ -157,6 +193,7 @@ def _supervise(process: subprocess.Popen, spec: RunSpec, worker: str | None) -> 
             process.wait(timeout=0.1)
             break
         except subprocess.TimeoutExpired:
+            shipper.ship_if_due()
             if deadline is not None and time.monotonic() > deadline:
                 timed_out = True
                 break
@@ -231,8 +268,9 @@ def _with_leftovers(reason: str, leftovers: list[str]) -> str:
 class LogShipper:
     """Copies what the job writes to its log files into storage as offset-named segments.
 
-    Starts shipping often and slows down, so short jobs cost nothing and long ones
-    do not flood storage with tiny objects.
+    Driven by the supervising loop (no thread per run). Ships soon after the start, then
+    less often, so short jobs cost nothing and long ones do not flood storage with tiny
+    objects.
     """
 
     def __init__(self, storage: Storage, job_id: str, paths: dict[str, Path]):
@@ -240,23 +278,19 @@ class LogShipper:
         self._job_id = job_id
         self._paths = paths
         self._shipped = dict.fromkeys(paths, 0)
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True, name=f"logs-{job_id}")
+        self._interval = 0.2
+        self._due = time.monotonic() + self._interval
 
-    def start(self) -> None:
-        self._thread.start()
+    def ship_if_due(self) -> None:
+        if time.monotonic() < self._due:
+            return
+        with contextlib.suppress(OSError):
+            self._ship_new_bytes()
+        self._interval = min(self._interval * 1.2, 2.0)
+        self._due = time.monotonic() + self._interval
 
     def finish(self) -> None:
-        self._done.set()
-        self._thread.join()
         _ship_final_logs(self._storage, self._job_id, self._paths)
-
-    def _loop(self) -> None:
-        interval = 0.2
-        while not self._done.wait(interval):
-            with contextlib.suppress(OSError):
-                self._ship_new_bytes()
-            interval = min(interval * 1.2, 2.0)
 
     def _ship_new_bytes(self) -> None:
         for stream, path in self._paths.items():
@@ -282,31 +316,63 @@ def _ship_final_logs(storage: Storage, job_id: str, paths: dict[str, Path]) -> N
 # ---- Python callables -------------------------------------------------------------------
 
 
-def _run_callable(storage: Storage, workdir: Path, spec: RunSpec, worker: str | None) -> Outcome:
+def _call(storage: Storage, spec: RunSpec, worker: str | None, announce: bool) -> Outcome:
+    """A Python callable, in this worker thread; no working folder, no process.
+
+    A sweep's variables are keyword arguments. A returned dict of JSON values is also the
+    run's outputs; a value JSON cannot hold is pickled into the outputs as return.pkl.
+    """
     import cloudpickle
 
-    with storage.open(spec.callable_key) as source:
-        function, args, kwargs = cloudpickle.loads(source.read())
+    if spec.attempt > 1:
+        storage.delete_prefix(layout.outputs_prefix(spec.job_id))
+    started = time.time()
+    if announce:
+        _announce_running(spec, worker, started)
+    function, args, kwargs = _load_callable(storage, spec.callable_key)
     try:
-        value = function(*args, **kwargs)
+        value = function(*args, **{**kwargs, **(spec.variables or {})})
     except Exception as exc:  # noqa: BLE001 - the job's own exception is its failure
         storage.put_bytes(layout.log_key(spec.job_id, "stderr"), traceback.format_exc().encode())
-        return Outcome("FAILED", _describe(exc), worker=worker, error=_describe(exc))
-    outcome = Outcome("COMPLETED", None, 0, worker=worker)
-    try:
-        json.dumps(value)
-        outcome.value = value
-    except (TypeError, ValueError):
-        (workdir / RETURN_FILE).write_bytes(cloudpickle.dumps(value))  # uploaded as an output
-        outcome.value = repr(value)[:1000]
+        outcome = Outcome("FAILED", _describe(exc), worker=worker, error=_describe(exc))
+    else:
+        outcome = Outcome("COMPLETED", None, 0, worker=worker)
+        try:
+            json.dumps(value)
+            outcome.value = value
+            if isinstance(value, dict):
+                outcome.outputs = value
+        except (TypeError, ValueError):
+            stored = storage.put_bytes(layout.output_key(spec.job_id, RETURN_FILE), cloudpickle.dumps(value))
+            outcome.files = [{"path": RETURN_FILE, "size": stored.size, "sha256": stored.sha256}]
+            outcome.value = repr(value)[:1000]
+    outcome.started_at, outcome.finished_at = started, time.time()
     return outcome
+
+
+@lru_cache(maxsize=8)
+def _load_callable_cached(storage: Storage, key: str) -> tuple[Any, tuple, dict]:
+    import cloudpickle
+
+    with storage.open(key) as source:
+        return cloudpickle.loads(source.read())
+
+
+def _load_callable(storage: Storage, key: str) -> tuple[Any, tuple, dict]:
+    """A sweep's runs share one pickled callable: load it once per worker, not per run."""
+    if key.startswith("sweeps/"):
+        return _load_callable_cached(storage, key)
+    with storage.open(key) as source:
+        import cloudpickle
+
+        return cloudpickle.loads(source.read())
 
 
 # ---- inputs and outputs -----------------------------------------------------------------
 
 
 def _stage_inputs(
-    storage: Storage, inputs: list[StagedInput], workdir: Path
+    storage: Storage, inputs: list[StagedInput], workdir: Path, variables: dict[str, Any]
 ) -> dict[str, tuple[int, int]]:
     """Copy inputs in; returns path -> (size, mtime_ns) so unchanged inputs are not outputs."""
     import fsspec
@@ -316,7 +382,10 @@ def _stage_inputs(
         relative = safe_relative_path(item.path)
         target = workdir / relative
         target.parent.mkdir(parents=True, exist_ok=True)
-        if item.key is not None:
+        if item.template:
+            text = _read_template(storage, item.key)
+            target.write_text(templating.render(text, variables), encoding="utf-8")
+        elif item.key is not None:
             storage.get_file(item.key, str(target))
         else:
             with fsspec.open(item.url, "rb") as source, open(target, "wb") as out:
@@ -326,6 +395,13 @@ def _stage_inputs(
         stat = target.stat()
         staged[relative] = (stat.st_size, stat.st_mtime_ns)
     return staged
+
+
+@lru_cache(maxsize=32)
+def _read_template(storage: Storage, key: str) -> str:
+    """Template sources never change under their key, so a batch reads each once."""
+    with storage.open(key) as source:
+        return source.read().decode("utf-8")
 
 
 def _upload_outputs(

@@ -11,11 +11,14 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from orchestrator.models import (
+    TERMINAL_STATUSES,
     BinaryRecord,
     FileEntry,
     JobRecord,
@@ -38,6 +41,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     worker TEXT,
     sweep_id TEXT,
     idx INTEGER,
+    variables TEXT,
     created_at TEXT NOT NULL,
     submitted_at TEXT,
     started_at TEXT,
@@ -49,6 +53,7 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, seq);
 CREATE INDEX IF NOT EXISTS jobs_sweep ON jobs(sweep_id, idx);
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, seq);
 CREATE TABLE IF NOT EXISTS job_statuses (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id TEXT NOT NULL,
     status TEXT NOT NULL,
     at TEXT NOT NULL,
@@ -63,6 +68,20 @@ CREATE TABLE IF NOT EXISTS job_files (
     sha256 TEXT NOT NULL,
     PRIMARY KEY (job_id, path)
 );
+CREATE TABLE IF NOT EXISTS sweeps (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    names TEXT NOT NULL,
+    runs INTEGER NOT NULL,
+    seed INTEGER,
+    stop_reason TEXT,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS sweeps_owner ON sweeps(owner, seq);
 CREATE TABLE IF NOT EXISTS binaries (
     name TEXT NOT NULL,
     version INTEGER NOT NULL,
@@ -77,6 +96,20 @@ CREATE TABLE IF NOT EXISTS binaries (
 
 # Fields kept together as JSON: they are read with the job, never filtered on.
 _SPEC_FIELDS = ("command", "binaries", "files", "env", "resources", "timeout_s", "retries")
+TERMINAL_VALUES = tuple(s.value for s in TERMINAL_STATUSES)
+
+
+@dataclass
+class StatusUpdate:
+    """One status change to record, with the job fields that change with it."""
+
+    job_id: str
+    status: JobStatus
+    reason: str | None
+    at: datetime
+    only_from: Iterable[JobStatus] | None = None
+    fields: dict[str, Any] = dataclass_field(default_factory=dict)
+    files: list[FileEntry] | None = None  # replaces the output manifest when given
 
 
 class Store:
@@ -115,18 +148,38 @@ class Store:
     # ---- jobs -------------------------------------------------------------------------
 
     def insert_job(self, job: JobRecord, history: list[StatusChange]) -> None:
+        self.insert_jobs([job], history)
+
+    def insert_jobs(self, jobs: list[JobRecord], history: list[StatusChange]) -> None:
+        """Many jobs in one transaction, each starting with the same history."""
         with self.transaction() as db:
-            db.execute(
-                "INSERT INTO jobs (id, name, owner, kind, status, status_reason, spec, priority,"
-                " attempt, worker, sweep_id, idx, created_at, submitted_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            self._insert_jobs(db, jobs, history)
+
+    def _insert_jobs(
+        self, db: sqlite3.Connection, jobs: list[JobRecord], history: list[StatusChange]
+    ) -> None:
+        db.executemany(
+            "INSERT INTO jobs (id, name, owner, kind, status, status_reason, spec, priority,"
+            " attempt, worker, sweep_id, idx, variables, created_at, submitted_at)"
+            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            [
                 (
                     job.id, job.name, job.owner, job.kind, job.status.value, job.status_reason,
                     _spec_json(job), job.priority, job.attempt, job.worker, job.sweep_id,
-                    job.index, _ts(job.created_at), _ts(job.submitted_at),
-                ),
-            )
-            _append_history(db, job.id, job.attempt, history)
+                    job.index, _json_or_none(job.variables), _ts(job.created_at),
+                    _ts(job.submitted_at),
+                )
+                for job in jobs
+            ],
+        )
+        db.executemany(
+            "INSERT INTO job_statuses (job_id, status, at, reason, attempt) VALUES (?,?,?,?,?)",
+            [
+                (job.id, h.status.value, h.at.isoformat(), h.reason, job.attempt)
+                for job in jobs
+                for h in history
+            ],
+        )
 
     def get_job(self, job_id: str) -> JobRecord | None:
         rows = self._query("SELECT * FROM jobs WHERE id = ?", (job_id,))
@@ -170,30 +223,51 @@ class Store:
         Returns whether the change was made, so racing recorders (a stop and a result, say)
         cannot both win.
         """
-        columns = {"status": status.value, "status_reason": reason, **_encode_fields(fields)}
-        sets = ", ".join(f"{name} = ?" for name in columns)
-        params: list[Any] = [*columns.values(), job_id]
-        guard = ""
-        if only_from is not None:
-            allowed = [s.value for s in only_from]
-            guard = f" AND status IN ({','.join('?' * len(allowed))})"
-            params += allowed
+        return self.record_statuses([StatusUpdate(job_id, status, reason, at, only_from, fields)])[0]
+
+    def record_statuses(self, updates: list[StatusUpdate]) -> list[bool]:
+        """Many status changes in one transaction (a batch of sweep runs ends together)."""
+        made = []
         with self.transaction() as db:
-            changed = db.execute(f"UPDATE jobs SET {sets} WHERE id = ?{guard}", params).rowcount
-            if changed:
-                attempt = db.execute("SELECT attempt FROM jobs WHERE id = ?", (job_id,)).fetchone()
-                _append_history(db, job_id, attempt[0], [StatusChange(status=status, at=at, reason=reason)])
-        return bool(changed)
+            for update in updates:
+                made.append(_apply_update(db, update))
+        return made
 
     def update_job(self, job_id: str, **fields: Any) -> None:
+        self.update_jobs([job_id], **fields)
+
+    def update_jobs(self, job_ids: list[str], **fields: Any) -> None:
         columns = _encode_fields(fields)
         sets = ", ".join(f"{name} = ?" for name in columns)
         with self.transaction() as db:
-            db.execute(f"UPDATE jobs SET {sets} WHERE id = ?", [*columns.values(), job_id])
+            db.executemany(
+                f"UPDATE jobs SET {sets} WHERE id = ?",
+                [[*columns.values(), job_id] for job_id in job_ids],
+            )
+
+    def job_states(self, job_ids: list[str]) -> dict[str, tuple[JobStatus, int]]:
+        """Status and attempt of each job that still exists: cheaper than whole records."""
+        states: dict[str, tuple[JobStatus, int]] = {}
+        for chunk in _chunks(job_ids):
+            marks = ",".join("?" * len(chunk))
+            for row in self._query(f"SELECT id, status, attempt FROM jobs WHERE id IN ({marks})", chunk):
+                states[row[0]] = (JobStatus(row[1]), row[2])
+        return states
+
+    def marked_among(self, job_ids: list[str]) -> list[str]:
+        """Which of these jobs wait to be deleted once finished."""
+        marked: list[str] = []
+        for chunk in _chunks(job_ids):
+            marks = ",".join("?" * len(chunk))
+            rows = self._query(
+                f"SELECT id FROM jobs WHERE delete_when_done = 1 AND id IN ({marks})", chunk
+            )
+            marked += [row[0] for row in rows]
+        return marked
 
     def history(self, job_id: str) -> list[StatusChange]:
         rows = self._query(
-            "SELECT status, at, reason FROM job_statuses WHERE job_id = ? ORDER BY rowid", (job_id,)
+            "SELECT status, at, reason FROM job_statuses WHERE job_id = ? ORDER BY seq", (job_id,)
         )
         return [StatusChange(status=row[0], at=row[1], reason=row[2]) for row in rows]
 
@@ -214,11 +288,7 @@ class Store:
 
     def set_files(self, job_id: str, files: list[FileEntry]) -> None:
         with self.transaction() as db:
-            db.execute("DELETE FROM job_files WHERE job_id = ?", (job_id,))
-            db.executemany(
-                "INSERT INTO job_files (job_id, path, size, sha256) VALUES (?,?,?,?)",
-                [(job_id, f.path, f.size, f.sha256) for f in files],
-            )
+            _replace_files(db, job_id, files)
 
     def list_files(
         self, job_id: str, search: str | None = None, offset: int = 0, limit: int = 100
@@ -239,6 +309,88 @@ class Store:
             "SELECT path, size, sha256 FROM job_files WHERE job_id = ? AND path = ?", (job_id, path)
         )
         return FileEntry(path=rows[0][0], size=rows[0][1], sha256=rows[0][2]) if rows else None
+
+    # ---- sweeps -----------------------------------------------------------------------
+
+    def insert_sweep(self, sweep: dict[str, Any], runs: list[JobRecord], history: list[StatusChange]) -> None:
+        """The sweep and all its runs in one transaction: none is ever half created."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO sweeps (id, name, owner, kind, spec, names, runs, seed, created_at)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    sweep["id"], sweep["name"], sweep["owner"], sweep["kind"],
+                    json.dumps(sweep["spec"]), json.dumps(sweep["names"]), len(runs),
+                    sweep["seed"], _ts(sweep["created_at"]),
+                ),
+            )
+            self._insert_jobs(db, runs, history)
+
+    def get_sweep(self, sweep_id: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT * FROM sweeps WHERE id = ?", (sweep_id,))
+        return _sweep_from_row(rows[0]) if rows else None
+
+    def list_sweeps(
+        self, owner: str | None = None, offset: int = 0, limit: int | None = 100
+    ) -> tuple[int, list[dict[str, Any]]]:
+        where, params = ("WHERE owner = ?", [owner]) if owner is not None else ("", [])
+        count = self._query(f"SELECT COUNT(*) FROM sweeps {where}", params)[0][0]
+        page = f" LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None else ""
+        rows = self._query(f"SELECT * FROM sweeps {where} ORDER BY seq{page}", params)
+        return count, [_sweep_from_row(row) for row in rows]
+
+    def set_sweep_stop_reason(self, sweep_id: str, reason: str) -> bool:
+        """Record why a sweep was stopped; the first reason wins."""
+        with self.transaction() as db:
+            return bool(db.execute(
+                "UPDATE sweeps SET stop_reason = ? WHERE id = ? AND stop_reason IS NULL",
+                (reason, sweep_id),
+            ).rowcount)
+
+    def sweep_counts(self, sweep_id: str) -> dict[str, int]:
+        rows = self._query(
+            "SELECT status, COUNT(*) FROM jobs WHERE sweep_id = ? GROUP BY status", (sweep_id,)
+        )
+        return {row[0]: row[1] for row in rows}
+
+    def sweep_last_finish(self, sweep_id: str) -> str | None:
+        rows = self._query("SELECT MAX(finished_at) FROM jobs WHERE sweep_id = ?", (sweep_id,))
+        return rows[0][0]
+
+    def sweep_rows(self, sweep_id: str) -> list[tuple[int, str, str, dict[str, Any], dict[str, Any] | None]]:
+        """(index, job id, status, variables, result) of every run, in index order.
+
+        Read as plain tuples: a results table of a large sweep need not build a model per run.
+        """
+        rows = self._query(
+            "SELECT idx, id, status, variables, result FROM jobs WHERE sweep_id = ? ORDER BY idx",
+            (sweep_id,),
+        )
+        return [
+            (row[0], row[1], row[2], json.loads(row[3] or "{}"), json.loads(row[4]) if row[4] else None)
+            for row in rows
+        ]
+
+    def finished_runs(self, sweep_id: str, after: int, limit: int) -> tuple[int, list[JobRecord]]:
+        """Runs that ended after the cursor `after`, in the order they ended, and the new cursor."""
+        rows = self._query(
+            "SELECT s.seq, s.job_id FROM job_statuses s JOIN jobs j ON j.id = s.job_id"
+            f" WHERE s.seq > ? AND j.sweep_id = ? AND s.status IN ({','.join('?' * len(TERMINAL_VALUES))})"
+            " ORDER BY s.seq LIMIT ?",
+            (after, sweep_id, *TERMINAL_VALUES, limit),
+        )
+        if not rows:
+            return after, []
+        _, jobs = self.list_jobs(ids=[row[1] for row in rows], limit=None)
+        by_id = {job.id: job for job in jobs}
+        return rows[-1][0], [by_id[row[1]] for row in rows if row[1] in by_id]
+
+    def active_sweep_ids(self) -> list[str]:
+        rows = self._query(
+            "SELECT DISTINCT sweep_id FROM jobs WHERE sweep_id IS NOT NULL AND status IN (?, ?)",
+            (JobStatus.QUEUED.value, JobStatus.RUNNING.value),
+        )
+        return [row[0] for row in rows]
 
     # ---- binaries ---------------------------------------------------------------------
 
@@ -302,6 +454,51 @@ def _spec_json(job: JobRecord) -> str:
     return json.dumps(job.model_dump(mode="json", include=set(_SPEC_FIELDS)))
 
 
+def _json_or_none(value: Any) -> str | None:
+    return json.dumps(value) if value is not None else None
+
+
+def _chunks(items: list[str], size: int = 900) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _apply_update(db: sqlite3.Connection, update: StatusUpdate) -> bool:
+    columns = {"status": update.status.value, "status_reason": update.reason,
+               **_encode_fields(update.fields)}
+    sets = ", ".join(f"{name} = ?" for name in columns)
+    params: list[Any] = [*columns.values(), update.job_id]
+    guard = ""
+    if update.only_from is not None:
+        allowed = [s.value for s in update.only_from]
+        guard = f" AND status IN ({','.join('?' * len(allowed))})"
+        params += allowed
+    if not db.execute(f"UPDATE jobs SET {sets} WHERE id = ?{guard}", params).rowcount:
+        return False
+    attempt = db.execute("SELECT attempt FROM jobs WHERE id = ?", (update.job_id,)).fetchone()[0]
+    change = StatusChange(status=update.status, at=update.at, reason=update.reason)
+    _append_history(db, update.job_id, attempt, [change])
+    if update.files is not None:
+        _replace_files(db, update.job_id, update.files)
+    return True
+
+
+def _replace_files(db: sqlite3.Connection, job_id: str, files: list[FileEntry]) -> None:
+    db.execute("DELETE FROM job_files WHERE job_id = ?", (job_id,))
+    db.executemany(
+        "INSERT INTO job_files (job_id, path, size, sha256) VALUES (?,?,?,?)",
+        [(job_id, f.path, f.size, f.sha256) for f in files],
+    )
+
+
+def _sweep_from_row(row: sqlite3.Row) -> dict[str, Any]:
+    fields = dict(row)
+    fields["spec"] = json.loads(fields["spec"])
+    fields["names"] = json.loads(fields["names"])
+    del fields["seq"]
+    return fields
+
+
 def _encode_fields(fields: dict[str, Any]) -> dict[str, Any]:
     encoded: dict[str, Any] = {}
     for name, value in fields.items():
@@ -358,6 +555,7 @@ def _job_from_row(row: sqlite3.Row) -> JobRecord:
     fields = dict(row)
     fields.update(json.loads(fields.pop("spec")))
     fields["index"] = fields.pop("idx")
+    fields["variables"] = json.loads(fields["variables"]) if fields["variables"] else None
     del fields["seq"], fields["delete_when_done"]
     if fields["result"]:
         fields["result"] = json.loads(fields["result"])

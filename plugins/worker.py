@@ -97,9 +97,13 @@ def job_processes() -> JobProcesses:
     return _processes
 
 
-def request_stop(key: str, requested_by: str) -> str:
-    """Run on every worker through `Client.run`; cheap, never blocks the worker's loop."""
-    return _processes.request_stop(key, requested_by)
+def request_stop(keys: str | list[str], requested_by: str) -> list[str]:
+    """Run on every worker through `Client.run`; cheap, never blocks the worker's loop.
+
+    Takes many keys so stopping a whole sweep is one round trip, not one per run.
+    """
+    keys = [keys] if isinstance(keys, str) else keys
+    return [_processes.request_stop(key, requested_by) for key in keys]
 
 
 class OrchestratorWorkerPlugin(WorkerPlugin):

@@ -6,6 +6,8 @@
     jobs/<job_id>/logs/<stream>.log    the whole log, once the attempt ended
     jobs/<job_id>/logs/<stream>/<offset>  segments shipped while it runs
     jobs/<job_id>/callable.pkl         a pickled Python callable job
+    sweeps/<sweep_id>/inputs/<path>    files and templates shared by a sweep's runs
+    sweeps/<sweep_id>/callable.pkl     the callable every run of a sweep calls
 
 Logs are shipped as append-only segments named by their byte offset, because object stores
 cannot append: a reader can tail any fsspec backend by listing segments past its offset.
@@ -47,6 +49,18 @@ def outputs_prefix(job_id: str) -> str:
 
 def callable_key(job_id: str) -> str:
     return f"jobs/{job_id}/callable.pkl"
+
+
+def sweep_prefix(sweep_id: str) -> str:
+    return f"sweeps/{sweep_id}"
+
+
+def sweep_input_key(sweep_id: str, path: str) -> str:
+    return f"sweeps/{sweep_id}/inputs/{path}"
+
+
+def sweep_callable_key(sweep_id: str) -> str:
+    return f"sweeps/{sweep_id}/callable.pkl"
 
 
 def log_key(job_id: str, stream: str) -> str:

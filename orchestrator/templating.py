@@ -1,0 +1,89 @@
+"""`${name}` placeholders: found, checked and filled, in commands, env values and files.
+
+Only the braced form is a placeholder, so shell variables such as `$HOME` or `$$` pass
+through untouched; `$${name}` writes a literal `${name}`. In a shell command line every value
+is quoted as one argument, so a value can never inject shell syntax. Runs on workers too
+(templates are rendered where the run happens), so it imports nothing from the service.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+PLACEHOLDER = re.compile(r"\$(\$)?\{([^{}]*)\}")
+VARIABLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+class PlaceholderError(ValueError):
+    """A placeholder names no variable (or is malformed); `names` lists the offenders."""
+
+    def __init__(self, names: list[str]):
+        self.names = names
+        listed = ", ".join("${" + n + "}" for n in names)
+        super().__init__(f"placeholder {listed} has no variable" if len(names) == 1
+                         else f"placeholders {listed} have no variable")
+
+
+def placeholders(text: str) -> list[str]:
+    """The variable names a text refers to, in order of first use (escapes excluded)."""
+    seen: dict[str, None] = {}
+    for match in PLACEHOLDER.finditer(text):
+        if not match.group(1):
+            seen.setdefault(match.group(2), None)
+    return list(seen)
+
+
+def check_placeholders(texts: Iterable[str], names: Iterable[str]) -> None:
+    """Raise PlaceholderError if any text refers to a name that is not a variable."""
+    known = set(names)
+    unknown: dict[str, None] = {}
+    for text in texts:
+        for name in placeholders(text):
+            if name not in known:
+                unknown.setdefault(name, None)
+    if unknown:
+        raise PlaceholderError(list(unknown))
+
+
+def format_value(value: Any) -> str:
+    """How a variable value is written into text: the shortest exact form."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        if math.isfinite(value) and value.is_integer() and abs(value) < 1e16:
+            return str(int(value))
+        return repr(value)
+    return str(value)
+
+
+def render(text: str, variables: Mapping[str, Any], quote: Callable[[str], str] | None = None) -> str:
+    """Fill every `${name}`; `quote` wraps each value (shlex.quote for shell lines)."""
+
+    def substitute(match: re.Match[str]) -> str:
+        name = match.group(2)
+        if match.group(1):
+            return "${" + name + "}"
+        if name not in variables:
+            raise PlaceholderError([name])
+        text_value = format_value(variables[name])
+        return quote(text_value) if quote else text_value
+
+    return PLACEHOLDER.sub(substitute, text)
+
+
+def render_command(command: str | list[str], variables: Mapping[str, Any]) -> str | list[str]:
+    """A shell line gets each value as one quoted word; an argument list needs no quoting."""
+    if isinstance(command, str):
+        return render(command, variables, shlex.quote)
+    return [render(argument, variables) for argument in command]
+
+
+def environment(variables: Mapping[str, Any]) -> dict[str, str]:
+    """Variables as environment entries, formatted as in commands."""
+    return {name: format_value(value) for name, value in variables.items()}
