@@ -39,6 +39,9 @@ class Settings(BaseSettings):
         10 * 2**30, ge=1, description="largest upload (binary or job files) in bytes"
     )
     max_json_bytes: int = Field(8 * 2**20, ge=1024, description="largest JSON request body")
+    max_sweep_runs: int = Field(
+        1_000_000, ge=1, description="most runs one sweep may have (samples, cases or product)"
+    )
     default_owner: str = Field("anonymous", description="owner of work when auth is off")
 
     @property

@@ -153,7 +153,7 @@ class Engine:
         return job
 
     def _run_spec(self, job: JobRecord) -> dict[str, Any]:
-        inputs = [_binary_input(ref) for ref in job.binaries]
+        inputs = [binary_input(ref) for ref in job.binaries]
         inputs += [StagedInput(path=path, key=layout.input_key(job.id, path)) for path in job.files]
         spec = RunSpec(
             job_id=job.id,
@@ -241,6 +241,24 @@ class Engine:
             busy = max(end for _, end in spans) - min(start for start, _ in spans)
             report.run_seconds = max(busy, 0.0) / len(spans)
         return report
+
+    def requeue(self, jobs: list[JobRecord], reason: str) -> list[JobRecord]:
+        """Active sweep runs whose tasks died with us go back to QUEUED, saying so."""
+        now = utcnow()
+        updates = [
+            StatusUpdate(job.id, JobStatus.QUEUED,
+                         reason + (f" (was RUNNING on {job.worker})" if job.status == JobStatus.RUNNING else ""),
+                         now, ACTIVE, {"worker": None})
+            for job in jobs
+        ]
+        self._apply(updates)
+        return [job.model_copy(update={"status": JobStatus.QUEUED, "worker": None}) for job in jobs]
+
+    def stop_unsent(self, job_ids: list[str], reason: str) -> None:
+        """QUEUED runs no Dask task holds yet: the record alone stops them."""
+        now = utcnow()
+        self._apply([StatusUpdate(job_id, JobStatus.STOPPED, reason, now, [JobStatus.QUEUED],
+                                  {"finished_at": now}) for job_id in job_ids])
 
     # ---- stopping ---------------------------------------------------------------------
 
@@ -476,7 +494,7 @@ def task_key(job: JobRecord) -> str:
     return f"{slug}-{job.id}-{job.attempt}"
 
 
-def _binary_input(ref: str) -> StagedInput:
+def binary_input(ref: str) -> StagedInput:
     if "://" in ref:
         name = ref.rstrip("/").rsplit("/", 1)[-1] or "download"
         return StagedInput(path=name, url=ref, executable=True)

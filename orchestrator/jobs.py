@@ -56,7 +56,7 @@ class JobService:
         now = utcnow()
         job = JobRecord(
             id=job_id or new_job_id(),
-            name=request.name or _default_name(request.command),
+            name=request.name or default_name(request.command),
             owner=owner,
             kind=kind,
             status=JobStatus.CREATED,
@@ -204,7 +204,7 @@ class JobService:
                 await self._remove(job.id)
 
 
-def _default_name(command: str | list[str] | None) -> str:
+def default_name(command: str | list[str] | None) -> str:
     if not command:
         return "job"
     first = command if isinstance(command, str) else command[0]

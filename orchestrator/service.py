@@ -13,6 +13,7 @@ from orchestrator.config import Settings
 from orchestrator.engine import Engine
 from orchestrator.jobs import JobService
 from orchestrator.store import Store
+from orchestrator.sweeps import SweepService
 from storage import Storage
 
 logger = logging.getLogger(__name__)
@@ -27,6 +28,7 @@ class Service:
         self.engine: Engine
         self.binaries: BinaryService
         self.jobs: JobService
+        self.sweeps: SweepService
 
     async def start(self) -> Service:
         settings = self.settings
@@ -40,7 +42,11 @@ class Service:
         )
         self.binaries = BinaryService(self.store, self.storage)
         self.jobs = JobService(self.store, self.storage, self.engine, self.binaries)
+        self.sweeps = SweepService(
+            self.store, self.storage, self.engine, self.binaries, settings.max_sweep_runs
+        )
         await self.engine.start()
+        await self.sweeps.resume()
         await self.jobs.finish_pending_deletes()
         return self
 
@@ -49,6 +55,7 @@ class Service:
         return self.connection.dashboard_link
 
     async def close(self) -> None:
+        await self.sweeps.close()
         await self.engine.close()
         await self.connection.close()
         self.store.close()

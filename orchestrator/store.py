@@ -193,13 +193,16 @@ class Store:
         sweep_id: str | None = None,
         owner: str | None = None,
         ids: list[str] | None = None,
+        statuses: list[JobStatus] | None = None,
         offset: int = 0,
         limit: int | None = 100,
+        order: str = "seq",
     ) -> tuple[int, list[JobRecord]]:
-        where, params = _job_filters(status, search, sweep_id, owner, ids)
+        where, params = _job_filters(status, search, sweep_id, owner, ids, statuses)
         count = self._query(f"SELECT COUNT(*) FROM jobs {where}", params)[0][0]
         page = f" LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None else ""
-        rows = self._query(f"SELECT * FROM jobs {where} ORDER BY seq{page}", params)
+        ordering = {"seq": "seq", "idx": "idx, seq"}[order]
+        rows = self._query(f"SELECT * FROM jobs {where} ORDER BY {ordering}{page}", params)
         return count, [_job_from_row(row) for row in rows]
 
     def jobs_with_status(self, statuses: Iterable[JobStatus]) -> list[JobRecord]:
@@ -530,12 +533,16 @@ def _job_filters(
     sweep_id: str | None,
     owner: str | None,
     ids: list[str] | None,
+    statuses: list[JobStatus] | None = None,
 ) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
     if status is not None:
         clauses.append("status = ?")
         params.append(JobStatus(status).value)
+    if statuses is not None:
+        clauses.append(f"status IN ({','.join('?' * len(statuses))})")
+        params.extend(JobStatus(s).value for s in statuses)
     if search:
         clauses.append("name LIKE ? ESCAPE '\\'")
         params.append(f"%{_like_escape(search)}%")

@@ -8,6 +8,7 @@
     jobs/<job_id>/callable.pkl         a pickled Python callable job
     sweeps/<sweep_id>/inputs/<path>    files and templates shared by a sweep's runs
     sweeps/<sweep_id>/callable.pkl     the callable every run of a sweep calls
+    sweeps/<sweep_id>/cases.csv        the cases CSV a sweep was created from
 
 Logs are shipped as append-only segments named by their byte offset, because object stores
 cannot append: a reader can tail any fsspec backend by listing segments past its offset.
@@ -57,6 +58,10 @@ def sweep_prefix(sweep_id: str) -> str:
 
 def sweep_input_key(sweep_id: str, path: str) -> str:
     return f"sweeps/{sweep_id}/inputs/{path}"
+
+
+def sweep_cases_key(sweep_id: str) -> str:
+    return f"sweeps/{sweep_id}/cases.csv"
 
 
 def sweep_callable_key(sweep_id: str) -> str:

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import tornado.web
 
-from orchestrator.api import binaries, jobs, system
+from orchestrator.api import binaries, jobs, sweeps, system
 from orchestrator.api.base import NotFoundHandler
 from orchestrator.service import Service
 
 ID = r"(?P<job_id>[A-Za-z0-9_-]+)"
 NAME = r"(?P<name>[^/]+)"
+SWEEP = r"(?P<sweep_id>[A-Za-z0-9_-]+)"
 PREFIX = "/api/v1"
 
 ROUTES = [
@@ -29,6 +30,12 @@ ROUTES = [
     (rf"/jobs/{ID}/files", jobs.JobFilesHandler),
     (rf"/jobs/{ID}/files/(?P<path>.+)", jobs.JobFileHandler),
     (rf"/jobs/{ID}/result", jobs.JobResultHandler),
+    (r"/sweeps", sweeps.SweepsHandler),
+    (rf"/sweeps/{SWEEP}", sweeps.SweepHandler),
+    (rf"/sweeps/{SWEEP}/runs", sweeps.SweepRunsHandler),
+    (rf"/sweeps/{SWEEP}/finished", sweeps.SweepFinishedHandler),
+    (rf"/sweeps/{SWEEP}/results", sweeps.SweepResultsHandler),
+    (rf"/sweeps/{SWEEP}/stop", sweeps.SweepStopHandler),
 ]
 
 

@@ -1,0 +1,168 @@
+"""/sweeps: create (JSON, or multipart with files, templates and a cases CSV), dry run, list,
+show with counts and progress, runs, runs finished since a cursor, results table, stop."""
+
+from __future__ import annotations
+
+import asyncio
+
+from pydantic import ValidationError
+
+from orchestrator.api.base import BaseHandler, Operation
+from orchestrator.api.uploads import StreamingBodyHandler
+from orchestrator.errors import ValidationFailed, validation_failed
+from orchestrator.models import JobRecord, JobStatus, Page
+from orchestrator.paths import safe_relative_path
+from orchestrator.sweeps import (
+    DryRun,
+    FinishedRuns,
+    ResultsTable,
+    SweepCreate,
+    SweepRecord,
+    new_sweep_id,
+    results_csv,
+)
+from storage import AtomicWriter, layout
+
+FILE_FIELDS = ("file[]", "file", "files", "files[]")
+CASES_FIELD = "cases"
+
+
+class SweepsHandler(StreamingBodyHandler):
+    openapi = {
+        "post": Operation(
+            "Create a sweep, or with dry_run answer its rendered run table. Multipart: the spec "
+            "as JSON in the 'spec' field, files in 'file[]', a cases CSV in 'cases'",
+            body=SweepCreate, response=SweepRecord, status=201,
+            content_types=("application/json", "multipart/form-data"),
+        ),
+        "get": Operation("List sweeps", response=Page[SweepRecord],
+                         query={"page": "1-based", "page_size": "1-1000"}),
+    }
+
+    async def prepare(self) -> None:
+        self.sweep_id = new_sweep_id()
+        self._paths: set[str] = set()
+        self._has_cases_file = False
+        await super().prepare()
+
+    def open_part(self, field_name: str, filename: str) -> AtomicWriter:
+        storage = self.service.storage
+        if field_name == CASES_FIELD:
+            self._has_cases_file = True
+            return storage.writer(layout.sweep_cases_key(self.sweep_id))
+        if field_name not in FILE_FIELDS:
+            raise ValidationFailed(f"unexpected file in field {field_name}",
+                                   {field_name: "use file[] for files, cases for a CSV"})
+        try:
+            path = safe_relative_path(filename)
+        except ValueError as exc:
+            raise ValidationFailed(f"bad file name {filename!r}: {exc}", {"file[]": str(exc)}) from None
+        if path in self._paths:
+            raise ValidationFailed(f"file {path!r} given twice", {"file[]": f"duplicate {path}"})
+        self._paths.add(path)
+        return storage.writer(layout.sweep_input_key(self.sweep_id, path))
+
+    async def post(self) -> None:
+        await self.finish_body()
+        writers = [writer for _, _, writer in self.multipart.files] if self.multipart else []
+        storage = self.service.storage
+        await asyncio.to_thread(lambda: [w.commit() for w in writers])
+        try:
+            request = await self._request()
+            outcome = await self.service.sweeps.create(
+                request, self.user, sweep_id=self.sweep_id, uploaded=sorted(self._paths)
+            )
+        except BaseException:
+            await asyncio.to_thread(storage.delete_prefix, layout.sweep_prefix(self.sweep_id))
+            raise
+        if isinstance(outcome, DryRun):
+            await asyncio.to_thread(storage.delete_prefix, layout.sweep_prefix(self.sweep_id))
+            self.send_json(outcome)
+            return
+        self.set_header("Location", f"/api/v1/sweeps/{outcome.id}")
+        self.send_json(outcome, 201)
+
+    async def _request(self) -> SweepCreate:
+        if self.json_body is not None:
+            return self.parse_body(SweepCreate, bytes(self.json_body))
+        if self.multipart is None:
+            raise ValidationFailed("send JSON or multipart/form-data", {"body": "missing"})
+        spec = self.multipart.fields.get("spec")
+        if not spec:
+            raise ValidationFailed("multipart sweeps carry their JSON in a 'spec' field", {"spec": "missing"})
+        try:
+            request = SweepCreate.model_validate_json(spec[-1])
+        except ValidationError as exc:
+            raise validation_failed(exc) from None
+        if self._has_cases_file:
+            key = layout.sweep_cases_key(self.sweep_id)
+            data = await asyncio.to_thread(self.service.storage.read_range, key, 0, None)
+            try:
+                request.cases_csv = data.decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValidationFailed("the cases CSV must be UTF-8 text", {"cases": "not UTF-8"}) from None
+        return request
+
+    async def get(self) -> None:
+        page, size = self.pagination()
+        count, sweeps = self.service.sweeps.list(None, (page - 1) * size, size)
+        self.send_page(count, sweeps, page, size)
+
+
+class SweepHandler(BaseHandler):
+    openapi = {"get": Operation("Show a sweep: status, counts per status, progress", response=SweepRecord)}
+
+    async def get(self, sweep_id: str) -> None:
+        self.send_json(self.service.sweeps.get(sweep_id))
+
+
+class SweepRunsHandler(BaseHandler):
+    openapi = {"get": Operation("A sweep's runs in index order", response=Page[JobRecord],
+                                query={"status": "only runs with this status", "page": "1-based",
+                                       "page_size": "1-1000"})}
+
+    async def get(self, sweep_id: str) -> None:
+        page, size = self.pagination()
+        status = self.query_choice("status", None, JobStatus)
+        count, runs = self.service.sweeps.runs(sweep_id, status, (page - 1) * size, size)
+        self.send_page(count, runs, page, size)
+
+
+class SweepFinishedHandler(BaseHandler):
+    openapi = {"get": Operation(
+        "Runs that finished after a cursor, in the order they finished (for as_completed)",
+        response=FinishedRuns, query={"after": "cursor from the last answer (0 at first)",
+                                      "limit": "1-1000"},
+    )}
+
+    async def get(self, sweep_id: str) -> None:
+        after = self.query_int("after", 0, 0)
+        limit = self.query_int("limit", 1000, 1, 1000)
+        self.send_json(self.service.sweeps.finished(sweep_id, after, limit))
+
+
+class SweepResultsHandler(BaseHandler):
+    openapi = {"get": Operation(
+        "One row per run: index, job id, status, exit code, variables, scalar outputs",
+        response=ResultsTable, query={"format": "json (default) or csv"},
+    )}
+
+    async def get(self, sweep_id: str) -> None:
+        fmt = self.get_query_argument("format", "json")
+        if fmt not in ("json", "csv"):
+            raise ValidationFailed(f"unknown format {fmt!r}", {"format": "must be json or csv"})
+        table = await asyncio.to_thread(self.service.sweeps.results, sweep_id)
+        if fmt == "json":
+            self.send_json(table)
+            return
+        self.set_header("Content-Type", "text/csv; charset=utf-8")
+        self.set_header("Content-Disposition", f'attachment; filename="{sweep_id}-results.csv"')
+        self.finish(results_csv(table))
+
+
+class SweepStopHandler(BaseHandler):
+    openapi = {"post": Operation("Stop a sweep's queued and running runs", response=SweepRecord,
+                                 status=202)}
+
+    async def post(self, sweep_id: str) -> None:
+        self.send_json(await self.service.sweeps.stop(sweep_id, self.user), 202)

@@ -1,0 +1,454 @@
+"""Sweeps as users see them: a job template run once per row of a run table.
+
+A sweep is recorded with all its runs (one job each, QUEUED) in one transaction, so a crash
+never leaves half a sweep. Its dispatcher then feeds the runs to Dask in batches. Status,
+progress and the results table are always computed from the runs themselves, so they are
+right while the sweep runs, after a restart, and after single runs are stopped or deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+import math
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, Field, field_validator
+
+from orchestrator import doe, templating
+from orchestrator.binaries import BinaryService
+from orchestrator.dispatch import SweepDispatcher
+from orchestrator.engine import ACTIVE, Engine, binary_input
+from orchestrator.errors import NotFound, ValidationFailed
+from orchestrator.jobs import default_name
+from orchestrator.models import (
+    JobRecord,
+    JobStatus,
+    JobTemplate,
+    Request,
+    StatusChange,
+    utcnow,
+)
+from orchestrator.paths import safe_relative_path
+from orchestrator.runner import StagedInput
+from orchestrator.store import Store
+from storage import Storage, layout
+
+RESULT_COLUMNS = ("index", "job_id", "status", "exit_code", "duration_s")
+MAX_TEMPLATE_BYTES = 4 * 2**20
+
+
+class TemplateFile(Request):
+    source: str = Field(..., description="an uploaded file's name, or a binary ('name' or 'name@version')")
+    target: str = Field(..., description="where the rendered text goes in the run's working folder")
+
+    @field_validator("target")
+    @classmethod
+    def _safe_target(cls, value: str) -> str:
+        return safe_relative_path(value)
+
+
+class SweepCreate(JobTemplate):
+    command: str | list[str] | None = Field(
+        None, description="with ${variable} placeholders; values are shell-quoted"
+    )
+    files: list[str] | None = Field(
+        None, description="uploaded files to stage in every run (default: all uploaded)"
+    )
+    templates: list[TemplateFile] = Field(default_factory=list)
+    variables: list[doe.Variable] | None = None
+    design: doe.Design | None = None
+    cases: list[dict[str, Any]] | None = Field(None, description="explicit rows instead of variables")
+    cases_csv: str | None = Field(None, description="rows as CSV text (header = variable names)")
+    include_nominal_run: bool = False
+    max_parallel: int | None = Field(None, ge=1, le=1_000_000)
+    max_failures: int | None = Field(None, ge=1, description="stop the rest after this many failed runs")
+    dry_run: bool = False
+
+
+class SweepRecord(BaseModel):
+    id: str
+    name: str
+    owner: str
+    kind: str
+    status: JobStatus
+    status_reason: str | None = None
+    runs: int
+    counts: dict[str, int]
+    progress: float = Field(..., description="finished runs / runs")
+    variables: list[str]
+    design: str | None = None
+    seed: int | None = None
+    max_parallel: int | None = None
+    max_failures: int | None = None
+    created_at: datetime
+    finished_at: datetime | None = None
+    spec: dict[str, Any] = Field(..., description="the request as recorded (cases left out)")
+
+
+class RunPreview(BaseModel):
+    index: int
+    variables: dict[str, Any]
+    command: str | list[str] | None = None
+    templates: dict[str, str] = Field(default_factory=dict)
+
+
+class DryRun(BaseModel):
+    dry_run: bool = True
+    count: int
+    variables: list[str]
+    seed: int | None = None
+    runs: list[RunPreview]
+
+
+class ResultsTable(BaseModel):
+    columns: list[str]
+    rows: list[dict[str, Any]]
+
+
+class FinishedRuns(BaseModel):
+    cursor: int = Field(..., description="pass as `after` to get the runs that end later")
+    results: list[JobRecord]
+
+
+def new_sweep_id() -> str:
+    return "s" + uuid.uuid4().hex[:11]
+
+
+class SweepService:
+    def __init__(
+        self, store: Store, storage: Storage, engine: Engine, binaries: BinaryService, max_runs: int
+    ):
+        self.store = store
+        self.storage = storage
+        self.engine = engine
+        self.binaries = binaries
+        self.max_runs = max_runs
+        self._dispatchers: dict[str, SweepDispatcher] = {}
+
+    # ---- creating ---------------------------------------------------------------------
+
+    async def create(
+        self,
+        request: SweepCreate,
+        owner: str,
+        *,
+        sweep_id: str,
+        uploaded: list[str] | None = None,
+        kind: str = "command",
+    ) -> SweepRecord | DryRun:
+        """Plan the sweep; a dry run answers the rendered table, otherwise every run is queued.
+
+        Files (and a callable) are already stored under the sweep's id.
+        """
+        if kind == "command" and request.command is None:
+            raise ValidationFailed("a sweep needs a command", {"command": "required"})
+        table = await asyncio.to_thread(self._table, request)
+        staged = self._staged_files(request, uploaded or [])
+        templates = await asyncio.to_thread(self._template_texts, request, sweep_id, uploaded or [])
+        _check_placeholders(request, table.names, templates)
+        if request.dry_run:
+            return await asyncio.to_thread(_preview, request, table, templates)
+        runs = self._runs(request, owner, sweep_id, kind, table, staged)
+        await self.engine.check_feasible(runs[0])
+        sweep = {
+            "id": sweep_id, "name": runs[0].name, "owner": owner, "kind": kind,
+            "names": table.names, "seed": table.seed, "created_at": runs[0].created_at,
+            "spec": self._recorded_spec(request, table, runs[0], staged, templates, sweep_id, kind),
+        }
+        history = [StatusChange(status=JobStatus.CREATED, at=runs[0].created_at),
+                   StatusChange(status=JobStatus.QUEUED, at=runs[0].created_at,
+                                reason=f"run of sweep {sweep_id}")]
+        await asyncio.to_thread(self.store.insert_sweep, sweep, runs, history)
+        self._dispatch(sweep_id, runs, failed=0)
+        return self.get(sweep_id)
+
+    def _table(self, request: SweepCreate) -> doe.RunTable:
+        cases = request.cases
+        if request.cases_csv is not None:
+            if cases is not None:
+                raise ValidationFailed("give cases or cases_csv, not both", {"cases_csv": "conflicts with cases"})
+            cases = doe.parse_cases_csv(request.cases_csv, self.max_runs)
+        if cases is not None and (request.variables or request.design):
+            raise ValidationFailed("cases replace variables and design; give one or the other",
+                                   {"cases": "conflicts with variables/design"})
+        return doe.build_table(request.variables, request.design, cases,
+                               include_nominal=request.include_nominal_run, max_runs=self.max_runs)
+
+    def _staged_files(self, request: SweepCreate, uploaded: list[str]) -> list[str]:
+        template_sources = {t.source for t in request.templates}
+        if request.files is None:
+            return sorted(p for p in uploaded if p not in template_sources)
+        missing = [name for name in request.files if name not in uploaded]
+        if missing:
+            raise ValidationFailed(
+                f"files not uploaded with the sweep: {', '.join(missing)}",
+                {f"files.{request.files.index(name)}": f"{name} was not uploaded" for name in missing},
+            )
+        return sorted(set(request.files))
+
+    def _template_texts(self, request: SweepCreate, sweep_id: str, uploaded: list[str]) -> dict[str, tuple[str, str]]:
+        """target -> (storage key, text) of each template, read now to check it."""
+        texts: dict[str, tuple[str, str]] = {}
+        for i, template in enumerate(request.templates):
+            where = f"templates.{i}.source"
+            if template.source in uploaded:
+                key = layout.sweep_input_key(sweep_id, template.source)
+            else:
+                try:
+                    ref = self.binaries.pin([template.source])[0]
+                except (NotFound, ValidationFailed, ValueError) as exc:
+                    raise ValidationFailed(
+                        f"template {template.source!r} is neither an uploaded file nor a binary",
+                        {where: str(exc)},
+                    ) from None
+                name, _, version = ref.partition("@")
+                key = layout.binary_key(name, int(version))
+            if self.storage.size(key) > MAX_TEMPLATE_BYTES:
+                raise ValidationFailed("template too large", {where: f"at most {MAX_TEMPLATE_BYTES} bytes"})
+            try:
+                text = self.storage.read_range(key, 0, MAX_TEMPLATE_BYTES).decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValidationFailed("templates must be UTF-8 text", {where: "not UTF-8 text"}) from None
+            if template.target in texts:
+                raise ValidationFailed("two templates write one target", {f"templates.{i}.target": "duplicate"})
+            texts[template.target] = (key, text)
+        return texts
+
+    def _runs(
+        self, request: SweepCreate, owner: str, sweep_id: str, kind: str,
+        table: doe.RunTable, staged: list[str],
+    ) -> list[JobRecord]:
+        now = utcnow()
+        prototype = JobRecord(
+            id="-", name=request.name or default_name(request.command), owner=owner, kind=kind,
+            status=JobStatus.QUEUED, status_reason=f"run of sweep {sweep_id}",
+            binaries=self.binaries.pin(request.binaries), files=staged, resources=request.resources,
+            timeout_s=request.timeout_s, retries=request.retries, priority=request.priority,
+            sweep_id=sweep_id, created_at=now,
+        )
+        runs = []
+        for index, row in table.indexed():
+            env = {**{name: templating.render(value, row) for name, value in request.env.items()},
+                   **templating.environment(row)}
+            command = templating.render_command(request.command, row) if request.command else None
+            runs.append(prototype.model_copy(update={
+                "id": uuid.uuid4().hex[:12], "index": index, "variables": row,
+                "env": env, "command": command,
+            }))
+        return runs
+
+    def _recorded_spec(
+        self, request: SweepCreate, table: doe.RunTable, first: JobRecord, staged: list[str],
+        templates: dict[str, tuple[str, str]], sweep_id: str, kind: str,
+    ) -> dict[str, Any]:
+        """The request as given (seed filled in), and what every run's task needs."""
+        spec = request.model_dump(mode="json", exclude={"cases", "cases_csv", "dry_run"}, exclude_none=True)
+        if request.design is not None and table.seed is not None:
+            spec["design"]["seed"] = table.seed
+        inputs = [binary_input(ref) for ref in first.binaries]
+        inputs += [StagedInput(path=p, key=layout.sweep_input_key(sweep_id, p)) for p in staged]
+        inputs += [StagedInput(path=target, key=key, template=True)
+                   for target, (key, _) in templates.items()]
+        spec["runtime"] = {
+            "inputs": [vars(item) for item in inputs],
+            "timeout_s": request.timeout_s,
+            "callable_key": layout.sweep_callable_key(sweep_id) if kind == "callable" else None,
+        }
+        return spec
+
+    # ---- running ----------------------------------------------------------------------
+
+    def _dispatch(self, sweep_id: str, runs: list[JobRecord], failed: int) -> None:
+        sweep = self.store.get_sweep(sweep_id)
+        spec = sweep["spec"]
+        dispatcher = SweepDispatcher(
+            self.engine, sweep_id, spec["runtime"], runs,
+            max_parallel=spec.get("max_parallel"), max_failures=spec.get("max_failures"),
+            failed=failed, on_limit=self._failure_limit_reached,
+        )
+        self._dispatchers[sweep_id] = dispatcher
+        dispatcher.start(on_done=lambda: self._dispatchers.pop(sweep_id, None))
+
+    async def _failure_limit_reached(self, sweep_id: str, failed: int, limit: int) -> None:
+        reason = f"max_failures reached ({failed} failed runs, limit {limit})"
+        await self._stop(sweep_id, reason, "sweep max_failures")
+
+    async def resume(self) -> None:
+        """After a restart: feed what each unfinished sweep still has to run."""
+        for sweep_id in self.store.active_sweep_ids():
+            sweep = self.store.get_sweep(sweep_id)
+            if sweep is None:
+                continue
+            _, active = self.store.list_jobs(sweep_id=sweep_id, statuses=list(ACTIVE), limit=None)
+            if sweep["stop_reason"]:
+                await self.engine.stop_many(active, "the orchestrator", sweep["stop_reason"])
+                continue
+            requeued = self.engine.requeue(active, "resubmitted after orchestrator restart")
+            failed = self.store.sweep_counts(sweep_id).get(JobStatus.FAILED.value, 0)
+            self._dispatch(sweep_id, requeued, failed)
+
+    async def stop(self, sweep_id: str, requested_by: str, owner: str | None = None) -> SweepRecord:
+        self.get(sweep_id, owner)
+        await self._stop(sweep_id, f"stop requested by {requested_by}", requested_by)
+        return self.get(sweep_id)
+
+    async def _stop(self, sweep_id: str, reason: str, requested_by: str) -> None:
+        self.store.set_sweep_stop_reason(sweep_id, reason)
+        dispatcher = self._dispatchers.get(sweep_id)
+        if dispatcher is not None:
+            await dispatcher.stop(reason, requested_by)
+            return
+        _, active = self.store.list_jobs(sweep_id=sweep_id, statuses=list(ACTIVE), limit=None)
+        await self.engine.stop_many(active, requested_by, reason)
+
+    async def close(self) -> None:
+        for dispatcher in list(self._dispatchers.values()):
+            await dispatcher.cancel()
+
+    # ---- reading ----------------------------------------------------------------------
+
+    def get(self, sweep_id: str, owner: str | None = None) -> SweepRecord:
+        sweep = self.store.get_sweep(sweep_id)
+        if sweep is None or (owner is not None and sweep["owner"] != owner):
+            raise NotFound(f"no sweep {sweep_id}")
+        return self._record(sweep)
+
+    def list(self, owner: str | None, offset: int, limit: int) -> tuple[int, list[SweepRecord]]:
+        count, sweeps = self.store.list_sweeps(owner, offset, limit)
+        return count, [self._record(sweep) for sweep in sweeps]
+
+    def _record(self, sweep: dict[str, Any]) -> SweepRecord:
+        counts = self.store.sweep_counts(sweep["id"])
+        total = sum(counts.values())
+        done = sum(n for status, n in counts.items() if JobStatus(status).is_terminal)
+        status, reason = _sweep_status(counts, sweep["stop_reason"])
+        spec = {k: v for k, v in sweep["spec"].items() if k != "runtime"}
+        design = spec.get("design", {}).get("type") if spec.get("variables") else None
+        return SweepRecord(
+            id=sweep["id"], name=sweep["name"], owner=sweep["owner"], kind=sweep["kind"],
+            status=status, status_reason=reason, runs=total, counts=counts,
+            progress=round(done / total, 6) if total else 1.0, variables=sweep["names"],
+            design=design or ("full_factorial" if spec.get("variables") else None),
+            seed=sweep["seed"], max_parallel=spec.get("max_parallel"),
+            max_failures=spec.get("max_failures"), created_at=sweep["created_at"],
+            finished_at=self.store.sweep_last_finish(sweep["id"]) if status.is_terminal else None,
+            spec=spec,
+        )
+
+    def runs(self, sweep_id: str, status: JobStatus | None, offset: int, limit: int,
+             owner: str | None = None) -> tuple[int, list[JobRecord]]:
+        self.get(sweep_id, owner)
+        return self.store.list_jobs(sweep_id=sweep_id, status=status, offset=offset, limit=limit,
+                                    order="idx")
+
+    def finished(self, sweep_id: str, after: int, limit: int, owner: str | None = None) -> FinishedRuns:
+        self.get(sweep_id, owner)
+        cursor, runs = self.store.finished_runs(sweep_id, after, limit)
+        return FinishedRuns(cursor=cursor, results=runs)
+
+    def results(self, sweep_id: str, owner: str | None = None) -> ResultsTable:
+        """One row per run: its variables and scalar outputs; unfinished runs have blanks."""
+        sweep = self.store.get_sweep(sweep_id)
+        if sweep is None or (owner is not None and sweep["owner"] != owner):
+            raise NotFound(f"no sweep {sweep_id}")
+        names = sweep["names"]
+        runs = self.store.sweep_rows(sweep_id)
+        output_keys: dict[str, None] = {}
+        for *_, result in runs:
+            for key, value in ((result or {}).get("outputs") or {}).items():
+                if _is_scalar(value):
+                    output_keys.setdefault(key, None)
+        taken = set(RESULT_COLUMNS) | set(names)
+        output_columns = {key: (f"outputs.{key}" if key in taken else key) for key in sorted(output_keys)}
+        rows = []
+        for index, job_id, status, variables, result in runs:
+            result = result or {}
+            outputs = result.get("outputs") or {}
+            row = {"index": index, "job_id": job_id, "status": status,
+                   "exit_code": result.get("exit_code"), "duration_s": result.get("duration_s")}
+            row.update({name: variables.get(name) for name in names})
+            row.update({column: _scalar_or_none(outputs.get(key)) for key, column in output_columns.items()})
+            rows.append(row)
+        return ResultsTable(columns=[*RESULT_COLUMNS, *names, *output_columns.values()], rows=rows)
+
+
+def results_csv(table: ResultsTable) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=table.columns, lineterminator="\n")
+    writer.writeheader()
+    for row in table.rows:
+        writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return value
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or (isinstance(value, (bool, int, str)) or
+                             (isinstance(value, float) and math.isfinite(value)))
+
+
+def _scalar_or_none(value: Any) -> Any:
+    return value if _is_scalar(value) else None
+
+
+def _sweep_status(counts: dict[str, int], stop_reason: str | None) -> tuple[JobStatus, str | None]:
+    if counts.get(JobStatus.RUNNING.value):
+        return JobStatus.RUNNING, stop_reason and f"stopping: {stop_reason}"
+    if counts.get(JobStatus.QUEUED.value):
+        return JobStatus.QUEUED, stop_reason and f"stopping: {stop_reason}"
+    if stop_reason:
+        return JobStatus.STOPPED, stop_reason
+    failed, stopped = counts.get(JobStatus.FAILED.value, 0), counts.get(JobStatus.STOPPED.value, 0)
+    if failed:
+        return JobStatus.FAILED, f"{failed} run(s) failed"
+    if stopped:
+        return JobStatus.STOPPED, f"{stopped} run(s) stopped"
+    return JobStatus.COMPLETED, None
+
+
+def _check_placeholders(request: SweepCreate, names: list[str], templates: dict[str, tuple[str, str]]) -> None:
+    """Every `${name}` must be a variable: a typo is a 400, not a run with a literal `${u}`."""
+    command = request.command
+    places: dict[str, list[str]] = {}
+    if command is not None:
+        places["command"] = [command] if isinstance(command, str) else list(command)
+    for name, value in request.env.items():
+        places[f"env.{name}"] = [value]
+    for index, (_, text) in enumerate(templates.values()):
+        places[f"templates.{index}"] = [text]
+    fields = {}
+    for where, texts in places.items():
+        try:
+            templating.check_placeholders(texts, names)
+        except templating.PlaceholderError as exc:
+            fields[where] = str(exc)
+    if fields:
+        raise ValidationFailed(
+            "placeholders without a variable: " + "; ".join(f"{k}: {v}" for k, v in fields.items()),
+            fields,
+        )
+
+
+def _preview(request: SweepCreate, table: doe.RunTable, templates: dict[str, tuple[str, str]]) -> DryRun:
+    runs = [
+        RunPreview(
+            index=index, variables=row,
+            command=templating.render_command(request.command, row) if request.command else None,
+            templates={target: templating.render(text, row) for target, (_, text) in templates.items()},
+        )
+        for index, row in table.indexed()
+    ]
+    return DryRun(count=len(runs), variables=table.names, seed=table.seed, runs=runs)
