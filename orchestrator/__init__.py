@@ -2,6 +2,7 @@
 
 from orchestrator.client import Job, Orchestrator
 from orchestrator.config import Settings
+from orchestrator.doe import frange, linspace, lognormal, normal, triangular, uniform, values
 from orchestrator.errors import (
     Conflict,
     JobFailed,
@@ -12,9 +13,21 @@ from orchestrator.errors import (
     ValidationFailed,
 )
 from orchestrator.models import JobRecord, JobResult, JobStatus, Resources
+from orchestrator.sweep_client import Sweep
+from orchestrator.sweeps import DryRun, SweepRecord
 
 __all__ = [
     "Conflict",
+    "DryRun",
+    "Sweep",
+    "SweepRecord",
+    "frange",
+    "linspace",
+    "lognormal",
+    "normal",
+    "triangular",
+    "uniform",
+    "values",
     "Job",
     "JobFailed",
     "JobRecord",

@@ -25,6 +25,8 @@ from orchestrator.models import (
     JobStatus,
     StatusChange,
 )
+from orchestrator.sweep_client import Sweep, load_spec_file, sweep_spec, validated
+from orchestrator.sweeps import DryRun, FinishedRuns, ResultsTable, SweepCreate, SweepRecord
 
 Files = list[str | os.PathLike] | dict[str, str | os.PathLike] | None
 
@@ -44,6 +46,13 @@ class Backend(Protocol):
     def return_value(self, job_id: str) -> Any: ...
     def upload_binary(self, name: str, source: Path | bytes) -> BinaryRecord: ...
     def list_binaries(self) -> list[BinaryRecord]: ...
+    def create_sweep(self, request: SweepCreate, files: dict[str, Path], function: Callable | None) -> SweepRecord | DryRun: ...
+    def get_sweep(self, sweep_id: str) -> SweepRecord: ...
+    def wait_sweep(self, sweep_id: str, timeout: float) -> SweepRecord: ...
+    def sweep_runs(self, sweep_id: str, status: Any) -> list[JobRecord]: ...
+    def sweep_finished(self, sweep_id: str, after: int) -> FinishedRuns: ...
+    def sweep_results(self, sweep_id: str) -> ResultsTable: ...
+    def stop_sweep(self, sweep_id: str) -> SweepRecord: ...
     def close(self) -> None: ...
 
 
@@ -179,6 +188,61 @@ class Orchestrator:
     def job(self, job_id: str) -> Job:
         return Job(self._backend, self._backend.get_job(job_id))
 
+    def sweep(
+        self,
+        command: str | list[str] | Callable,
+        *,
+        variables: dict[str, Any] | None = None,
+        design: str | dict[str, Any] | None = None,
+        samples: int | None = None,
+        seed: int | None = None,
+        cases: Any = None,
+        files: Files = None,
+        templates: dict[str, str | os.PathLike] | None = None,
+        include_nominal_run: bool = False,
+        max_parallel: int | None = None,
+        max_failures: int | None = None,
+        dry_run: bool = False,
+        name: str | None = None,
+        binaries: list[str] | None = None,
+        env: dict[str, str] | None = None,
+        resources: dict[str, Any] | None = None,
+        timeout_s: float | None = None,
+        retries: int = 0,
+        priority: int = 0,
+    ) -> Sweep | DryRun:
+        """Run a command (or, embedded, a callable given the variables as keyword arguments)
+        once per row of a run table: `variables` (generators: `linspace(...)`, a list, ...)
+        with a `design`, or `cases` (rows, a DataFrame or a CSV path). A dry run returns the
+        rendered table and runs nothing."""
+        function = command if callable(command) else None
+        if function is not None:
+            name = name or getattr(function, "__name__", "call").strip("<>") or "call"
+        spec, uploads = sweep_spec(
+            None if function else command, variables=variables, design=design, samples=samples,
+            seed=seed, cases=cases, templates=templates, name=name, binaries=binaries, env=env,
+            resources=resources, timeout_s=timeout_s, retries=retries, priority=priority,
+            include_nominal_run=include_nominal_run, max_parallel=max_parallel,
+            max_failures=max_failures, dry_run=dry_run,
+        )
+        file_map = _file_map(files)
+        if file_map:
+            spec["files"] = sorted(file_map)
+        return self.sweep_spec(spec, {**file_map, **uploads}, function)
+
+    def sweep_spec(
+        self, spec: dict[str, Any] | str | os.PathLike, files: dict[str, Path] | None = None,
+        function: Callable | None = None,
+    ) -> Sweep | DryRun:
+        """A sweep from its REST spec, or from a spec.yaml / spec.json file path."""
+        if not isinstance(spec, dict):
+            spec, files = load_spec_file(spec)
+        record = self._backend.create_sweep(validated(spec), files or {}, function)
+        return record if isinstance(record, DryRun) else Sweep(self._backend, record)
+
+    def get_sweep(self, sweep_id: str) -> Sweep:
+        return Sweep(self._backend, self._backend.get_sweep(sweep_id))
+
     def jobs(self, **filters: Any) -> list[Job]:
         """Jobs matching filters (status, search, sweep_id), oldest first."""
         _, records = self._backend.list_jobs(**filters)
@@ -310,6 +374,55 @@ class RemoteBackend:
     def list_binaries(self) -> list[BinaryRecord]:
         body = self._call("GET", "/binaries", params={"page_size": 1000}).json()
         return [BinaryRecord.model_validate(item) for item in body["results"]]
+
+    def create_sweep(self, request: SweepCreate, files: dict[str, Path], function: Callable | None) -> SweepRecord | DryRun:
+        if function is not None:
+            raise TypeError("Python callables run only on an embedded Orchestrator(); send a command")
+        body = request.model_dump(mode="json", exclude_none=True)
+        if not files:
+            response = self._call("POST", "/sweeps", json=body)
+        else:
+            handles = [(dest, open(path, "rb")) for dest, path in files.items()]
+            try:
+                parts = [("file[]", (dest, handle, "application/octet-stream")) for dest, handle in handles]
+                response = self._call("POST", "/sweeps", data={"spec": _json(body)}, files=parts)
+            finally:
+                for _, handle in handles:
+                    handle.close()
+        payload = response.json()
+        return DryRun.model_validate(payload) if payload.get("dry_run") else SweepRecord.model_validate(payload)
+
+    def get_sweep(self, sweep_id: str) -> SweepRecord:
+        return SweepRecord.model_validate(self._call("GET", f"/sweeps/{sweep_id}").json())
+
+    def wait_sweep(self, sweep_id: str, timeout: float) -> SweepRecord:
+        response = self._call("GET", f"/sweeps/{sweep_id}", params={"wait": timeout} if timeout else {},
+                              timeout=timeout + 30)
+        return SweepRecord.model_validate(response.json())
+
+    def sweep_runs(self, sweep_id: str, status: Any) -> list[JobRecord]:
+        status = status.value if isinstance(status, JobStatus) else status
+        return [JobRecord.model_validate(item) for item in
+                self._pages(f"/sweeps/{sweep_id}/runs", {"status": status} if status else {})]
+
+    def sweep_finished(self, sweep_id: str, after: int) -> FinishedRuns:
+        response = self._call("GET", f"/sweeps/{sweep_id}/finished", params={"after": after})
+        return FinishedRuns.model_validate(response.json())
+
+    def sweep_results(self, sweep_id: str) -> ResultsTable:
+        return ResultsTable.model_validate(self._call("GET", f"/sweeps/{sweep_id}/results").json())
+
+    def stop_sweep(self, sweep_id: str) -> SweepRecord:
+        return SweepRecord.model_validate(self._call("POST", f"/sweeps/{sweep_id}/stop").json())
+
+    def _pages(self, path: str, params: dict[str, Any]) -> list[Any]:
+        items, page = [], 1
+        while True:
+            body = self._call("GET", path, params={**params, "page": page, "page_size": 1000}).json()
+            items += body["results"]
+            if not body["next"]:
+                return items
+            page += 1
 
     def close(self) -> None:
         self._http.close()

@@ -5,6 +5,7 @@ Dask's per-task cost per run. Batches start at one run; once runs have been time
 holds about TARGET_BATCH_S of work, never more than its fair share of what is left (so the
 tail still spreads over every worker) nor MAX_BATCH_RUNS. At most `max_parallel` batches are
 out at once (runs within a batch run one after another), or twice the cluster's threads.
+Near the end batches shrink to spread the last runs, but not below MIN_BATCH_S of work.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from orchestrator.models import JobRecord, JobStatus
 logger = logging.getLogger(__name__)
 
 TARGET_BATCH_S = 0.5
+MIN_BATCH_S = 0.05  # the tail's batches stay worth a Dask round trip
 MAX_BATCH_RUNS = 1000
 SMOOTHING = 0.5
 
@@ -56,12 +58,18 @@ class SweepDispatcher:
         self._batches_sent = 0
         self._stopped = False
         self._task: asyncio.Task | None = None
+        self.done = asyncio.Event()
         slug = re.sub(r"[^A-Za-z0-9_.]+", "_", runs[0].name).strip("_") if runs else ""
         self._slug = slug or "sweep"
 
     def start(self, on_done: Callable[[], None]) -> None:
         self._task = asyncio.ensure_future(self._feed())
-        self._task.add_done_callback(lambda _: on_done())
+
+        def finished(_: asyncio.Task) -> None:
+            self.done.set()
+            on_done()
+
+        self._task.add_done_callback(finished)
 
     async def _feed(self) -> None:
         try:
@@ -87,7 +95,8 @@ class SweepDispatcher:
                 continue
             self._batches_sent += 1
             key = f"{self._slug}-{self.sweep_id}-b{self._batches_sent}"
-            task = asyncio.ensure_future(self.engine.run_batch(batch, key, self.template))
+            budget = None if self.max_failures is None else self.max_failures - self.failed
+            task = asyncio.ensure_future(self.engine.run_batch(batch, key, self.template, budget))
             self._flying[task] = batch
 
     async def _slots(self) -> int:
@@ -98,9 +107,9 @@ class SweepDispatcher:
     def _batch_size(self, slots: int) -> int:
         if self._run_seconds is None:
             return 1  # nothing timed yet: learn from single runs first
-        by_time = int(TARGET_BATCH_S / max(self._run_seconds, 1e-6))
-        fair_share = math.ceil(len(self._pending) / slots)
-        return max(1, min(by_time, fair_share, MAX_BATCH_RUNS))
+        run_s = max(self._run_seconds, 1e-6)
+        fair_share = max(math.ceil(len(self._pending) / slots), int(MIN_BATCH_S / run_s))
+        return max(1, min(int(TARGET_BATCH_S / run_s), fair_share, MAX_BATCH_RUNS))
 
     def _take(self, size: int) -> list[JobRecord]:
         """The next runs still QUEUED (a run may have been stopped or deleted meanwhile)."""

@@ -477,3 +477,41 @@ def _inside(unit: np.ndarray) -> np.ndarray:
 
 def _summary(title: str, fields: dict[str, str]) -> str:
     return f"{title}: " + "; ".join(f"{k}: {v}" for k, v in list(fields.items())[:5])
+
+
+# ---- generator helpers of the Python API ------------------------------------------------
+# Each returns the JSON form of one generator, so `variables={"u": linspace(10, 50, 5)}`
+# in Python means exactly what the same spec means over REST.
+
+
+def values(*items: Scalar, nominal: Scalar | None = None) -> dict[str, Any]:
+    return _generator("values", list(items), nominal)
+
+
+def linspace(start: float, stop: float, num: int, nominal: Scalar | None = None) -> dict[str, Any]:
+    return _generator("linspace", {"start": start, "stop": stop, "num": num}, nominal)
+
+
+def frange(start: float, stop: float, step: float, nominal: Scalar | None = None) -> dict[str, Any]:
+    """Rescale's fixed range: start, start + step, ... up to stop (included if reached)."""
+    return _generator("range", {"start": start, "stop": stop, "step": step}, nominal)
+
+
+def uniform(low: float, high: float, nominal: Scalar | None = None) -> dict[str, Any]:
+    return _generator("uniform", {"low": low, "high": high}, nominal)
+
+
+def normal(mean: float, std: float, nominal: Scalar | None = None) -> dict[str, Any]:
+    return _generator("normal", {"mean": mean, "std": std}, nominal)
+
+
+def triangular(left: float, mode: float, right: float, nominal: Scalar | None = None) -> dict[str, Any]:
+    return _generator("triangular", {"left": left, "mode": mode, "right": right}, nominal)
+
+
+def lognormal(mean: float, sigma: float, nominal: Scalar | None = None) -> dict[str, Any]:
+    return _generator("lognormal", {"mean": mean, "sigma": sigma}, nominal)
+
+
+def _generator(kind: str, spec: Any, nominal: Scalar | None) -> dict[str, Any]:
+    return {kind: spec, **({"nominal": nominal} if nominal is not None else {})}

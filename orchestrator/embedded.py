@@ -143,6 +143,54 @@ class EmbeddedBackend:
         _, records = self._sync(self.service.binaries.list, None, 0, 1_000_000)
         return records
 
+    # ---- sweeps -----------------------------------------------------------------------
+
+    def create_sweep(self, request: Any, files: dict[str, Path], function: Callable | None) -> Any:
+        import cloudpickle
+
+        from orchestrator.paths import safe_relative_path
+        from orchestrator.sweeps import DryRun, new_sweep_id
+
+        sweep_id = new_sweep_id()
+        storage = self.service.storage
+        try:
+            uploaded = []
+            for dest, source in files.items():
+                path = safe_relative_path(dest)
+                storage.put_file(str(source), layout.sweep_input_key(sweep_id, path))
+                uploaded.append(path)
+            if function is not None:
+                storage.put_bytes(layout.sweep_callable_key(sweep_id), cloudpickle.dumps((function, (), {})))
+            outcome = self._run(self.service.sweeps.create(
+                request, self._owner, sweep_id=sweep_id, uploaded=uploaded,
+                kind="callable" if function is not None else "command",
+            ))
+        except BaseException:
+            storage.delete_prefix(layout.sweep_prefix(sweep_id))
+            raise
+        if isinstance(outcome, DryRun):
+            storage.delete_prefix(layout.sweep_prefix(sweep_id))
+        return outcome
+
+    def get_sweep(self, sweep_id: str) -> Any:
+        return self._sync(self.service.sweeps.get, sweep_id)
+
+    def wait_sweep(self, sweep_id: str, timeout: float) -> Any:
+        return self._run(self.service.sweeps.wait(sweep_id, timeout))
+
+    def sweep_runs(self, sweep_id: str, status: Any) -> list[JobRecord]:
+        _, runs = self._sync(self.service.sweeps.runs, sweep_id, status, 0, None)
+        return runs
+
+    def sweep_finished(self, sweep_id: str, after: int) -> Any:
+        return self._sync(self.service.sweeps.finished, sweep_id, after, 1000)
+
+    def sweep_results(self, sweep_id: str) -> Any:
+        return self._sync(self.service.sweeps.results, sweep_id)
+
+    def stop_sweep(self, sweep_id: str) -> Any:
+        return self._run(self.service.sweeps.stop(sweep_id, self._owner))
+
     def close(self) -> None:
         if self._closed:
             return

@@ -172,17 +172,19 @@ class Engine:
     # ---- batches of sweep runs -------------------------------------------------------
 
     async def run_batch(
-        self, jobs: list[JobRecord], key: str, template: dict[str, Any]
+        self, jobs: list[JobRecord], key: str, template: dict[str, Any],
+        failure_budget: int | None = None,
     ) -> BatchReport:
         """Run QUEUED sweep runs as one Dask task, record every outcome, report to the feeder.
 
-        `template` holds the RunSpec fields the runs share (inputs, timeout, callable...).
+        `template` holds the RunSpec fields the runs share (inputs, timeout, callable...);
+        after `failure_budget` runs fail for good, the batch stops the rest.
         """
-        jobs = [job.model_copy(update={"attempt": job.attempt + 1}) for job in jobs]
         now = utcnow()
+        jobs = [job.model_copy(update={"attempt": job.attempt + 1, "submitted_at": job.submitted_at or now})
+                for job in jobs]
+        self.store.set_attempts([(job.id, job.attempt, job.submitted_at) for job in jobs])
         for job in jobs:
-            self.store.update_job(job.id, attempt=job.attempt, worker=None,
-                                  **({"submitted_at": now} if job.submitted_at is None else {}))
             self._batched[job.id] = key
         runs = [
             {"job_id": job.id, "key": task_key(job), "attempt": job.attempt,
@@ -191,7 +193,7 @@ class Engine:
         ]
         spec = {"template": {**template, "storage_url": self.storage_url,
                              "storage_options": self.storage_options},
-                "runs": runs}
+                "runs": runs, "failure_budget": failure_budget, "retries": jobs[0].retries}
         future = self.client.submit(
             run_batch, spec, key=key, resources=jobs[0].resources.as_dask() or None,
             priority=jobs[0].priority, pure=False, retries=0,
@@ -275,10 +277,12 @@ class Engine:
         updates = [StatusUpdate(job.id, JobStatus.STOPPED, reason, utcnow(), [JobStatus.CREATED])
                    for job in jobs if job.status == JobStatus.CREATED]
         live = [job for job in jobs if job.status != JobStatus.CREATED]
+        states = self.store.job_states([job.id for job in live])
         for job in live:
             self._stop_requests[job.id] = reason
-        if live:
-            await self._flag_on_workers([task_key(job) for job in live], requested_by)
+        keys = [task_key(job, states[job.id][1]) for job in live if job.id in states]
+        if keys:
+            await self._flag_on_workers(keys, requested_by)
         states = self.store.job_states([job.id for job in live])
         for job in live:
             state = states.get(job.id)
@@ -488,10 +492,10 @@ def _fits_any(wanted: dict[str, float], offers: list[dict[str, float]]) -> bool:
     return any(all(offer.get(r, 0) >= n for r, n in wanted.items()) for offer in offers)
 
 
-def task_key(job: JobRecord) -> str:
+def task_key(job: JobRecord, attempt: int | None = None) -> str:
     """Readable and unique per attempt; the dashboard groups by the leading name."""
     slug = re.sub(r"[^A-Za-z0-9_.]+", "_", job.name).strip("_") or "job"
-    return f"{slug}-{job.id}-{job.attempt}"
+    return f"{slug}-{job.id}-{job.attempt if attempt is None else attempt}"
 
 
 def binary_input(ref: str) -> StagedInput:

@@ -11,12 +11,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
 import traceback
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -81,7 +83,8 @@ class Outcome:
 
 def run_job(spec_dict: dict[str, Any]) -> dict[str, Any]:
     """The Dask task of a single job."""
-    return asdict(execute(RunSpec.from_dict(spec_dict), announce=True))
+    with Scratch() as scratch:
+        return asdict(execute(RunSpec.from_dict(spec_dict), announce=True, scratch=scratch))
 
 
 def run_batch(batch: dict[str, Any]) -> list[dict[str, Any]]:
@@ -93,22 +96,56 @@ def run_batch(batch: dict[str, Any]) -> list[dict[str, Any]]:
     unexpected error fails that run only.
     """
     template = batch["template"]
+    budget = batch.get("failure_budget")  # the sweep's max_failures, less failures so far
     outcomes = []
     announced_at = float("-inf")
-    for run in batch["runs"]:
-        spec = RunSpec.from_dict({**template, **run})
-        announce = time.monotonic() - announced_at >= ANNOUNCE_INTERVAL_S
-        try:
-            outcome = execute(spec, announce)
-        except Exception as exc:  # noqa: BLE001 - keep the rest of the batch going
-            outcome = Outcome("FAILED", f"runner error: {_describe(exc)}", worker=_worker_address())
-        if announce:
-            announced_at = time.monotonic()
-        outcomes.append(asdict(outcome))
+    with Scratch() as scratch:
+        for run in batch["runs"]:
+            if budget is not None and budget <= 0:
+                outcomes.append(asdict(Outcome("STOPPED", "max_failures reached", worker=_worker_address())))
+                continue
+            spec = RunSpec.from_dict({**template, **run})
+            announce = time.monotonic() - announced_at >= ANNOUNCE_INTERVAL_S
+            try:
+                outcome = execute(spec, announce, scratch)
+            except Exception as exc:  # noqa: BLE001 - keep the rest of the batch going
+                outcome = Outcome("FAILED", f"runner error: {_describe(exc)}", worker=_worker_address())
+            if announce:
+                announced_at = time.monotonic()
+            if budget is not None and outcome.status == "FAILED" and spec.attempt > batch.get("retries", 0):
+                budget -= 1  # a failure for good (no retry left) counts
+            outcomes.append(asdict(outcome))
     return outcomes
 
 
-def execute(spec: RunSpec, announce: bool) -> Outcome:
+class Scratch:
+    """A working folder and log files on the worker, emptied between the runs of a batch.
+
+    Reused rather than made per run: creating and removing folders costs as much as
+    starting a short process on some filesystems.
+    """
+
+    def __enter__(self) -> Scratch:
+        root = _scratch_root()
+        self.workdir = Path(tempfile.mkdtemp(dir=root))
+        self.logs = {stream: root / "logs" / f"{self.workdir.name}.{stream}" for stream in layout.LOG_STREAMS}
+        return self
+
+    def empty(self) -> None:
+        for entry in os.scandir(self.workdir):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+
+    def __exit__(self, *_: Any) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        for path in self.logs.values():
+            path.unlink(missing_ok=True)
+
+
+def execute(spec: RunSpec, announce: bool, scratch: Scratch) -> Outcome:
     worker = _worker_address()
     stopper = job_processes().stop_requested(spec.key)
     if stopper:
@@ -116,19 +153,17 @@ def execute(spec: RunSpec, announce: bool) -> Outcome:
     storage = _storage(spec.storage_url, json.dumps(spec.storage_options, sort_keys=True))
     if spec.callable_key:
         return _call(storage, spec, worker, announce)
-    scratch = Path(tempfile.mkdtemp(prefix=f"{spec.job_id}-", dir=_scratch_root()))
     try:
-        return _run_in(scratch, spec, storage, worker, announce)
+        return _run_in(scratch.workdir, scratch.logs, spec, storage, worker, announce)
     finally:
         job_processes().unregister(spec.key)
-        shutil.rmtree(scratch, ignore_errors=True)
+        scratch.empty()
 
 
 def _run_in(
-    scratch: Path, spec: RunSpec, storage: Storage, worker: str | None, announce: bool
+    workdir: Path, log_paths: dict[str, Path], spec: RunSpec, storage: Storage,
+    worker: str | None, announce: bool,
 ) -> Outcome:
-    workdir = scratch / "work"
-    workdir.mkdir()
     if spec.attempt > 1:
         storage.delete_prefix(layout.outputs_prefix(spec.job_id))
     try:
@@ -138,7 +173,7 @@ def _run_in(
     started = time.time()
     if announce:
         _announce_running(spec, worker, started)
-    outcome = _run_command(scratch, workdir, spec, storage, worker)
+    outcome = _run_command(workdir, log_paths, spec, storage, worker)
     outcome.started_at = started
     try:
         outcome.files = _upload_outputs(storage, spec.job_id, workdir, staged)
@@ -155,11 +190,8 @@ def _run_in(
 
 
 def _run_command(
-    scratch: Path, workdir: Path, spec: RunSpec, storage: Storage, worker: str | None
+    workdir: Path, log_paths: dict[str, Path], spec: RunSpec, storage: Storage, worker: str | None
 ) -> Outcome:
-    logs = scratch / "logs"
-    logs.mkdir()
-    log_paths = {stream: logs / stream for stream in layout.LOG_STREAMS}
     env = {**os.environ, **spec.env, "ORCHESTRATOR_JOB_ID": spec.job_id, TASK_KEY_VARIABLE: spec.key}
     argv = ["/bin/sh", "-c", spec.command] if isinstance(spec.command, str) else list(spec.command)
     with open(log_paths["stdout"], "wb") as out, open(log_paths["stderr"], "wb") as err:
@@ -188,11 +220,10 @@ def _supervise(
     registry.register(spec.key, process)
     deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else None
     timed_out = False
-    while registry.stop_requested(spec.key) is None:
-        try:
-            process.wait(timeout=0.1)
-            break
-        except subprocess.TimeoutExpired:
+    with _exit_waiter(process) as exited:
+        while registry.stop_requested(spec.key) is None:
+            if exited(0.1):
+                break
             shipper.ship_if_due()
             if deadline is not None and time.monotonic() > deadline:
                 timed_out = True
@@ -209,6 +240,33 @@ def _supervise(
         return Outcome("STOPPED", reason, process.returncode, worker=worker)
     reason = _with_leftovers(f"timeout after {spec.timeout_s:g} s", leftovers)
     return Outcome("FAILED", reason, process.returncode, worker=worker)
+
+
+@contextlib.contextmanager
+def _exit_waiter(process: subprocess.Popen) -> Iterator[Callable[[float], bool]]:
+    """A wait for the process's exit that wakes the moment it exits.
+
+    `Popen.wait(timeout)` polls with growing sleeps, which costs a short run up to a
+    millisecond for nothing; a pidfd (Linux) is readable as soon as the process ends.
+    """
+    try:
+        descriptor = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):
+        descriptor = None
+
+    def exited(timeout: float) -> bool:
+        if descriptor is not None and process.poll() is None:
+            select.select([descriptor], [], [], timeout)
+        else:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout)
+        return process.poll() is not None
+
+    try:
+        yield exited
+    finally:
+        if descriptor is not None:
+            os.close(descriptor)
 
 
 def _exit_reason(exit_code: int) -> str:
@@ -455,12 +513,17 @@ def _worker_address() -> str | None:
     return worker.address if worker else None
 
 
-def _scratch_root() -> str:
+@lru_cache(maxsize=4)
+def _scratch_root_in(base: str) -> Path:
+    """Working folders of runs, and their logs while they run (kept out of the outputs)."""
+    root = Path(base) / "orchestrator-jobs"
+    (root / "logs").mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _scratch_root() -> Path:
     worker = _worker()
-    base = Path(worker.local_directory) if worker else Path(tempfile.gettempdir())
-    root = base / "orchestrator-jobs"
-    root.mkdir(parents=True, exist_ok=True)
-    return str(root)
+    return _scratch_root_in(worker.local_directory if worker else tempfile.gettempdir())
 
 
 def _announce_running(spec: RunSpec, worker_address: str | None, started: float) -> None:

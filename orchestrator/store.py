@@ -248,6 +248,14 @@ class Store:
                 [[*columns.values(), job_id] for job_id in job_ids],
             )
 
+    def set_attempts(self, attempts: list[tuple[str, int, datetime]]) -> None:
+        """(job id, attempt, submitted_at) for a batch being sent, in one transaction."""
+        with self.transaction() as db:
+            db.executemany(
+                "UPDATE jobs SET attempt = ?, worker = NULL, submitted_at = ? WHERE id = ?",
+                [(attempt, _ts(submitted), job_id) for job_id, attempt, submitted in attempts],
+            )
+
     def job_states(self, job_ids: list[str]) -> dict[str, tuple[JobStatus, int]]:
         """Status and attempt of each job that still exists: cheaper than whole records."""
         states: dict[str, tuple[JobStatus, int]] = {}

@@ -9,6 +9,7 @@ right while the sweep runs, after a restart, and after single runs are stopped o
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import csv
 import io
 import math
@@ -308,6 +309,15 @@ class SweepService:
     async def close(self) -> None:
         for dispatcher in list(self._dispatchers.values()):
             await dispatcher.cancel()
+
+    async def wait(self, sweep_id: str, timeout: float | None, owner: str | None = None) -> SweepRecord:
+        """The sweep once all its runs have ended, or as it is when the timeout runs out."""
+        self.get(sweep_id, owner)
+        dispatcher = self._dispatchers.get(sweep_id)
+        if dispatcher is not None:
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(asyncio.shield(dispatcher.done.wait()), timeout)
+        return self.get(sweep_id)
 
     # ---- reading ----------------------------------------------------------------------
 

@@ -24,6 +24,7 @@ from orchestrator.sweeps import (
 from storage import AtomicWriter, layout
 
 FILE_FIELDS = ("file[]", "file", "files", "files[]")
+MAX_WAIT_S = 3600.0
 CASES_FIELD = "cases"
 
 
@@ -110,10 +111,15 @@ class SweepsHandler(StreamingBodyHandler):
 
 
 class SweepHandler(BaseHandler):
-    openapi = {"get": Operation("Show a sweep: status, counts per status, progress", response=SweepRecord)}
+    openapi = {"get": Operation("Show a sweep: status, counts per status, progress", response=SweepRecord,
+                                query={"wait": "seconds to wait for every run to end first"})}
 
     async def get(self, sweep_id: str) -> None:
-        self.send_json(self.service.sweeps.get(sweep_id))
+        wait = self.query_float("wait", None, 0, MAX_WAIT_S)
+        if wait:
+            self.send_json(await self.service.sweeps.wait(sweep_id, wait))
+        else:
+            self.send_json(self.service.sweeps.get(sweep_id))
 
 
 class SweepRunsHandler(BaseHandler):
