@@ -184,6 +184,83 @@ def cmd_upload(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- sweeps ---------------------------------------------------------------------------------
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from orchestrator.sweep_client import load_spec_file
+
+    spec, files = load_spec_file(args.spec)
+    if args.dry_run:
+        spec["dry_run"] = True
+    with _connect(args) as orch:
+        outcome = orch.sweep_spec(spec, files)
+        if spec.get("dry_run"):
+            return _show_dry_run(outcome, args.json)
+        print(f"sweep {outcome.id}: {outcome.runs} runs queued", file=sys.stderr)
+        record = outcome.wait(progress=not args.json) if args.watch else outcome.record
+    if args.json:
+        _print_json(record.model_dump(mode="json"))
+    else:
+        _show_sweep(record)
+    return 1 if args.watch and record.status.value != "COMPLETED" else 0
+
+
+def _show_dry_run(preview: Any, as_json: bool) -> int:
+    if as_json:
+        _print_json(preview.model_dump(mode="json"))
+        return 0
+    _print_table(["index", *preview.variables, "command"],
+                 [[run.index, *(run.variables.get(n, "") for n in preview.variables),
+                   run.command if isinstance(run.command, str) else json.dumps(run.command)]
+                  for run in preview.runs])
+    seed = f", seed {preview.seed}" if preview.seed is not None else ""
+    print(f"{preview.count} runs (dry run: nothing was started{seed})", file=sys.stderr)
+    return 0
+
+
+def _show_sweep(record: Any) -> None:
+    counts = ", ".join(f"{n} {s.lower()}" for s, n in sorted(record.counts.items()))
+    rows = [["id", record.id], ["name", record.name], ["status", record.status.value],
+            ["reason", record.status_reason or ""], ["runs", f"{record.runs} ({counts})"],
+            ["progress", f"{record.progress:.0%}"], ["variables", ", ".join(record.variables)],
+            ["design", record.design or "cases"], ["seed", "" if record.seed is None else record.seed]]
+    _print_table(["field", "value"], rows, header=False)
+
+
+def cmd_sweeps(args: argparse.Namespace) -> int:
+    with _connect(args) as orch:
+        if args.stop:
+            record = orch.get_sweep(args.stop).stop()
+            _print_json(record.model_dump(mode="json")) if args.json else _show_sweep(record)
+            return 0
+        if args.sweep_id:
+            record = orch.get_sweep(args.sweep_id).record
+            _print_json(record.model_dump(mode="json")) if args.json else _show_sweep(record)
+            return 0
+        records = orch.sweeps()
+    if args.json:
+        _print_json([r.model_dump(mode="json") for r in records])
+        return 0
+    _print_table(["id", "name", "status", "runs", "progress", "created"],
+                 [[r.id, r.name, r.status.value, r.runs, f"{r.progress:.0%}", _ts(r.created_at)]
+                  for r in records])
+    return 0
+
+
+def cmd_results(args: argparse.Namespace) -> int:
+    with _connect(args) as orch:
+        table = orch.get_sweep(args.sweep_id).results()
+    if args.csv:
+        table.to_csv(args.csv)
+        print(f"{len(table)} rows -> {args.csv}", file=sys.stderr)
+    elif args.json:
+        print(table.reset_index().to_json(orient="records", indent=2))
+    else:
+        print(table.to_string())
+    return 0
+
+
 # ---- plumbing -------------------------------------------------------------------------------
 
 
@@ -303,6 +380,19 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("job_id")
     download.add_argument("paths", nargs="*", help="output paths (default: all)")
     download.add_argument("-o", "--dest", default=".", help="file or folder")
+
+    sweep = client_command("sweep", "run a parameter sweep from a spec file", cmd_sweep)
+    sweep.add_argument("spec", help="spec.yaml or spec.json (the JSON shape of POST /sweeps)")
+    sweep.add_argument("--dry-run", action="store_true", help="print the run table, run nothing")
+    sweep.add_argument("-w", "--watch", action="store_true", help="show progress until the sweep ends")
+
+    sweeps = client_command("sweeps", "list sweeps, show or stop one", cmd_sweeps)
+    sweeps.add_argument("sweep_id", nargs="?", help="show this sweep")
+    sweeps.add_argument("--stop", metavar="SWEEP_ID", help="stop this sweep")
+
+    results = client_command("results", "print a sweep's results table", cmd_results)
+    results.add_argument("sweep_id")
+    results.add_argument("--csv", metavar="FILE", help="write the table as CSV")
 
     upload = client_command("upload", "upload a binary", cmd_upload)
     upload.add_argument("path")

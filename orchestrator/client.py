@@ -49,6 +49,7 @@ class Backend(Protocol):
     def create_sweep(self, request: SweepCreate, files: dict[str, Path], function: Callable | None) -> SweepRecord | DryRun: ...
     def get_sweep(self, sweep_id: str) -> SweepRecord: ...
     def wait_sweep(self, sweep_id: str, timeout: float) -> SweepRecord: ...
+    def list_sweeps(self) -> list[SweepRecord]: ...
     def sweep_runs(self, sweep_id: str, status: Any) -> list[JobRecord]: ...
     def sweep_finished(self, sweep_id: str, after: int) -> FinishedRuns: ...
     def sweep_results(self, sweep_id: str) -> ResultsTable: ...
@@ -243,6 +244,10 @@ class Orchestrator:
     def get_sweep(self, sweep_id: str) -> Sweep:
         return Sweep(self._backend, self._backend.get_sweep(sweep_id))
 
+    def sweeps(self) -> list[SweepRecord]:
+        """Every sweep, oldest first."""
+        return self._backend.list_sweeps()
+
     def jobs(self, **filters: Any) -> list[Job]:
         """Jobs matching filters (status, search, sweep_id), oldest first."""
         _, records = self._backend.list_jobs(**filters)
@@ -399,6 +404,9 @@ class RemoteBackend:
         response = self._call("GET", f"/sweeps/{sweep_id}", params={"wait": timeout} if timeout else {},
                               timeout=timeout + 30)
         return SweepRecord.model_validate(response.json())
+
+    def list_sweeps(self) -> list[SweepRecord]:
+        return [SweepRecord.model_validate(item) for item in self._pages("/sweeps", {})]
 
     def sweep_runs(self, sweep_id: str, status: Any) -> list[JobRecord]:
         status = status.value if isinstance(status, JobStatus) else status

@@ -9,6 +9,7 @@ cases (JSON rows or a CSV file). The same spec and seed always give the same tab
 from __future__ import annotations
 
 import csv
+import decimal
 import io
 import itertools
 import math
@@ -38,6 +39,7 @@ Scalar = bool | int | float | str
 RESERVED_NAMES = re.compile(
     r"^(PATH|HOME|SHELL|USER|PWD|IFS|TMPDIR|LANG|LD_.*|PYTHON.*|DASK_.*|ORCHESTRATOR_.*)$"
 )
+MAX_RANGE_POINTS = 2**53  # past this, neighbouring float points are no longer distinct
 UNIT_EPSILON = 1e-12  # keeps unbounded quantiles finite at the cube's faces
 
 
@@ -49,9 +51,25 @@ class Linspace(Request):
     stop: Number
     num: int = Field(..., ge=1, description="number of points, both ends included")
 
+    def count(self) -> int:
+        return self.num
+
+    def point_at(self, i: int) -> Scalar:
+        """Computed in decimal from the numbers as written, so 0.1 to -0.2 passes 0.0 exactly."""
+        start, stop = _decimal(self.start), _decimal(self.stop)
+        if i == 0 or self.num == 1:
+            return _number(start, self._integral())
+        if i == self.num - 1:
+            return _number(stop, self._integral())
+        return _number(start + (stop - start) * i / (self.num - 1), self._integral())
+
+    def _integral(self) -> bool:
+        return isinstance(self.start, int) and isinstance(self.stop, int) and (
+            self.num == 1 or (self.stop - self.start) % (self.num - 1) == 0
+        )
+
     def points(self) -> list[Scalar]:
-        values = np.linspace(self.start, self.stop, self.num)
-        return _tidy(values, integral=isinstance(self.start, int) and isinstance(self.stop, int))
+        return [self.point_at(i) for i in range(self.num)]
 
 
 class FixedRange(Request):
@@ -62,17 +80,22 @@ class FixedRange(Request):
     step: Number
 
     def count(self) -> int:
+        """Exact for the decimal numbers as written: 0 to 9.9999999995 by 1 is 10 points."""
         if self.step == 0:
             raise ValueError("step must not be 0")
-        span = (self.stop - self.start) / self.step
+        span = (_decimal(self.stop) - _decimal(self.start)) / _decimal(self.step)
         if span < 0:
             raise ValueError("step goes away from stop")
-        return math.floor(span + 1e-9) + 1
+        if span >= MAX_RANGE_POINTS:
+            raise ValueError(f"more than {MAX_RANGE_POINTS} points: use a larger step")
+        return int(span.to_integral_value(rounding=decimal.ROUND_FLOOR)) + 1
+
+    def point_at(self, i: int) -> Scalar:
+        integral = all(isinstance(v, int) for v in (self.start, self.stop, self.step))
+        return _number(_decimal(self.start) + _decimal(self.step) * i, integral)
 
     def points(self) -> list[Scalar]:
-        values = self.start + self.step * np.arange(self.count())
-        integral = all(isinstance(v, int) for v in (self.start, self.stop, self.step))
-        return _tidy(values, integral=integral)
+        return [self.point_at(i) for i in range(self.count())]
 
 
 class Uniform(Request):
@@ -80,7 +103,7 @@ class Uniform(Request):
     high: Number
 
     def quantiles(self, unit: np.ndarray) -> np.ndarray:
-        return self.low + unit * (self.high - self.low)
+        return self.low * (1 - unit) + self.high * unit  # no overflow of high - low
 
 
 class Normal(Request):
@@ -115,7 +138,7 @@ class Lognormal(Request):
     def quantiles(self, unit: np.ndarray) -> np.ndarray:
         from scipy import stats
 
-        return stats.lognorm.ppf(_inside(unit), self.sigma, scale=math.exp(self.mean))
+        return np.exp(stats.norm.ppf(_inside(unit), loc=self.mean, scale=self.sigma))
 
 
 DISCRETE = ("values", "linspace", "range")
@@ -149,13 +172,24 @@ class Variable(Request):
             return list(self.values)
         return getattr(self, self.generator).points()
 
+    def count(self) -> int:
+        return len(self.values) if self.values is not None else getattr(self, self.generator).count()
+
+    def point_at(self, i: int) -> Scalar:
+        return self.values[i] if self.values is not None else getattr(self, self.generator).point_at(i)
+
     def sample(self, unit: np.ndarray) -> list[Scalar]:
-        """Map unit-interval points to values: quantiles, or an equally likely discrete point."""
+        """Map unit-interval points to values: quantiles, or an equally likely discrete point
+        (picked by index, so a range of 10**12 points is never listed)."""
         if self.discrete:
-            points = self.points()
-            picks = np.minimum((unit * len(points)).astype(np.int64), len(points) - 1)
-            return [points[i] for i in picks]
-        return [float(v) for v in getattr(self, self.generator).quantiles(unit)]
+            count = self.count()
+            return [self.point_at(min(int(u * count), count - 1)) for u in unit]
+        with np.errstate(all="ignore"):
+            try:
+                values = getattr(self, self.generator).quantiles(unit)
+            except OverflowError:
+                values = np.full(len(unit), np.inf)
+        return [float(v) for v in values]
 
 
 # ---- designs ----------------------------------------------------------------------------
@@ -306,7 +340,7 @@ def _factorial(variables: Sequence[Variable], budget: int) -> RunTable:
     }
     if fields:
         raise ValidationFailed(_summary("full_factorial needs discrete variables", fields), fields)
-    sizes = [_point_count(v) for v in variables]
+    sizes = [v.count() for v in variables]
     total = math.prod(sizes)
     if total > budget:
         raise ValidationFailed(
@@ -318,14 +352,6 @@ def _factorial(variables: Sequence[Variable], budget: int) -> RunTable:
     return RunTable(names, rows)
 
 
-def _point_count(variable: Variable) -> int:
-    if variable.values is not None:
-        return len(variable.values)
-    if variable.linspace is not None:
-        return variable.linspace.num
-    return variable.range.count()
-
-
 def _sampled(variables: Sequence[Variable], design: Sampled, budget: int) -> RunTable:
     if design.samples > budget:
         raise ValidationFailed(
@@ -335,6 +361,13 @@ def _sampled(variables: Sequence[Variable], design: Sampled, budget: int) -> Run
     seed = design.seed if design.seed is not None else new_seed()
     unit = unit_cube(design, len(variables), seed)
     columns = [variable.sample(unit[:, j]) for j, variable in enumerate(variables)]
+    too_large = {
+        f"variables.{j}.{v.generator}": f"{v.name}: these parameters give values too large to represent"
+        for j, (v, column) in enumerate(zip(variables, columns, strict=True))
+        if not v.discrete and not all(math.isfinite(x) for x in column)
+    }
+    if too_large:
+        raise ValidationFailed(_summary("values out of range", too_large), too_large)
     names = [v.name for v in variables]
     rows = [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
     return RunTable(names, rows, seed=seed)
@@ -410,7 +443,8 @@ def parse_cases_csv(text: str, max_runs: int, field: str = "cases_csv") -> list[
         raise ValidationFailed(_summary("bad CSV header", fields), fields)
     rows: list[dict[str, Scalar]] = []
     try:
-        for line_number, cells in enumerate(reader, start=2):
+        for cells in reader:
+            line_number = reader.line_num
             if not cells or all(not c.strip() for c in cells):
                 continue
             if len(cells) != len(header):
@@ -446,7 +480,7 @@ def parse_cell(cell: str) -> Scalar:
 
 def cases_to_csv(names: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
+    writer = csv.writer(buffer)  # \r\n rows, so a \r inside a value gets quoted
     writer.writerow(names)
     for row in rows:
         writer.writerow([_cell(row.get(name)) for name in names])
@@ -464,11 +498,15 @@ def _cell(value: Any) -> Any:
 # ---- helpers ----------------------------------------------------------------------------
 
 
-def _tidy(values: np.ndarray, integral: bool) -> list[Scalar]:
-    """Plain Python numbers without float noise (0.1 * 3 is 0.3); ints stay ints."""
-    if integral and all(float(v).is_integer() for v in values):
-        return [int(v) for v in values]
-    return [float(f"{float(v):.15g}") for v in values]
+def _decimal(value: int | float) -> decimal.Decimal:
+    """A number as it was written (floats by their shortest repr)."""
+    return decimal.Decimal(value) if isinstance(value, int) else decimal.Decimal(repr(value))
+
+
+def _number(value: decimal.Decimal, integral: bool) -> Scalar:
+    if integral and value == value.to_integral_value():
+        return int(value)
+    return float(value)
 
 
 def _inside(unit: np.ndarray) -> np.ndarray:

@@ -178,6 +178,10 @@ class EmbeddedBackend:
     def wait_sweep(self, sweep_id: str, timeout: float) -> Any:
         return self._run(self.service.sweeps.wait(sweep_id, timeout))
 
+    def list_sweeps(self) -> list[Any]:
+        _, records = self._sync(self.service.sweeps.list, None, 0, None)
+        return records
+
     def sweep_runs(self, sweep_id: str, status: Any) -> list[JobRecord]:
         _, runs = self._sync(self.service.sweeps.runs, sweep_id, status, 0, None)
         return runs

@@ -388,7 +388,7 @@ class SweepService:
 
 def results_csv(table: ResultsTable) -> str:
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=table.columns, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=table.columns)  # \r\n: values with \r get quoted
     writer.writeheader()
     for row in table.rows:
         writer.writerow({k: _csv_cell(v) for k, v in row.items()})

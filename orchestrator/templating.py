@@ -78,10 +78,53 @@ def render(text: str, variables: Mapping[str, Any], quote: Callable[[str], str] 
 
 
 def render_command(command: str | list[str], variables: Mapping[str, Any]) -> str | list[str]:
-    """A shell line gets each value as one quoted word; an argument list needs no quoting."""
-    if isinstance(command, str):
-        return render(command, variables, shlex.quote)
-    return [render(argument, variables) for argument in command]
+    """A shell line gets each value as one quoted word; an argument list needs no quoting.
+
+    A placeholder the user already put in quotes ("${v}" is a shell habit) is quoted too:
+    the quotes around it are closed first and reopened after, so nothing in a value is
+    ever shell syntax, whatever the quoting around it.
+    """
+    if not isinstance(command, str):
+        return [render(argument, variables) for argument in command]
+    pieces: list[str] = []
+    state, position = _UNQUOTED, 0
+    for match in PLACEHOLDER.finditer(command):
+        literal = command[position:match.start()]
+        state = _shell_state(literal, state)
+        pieces.append(literal)
+        name = match.group(2)
+        if match.group(1):
+            pieces.append("${" + name + "}")
+        elif name not in variables:
+            raise PlaceholderError([name])
+        else:
+            word = shlex.quote(format_value(variables[name]))
+            pieces.append(word if state == _UNQUOTED else f"{state}{word}{state}")
+        position = match.end()
+    pieces.append(command[position:])
+    return "".join(pieces)
+
+
+_UNQUOTED, _SINGLE, _DOUBLE = "", "'", '"'
+
+
+def _shell_state(text: str, state: str) -> str:
+    """The quoting state after `text`, starting in `state` (POSIX sh rules)."""
+    escaped = False
+    for char in text:
+        if escaped:
+            escaped = False
+        elif state == _SINGLE:
+            if char == "'":
+                state = _UNQUOTED
+        elif char == "\\":
+            escaped = True
+        elif state == _DOUBLE:
+            if char == '"':
+                state = _UNQUOTED
+        elif char in "'\"":
+            state = char
+    return state
 
 
 def environment(variables: Mapping[str, Any]) -> dict[str, str]:
