@@ -40,7 +40,8 @@ RESERVED_NAMES = re.compile(
     r"^(PATH|HOME|SHELL|USER|PWD|IFS|TMPDIR|LANG|LD_.*|PYTHON.*|DASK_.*|ORCHESTRATOR_.*)$"
 )
 MAX_RANGE_POINTS = 2**53  # past this, neighbouring float points are no longer distinct
-UNIT_EPSILON = 1e-12  # keeps unbounded quantiles finite at the cube's faces
+UNIT_EPSILON = 1e-12
+DECIMALS = decimal.Context(prec=60)  # exact for the decimal numbers people write  # keeps unbounded quantiles finite at the cube's faces
 
 
 # ---- generators -------------------------------------------------------------------------
@@ -49,19 +50,23 @@ UNIT_EPSILON = 1e-12  # keeps unbounded quantiles finite at the cube's faces
 class Linspace(Request):
     start: Number
     stop: Number
-    num: int = Field(..., ge=1, description="number of points, both ends included")
+    num: int = Field(..., ge=1, le=MAX_RANGE_POINTS, description="number of points, both ends included")
 
     def count(self) -> int:
         return self.num
 
     def point_at(self, i: int) -> Scalar:
         """Computed in decimal from the numbers as written, so 0.1 to -0.2 passes 0.0 exactly."""
+        if self._integral():
+            return self.start if self.num == 1 else (
+                self.start + (self.stop - self.start) * i // (self.num - 1))
         start, stop = _decimal(self.start), _decimal(self.stop)
         if i == 0 or self.num == 1:
-            return _number(start, self._integral())
+            return float(start)
         if i == self.num - 1:
-            return _number(stop, self._integral())
-        return _number(start + (stop - start) * i / (self.num - 1), self._integral())
+            return float(stop)
+        with decimal.localcontext(DECIMALS):
+            return float(start + (stop - start) * i / (self.num - 1))
 
     def _integral(self) -> bool:
         return isinstance(self.start, int) and isinstance(self.stop, int) and (
@@ -83,7 +88,8 @@ class FixedRange(Request):
         """Exact for the decimal numbers as written: 0 to 9.9999999995 by 1 is 10 points."""
         if self.step == 0:
             raise ValueError("step must not be 0")
-        span = (_decimal(self.stop) - _decimal(self.start)) / _decimal(self.step)
+        with decimal.localcontext(DECIMALS):
+            span = (_decimal(self.stop) - _decimal(self.start)) / _decimal(self.step)
         if span < 0:
             raise ValueError("step goes away from stop")
         if span >= MAX_RANGE_POINTS:
@@ -91,8 +97,10 @@ class FixedRange(Request):
         return int(span.to_integral_value(rounding=decimal.ROUND_FLOOR)) + 1
 
     def point_at(self, i: int) -> Scalar:
-        integral = all(isinstance(v, int) for v in (self.start, self.stop, self.step))
-        return _number(_decimal(self.start) + _decimal(self.step) * i, integral)
+        if all(isinstance(v, int) for v in (self.start, self.stop, self.step)):
+            return self.start + self.step * i
+        with decimal.localcontext(DECIMALS):
+            return float(_decimal(self.start) + _decimal(self.step) * i)
 
     def points(self) -> list[Scalar]:
         return [self.point_at(i) for i in range(self.count())]
@@ -103,7 +111,12 @@ class Uniform(Request):
     high: Number
 
     def quantiles(self, unit: np.ndarray) -> np.ndarray:
-        return self.low * (1 - unit) + self.high * unit  # no overflow of high - low
+        width = self.high - self.low
+        if math.isfinite(width):
+            values = self.low + unit * width
+        else:  # the width overflows; the weighted form does not
+            values = self.low * (1 - unit) + self.high * unit
+        return np.clip(values, self.low, self.high)
 
 
 class Normal(Request):
@@ -501,12 +514,6 @@ def _cell(value: Any) -> Any:
 def _decimal(value: int | float) -> decimal.Decimal:
     """A number as it was written (floats by their shortest repr)."""
     return decimal.Decimal(value) if isinstance(value, int) else decimal.Decimal(repr(value))
-
-
-def _number(value: decimal.Decimal, integral: bool) -> Scalar:
-    if integral and value == value.to_integral_value():
-        return int(value)
-    return float(value)
 
 
 def _inside(unit: np.ndarray) -> np.ndarray:

@@ -3,17 +3,18 @@ and `${name}` placeholders (orchestrator.templating).
 
 Every property here is something a sweep relies on: the runs a spec makes (how many, which
 values, reproducible from the seed), the errors that name what is wrong, and that a variable's
-value can never change the shape of a shell command line. Tests marked xfail(strict=True)
-pin down bugs found while writing this file; each reason gives input, expected and got.
+value can never change the shape of a shell command line. The last section holds regressions
+of bugs this file found (kept as regression tests); xfail(strict=True) would mark a bug still open (reason: input,
+expected, got).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import itertools
 import math
 import shlex
+import shutil
+import subprocess
 from collections import Counter
 from collections.abc import Callable
 from fractions import Fraction
@@ -151,14 +152,11 @@ def test_linspace_has_num_points_from_start_to_stop(start: float, stop: float, n
     points = doe.Linspace(start=start, stop=stop, num=num).points()
     assert len(points) == num
     assert all(math.isfinite(p) for p in points)
-    # _tidy rounds to 15 significant digits, so 17-digit ends move by up to ~1e-15 relative
-    # (see test_linspace_keeps_17_digit_ends); ends with fewer digits are exact (next test)
-    assert math.isclose(points[0], start, rel_tol=1e-14, abs_tol=0)
+    assert points[0] == start
     if num > 1:
-        assert math.isclose(points[-1], stop, rel_tol=1e-14, abs_tol=0)
+        assert points[-1] == stop
     lo, hi = min(start, stop), max(start, stop)
-    slack = 1e-14 * max(abs(lo), abs(hi))
-    assert all(lo - slack <= p <= hi + slack for p in points)
+    assert all(lo <= p <= hi for p in points)
     steps = np.diff(points)
     assert np.all(steps >= 0) if stop >= start else np.all(steps <= 0)
 
@@ -223,8 +221,9 @@ def test_range_of_ints_count_and_points(
 def test_range_of_decimals_count_matches_exact_arithmetic(
     start: int, step: int, direction: int, span: int
 ) -> None:
-    """With thousandths (0.1, 0.25, ...) the count is the decimal one, despite binary floats:
-    range(0, 0.3, 0.1) has 4 points even though 0.3 / 0.1 is 2.9999999999999996."""
+    """With thousandths (0.1, 0.25, ...) the count and points are the decimal ones, despite
+    binary floats: range(0, 0.3, 0.1) has 4 points even though 0.3 / 0.1 is
+    2.9999999999999996, and they are 0.1, 0.2, 0.3, not 0.30000000000000004."""
     stop = start + direction * span
     step *= direction
     exact_count = math.floor(Fraction(stop - start, step)) + 1
@@ -233,13 +232,10 @@ def test_range_of_decimals_count_matches_exact_arithmetic(
     assert spec.count() == exact_count
     points = spec.points()
     assert len(points) == exact_count
-    # within [start, stop] up to float noise (exact decimals: test_decimal_points_have_no_noise)
     lo, hi = sorted((start / 1000, stop / 1000))
-    slack = abs(step / 1000) * 1e-9
-    assert all(lo - slack <= p <= hi + slack for p in points), (points[0], points[-1])
-    assert points[0] == start / 1000
-    for i, point in enumerate(points):
-        assert math.isclose(point, (start + i * step) / 1000, rel_tol=1e-12, abs_tol=1e-9)
+    assert all(lo <= p <= hi for p in points), (points[0], points[-1])
+    # no float noise: each point is the float nearest the exact decimal (0.3, not 0.3000...04)
+    assert points == [(start + i * step) / 1000 for i in range(exact_count)]
 
 
 @FAST
@@ -601,9 +597,8 @@ def is_number(text: str) -> bool:
     return True
 
 
-# "\r" is left out here: see test_csv_round_trip_of_a_carriage_return below.
 csv_text = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00\r"),
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"),
     min_size=1, max_size=12,
 ).filter(lambda s: bool(s.strip()) and not is_number(s))
 csv_cells = st.one_of(st.integers(), st.floats(allow_nan=False, allow_infinity=False), csv_text)
@@ -795,132 +790,158 @@ def test_format_value_of_other_scalars(value: Any) -> None:
     assert templating.format_value(value) == expected
 
 
-# ---- bugs found (xfail until fixed) ------------------------------------------------------
+# ---- regressions of bugs found by this file, and robustness ------------------------------
+
+quote_free = st.from_regex(r"[A-Za-z0-9 =./-]{0,6}", fullmatch=True)
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "templating: a placeholder inside quotes in a shell template is not one word and is "
-    "injectable: render_command('echo \"${v}\"', {'v': '$(id)'}) gives "
-    "echo \"'$(id)'\" (the shell runs id and prints its output in literal quotes); "
-    "expected the value as one word, e.g. echo \"\"'$(id)'\"\""))
-@pytest.mark.parametrize("template", ['prog "${v}"', "prog '${v}'", 'prog "--x=${v}"'])
-def test_placeholder_inside_quotes_is_still_one_safe_word(template: str) -> None:
-    """Writing "${name}" is a shell habit; the module promises no value can inject syntax."""
-    for value in ["$(touch pwned)", "a b", "x' ; touch pwned ; '"]:
-        rendered = templating.render_command(template, {"v": value})
-        assert shlex.split(rendered)[1].endswith(value), rendered
+@FAST
+@given(value=values, quote=st.sampled_from(['"', "'"]), prefix=quote_free, suffix=quote_free)
+def test_placeholder_inside_quotes_is_still_one_safe_word(
+    value: Any, quote: str, prefix: str, suffix: str
+) -> None:
+    """Writing "${name}" is a shell habit: the value must still be exactly one word with the
+    quoted text around it (it used to come out as '"\'$(id)\'"', running $(id))."""
+    template = f"prog {quote}{prefix}${{v}}{suffix}{quote} end"
+    words = shlex.split(templating.render_command(template, {"v": value}))
+    assert words == ["prog", prefix + templating.format_value(value) + suffix, "end"]
 
 
-@pytest.mark.xfail(strict=True, raises=(OverflowError, AssertionError), reason=(
-    "doe: finite, validated parameters can give non-finite values or an unhandled error: "
-    "lognormal(mean=1000, sigma=1) raises OverflowError from math.exp (a 500, not a 400); "
-    "uniform(low=-1e308, high=1e308) samples nan/inf (high - low overflows); expected a "
-    "ValidationFailed or finite values"))
+@pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX shell")
+@pytest.mark.parametrize("template", ["printf '%s|' ${v}", "printf '%s|' \"${v}\"",
+                                      "printf '%s|' '${v}'", "printf '%s|' \"<${v}>\""])
+def test_a_real_shell_sees_each_value_as_one_literal_word(template: str) -> None:
+    """The injection guarantee checked with /bin/sh itself, not only shlex: nothing runs, and
+    printf gets the value verbatim as one argument."""
+    expected_prefix, expected_suffix = ("<", ">") if "<" in template else ("", "")
+    script = "\n".join(templating.render_command(template, {"v": value}) + "; echo"
+                       for value in NASTY if value != "x\ny")
+    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=10,
+                         check=True).stdout
+    assert out.split("|\n")[:-1] == [expected_prefix + value + expected_suffix
+                                      for value in NASTY if value != "x\ny"]
+
+
+any_float = st.floats(allow_nan=False, allow_infinity=False)
+
+
+@st.composite
+def any_variable(draw: st.DrawFn, name: str = "x") -> doe.Variable:
+    """Any generator with any finite parameters pydantic accepts (extremes included)."""
+    kind = draw(st.sampled_from(doe.GENERATORS[1:]))
+    if kind == "linspace":
+        spec: dict[str, Any] = {"start": draw(any_float), "stop": draw(any_float),
+                                "num": draw(st.integers(1, 2**53))}
+    elif kind == "range":
+        spec = {"start": draw(any_float), "stop": draw(any_float), "step": draw(any_float)}
+    elif kind == "uniform":
+        spec = {"low": draw(any_float), "high": draw(any_float)}
+    elif kind == "normal":
+        spec = {"mean": draw(any_float), "std": draw(any_float)}
+    elif kind == "lognormal":
+        spec = {"mean": draw(any_float), "sigma": draw(any_float)}
+    else:
+        spec = {"left": draw(any_float), "mode": draw(any_float), "right": draw(any_float)}
+    try:
+        return doe.Variable(name=name, **{kind: spec})
+    except ValidationError:
+        assume(False)
+        raise
+
+
+@FAST
+@given(variable=any_variable(), kind=st.sampled_from(("full_factorial", "monte_carlo")),
+       seed=seeds)
+def test_any_spec_gives_finite_rows_or_a_validation_error(
+    variable: doe.Variable, kind: str, seed: int
+) -> None:
+    """Whatever finite numbers a user sends, the answer is a table of finite values or a 400
+    naming the variable, never a 500 (OverflowError, numpy 'array is too big', a huge
+    allocation) and never 'inf'/'nan' on a command line."""
+    design = factorial() if kind == "full_factorial" else sampled(kind, 4, seed)
+    try:
+        with np.errstate(all="ignore"):
+            table = build([variable], design, max_runs=100)
+    except ValidationFailed as exc:
+        assert exc.fields
+        return
+    column = [row["x"] for row in table.rows]
+    assert all(math.isfinite(v) for v in column)
+    if variable.discrete:
+        spec = getattr(variable, variable.generator)
+        lo, hi = sorted((spec.start, spec.stop))
+        assert all(lo <= v <= hi for v in column)
+
+
 @pytest.mark.parametrize("variable", [
     {"name": "x", "lognormal": {"mean": 1000, "sigma": 1}},
     {"name": "x", "uniform": {"low": -1e308, "high": 1e308}},
-], ids=["lognormal-exp-overflow", "uniform-width-overflow"])
+    {"name": "x", "triangular": {"left": -1e308, "mode": 0, "right": 1e308}},
+    {"name": "x", "range": {"start": 0, "stop": 1, "step": 1e-320}},
+    {"name": "x", "range": {"start": 0, "stop": 2**62, "step": 1}},
+], ids=["lognormal-exp-overflow", "uniform-width-overflow", "triangular-width-overflow",
+        "subnormal-step", "range-of-2**62-points"])
 def test_extreme_parameters_give_finite_values_or_a_validation_error(
     variable: dict[str, Any],
 ) -> None:
+    """Regression: these used to raise OverflowError/ValueError (a 500), sample nan/inf, or
+    list every point of the range before picking 4."""
     try:
         with np.errstate(all="ignore"):
-            table = build([doe.Variable(**variable)], sampled("monte_carlo", 8, 1))
-    except ValidationFailed:
+            table = build([doe.Variable(**variable)], sampled("monte_carlo", 4, 1))
+    except ValidationFailed as exc:
+        assert list(exc.fields) == [f"variables.0.{next(k for k in variable if k != 'name')}"]
         return
     assert all(math.isfinite(row["x"]) for row in table.rows), table.rows
 
 
-def _csv_quotes_carriage_return() -> bool:
-    buffer = io.StringIO()
-    csv.writer(buffer, lineterminator="\n").writerow(["a\rb"])
-    return buffer.getvalue().startswith('"')
+def test_linspace_with_an_astronomical_num() -> None:
+    """A num past 2**53 is refused at validation (a 400), never an overflow (a 500)."""
+    with pytest.raises(ValidationError):
+        doe.Variable(name="x", linspace={"start": 0, "stop": 1, "num": 10**400})
 
 
-@pytest.mark.xfail(not _csv_quotes_carriage_return(), strict=True, raises=ValidationFailed,
-                   reason=(
-    "doe.cases_to_csv writes with lineterminator='\\n', so (before Python 3.13's csv change) "
-    "a text value containing '\\r' is written unquoted: cases_to_csv(['x'], [{'x': 'a\\rb'}]) "
-    "is 'x\\na\\rb\\n', which parse_cases_csv rejects as malformed ('new-line character seen "
-    "in unquoted field'); expected [{'x': 'a\\rb'}] back (e.g. use csv.QUOTE_NONNUMERIC-like "
-    "quoting or quote cells containing '\\r')"))
+@pytest.mark.parametrize("spec", [
+    doe.FixedRange(start=2**100, stop=2**100 + 2, step=1),
+    doe.Linspace(start=2**100, stop=2**100 + 2, num=3),
+], ids=["range", "linspace"])
+def test_big_int_points_are_exact(spec: doe.FixedRange | doe.Linspace) -> None:
+    assert spec.points() == [2**100, 2**100 + 1, 2**100 + 2]
+
+
+def test_range_of_ints_past_int64() -> None:
+    """Regression: start + step * np.arange(n) overflowed int64 (OverflowError, a 500)."""
+    spec = doe.FixedRange(start=2**70, stop=2**70 + 2, step=1)
+    assert spec.points() == [2**70, 2**70 + 1, 2**70 + 2]
+
+
 def test_csv_round_trip_of_a_carriage_return() -> None:
-    rows = [{"x": "a\rb", "y": 1}]
+    """Regression: with lineterminator='\\n' a value 'a\\rb' was written unquoted and the CSV
+    could not be read back."""
+    rows = [{"x": "a\rb", "y": 1}, {"x": "\r", "y": 2}, {"x": "c\r\nd", "y": 3}]
     assert doe.parse_cases_csv(doe.cases_to_csv(["x", "y"], rows), 10) == rows
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "doe.FixedRange.count adds an absolute 1e-9 to the step count, so a stop just short of a "
-    "step is treated as reached: range(start=0, stop=9.9999999995, step=1) gives 11 points "
-    "ending at 10.0 > stop; expected 10 points ending at 9 (a relative tolerance would do)"))
 def test_range_never_passes_stop() -> None:
+    """Regression: an absolute 1e-9 tolerance made range(0, 9.9999999995, 1) end at 10.0."""
     spec = doe.FixedRange(start=0, stop=9.9999999995, step=1)
-    assert max(spec.points()) <= spec.stop
+    assert spec.points() == list(range(10)) or spec.points() == [float(i) for i in range(10)]
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError, reason=(
-    "doe: sampled designs build the whole point list of a discrete generator "
-    "(Variable.sample calls points()): monte_carlo with samples=2 over "
-    "range(0, 2**62, 1) raises numpy 'array is too big'; with range(0, 10**10, 1) it tries "
-    "to allocate 80 GB. full_factorial checks the count first, sampled designs do not; "
-    "expected 2 rows (index into the generator) or a ValidationFailed"))
-def test_sampled_design_over_a_huge_range_does_not_materialise_it() -> None:
-    variable = doe.Variable(name="x", range={"start": 0, "stop": 2**62, "step": 1})
-    try:
-        table = build([variable], sampled("monte_carlo", 2, 1))
-    except ValidationFailed:
-        return
-    assert all(0 <= row["x"] <= 2**62 for row in table.rows)
-
-
-@pytest.mark.xfail(strict=True, raises=OverflowError, reason=(
-    "doe.FixedRange: finite, validated numbers overflow outside the ValueError that "
-    "check_variables turns into a ValidationFailed, so the REST layer answers 500: "
-    "range(start=2**70, stop=2**70+2, step=1).points() raises OverflowError (Number accepts "
-    "any int, np.arange arithmetic needs int64); range(start=0, stop=1, step=1e-320) raises "
-    "OverflowError from math.floor(inf) in count(), inside check_variables; expected the "
-    "points or a ValidationFailed"))
-@pytest.mark.parametrize(("spec", "points"), [
-    ({"start": 2**70, "stop": 2**70 + 2, "step": 1}, [2**70, 2**70 + 1, 2**70 + 2]),
-    ({"start": 0, "stop": 1, "step": 1e-320}, None),
-], ids=["int-past-int64", "subnormal-step"])
-def test_range_overflow_is_a_validation_error(
-    spec: dict[str, Any], points: list[int] | None
-) -> None:
-    variable = doe.Variable(name="x", range=spec)
-    try:
-        doe.check_variables([variable])
-    except ValidationFailed:
-        return
-    assert variable.range is not None and variable.range.points() == points
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "doe.parse_cases_csv numbers records, not lines: after a quoted cell spanning two lines, "
-    "'x,y\\n\"a\\nb\",1\\n1,2,3\\n' reports cases_csv.line.3 for the ragged row on line 4 "
-    "(reader.line_num would give 4)"))
 def test_ragged_row_line_number_after_a_multi_line_cell() -> None:
+    """Regression: records were counted, not lines, so a quoted cell spanning two lines put
+    every later line number off by one."""
     text = 'x,y\n"a\nb",1\n1,2,3\n'
     assert list(validation_fields(lambda: doe.parse_cases_csv(text, 10))) == ["cases_csv.line.4"]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "doe._tidy rounds every linspace/range point to 15 significant digits, so ends given "
-    "with 16-17 digits (e.g. computed by a script) are not kept: "
-    "Linspace(start=0.30000000000000004, stop=1000.9011198761873, num=2).points() gives "
-    "[0.3, 1000.90111987619]; expected the ends as given (the last one is even past stop)"))
 def test_linspace_keeps_17_digit_ends() -> None:
+    """Regression: rounding to 15 significant digits moved ends typed with 17 (0.1 + 0.2),
+    the last one past stop."""
     points = doe.Linspace(start=0.30000000000000004, stop=1000.9011198761873, num=2).points()
     assert points == [0.30000000000000004, 1000.9011198761873]
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-    "doe._tidy promises points 'without float noise (0.1 * 3 is 0.3)' but rounds to 15 "
-    "significant digits of each point, which cannot remove noise left by cancellation near "
-    "zero or at small magnitudes: range(-0.3, 0.3, 0.1) gives 5.55111512312578e-17 where 0.0 "
-    "is meant; linspace(0.1, -0.2, 4) gives -1.38777878078145e-17 for 0.0; "
-    "range(0.059, 0.002, -0.001) ends at 0.00199999999999999, below stop. These reach command "
-    "lines as written (round relative to the step/ends' decimals instead)"))
 @pytest.mark.parametrize(("spec", "expected"), [
     (doe.FixedRange(start=-0.3, stop=0.3, step=0.1), [-0.3, -0.2, -0.1, 0.0, 0.1, 0.2, 0.3]),
     (doe.Linspace(start=0.1, stop=-0.2, num=4), [0.1, 0.0, -0.1, -0.2]),
@@ -930,4 +951,18 @@ def test_linspace_keeps_17_digit_ends() -> None:
 def test_decimal_points_have_no_noise(
     spec: doe.FixedRange | doe.Linspace, expected: list[float]
 ) -> None:
+    """Regression: 15-digit rounding left 5.55e-17 for 0.0 and 0.00199999999999999 for 0.002,
+    and those reached command lines as written."""
     assert spec.points() == expected
+
+
+@pytest.mark.parametrize(("low", "high", "unit"), [
+    (0.7, 0.9, [0.0, 5.637851296924623e-17, 0.5]),
+    (273.9233746429086, 273.9233752833312, [0.00014104861333541496, 0.00014111939599115164]),
+], ids=["below-low", "not-monotone"])
+def test_uniform_quantiles_bounded_and_monotone_to_the_last_bit(
+    low: float, high: float, unit: list[float]
+) -> None:
+    values = doe.Variable(name="x", uniform={"low": low, "high": high}).sample(np.array(unit))
+    assert all(low <= v <= high for v in values), values
+    assert values == sorted(values), values
