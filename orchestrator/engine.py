@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import re
 import time
@@ -181,21 +182,22 @@ class Engine:
         after `failure_budget` runs fail for good, the batch stops the rest.
         """
         now = utcnow()
-        jobs = [job.model_copy(update={"attempt": job.attempt + 1, "submitted_at": job.submitted_at or now})
-                for job in jobs]
-        self.store.set_attempts([(job.id, job.attempt, job.submitted_at) for job in jobs])
+        attempts = [job.attempt + 1 for job in jobs]
+        self.store.set_attempts([(job.id, attempt, job.submitted_at or now)
+                                 for job, attempt in zip(jobs, attempts, strict=True)])
         for job in jobs:
             self._batched[job.id] = key
         runs = [
-            {"job_id": job.id, "key": task_key(job), "attempt": job.attempt,
+            {"job_id": job.id, "key": task_key(job, attempt), "attempt": attempt,
              "command": job.command, "env": job.env, "variables": job.variables}
-            for job in jobs
+            for job, attempt in zip(jobs, attempts, strict=True)
         ]
         spec = {"template": {**template, "storage_url": self.storage_url,
                              "storage_options": self.storage_options},
                 "runs": runs, "failure_budget": failure_budget, "retries": jobs[0].retries}
+        # As JSON text, so Dask does not walk every run's fields looking for futures.
         future = self.client.submit(
-            run_batch, spec, key=key, resources=jobs[0].resources.as_dask() or None,
+            run_batch, json.dumps(spec), key=key, resources=jobs[0].resources.as_dask() or None,
             priority=jobs[0].priority, pure=False, retries=0,
         )
         try:
@@ -211,33 +213,32 @@ class Engine:
             for job in jobs:
                 if self._batched.get(job.id) == key:
                     del self._batched[job.id]
-        return self._record_batch(jobs, outcomes)
+        return self._record_batch(jobs, attempts, outcomes)
 
     def _record_batch(
-        self, jobs: list[JobRecord], outcomes: list[dict[str, Any]] | BaseException
+        self, jobs: list[JobRecord], attempts: list[int], outcomes: list[dict[str, Any]] | BaseException
     ) -> BatchReport:
         report = BatchReport()
         states = self.store.job_states([job.id for job in jobs])
         updates: list[StatusUpdate] = []
         spans: list[tuple[float, float]] = []
-        for position, job in enumerate(jobs):
+        for position, (job, attempt) in enumerate(zip(jobs, attempts, strict=True)):
             outcome = outcomes[position] if isinstance(outcomes, list) else outcomes
             state = states.get(job.id)
-            if state is None or state[0].is_terminal or state[1] != job.attempt:
+            if state is None or state[0].is_terminal or state[1] != attempt:
                 continue
-            job = job.model_copy(update={"status": state[0]})
             status, reason = self._judge(job, outcome)
             if status is None:
                 continue
             if isinstance(outcome, dict) and outcome.get("started_at") and outcome.get("finished_at"):
                 spans.append((outcome["started_at"], outcome["finished_at"]))
-            if status == JobStatus.FAILED and job.attempt <= job.retries:
-                retry = f"{reason}, retry {job.attempt}/{job.retries}"
-                updates += self._finish_updates(job, JobStatus.QUEUED, retry, outcome, final=False)
-                report.requeued.append(job)
+            if status == JobStatus.FAILED and attempt <= job.retries:
+                retry = f"{reason}, retry {attempt}/{job.retries}"
+                updates += self._finish_updates(job.id, state[0], JobStatus.QUEUED, retry, outcome, final=False)
+                report.requeued.append(job.model_copy(update={"attempt": attempt}))
                 continue
             report.failed += status == JobStatus.FAILED
-            updates += self._finish_updates(job, status, reason, outcome)
+            updates += self._finish_updates(job.id, state[0], status, reason, outcome)
         self._apply(updates)
         if spans:
             busy = max(end for _, end in spans) - min(start for start, _ in spans)
@@ -351,7 +352,7 @@ class Engine:
         if status == JobStatus.FAILED and job.attempt <= job.retries:
             self.submit(job, reason=f"{reason}, retry {job.attempt}/{job.retries}")
             return
-        self._apply(self._finish_updates(job, status, reason, outcome))
+        self._apply(self._finish_updates(job.id, job.status, status, reason, outcome))
 
     def _judge(
         self, job: JobRecord, outcome: dict[str, Any] | BaseException
@@ -372,7 +373,8 @@ class Engine:
 
     def _finish_updates(
         self,
-        job: JobRecord,
+        job_id: str,
+        current: JobStatus,
         status: JobStatus,
         reason: str | None,
         outcome: dict[str, Any] | BaseException,
@@ -382,21 +384,21 @@ class Engine:
         outcome = outcome if isinstance(outcome, dict) else None
         result = _result_from(outcome)
         updates = []
-        if job.status == JobStatus.QUEUED and result.started_at is not None:
+        if current == JobStatus.QUEUED and result.started_at is not None:
             updates.append(StatusUpdate(
-                job.id, JobStatus.RUNNING, f"on {result.worker}", result.started_at,
+                job_id, JobStatus.RUNNING, f"on {result.worker}", result.started_at,
                 [JobStatus.QUEUED], {"worker": result.worker, "started_at": result.started_at},
             ))
         finished = result.finished_at or utcnow()
         if not final:  # a retry follows: its outputs and result replace this attempt's
-            updates.append(StatusUpdate(job.id, status, reason, finished, ACTIVE))
+            updates.append(StatusUpdate(job_id, status, reason, finished, ACTIVE))
             return updates
-        self._stop_requests.pop(job.id, None)
+        self._stop_requests.pop(job_id, None)
         fields: dict[str, Any] = {"result": result, "finished_at": finished}
         if result.worker:
             fields["worker"] = result.worker
         files = [FileEntry(**f) for f in outcome.get("files", [])] if outcome else None
-        updates.append(StatusUpdate(job.id, status, reason, finished, ACTIVE, fields, files))
+        updates.append(StatusUpdate(job_id, status, reason, finished, ACTIVE, fields, files))
         return updates
 
     def _transition(
@@ -515,10 +517,11 @@ def _describe_failure(exc: BaseException) -> str:
 
 
 def _result_from(outcome: dict[str, Any] | None) -> JobResult:
+    """Built without validation: the runner's outcome already has the right types."""
     if outcome is None:
         return JobResult()
     started, finished = outcome.get("started_at"), outcome.get("finished_at")
-    return JobResult(
+    return JobResult.model_construct(
         exit_code=outcome.get("exit_code"),
         outputs=outcome.get("outputs") or {},
         value=outcome.get("value"),

@@ -19,7 +19,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -80,14 +80,17 @@ class Outcome:
     value: Any = None
     error: str | None = None
 
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))  # shallow: dataclasses.asdict's deep copy costs per run
+
 
 def run_job(spec_dict: dict[str, Any]) -> dict[str, Any]:
     """The Dask task of a single job."""
     with Scratch() as scratch:
-        return asdict(execute(RunSpec.from_dict(spec_dict), announce=True, scratch=scratch))
+        return execute(RunSpec.from_dict(spec_dict), announce=True, scratch=scratch).as_dict()
 
 
-def run_batch(batch: dict[str, Any]) -> list[dict[str, Any]]:
+def run_batch(batch: dict[str, Any] | str) -> list[dict[str, Any]]:
     """The Dask task of several sweep runs, one after another, sharing one template.
 
     Cheap runs are batched so Dask's per-task cost is paid once per batch. A run starting
@@ -95,6 +98,7 @@ def run_batch(batch: dict[str, Any]) -> list[dict[str, Any]]:
     recorded as RUNNING with their real start time when the batch reports. One run's
     unexpected error fails that run only.
     """
+    batch = json.loads(batch) if isinstance(batch, str) else batch
     template = batch["template"]
     budget = batch.get("failure_budget")  # the sweep's max_failures, less failures so far
     outcomes = []
@@ -102,7 +106,7 @@ def run_batch(batch: dict[str, Any]) -> list[dict[str, Any]]:
     with Scratch() as scratch:
         for run in batch["runs"]:
             if budget is not None and budget <= 0:
-                outcomes.append(asdict(Outcome("STOPPED", "max_failures reached", worker=_worker_address())))
+                outcomes.append(Outcome("STOPPED", "max_failures reached", worker=_worker_address()).as_dict())
                 continue
             spec = RunSpec.from_dict({**template, **run})
             announce = time.monotonic() - announced_at >= ANNOUNCE_INTERVAL_S
@@ -114,7 +118,7 @@ def run_batch(batch: dict[str, Any]) -> list[dict[str, Any]]:
                 announced_at = time.monotonic()
             if budget is not None and outcome.status == "FAILED" and spec.attempt > batch.get("retries", 0):
                 budget -= 1  # a failure for good (no retry left) counts
-            outcomes.append(asdict(outcome))
+            outcomes.append(outcome.as_dict())
     return outcomes
 
 
@@ -192,7 +196,7 @@ def _run_in(
 def _run_command(
     workdir: Path, log_paths: dict[str, Path], spec: RunSpec, storage: Storage, worker: str | None
 ) -> Outcome:
-    env = {**os.environ, **spec.env, "ORCHESTRATOR_JOB_ID": spec.job_id, TASK_KEY_VARIABLE: spec.key}
+    env = {**_base_environment(), **spec.env, "ORCHESTRATOR_JOB_ID": spec.job_id, TASK_KEY_VARIABLE: spec.key}
     argv = ["/bin/sh", "-c", spec.command] if isinstance(spec.command, str) else list(spec.command)
     with open(log_paths["stdout"], "wb") as out, open(log_paths["stderr"], "wb") as err:
         try:
@@ -267,6 +271,12 @@ def _exit_waiter(process: subprocess.Popen) -> Iterator[Callable[[float], bool]]
     finally:
         if descriptor is not None:
             os.close(descriptor)
+
+
+@lru_cache(maxsize=1)
+def _base_environment() -> dict[str, str]:
+    """The worker's environment, read once: os.environ decodes every entry on each read."""
+    return dict(os.environ)
 
 
 def _exit_reason(exit_code: int) -> str:

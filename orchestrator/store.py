@@ -484,9 +484,10 @@ def _apply_update(db: sqlite3.Connection, update: StatusUpdate) -> bool:
         allowed = [s.value for s in update.only_from]
         guard = f" AND status IN ({','.join('?' * len(allowed))})"
         params += allowed
-    if not db.execute(f"UPDATE jobs SET {sets} WHERE id = ?{guard}", params).rowcount:
+    row = db.execute(f"UPDATE jobs SET {sets} WHERE id = ?{guard} RETURNING attempt", params).fetchone()
+    if row is None:
         return False
-    attempt = db.execute("SELECT attempt FROM jobs WHERE id = ?", (update.job_id,)).fetchone()[0]
+    attempt = row[0]
     change = StatusChange(status=update.status, at=update.at, reason=update.reason)
     _append_history(db, update.job_id, attempt, [change])
     if update.files is not None:
