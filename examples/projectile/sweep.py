@@ -1,5 +1,6 @@
 """The same study from Python: a Latin hypercube over speed and angle with uncertain drag,
-a live progress bar, the results as a DataFrame and a bokeh plot of range vs angle.
+a live progress bar, the results as a DataFrame and a bokeh plot of range vs angle
+(range_vs_angle.html in the current folder).
 
     python examples/projectile/sweep.py                      # embedded: no server needed
     python examples/projectile/sweep.py http://127.0.0.1:8080  # against a running server
@@ -29,7 +30,7 @@ def main() -> None:
         print(table[["speed", "angle", "drag", "range_m", "peak_m"]].describe().round(3))
         best = table.loc[table["range_m"].idxmax()]
         print(f"longest flight: {best['range_m']:.1f} m at {best['speed']:.1f} m/s, {best['angle']:.1f} deg")
-        plot(table, HERE / "range_vs_angle.html")
+        plot(table, Path("range_vs_angle.html"))  # in the current folder
 
 
 def plot(table, target: Path) -> None:
