@@ -68,3 +68,51 @@ def _wait_status(api: httpx.Client, job_id: str, status: str) -> None:
     while api.get(f"/jobs/{job_id}").json()["status"] != status:
         assert time.monotonic() < deadline, f"{job_id} never {status}"
         time.sleep(0.1)
+
+
+def test_kill_9_mid_sweep_and_restart_finishes_every_run_once(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    api = httpx.Client(base_url=url + "/api/v1", timeout=60)
+    server = serve_subprocess(data_dir, port)
+    try:
+        wait_until_serving(url, server)
+        sweep = api.post("/sweeps", json={
+            "command": "sleep 0.2; echo '{\"twice\": '$((${i} * 2))'}' > outputs.json",
+            "variables": [{"name": "i", "range": {"start": 0, "stop": 29, "step": 1}}],
+            "max_parallel": 2,
+        }).json()
+        _wait_counts(api, sweep["id"], lambda c: c.get("COMPLETED", 0) >= 4)
+        os.kill(server.pid, signal.SIGKILL)
+        server.wait(timeout=10)
+    finally:
+        kill_session(server)
+
+    server = serve_subprocess(data_dir, port)
+    try:
+        wait_until_serving(url, server)
+        done = api.get(f"/sweeps/{sweep['id']}", params={"wait": 120}, timeout=180).json()
+        assert done["status"] == "COMPLETED" and done["counts"] == {"COMPLETED": 30}, done
+        rows = api.get(f"/sweeps/{sweep['id']}/results").json()["rows"]
+        assert [r["index"] for r in rows] == list(range(30))  # no lost run, no duplicate row
+        assert all(r["twice"] == 2 * r["i"] for r in rows)
+        resumed = [r for r in rows if any(
+            "resubmitted after orchestrator restart" in (h["reason"] or "")
+            for h in api.get(f"/jobs/{r['job_id']}/statuses").json())]
+        assert resumed, "the history of resumed runs says what happened"
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+    finally:
+        kill_session(server)
+        api.close()
+
+
+def _wait_counts(api: httpx.Client, sweep_id: str, predicate) -> None:
+    import time
+
+    deadline = time.monotonic() + 60
+    while not predicate(api.get(f"/sweeps/{sweep_id}").json()["counts"]):
+        assert time.monotonic() < deadline, "the sweep never got that far"
+        time.sleep(0.1)
