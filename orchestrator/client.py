@@ -16,6 +16,7 @@ import httpx
 from pydantic import ValidationError
 
 from orchestrator.errors import JobFailed, from_json, validation_failed
+from orchestrator.handle import LiveHandle
 from orchestrator.models import (
     BinaryRecord,
     FileEntry,
@@ -57,24 +58,11 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
-class Job:
+class Job(LiveHandle[JobRecord]):
     """A live handle on one job; every property reads fresh state."""
 
-    def __init__(self, backend: Backend, record: JobRecord):
-        self._backend = backend
-        self.record = record
-
-    @property
-    def id(self) -> str:
-        return self.record.id
-
-    @property
-    def status(self) -> JobStatus:
-        return self.refresh().status
-
-    def refresh(self) -> JobRecord:
-        self.record = self._backend.get_job(self.id)
-        return self.record
+    def _fetch(self) -> JobRecord:
+        return self._backend.get_job(self.id)
 
     def wait(self, timeout: float | None = None) -> JobRecord:
         """Block until the job ends (or the timeout runs out) and return its record."""
@@ -178,7 +166,7 @@ class Orchestrator:
             "priority": priority, "submit": submit,
         }
         if callable(command):
-            fields["name"] = name or getattr(command, "__name__", "call").strip("<>") or "call"
+            fields["name"] = _callable_name(command, name)
             request = _job_request(command=_qualified_name(command), **fields)
             return Job(self._backend, self._backend.create_callable(request, command, args, kwargs))
         if args or kwargs:
@@ -218,7 +206,7 @@ class Orchestrator:
         rendered table and runs nothing."""
         function = command if callable(command) else None
         if function is not None:
-            name = name or getattr(function, "__name__", "call").strip("<>") or "call"
+            name = _callable_name(function, name)
         spec, uploads = sweep_spec(
             None if function else command, variables=variables, design=design, samples=samples,
             seed=seed, cases=cases, templates=templates, name=name, binaries=binaries, env=env,
@@ -462,6 +450,11 @@ def _file_map(files: Files) -> dict[str, Path]:
     if isinstance(files, dict):
         return {str(dest): Path(src) for dest, src in files.items()}
     return {Path(src).name: Path(src) for src in files}
+
+
+def _callable_name(function: Callable, name: str | None) -> str:
+    """The job or sweep name of a callable: given, or the function's own name."""
+    return name or getattr(function, "__name__", "call").strip("<>") or "call"
 
 
 def _qualified_name(function: Callable) -> str:

@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING, Any
 from pydantic import ValidationError
 
 from orchestrator.errors import validation_failed
+from orchestrator.handle import LiveHandle
 from orchestrator.models import JobStatus
 from orchestrator.sweeps import SweepCreate, SweepRecord
 
 if TYPE_CHECKING:
     import pandas
 
-    from orchestrator.client import Backend, Job
+    from orchestrator.client import Job
 
 DESIGNS = ("full_factorial", "monte_carlo", "latin_hypercube", "sobol")
 POLL_S = (0.05, 1.0)  # first and longest pause between polls for finished runs
@@ -125,24 +126,11 @@ def load_spec_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, P
     return spec, uploads
 
 
-class Sweep:
+class Sweep(LiveHandle[SweepRecord]):
     """A live handle on one sweep; every call reads fresh state."""
 
-    def __init__(self, backend: Backend, record: SweepRecord):
-        self._backend = backend
-        self.record = record
-
-    @property
-    def id(self) -> str:
-        return self.record.id
-
-    @property
-    def status(self) -> JobStatus:
-        return self.refresh().status
-
-    def refresh(self) -> SweepRecord:
-        self.record = self._backend.get_sweep(self.id)
-        return self.record
+    def _fetch(self) -> SweepRecord:
+        return self._backend.get_sweep(self.id)
 
     def progress(self) -> SweepRecord:
         """Counts per status and the finished fraction."""

@@ -59,6 +59,13 @@ class Server:
         assert job["status"] in TERMINAL, job
         return job
 
+    def wait_sweep(self, sweep_id: str, timeout: float = 60) -> dict:
+        response = self.http.get(f"/sweeps/{sweep_id}", params={"wait": timeout}, timeout=timeout + 10)
+        assert response.status_code == 200, response.text
+        sweep = response.json()
+        assert sweep["status"] in TERMINAL, sweep
+        return sweep
+
     def wait_for_status(self, job_id: str, status: str, timeout: float = 30) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

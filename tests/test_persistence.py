@@ -11,11 +11,7 @@ from tests.conftest import free_port, kill_session, serve_subprocess, wait_until
 
 
 def test_kill_9_and_restart_keeps_every_job_and_resubmits_active_ones(tmp_path):
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    api = httpx.Client(base_url=url + "/api/v1", timeout=60)
+    data_dir, port, url, api = _place(tmp_path)
     server = serve_subprocess(data_dir, port)
     try:
         wait_until_serving(url, server)
@@ -61,6 +57,15 @@ def test_kill_9_and_restart_keeps_every_job_and_resubmits_active_ones(tmp_path):
         api.close()
 
 
+def _place(tmp_path) -> tuple:
+    """A data folder, a free port, its URL and an API client for one server's lifetimes."""
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    return data_dir, port, url, httpx.Client(base_url=url + "/api/v1", timeout=60)
+
+
 def _wait_status(api: httpx.Client, job_id: str, status: str) -> None:
     import time
 
@@ -71,11 +76,7 @@ def _wait_status(api: httpx.Client, job_id: str, status: str) -> None:
 
 
 def test_kill_9_mid_sweep_and_restart_finishes_every_run_once(tmp_path):
-    data_dir = tmp_path / "data"
-    data_dir.mkdir()
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    api = httpx.Client(base_url=url + "/api/v1", timeout=60)
+    data_dir, port, url, api = _place(tmp_path)
     server = serve_subprocess(data_dir, port)
     try:
         wait_until_serving(url, server)

@@ -11,8 +11,6 @@ import time
 import psutil
 import pytest
 
-from tests.conftest import TERMINAL
-
 SIM = """\
 import argparse, json
 parser = argparse.ArgumentParser()
@@ -36,11 +34,7 @@ def create_sweep(server, expect: int = 201, files: dict[str, bytes] | None = Non
 
 
 def wait_sweep(server, sweep_id: str, timeout: float = 60) -> dict:
-    response = server.http.get(f"/sweeps/{sweep_id}", params={"wait": timeout}, timeout=timeout + 10)
-    assert response.status_code == 200, response.text
-    sweep = response.json()
-    assert sweep["status"] in TERMINAL, sweep
-    return sweep
+    return server.wait_sweep(sweep_id, timeout)
 
 
 def wait_for_counts(server, sweep_id: str, predicate, timeout: float = 30) -> dict:

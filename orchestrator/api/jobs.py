@@ -25,10 +25,8 @@ from orchestrator.models import (
     Page,
     StatusChange,
 )
-from orchestrator.paths import safe_relative_path
 from storage import AtomicWriter, layout
 
-FILE_FIELDS = ("file[]", "file", "files", "files[]")
 MAX_WAIT_S = 3600.0
 LIST_QUERY = {
     "status": "CREATED, QUEUED, RUNNING, COMPLETED, FAILED or STOPPED",
@@ -58,19 +56,10 @@ class JobsHandler(StreamingBodyHandler):
 
     async def prepare(self) -> None:
         self.job_id = new_job_id()
-        self._paths: set[str] = set()
         await super().prepare()
 
     def open_part(self, field_name: str, filename: str) -> AtomicWriter:
-        if field_name not in FILE_FIELDS:
-            raise ValidationFailed(f"unexpected file in field {field_name}", {field_name: "use file[]"})
-        try:
-            path = safe_relative_path(filename)
-        except ValueError as exc:
-            raise ValidationFailed(f"bad file name {filename!r}: {exc}", {"file[]": str(exc)}) from None
-        if path in self._paths:
-            raise ValidationFailed(f"file {path!r} given twice", {"file[]": f"duplicate {path}"})
-        self._paths.add(path)
+        path = self.claim_file(field_name, filename)
         return self.service.storage.writer(layout.input_key(self.job_id, path))
 
     async def post(self) -> None:
@@ -80,7 +69,7 @@ class JobsHandler(StreamingBodyHandler):
         await asyncio.to_thread(lambda: [w.commit() for w in writers])
         try:
             job = await self.service.jobs.create(
-                request, self.user, job_id=self.job_id, files=sorted(self._paths)
+                request, self.user, job_id=self.job_id, files=sorted(self.file_paths)
             )
         except BaseException:
             await asyncio.to_thread(self.service.storage.delete_prefix, layout.job_prefix(self.job_id))

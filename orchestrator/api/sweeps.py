@@ -11,7 +11,6 @@ from orchestrator.api.base import BaseHandler, Operation
 from orchestrator.api.uploads import StreamingBodyHandler
 from orchestrator.errors import ValidationFailed, validation_failed
 from orchestrator.models import JobRecord, JobStatus, Page
-from orchestrator.paths import safe_relative_path
 from orchestrator.sweeps import (
     DryRun,
     FinishedRuns,
@@ -23,7 +22,6 @@ from orchestrator.sweeps import (
 )
 from storage import AtomicWriter, layout
 
-FILE_FIELDS = ("file[]", "file", "files", "files[]")
 MAX_WAIT_S = 3600.0
 CASES_FIELD = "cases"
 
@@ -42,7 +40,6 @@ class SweepsHandler(StreamingBodyHandler):
 
     async def prepare(self) -> None:
         self.sweep_id = new_sweep_id()
-        self._paths: set[str] = set()
         self._has_cases_file = False
         await super().prepare()
 
@@ -51,16 +48,7 @@ class SweepsHandler(StreamingBodyHandler):
         if field_name == CASES_FIELD:
             self._has_cases_file = True
             return storage.writer(layout.sweep_cases_key(self.sweep_id))
-        if field_name not in FILE_FIELDS:
-            raise ValidationFailed(f"unexpected file in field {field_name}",
-                                   {field_name: "use file[] for files, cases for a CSV"})
-        try:
-            path = safe_relative_path(filename)
-        except ValueError as exc:
-            raise ValidationFailed(f"bad file name {filename!r}: {exc}", {"file[]": str(exc)}) from None
-        if path in self._paths:
-            raise ValidationFailed(f"file {path!r} given twice", {"file[]": f"duplicate {path}"})
-        self._paths.add(path)
+        path = self.claim_file(field_name, filename)
         return storage.writer(layout.sweep_input_key(self.sweep_id, path))
 
     async def post(self) -> None:
@@ -71,7 +59,7 @@ class SweepsHandler(StreamingBodyHandler):
         try:
             request = await self._request()
             outcome = await self.service.sweeps.create(
-                request, self.user, sweep_id=self.sweep_id, uploaded=sorted(self._paths)
+                request, self.user, sweep_id=self.sweep_id, uploaded=sorted(self.file_paths)
             )
         except BaseException:
             await asyncio.to_thread(storage.delete_prefix, layout.sweep_prefix(self.sweep_id))

@@ -17,8 +17,10 @@ from python_multipart.multipart import MultipartParser
 
 from orchestrator.api.base import BaseHandler
 from orchestrator.errors import OrchestratorError, PayloadTooLarge, ValidationFailed
+from orchestrator.paths import safe_relative_path
 from storage import AtomicWriter
 
+FILE_FIELDS = ("file[]", "file", "files", "files[]")
 MULTIPART_SLACK = 1024 * 1024  # boundaries and headers around the file bytes
 READ_CHUNK_SIZE = 1024 * 1024
 
@@ -133,7 +135,21 @@ class StreamingBodyHandler(BaseHandler):
     def open_part(self, field_name: str, filename: str) -> AtomicWriter:
         raise ValidationFailed("this route takes no files", {field_name: "unexpected file"})
 
+    def claim_file(self, field_name: str, filename: str) -> str:
+        """The safe relative path of an uploaded file part, refused if given twice."""
+        if field_name not in FILE_FIELDS:
+            raise ValidationFailed(f"unexpected file in field {field_name}", {field_name: "use file[]"})
+        try:
+            path = safe_relative_path(filename)
+        except ValueError as exc:
+            raise ValidationFailed(f"bad file name {filename!r}: {exc}", {"file[]": str(exc)}) from None
+        if path in self.file_paths:
+            raise ValidationFailed(f"file {path!r} given twice", {"file[]": f"duplicate {path}"})
+        self.file_paths.add(path)
+        return path
+
     async def prepare(self) -> None:
+        self.file_paths: set[str] = set()
         self.json_body: bytearray | None = None
         self.multipart: MultipartStream | None = None
         self.raw: AtomicWriter | None = None
