@@ -10,7 +10,8 @@ embedded orchestrator (SQLite ledger and local storage in a temporary folder):
    parallel processes (the same shell and command the runs use).
 
 Both sweeps are timed from the call to ``orch.sweep`` until every run is recorded as ended
-in the ledger. Every measurement is taken ``--repeat`` times (after a warm-up) and the best
+in the ledger. The bare loop is measured in the same conditions as the shell sweep (the idle
+cluster up); it is measured again with the cluster stopped and that ratio is printed too. Every measurement is taken ``--repeat`` times (after a warm-up) and the best
 is kept, for the baselines as for the orchestrator, since a 2-core machine is noisy. The last
 two lines are the ratios the targets are set on:
 
@@ -93,10 +94,11 @@ def main() -> None:
                 time_raw_dask(client, 200)  # warm every path up
                 time_sweep(orch, noop, 200)
                 time_sweep(orch, "true", 200)
+                # shell first: releasing 10,000 raw Dask futures slows the cluster for a while
+                bare_s = best_of(args.repeat, lambda: time_bare(args.shell_runs))
+                shell_s, shell_counts = best_of(args.repeat, lambda: time_sweep(orch, "true", args.shell_runs))
                 raw_s = best_of(args.repeat, lambda: time_raw_dask(client, args.runs))
                 sweep_s, counts = best_of(args.repeat, lambda: time_sweep(orch, noop, args.runs))
-                shell_s, shell_counts = best_of(args.repeat, lambda: time_sweep(orch, "true", args.shell_runs))
-        bare_s = best_of(args.repeat, lambda: time_bare(args.shell_runs))
         print(f"callable runs: {args.runs} (best of {args.repeat})")
         print(f"raw dask client.map + gather: {raw_s:.2f} s ({args.runs / raw_s:.0f} runs/s)")
         print(f"orch.sweep + wait:            {sweep_s:.2f} s ({args.runs / sweep_s:.0f} runs/s)  {counts}")
@@ -104,6 +106,9 @@ def main() -> None:
         print(f"shell runs: {args.shell_runs} (best of {args.repeat})")
         print(f"bare {BARE_PROCESSES}-process subprocess loop: {bare_s:.2f} s ({bare_rate:.0f} runs/s)")
         print(f"shell sweep + wait:            {shell_s:.2f} s ({shell_rate:.0f} runs/s)  {shell_counts}")
+        alone_s = best_of(args.repeat, lambda: time_bare(args.shell_runs))
+        print(f"  (the bare loop alone, cluster stopped: {alone_s:.2f} s, "
+              f"ratio {shell_rate / (args.shell_runs / alone_s):.2f})")
         print(f"ratio shell-sweep/bare = {shell_rate / bare_rate:.2f}")
         print(f"ratio sweep/raw = {sweep_s / raw_s:.2f}")
     finally:
