@@ -263,6 +263,9 @@ def test_openapi_document_lists_every_route(server):
     spec = server.http.get("/openapi.json").json()
     assert spec["openapi"].startswith("3.1")
     for path in ["/api/v1/jobs", "/api/v1/jobs/{job_id}", "/api/v1/jobs/{job_id}/logs",
-                 "/api/v1/binaries/{name}", "/api/v1/jobs/{job_id}/files/{path}"]:
+                 "/api/v1/binaries/{name}", "/api/v1/jobs/{job_id}/files/{path}",
+                 "/api/v1/sweeps", "/api/v1/sweeps/{sweep_id}", "/api/v1/sweeps/{sweep_id}/runs",
+                 "/api/v1/sweeps/{sweep_id}/results", "/api/v1/sweeps/{sweep_id}/stop",
+                 "/api/v1/sweeps/{sweep_id}/finished"]:
         assert path in spec["paths"], path
-    assert "JobCreate" in spec["components"]["schemas"]
+    assert {"JobCreate", "SweepCreate", "SweepRecord"} <= set(spec["components"]["schemas"])

@@ -261,3 +261,18 @@ def test_unknown_sweep_is_404(server):
         assert response.status_code == 404, path
     assert server.http.post("/sweeps/nope/stop").status_code == 404
     assert server.http.get("/sweeps/x/results", params={"format": "xml"}).status_code in (400, 404)
+
+
+def test_template_from_a_binary_and_variables_in_the_environment(server):
+    upload = server.http.post("/binaries/settings.tmpl", content=b"speed=${u}\n",
+                              headers={"Content-Type": "text/plain"})
+    assert upload.status_code == 201, upload.text
+    sweep = create_sweep(server, command='echo "$u" > env.txt; cat conf/settings > copy.txt',
+                         variables=[{"name": "u", "values": [7, 8.5]}],
+                         templates=[{"source": "settings.tmpl", "target": "conf/settings"}])
+    assert wait_sweep(server, sweep["id"])["status"] == "COMPLETED"
+    for run in server.http.get(f"/sweeps/{sweep['id']}/runs").json()["results"]:
+        value = run["variables"]["u"]
+        text = "7" if value == 7 else "8.5"
+        assert server.http.get(f"/jobs/{run['id']}/files/env.txt").text == f"{text}\n"
+        assert server.http.get(f"/jobs/{run['id']}/files/copy.txt").text == f"speed={text}\n"
