@@ -196,7 +196,8 @@ def _run_in(
 def _run_command(
     workdir: Path, log_paths: dict[str, Path], spec: RunSpec, storage: Storage, worker: str | None
 ) -> Outcome:
-    env = {**_base_environment(), **spec.env, "ORCHESTRATOR_JOB_ID": spec.job_id, TASK_KEY_VARIABLE: spec.key}
+    extra = {**spec.env, "ORCHESTRATOR_JOB_ID": spec.job_id, TASK_KEY_VARIABLE: spec.key}
+    env = {**_base_environment(), **{os.fsencode(k): os.fsencode(v) for k, v in extra.items()}}
     argv = ["/bin/sh", "-c", spec.command] if isinstance(spec.command, str) else list(spec.command)
     with open(log_paths["stdout"], "wb") as out, open(log_paths["stderr"], "wb") as err:
         try:
@@ -274,9 +275,9 @@ def _exit_waiter(process: subprocess.Popen) -> Iterator[Callable[[float], bool]]
 
 
 @lru_cache(maxsize=1)
-def _base_environment() -> dict[str, str]:
-    """The worker's environment, read once: os.environ decodes every entry on each read."""
-    return dict(os.environ)
+def _base_environment() -> dict[bytes, bytes]:
+    """The worker's environment, read and encoded once (Popen would encode it per run)."""
+    return dict(os.environb)
 
 
 def _exit_reason(exit_code: int) -> str:
