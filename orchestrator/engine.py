@@ -189,7 +189,8 @@ class Engine:
             self._batched[job.id] = key
         runs = [
             {"job_id": job.id, "key": task_key(job, attempt), "attempt": attempt,
-             "command": job.command, "env": job.env, "variables": job.variables}
+             "env": job.env, "variables": job.variables,
+             **({} if template.get("command") else {"command": job.command})}
             for job, attempt in zip(jobs, attempts, strict=True)
         ]
         spec = {"template": {**template, "storage_url": self.storage_url,

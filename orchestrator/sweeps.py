@@ -255,6 +255,8 @@ class SweepService:
         inputs += [StagedInput(path=target, key=key, template=True)
                    for target, (key, _) in templates.items()]
         spec["runtime"] = {
+            # a shell line runs with references to the exported variables, never pasted values
+            "command": templating.shell_command(request.command) if isinstance(request.command, str) else None,
             "inputs": [vars(item) for item in inputs],
             "timeout_s": request.timeout_s,
             "callable_key": layout.sweep_callable_key(sweep_id) if kind == "callable" else None,

@@ -1,9 +1,12 @@
 """`${name}` placeholders: found, checked and filled, in commands, env values and files.
 
 Only the braced form is a placeholder, so shell variables such as `$HOME` or `$$` pass
-through untouched; `$${name}` writes a literal `${name}`. In a shell command line every value
-is quoted as one argument, so a value can never inject shell syntax. Runs on workers too
-(templates are rendered where the run happens), so it imports nothing from the service.
+through untouched; `$${name}` writes a literal `${name}`. A shell command line never has a
+value pasted into it: every variable is exported to the run, and the line that runs refers to
+it (`"${name}"`), so the shell expands it as data and never parses it as code, whatever the
+quoting, comments or heredocs around it. The values pasted in (`render_command`) are only
+for people to read. Runs on workers too (templates are rendered where the run happens), so
+it imports nothing from the service.
 """
 
 from __future__ import annotations
@@ -77,12 +80,42 @@ def render(text: str, variables: Mapping[str, Any], quote: Callable[[str], str] 
     return PLACEHOLDER.sub(substitute, text)
 
 
-def render_command(command: str | list[str], variables: Mapping[str, Any]) -> str | list[str]:
-    """A shell line gets each value as one quoted word; an argument list needs no quoting.
+def shell_command(command: str) -> str:
+    """The shell line that runs: each placeholder becomes a quoted reference to the exported
+    variable of the same name, so a value is one word and never shell syntax.
 
-    A placeholder the user already put in quotes ("${v}" is a shell habit) is quoted too:
-    the quotes around it are closed first and reopened after, so nothing in a value is
-    ever shell syntax, whatever the quoting around it.
+    The quoting state is tracked only to keep each value one word; if it is misjudged (deep
+    nesting), the worst outcome is a split or literal word, never executed text.
+    """
+    pieces: list[str] = []
+    state, position = _UNQUOTED, 0
+    bodies = _heredoc_bodies(command)
+    for match in PLACEHOLDER.finditer(command):
+        literal = command[position:match.start()]
+        state = _shell_state(literal, state)
+        pieces.append(literal)
+        reference = "${" + match.group(2) + "}"
+        in_heredoc = any(start <= match.start() < end for start, end in bodies)
+        if match.group(1):  # $${name}: the literal text ${name}
+            pieces.append(reference if state == _SINGLE else "\\" + reference)
+        elif in_heredoc:  # expanded as data there; quotes would be literal text
+            pieces.append(reference)
+        elif state == _UNQUOTED:
+            pieces.append(f'"{reference}"')
+        elif state == _DOUBLE:
+            pieces.append(reference)
+        else:
+            pieces.append(f"'\"{reference}\"'")
+        position = match.end()
+    pieces.append(command[position:])
+    return "".join(pieces)
+
+
+def render_command(command: str | list[str], variables: Mapping[str, Any]) -> str | list[str]:
+    """The command with its values filled in, as people read it (dry runs, job records).
+
+    An argument list runs as rendered (no shell). A shell line runs as `shell_command`
+    gives it; here each value is shown quoted as the one word it will be.
     """
     if not isinstance(command, str):
         return [render(argument, variables) for argument in command]
@@ -106,14 +139,28 @@ def render_command(command: str | list[str], variables: Mapping[str, Any]) -> st
 
 
 _UNQUOTED, _SINGLE, _DOUBLE = "", "'", '"'
+_HEREDOC = re.compile(r"<<-?[ \t]*([A-Za-z_][A-Za-z0-9_]*)[^\n]*\n")
+
+
+def _heredoc_bodies(command: str) -> list[tuple[int, int]]:
+    """(start, end) of each here-document body with an unquoted delimiter."""
+    bodies = []
+    for match in _HEREDOC.finditer(command):
+        end = re.compile(rf"^[ \t]*{match.group(1)}[ \t]*$", re.MULTILINE).search(command, match.end())
+        bodies.append((match.end(), end.start() if end else len(command)))
+    return bodies
 
 
 def _shell_state(text: str, state: str) -> str:
     """The quoting state after `text`, starting in `state` (POSIX sh rules)."""
-    escaped = False
+    escaped, comment, previous = False, False, "\n"
     for char in text:
-        if escaped:
+        if comment:
+            comment = char != "\n"
+        elif escaped:
             escaped = False
+        elif state == _UNQUOTED and char == "#" and previous in " \t\n;&|()":
+            comment = True  # a comment: quotes in it do not count
         elif state == _SINGLE:
             if char == "'":
                 state = _UNQUOTED
@@ -124,6 +171,7 @@ def _shell_state(text: str, state: str) -> str:
                 state = _UNQUOTED
         elif char in "'\"":
             state = char
+        previous = char
     return state
 
 

@@ -276,3 +276,21 @@ def test_template_from_a_binary_and_variables_in_the_environment(server):
         text = "7" if value == 7 else "8.5"
         assert server.http.get(f"/jobs/{run['id']}/files/env.txt").text == f"{text}\n"
         assert server.http.get(f"/jobs/{run['id']}/files/copy.txt").text == f"speed={text}\n"
+
+
+@pytest.mark.parametrize("command", [
+    "# don't forget the quote\nprintf '%s|' ${v} > out.txt",
+    "cat > out.txt <<EOF\n${v}|\nEOF",
+    "printf '%s|' \"$(printf '%s' ${v})\" > out.txt; echo \"`echo ${v}`\" > other.txt",
+    "printf '%s|' '${v}' > out.txt",
+])
+def test_no_quoting_context_lets_a_value_run_as_code(server, tmp_path, command):
+    canary = tmp_path / "pwned"
+    evil = f"1; touch {canary}; echo '$(touch {canary})' \"`touch {canary}`\""
+    sweep = create_sweep(server, command=command, cases=[{"v": evil}])
+    assert wait_sweep(server, sweep["id"])["status"] == "COMPLETED"
+    assert not canary.exists()
+    run = server.http.get(f"/sweeps/{sweep['id']}/runs").json()["results"][0]
+    out = server.http.get(f"/jobs/{run['id']}/files/out.txt").text
+    if "$(" not in command:  # nested substitutions may split words, but never execute
+        assert out.rstrip("\n") == evil + "|"
