@@ -79,13 +79,21 @@ class SweepDispatcher:
                     return
                 done, _ = await asyncio.wait(self._flying, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
-                    self._flying.pop(task)
-                    self._absorb(task.result())
+                    self._settle(task, self._flying.pop(task))
                 await self._check_failures()
         except asyncio.CancelledError:
             raise
-        except Exception:
+        except Exception:  # never leave runs active with nobody feeding them
             logger.exception("dispatcher of sweep %s failed", self.sweep_id)
+            left = [job.id for job in self._pending] + [j.id for b in self._flying.values() for j in b]
+            self.engine.fail_active(left, "the orchestrator's sweep dispatcher failed; see its log")
+
+    def _settle(self, task: asyncio.Task, batch: list[JobRecord]) -> None:
+        try:
+            self._absorb(task.result())
+        except Exception as exc:
+            logger.exception("a batch of sweep %s failed in the orchestrator", self.sweep_id)
+            self.engine.fail_active([job.id for job in batch], f"the orchestrator failed to run its batch: {exc}"[:500])
 
     async def _fill(self) -> None:
         slots = await self._slots()

@@ -35,7 +35,19 @@ def _finite(value: float) -> float:
 
 
 Number = Annotated[int | float, AfterValidator(_finite)]
+
+
+def _plain_scalar(value: Any) -> Any:
+    """A value a run can receive: finite numbers, text without NUL."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ValueError("must be a finite number")
+    if isinstance(value, str) and "\x00" in value:
+        raise ValueError("must not contain NUL")
+    return value
+
+
 Scalar = bool | int | float | str
+Value = Annotated[bool | int | float | str, AfterValidator(_plain_scalar)]
 RESERVED_NAMES = re.compile(
     r"^(PATH|HOME|SHELL|USER|PWD|IFS|TMPDIR|LANG|LD_.*|PYTHON.*|DASK_.*|ORCHESTRATOR_.*)$"
 )
@@ -163,14 +175,14 @@ class Variable(Request):
     """A name and exactly one generator of its values."""
 
     name: str = Field(..., min_length=1, max_length=64)
-    values: list[Scalar] | None = Field(None, min_length=1, max_length=1_000_000)
+    values: list[Value] | None = Field(None, min_length=1, max_length=1_000_000)
     linspace: Linspace | None = None
     range: FixedRange | None = None
     uniform: Uniform | None = None
     normal: Normal | None = None
     triangular: Triangular | None = None
     lognormal: Lognormal | None = None
-    nominal: Scalar | None = None
+    nominal: Value | None = None
 
     @property
     def generator(self) -> str:
@@ -426,8 +438,8 @@ def table_from_cases(cases: list[dict[str, Any]], max_runs: int) -> RunTable:
         for name, value in row.items():
             if not isinstance(value, (bool, int, float, str)) or (
                 isinstance(value, float) and not math.isfinite(value)
-            ):
-                fields[f"cases.{i}.{name}"] = "must be a number, string or boolean"
+            ) or (isinstance(value, str) and "\x00" in value):
+                fields[f"cases.{i}.{name}"] = "must be a finite number, a string without NUL or a boolean"
         if len(fields) >= 20:
             break
     if fields:

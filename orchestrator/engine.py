@@ -190,7 +190,7 @@ class Engine:
         runs = [
             {"job_id": job.id, "key": task_key(job, attempt), "attempt": attempt,
              "env": job.env, "variables": job.variables,
-             **({} if template.get("command") else {"command": job.command})}
+             **({} if template.get("shell_template") else {"command": job.command})}
             for job, attempt in zip(jobs, attempts, strict=True)
         ]
         spec = {"template": {**template, "storage_url": self.storage_url,
@@ -229,7 +229,10 @@ class Engine:
             if state is None or state[0].is_terminal or state[1] != attempt:
                 continue
             status, reason = self._judge(job, outcome)
-            if status is None:
+            if status is None:  # its task was cancelled (a lost connection): run it again
+                updates.append(StatusUpdate(job.id, JobStatus.QUEUED, "its Dask task was cancelled; queued again",
+                                            utcnow(), ACTIVE, {"worker": None}))
+                report.requeued.append(job.model_copy(update={"attempt": attempt}))
                 continue
             if isinstance(outcome, dict) and outcome.get("started_at") and outcome.get("finished_at"):
                 spans.append((outcome["started_at"], outcome["finished_at"]))
@@ -240,14 +243,22 @@ class Engine:
                 continue
             report.failed += status == JobStatus.FAILED
             updates += self._finish_updates(job.id, state[0], status, reason, outcome)
-        self._apply(updates)
+        self._apply_each(updates)
         if spans:
             busy = max(end for _, end in spans) - min(start for start, _ in spans)
             report.run_seconds = max(busy, 0.0) / len(spans)
         return report
 
-    def requeue(self, jobs: list[JobRecord], reason: str) -> list[JobRecord]:
-        """Active sweep runs whose tasks died with us go back to QUEUED, saying so."""
+    async def requeue(self, jobs: list[JobRecord], reason: str) -> list[JobRecord]:
+        """Active sweep runs whose batches were lost with us go back to QUEUED, saying so.
+
+        Their old attempts are told to stop, in case their batch still runs on a cluster
+        that outlived us; the new attempt has a new key, so the old one can never be mistaken
+        for it.
+        """
+        sent = [task_key(job) for job in jobs if job.attempt > 0]
+        if sent:
+            await self._flag_on_workers(sent, "the orchestrator (restarted)")
         now = utcnow()
         updates = [
             StatusUpdate(job.id, JobStatus.QUEUED,
@@ -257,6 +268,12 @@ class Engine:
         ]
         self._apply(updates)
         return [job.model_copy(update={"status": JobStatus.QUEUED, "worker": None}) for job in jobs]
+
+    def fail_active(self, job_ids: list[str], reason: str) -> None:
+        """Runs whose batch broke in the orchestrator itself: failed, saying why."""
+        now = utcnow()
+        self._apply_each([StatusUpdate(job_id, JobStatus.FAILED, reason, now, ACTIVE,
+                                       {"finished_at": now}) for job_id in job_ids])
 
     def stop_unsent(self, job_ids: list[str], reason: str) -> None:
         """QUEUED runs no Dask task holds yet: the record alone stops them."""
@@ -291,12 +308,14 @@ class Engine:
             if state is None or not state[0].is_active:
                 continue
             future = self._futures.get(job.id)
+            if job.id in self._batched:
+                continue  # its batch skips it if not started, or reports it stopped: no guess here
             if state[0] == JobStatus.QUEUED:
                 if future is not None:
                     await self.client.cancel([future])
                 updates.append(StatusUpdate(job.id, JobStatus.STOPPED, reason, utcnow(),
                                             [JobStatus.QUEUED], {"finished_at": utcnow()}))
-            elif future is None and job.id not in self._batched:
+            elif future is None:
                 # Nothing of ours runs it (e.g. its worker vanished while we were down).
                 updates.append(StatusUpdate(job.id, JobStatus.STOPPED, reason, utcnow(),
                                             [JobStatus.RUNNING], {"finished_at": utcnow()}))
@@ -322,6 +341,8 @@ class Engine:
         job = self.store.get_job(message["job_id"])
         if job is None or task_key(job) != message.get("key"):
             return  # a stale attempt
+        if job.sweep_id is not None and job.id not in self._batched:
+            return  # a batch sent before a restart, still running somewhere: not ours
         at = datetime.fromtimestamp(message["at"], timezone.utc)
         self._transition(
             job.id, JobStatus.RUNNING, f"on {message.get('worker')}", at,
@@ -428,6 +449,23 @@ class Engine:
                 except Exception:
                     logger.exception("finish callback failed")
         return made
+
+    def _apply_each(self, updates: list[StatusUpdate]) -> None:
+        """Many changes in one transaction; if that fails, one job at a time, and a job whose
+        outcome cannot be recorded ends FAILED saying why, rather than staying active."""
+        try:
+            self._apply(updates)
+            return
+        except Exception:
+            logger.exception("recording a batch failed; recording its runs one by one")
+        for update in updates:
+            try:
+                self._apply([update])
+            except Exception as exc:
+                logger.exception("recording the outcome of %s failed", update.job_id)
+                self._apply([StatusUpdate(update.job_id, JobStatus.FAILED,
+                                          f"its outcome could not be recorded: {type(exc).__name__}: {exc}"[:500],
+                                          utcnow(), ACTIVE, {"finished_at": utcnow()})])
 
     def _notify_listeners(self, update: StatusUpdate) -> None:
         if not self.listeners:

@@ -36,6 +36,8 @@ OUTPUTS_FILE = "outputs.json"
 RETURN_FILE = "return.pkl"
 STOP_GRACE_S = 2.0
 ANNOUNCE_INTERVAL_S = 0.1
+MAX_OUTPUTS_BYTES = 1 * 2**20
+MAX_OUTPUTS_DEPTH = 32
 TASK_KEY_VARIABLE = "ORCHESTRATOR_TASK_KEY"
 
 
@@ -61,10 +63,14 @@ class RunSpec:
     timeout_s: float | None = None
     callable_key: str | None = None
     variables: dict[str, Any] | None = None  # a sweep run's values
+    shell_template: str | None = None  # a sweep's shell line, made into `command` per run
 
     @classmethod
     def from_dict(cls, fields: dict[str, Any]) -> RunSpec:
-        return cls(**{**fields, "inputs": [StagedInput(**i) for i in fields.get("inputs", [])]})
+        spec = cls(**{**fields, "inputs": [StagedInput(**i) for i in fields.get("inputs", [])]})
+        if spec.shell_template is not None:
+            spec.command = templating.shell_command(spec.shell_template, spec.variables or {})
+        return spec
 
 
 @dataclass
@@ -110,12 +116,12 @@ def run_batch(batch: dict[str, Any] | str) -> list[dict[str, Any]]:
                 continue
             spec = RunSpec.from_dict({**template, **run})
             announce = time.monotonic() - announced_at >= ANNOUNCE_INTERVAL_S
-            try:
-                outcome = execute(spec, announce, scratch)
-            except Exception as exc:  # noqa: BLE001 - keep the rest of the batch going
-                outcome = Outcome("FAILED", f"runner error: {_describe(exc)}", worker=_worker_address())
             if announce:
                 announced_at = time.monotonic()
+            try:
+                outcome = execute(spec, announce, scratch)
+            except (Exception, SystemExit) as exc:  # one run's failure never loses the batch
+                outcome = Outcome("FAILED", f"runner error: {_describe(exc)}", worker=_worker_address())
             if budget is not None and outcome.status == "FAILED" and spec.attempt > batch.get("retries", 0):
                 budget -= 1  # a failure for good (no retry left) counts
             outcomes.append(outcome.as_dict())
@@ -169,7 +175,7 @@ def _run_in(
     worker: str | None, announce: bool,
 ) -> Outcome:
     if spec.attempt > 1:
-        storage.delete_prefix(layout.outputs_prefix(spec.job_id))
+        _forget_earlier_attempt(storage, spec.job_id)
     try:
         staged = _stage_inputs(storage, spec.inputs, workdir, spec.variables or {})
     except Exception as exc:  # noqa: BLE001 - any staging failure fails the job with its reason
@@ -394,23 +400,24 @@ def _call(storage: Storage, spec: RunSpec, worker: str | None, announce: bool) -
     import cloudpickle
 
     if spec.attempt > 1:
-        storage.delete_prefix(layout.outputs_prefix(spec.job_id))
+        _forget_earlier_attempt(storage, spec.job_id)
     started = time.time()
     if announce:
         _announce_running(spec, worker, started)
     function, args, kwargs = _load_callable(storage, spec.callable_key)
     try:
         value = function(*args, **{**kwargs, **(spec.variables or {})})
-    except Exception as exc:  # noqa: BLE001 - the job's own exception is its failure
+    except (Exception, SystemExit) as exc:  # the job's own exception (or exit) is its failure
         storage.put_bytes(layout.log_key(spec.job_id, "stderr"), traceback.format_exc().encode())
         outcome = Outcome("FAILED", _describe(exc), worker=worker, error=_describe(exc))
     else:
         outcome = Outcome("COMPLETED", None, 0, worker=worker)
         try:
-            json.dumps(value)
+            if len(json.dumps(value)) > MAX_OUTPUTS_BYTES or _too_big(value, MAX_OUTPUTS_DEPTH):
+                raise ValueError("too large for the ledger")
             outcome.value = value
             if isinstance(value, dict):
-                outcome.outputs = value
+                _set_outputs(outcome, value)
         except (TypeError, ValueError):
             stored = storage.put_bytes(layout.output_key(spec.job_id, RETURN_FILE), cloudpickle.dumps(value))
             outcome.files = [{"path": RETURN_FILE, "size": stored.size, "sha256": stored.sha256}]
@@ -504,7 +511,35 @@ def _read_outputs_json(workdir: Path, outcome: Outcome) -> None:
     if not isinstance(data, dict):
         outcome.error = f"{OUTPUTS_FILE} must hold a JSON object"
         return
+    _set_outputs(outcome, data)
+
+
+def _set_outputs(outcome: Outcome, data: dict[str, Any]) -> None:
+    """Scalar outputs are kept in the ledger: refuse what would bloat or break it."""
+    problem = _too_big(data, MAX_OUTPUTS_DEPTH)
+    if problem is None and len(json.dumps(data)) > MAX_OUTPUTS_BYTES:
+        problem = f"more than {MAX_OUTPUTS_BYTES} bytes"
+    if problem:
+        outcome.error = f"outputs not recorded: {problem}"
+        return
     outcome.outputs = data
+
+
+def _too_big(value: Any, depth: int) -> str | None:
+    if depth < 0:
+        return f"nested deeper than {MAX_OUTPUTS_DEPTH} levels"
+    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    for child in children:
+        problem = _too_big(child, depth - 1)
+        if problem:
+            return problem
+    return None
+
+
+def _forget_earlier_attempt(storage: Storage, job_id: str) -> None:
+    """A retry starts clean: no outputs or logs of the attempt before it remain."""
+    storage.delete_prefix(layout.outputs_prefix(job_id))
+    storage.delete_prefix(layout.logs_prefix(job_id))
 
 
 # ---- worker context ---------------------------------------------------------------------

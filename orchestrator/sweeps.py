@@ -13,6 +13,7 @@ import contextlib
 import csv
 import io
 import math
+import time
 import uuid
 from datetime import datetime
 from typing import Any
@@ -40,6 +41,8 @@ from storage import Storage, layout
 
 RESULT_COLUMNS = ("index", "job_id", "status", "exit_code", "duration_s")
 MAX_TEMPLATE_BYTES = 4 * 2**20
+WAIT_POLL_S = 0.5
+MAX_VARIABLES = 1000
 
 
 class TemplateFile(Request):
@@ -60,7 +63,7 @@ class SweepCreate(JobTemplate):
         None, description="uploaded files to stage in every run (default: all uploaded)"
     )
     templates: list[TemplateFile] = Field(default_factory=list)
-    variables: list[doe.Variable] | None = None
+    variables: list[doe.Variable] | None = Field(None, max_length=MAX_VARIABLES)
     design: doe.Design | None = None
     cases: list[dict[str, Any]] | None = Field(None, description="explicit rows instead of variables")
     cases_csv: str | None = Field(None, description="rows as CSV text (header = variable names)")
@@ -198,6 +201,9 @@ class SweepService:
             where = f"templates.{i}.source"
             if template.source in uploaded:
                 key = layout.sweep_input_key(sweep_id, template.source)
+            elif "://" in template.source:
+                raise ValidationFailed("a template is an uploaded file or a binary, not a URL",
+                                       {where: "upload it with the sweep or as a binary"})
             else:
                 try:
                     ref = self.binaries.pin([template.source])[0]
@@ -256,7 +262,7 @@ class SweepService:
                    for target, (key, _) in templates.items()]
         spec["runtime"] = {
             # a shell line runs with references to the exported variables, never pasted values
-            "command": templating.shell_command(request.command) if isinstance(request.command, str) else None,
+            "shell_template": request.command if isinstance(request.command, str) else None,
             "inputs": [vars(item) for item in inputs],
             "timeout_s": request.timeout_s,
             "callable_key": layout.sweep_callable_key(sweep_id) if kind == "callable" else None,
@@ -290,12 +296,14 @@ class SweepService:
             if sweep["stop_reason"]:
                 await self.engine.stop_many(active, "the orchestrator", sweep["stop_reason"])
                 continue
-            requeued = self.engine.requeue(active, "resubmitted after orchestrator restart")
+            requeued = await self.engine.requeue(active, "resubmitted after orchestrator restart")
             failed = self.store.sweep_counts(sweep_id).get(JobStatus.FAILED.value, 0)
             self._dispatch(sweep_id, requeued, failed)
 
     async def stop(self, sweep_id: str, requested_by: str, owner: str | None = None) -> SweepRecord:
-        self.get(sweep_id, owner)
+        """Stop what is queued or running; a sweep that has ended stays as it ended."""
+        if self.get(sweep_id, owner).status.is_terminal:
+            return self.get(sweep_id)
         await self._stop(sweep_id, f"stop requested by {requested_by}", requested_by)
         return self.get(sweep_id)
 
@@ -314,12 +322,20 @@ class SweepService:
 
     async def wait(self, sweep_id: str, timeout: float | None, owner: str | None = None) -> SweepRecord:
         """The sweep once all its runs have ended, or as it is when the timeout runs out."""
-        self.get(sweep_id, owner)
-        dispatcher = self._dispatchers.get(sweep_id)
-        if dispatcher is not None:
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(asyncio.shield(dispatcher.done.wait()), timeout)
-        return self.get(sweep_id)
+        record = self.get(sweep_id, owner)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not record.status.is_terminal:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            dispatcher = self._dispatchers.get(sweep_id)
+            if dispatcher is not None:  # its end is the sweep's end: wake at once
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(dispatcher.done.wait()), left)
+            else:  # runs stopped by hand as they finish: look again shortly
+                await asyncio.sleep(WAIT_POLL_S if left is None else min(WAIT_POLL_S, left))
+            record = self.get(sweep_id)
+        return record
 
     # ---- reading ----------------------------------------------------------------------
 
@@ -374,8 +390,7 @@ class SweepService:
             for key, value in ((result or {}).get("outputs") or {}).items():
                 if _is_scalar(value):
                     output_keys.setdefault(key, None)
-        taken = set(RESULT_COLUMNS) | set(names)
-        output_columns = {key: (f"outputs.{key}" if key in taken else key) for key in sorted(output_keys)}
+        output_columns = _output_columns(sorted(output_keys), {*RESULT_COLUMNS, *names})
         rows = []
         for index, job_id, status, variables, result in runs:
             result = result or {}
@@ -386,6 +401,21 @@ class SweepService:
             row.update({column: _scalar_or_none(outputs.get(key)) for key, column in output_columns.items()})
             rows.append(row)
         return ResultsTable(columns=[*RESULT_COLUMNS, *names, *output_columns.values()], rows=rows)
+
+
+def _output_columns(keys: list[str], taken: set[str]) -> dict[str, str]:
+    """Each output key's column: its own name, or `outputs.<key>` (then a number) if taken."""
+    columns: dict[str, str] = {}
+    used = set(taken) | set(keys)
+    for key in keys:
+        column = key
+        if key in taken:
+            column, n = f"outputs.{key}", 2
+            while column in used:
+                column, n = f"outputs.{key}.{n}", n + 1
+            used.add(column)
+        columns[key] = column
+    return columns
 
 
 def results_csv(table: ResultsTable) -> str:

@@ -80,9 +80,11 @@ def render(text: str, variables: Mapping[str, Any], quote: Callable[[str], str] 
     return PLACEHOLDER.sub(substitute, text)
 
 
-def shell_command(command: str) -> str:
-    """The shell line that runs: each placeholder becomes a quoted reference to the exported
-    variable of the same name, so a value is one word and never shell syntax.
+def shell_command(command: str, variables: Mapping[str, Any]) -> str:
+    """The shell line that runs. A number is written in as it is (digits cannot be code,
+    and arithmetic such as `$((${i} * 2))` needs it bare); any other value becomes a quoted
+    reference to the exported variable of the same name, so it is one word and never
+    shell syntax.
 
     The quoting state is tracked only to keep each value one word; if it is misjudged (deep
     nesting), the worst outcome is a split or literal word, never executed text.
@@ -96,8 +98,11 @@ def shell_command(command: str) -> str:
         pieces.append(literal)
         reference = "${" + match.group(2) + "}"
         in_heredoc = any(start <= match.start() < end for start, end in bodies)
+        value = variables.get(match.group(2))
         if match.group(1):  # $${name}: the literal text ${name}
             pieces.append(reference if state == _SINGLE else "\\" + reference)
+        elif _is_number(value):
+            pieces.append(format_value(value))
         elif in_heredoc:  # expanded as data there; quotes would be literal text
             pieces.append(reference)
         elif state == _UNQUOTED:
@@ -109,6 +114,10 @@ def shell_command(command: str) -> str:
         position = match.end()
     pieces.append(command[position:])
     return "".join(pieces)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
 
 
 def render_command(command: str | list[str], variables: Mapping[str, Any]) -> str | list[str]:

@@ -72,6 +72,10 @@ def log_key(job_id: str, stream: str) -> str:
     return f"jobs/{job_id}/logs/{stream}.log"
 
 
+def logs_prefix(job_id: str) -> str:
+    return f"jobs/{job_id}/logs"
+
+
 def log_segments_prefix(job_id: str, stream: str) -> str:
     return f"jobs/{job_id}/logs/{stream}"
 

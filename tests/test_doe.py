@@ -103,7 +103,7 @@ def discrete_variables(draw: st.DrawFn, name: str | None = None) -> doe.Variable
     name = name or draw(names)
     kind = draw(st.sampled_from(doe.DISCRETE))
     if kind == "values":
-        scalars = st.one_of(st.integers(-100, 100), moderate, st.text(max_size=5), st.booleans())
+        scalars = st.one_of(st.integers(-100, 100), moderate, st.text(st.characters(blacklist_characters="\x00"), max_size=5), st.booleans())
         values = draw(st.lists(scalars, min_size=1, max_size=6, unique_by=key))
         return doe.Variable(name=name, values=values)
     if kind == "linspace":
@@ -410,7 +410,7 @@ def test_include_nominal_adds_the_nominal_row_first(
         design: doe.FullFactorial | doe.Sampled = factorial()
     else:
         design = sampled(kind, samples, seed)
-    nominals = data.draw(st.lists(st.one_of(st.integers(), moderate, st.text(max_size=5)),
+    nominals = data.draw(st.lists(st.one_of(st.integers(), moderate, st.text(st.characters(blacklist_characters="\x00"), max_size=5)),
                                   min_size=len(variables), max_size=len(variables)))
     with_nominal = [v.model_copy(update={"nominal": n})
                     for v, n in zip(variables, nominals, strict=True)]

@@ -294,3 +294,12 @@ def test_no_quoting_context_lets_a_value_run_as_code(server, tmp_path, command):
     out = server.http.get(f"/jobs/{run['id']}/files/out.txt").text
     if "$(" not in command:  # nested substitutions may split words, but never execute
         assert out.rstrip("\n") == evil + "|"
+
+
+def test_numbers_work_in_shell_arithmetic(server):
+    sweep = create_sweep(server, command="echo $((${i} * 3)) ${label} > out.txt",
+                         cases=[{"i": 2, "label": "two words"}, {"i": -4, "label": "x"}])
+    assert wait_sweep(server, sweep["id"])["status"] == "COMPLETED"
+    runs = server.http.get(f"/sweeps/{sweep['id']}/runs").json()["results"]
+    outs = [server.http.get(f"/jobs/{r['id']}/files/out.txt").text for r in runs]
+    assert outs == ["6 two words\n", "-12 x\n"]

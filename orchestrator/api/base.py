@@ -155,7 +155,7 @@ class BaseHandler(tornado.web.RequestHandler):
             raise ValidationFailed(f"unknown {name} {raw!r}", {name: f"must be one of {allowed}"}) from None
 
     def pagination(self) -> tuple[int, int]:
-        page = self.query_int("page", 1, 1)
+        page = self.query_int("page", 1, 1, 10**9)
         page_size = self.query_int("page_size", 100, 1, MAX_PAGE_SIZE)
         return page, page_size
 

@@ -130,7 +130,7 @@ class SweepFinishedHandler(BaseHandler):
     )}
 
     async def get(self, sweep_id: str) -> None:
-        after = self.query_int("after", 0, 0)
+        after = self.query_int("after", 0, 0, 2**62)
         limit = self.query_int("limit", 1000, 1, 1000)
         self.send_json(self.service.sweeps.finished(sweep_id, after, limit))
 
