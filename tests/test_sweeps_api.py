@@ -147,11 +147,12 @@ def test_failed_runs_are_retried_inside_the_sweep(server, tmp_path):
     marker = tmp_path / "attempted"
     sweep = create_sweep(
         server, retries=1, variables=[{"name": "x", "values": [1]}],
-        command=f"if [ -e {marker} ]; then echo ok; else touch {marker}; exit 3; fi",
+        command=f"if [ -e {marker} ]; then echo ok; else touch {marker}; echo first >&2; exit 3; fi",
     )
     assert wait_sweep(server, sweep["id"])["status"] == "COMPLETED"
     run = server.http.get(f"/sweeps/{sweep['id']}/runs").json()["results"][0]
     assert run["attempt"] == 2
+    assert server.http.get(f"/jobs/{run['id']}/logs", params={"stream": "stderr"}).text == ""
     reasons = [s["reason"] or "" for s in server.http.get(f"/jobs/{run['id']}/statuses").json()]
     assert any("exit code 3, retry 1/1" in r for r in reasons)
 
@@ -303,3 +304,26 @@ def test_numbers_work_in_shell_arithmetic(server):
     runs = server.http.get(f"/sweeps/{sweep['id']}/runs").json()["results"]
     outs = [server.http.get(f"/jobs/{r['id']}/files/out.txt").text for r in runs]
     assert outs == ["6 two words\n", "-12 x\n"]
+
+
+def test_stopping_a_fast_sweep_never_orphans_finished_work(server):
+    sweep = create_sweep(server, command="echo ${i} > out.txt", max_parallel=2,
+                         variables=[{"name": "i", "range": {"start": 0, "stop": 2999, "step": 1}}])
+    wait_for_counts(server, sweep["id"], lambda c: c.get("COMPLETED", 0) >= 50)
+    server.http.post(f"/sweeps/{sweep['id']}/stop")
+    done = wait_sweep(server, sweep["id"])
+    assert done["status"] == "STOPPED" and set(done["counts"]) <= {"COMPLETED", "STOPPED", "FAILED"}
+    storage = server.settings.data_dir / "storage" / "jobs"
+    for row in server.http.get(f"/sweeps/{sweep['id']}/results").json()["rows"]:
+        has_output = (storage / row["job_id"] / "outputs" / "out.txt").exists()
+        assert has_output == (row["status"] == "COMPLETED"), row  # a stopped run left nothing
+
+
+def test_an_unrecordable_output_fails_nothing_else(server):
+    deep = "[" * 300 + "]" * 300
+    sweep = create_sweep(server, command=f"echo '{{\"x\": {deep}, \"ok\": ${{i}}}}' > outputs.json",
+                         variables=[{"name": "i", "values": [1, 2, 3]}], max_parallel=1)
+    done = wait_sweep(server, sweep["id"])
+    assert done["counts"] == {"COMPLETED": 3}
+    run = server.http.get(f"/sweeps/{sweep['id']}/runs").json()["results"][0]
+    assert run["result"]["outputs"] == {} and "nested deeper" in run["result"]["error"]

@@ -32,6 +32,12 @@ def fail_on_three(i):
     return {"square": i * i}
 
 
+def exit_on_two(i):
+    if i == 2:
+        sys.exit(3)
+    return {"i": i}
+
+
 @pytest.fixture
 def embedded(tmp_path, scheduler_address):
     with Orchestrator(data_dir=tmp_path / "embedded", scheduler=scheduler_address) as orch:
@@ -62,6 +68,12 @@ def test_as_completed_yields_every_run_once_and_a_failure_is_one_run(embedded):
     assert sweep.refresh().status == JobStatus.FAILED
     failed = sweep.runs(status="FAILED")
     assert len(failed) == 1 and "three" in failed[0].record.status_reason
+
+
+def test_a_run_calling_sys_exit_fails_alone(embedded):
+    sweep = embedded.sweep(exit_on_two, variables={"i": list(range(40))}, max_failures=5)
+    record = sweep.wait(timeout=60)
+    assert record.counts == {"COMPLETED": 39, "FAILED": 1}
 
 
 def test_sampled_design_is_reproducible_by_seed_and_dry_run_runs_nothing(embedded):
