@@ -315,8 +315,11 @@ def test_stopping_a_fast_sweep_never_orphans_finished_work(server):
     assert done["status"] == "STOPPED" and set(done["counts"]) <= {"COMPLETED", "STOPPED", "FAILED"}
     storage = server.settings.data_dir / "storage" / "jobs"
     for row in server.http.get(f"/sweeps/{sweep['id']}/results").json()["rows"]:
-        has_output = (storage / row["job_id"] / "outputs" / "out.txt").exists()
-        assert has_output == (row["status"] == "COMPLETED"), row  # a stopped run left nothing
+        stored = (storage / row["job_id"] / "outputs" / "out.txt").exists()
+        listed = server.http.get(f"/jobs/{row['job_id']}/files").json()["count"] == 1
+        assert stored == listed, row  # whatever a run left is in its record, nothing orphaned
+        if row["status"] == "COMPLETED":
+            assert listed, row
 
 
 def test_an_unrecordable_output_fails_nothing_else(server):
