@@ -43,6 +43,8 @@ RESULT_COLUMNS = ("index", "job_id", "status", "exit_code", "duration_s")
 MAX_TEMPLATE_BYTES = 4 * 2**20
 WAIT_POLL_S = 0.5
 MAX_VARIABLES = 1000
+MAX_TABLE_CELLS = 20_000_000  # values in one run table (samples x variables)
+MAX_PREVIEW_BYTES = 64 * 2**20  # rendered text a dry run may answer
 
 
 class TemplateFile(Request):
@@ -155,8 +157,9 @@ class SweepService:
         templates = await asyncio.to_thread(self._template_texts, request, sweep_id, uploaded or [])
         _check_placeholders(request, table.names, templates)
         if request.dry_run:
+            _check_preview_size(request, table, templates)
             return await asyncio.to_thread(_preview, request, table, templates)
-        runs = self._runs(request, owner, sweep_id, kind, table, staged)
+        runs = await asyncio.to_thread(self._runs, request, owner, sweep_id, kind, table, staged)
         await self.engine.check_feasible(runs[0])
         sweep = {
             "id": sweep_id, "name": runs[0].name, "owner": owner, "kind": kind,
@@ -179,7 +182,14 @@ class SweepService:
         if cases is not None and (request.variables or request.design):
             raise ValidationFailed("cases replace variables and design; give one or the other",
                                    {"cases": "conflicts with variables/design"})
-        return doe.build_table(request.variables, request.design, cases,
+        design = request.design
+        if isinstance(design, doe.Sampled) and request.variables:
+            cells = design.samples * len(request.variables)
+            if cells > MAX_TABLE_CELLS:
+                raise ValidationFailed(
+                    f"{design.samples} samples x {len(request.variables)} variables is more than "
+                    f"{MAX_TABLE_CELLS} values", {"design.samples": "too many for this many variables"})
+        return doe.build_table(request.variables, design, cases,
                                include_nominal=request.include_nominal_run, max_runs=self.max_runs)
 
     def _staged_files(self, request: SweepCreate, uploaded: list[str]) -> list[str]:
@@ -481,6 +491,16 @@ def _check_placeholders(request: SweepCreate, names: list[str], templates: dict[
         raise ValidationFailed(
             "placeholders without a variable: " + "; ".join(f"{k}: {v}" for k, v in fields.items()),
             fields,
+        )
+
+
+def _check_preview_size(request: SweepCreate, table: doe.RunTable, templates: dict[str, tuple[str, str]]) -> None:
+    """A dry run answers every run's rendered text: refuse one that would be enormous."""
+    per_run = len(str(request.command or "")) + sum(len(text) for _, text in templates.values()) + 64
+    if per_run * len(table.rows) > MAX_PREVIEW_BYTES:
+        raise ValidationFailed(
+            f"the dry run would answer about {per_run * len(table.rows) // 2**20} MiB of rendered text",
+            {"dry_run": f"at most {MAX_PREVIEW_BYTES // 2**20} MiB: try fewer runs or smaller templates"},
         )
 
 

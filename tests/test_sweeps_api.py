@@ -330,3 +330,15 @@ def test_an_unrecordable_output_fails_nothing_else(server):
     assert done["counts"] == {"COMPLETED": 3}
     run = server.http.get(f"/sweeps/{sweep['id']}/runs").json()["results"][0]
     assert run["result"]["outputs"] == {} and "nested deeper" in run["result"]["error"]
+
+
+def test_a_dry_run_that_would_answer_too_much_is_refused(server):
+    template = b"${u}" + b"x" * 2**20
+    response = server.http.post(
+        "/sweeps", files=[("file[]", ("big.tmpl", template))],
+        data={"spec": json.dumps({"command": "true", "dry_run": True,
+                                  "variables": [{"name": "u", "range": {"start": 1, "stop": 100, "step": 1}}],
+                                  "templates": [{"source": "big.tmpl", "target": "big.txt"}]})},
+    )
+    assert response.status_code == 400, response.text
+    assert "dry_run" in response.json()["error"]["fields"]

@@ -9,7 +9,7 @@ from pydantic import ValidationError
 
 from orchestrator.api.base import BaseHandler, Operation
 from orchestrator.api.uploads import StreamingBodyHandler
-from orchestrator.errors import ValidationFailed, validation_failed
+from orchestrator.errors import PayloadTooLarge, ValidationFailed, validation_failed
 from orchestrator.models import JobRecord, JobStatus, Page
 from orchestrator.sweeps import (
     DryRun,
@@ -23,6 +23,7 @@ from orchestrator.sweeps import (
 from storage import AtomicWriter, layout
 
 MAX_WAIT_S = 3600.0
+MAX_CASES_BYTES = 256 * 2**20
 CASES_FIELD = "cases"
 
 
@@ -85,6 +86,8 @@ class SweepsHandler(StreamingBodyHandler):
             raise validation_failed(exc) from None
         if self._has_cases_file:
             key = layout.sweep_cases_key(self.sweep_id)
+            if await asyncio.to_thread(self.service.storage.size, key) > MAX_CASES_BYTES:
+                raise PayloadTooLarge(f"a cases CSV is limited to {MAX_CASES_BYTES} bytes")
             data = await asyncio.to_thread(self.service.storage.read_range, key, 0, None)
             try:
                 request.cases_csv = data.decode("utf-8")
