@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from typing import Any, Generic, TypeVar
 
 from orchestrator.models import JobStatus
@@ -9,7 +10,7 @@ from orchestrator.models import JobStatus
 R = TypeVar("R")
 
 
-class LiveHandle(Generic[R]):
+class LiveHandle(ABC, Generic[R]):
     """A handle on one thing the orchestrator tracks; `record` is its last known state."""
 
     def __init__(self, backend: Any, record: R):
@@ -28,5 +29,6 @@ class LiveHandle(Generic[R]):
         self.record = self._fetch()
         return self.record
 
+    @abstractmethod
     def _fetch(self) -> R:
-        raise NotImplementedError
+        """The thing's current record, from the backend."""

@@ -76,7 +76,6 @@ CREATE TABLE IF NOT EXISTS sweeps (
     kind TEXT NOT NULL,
     spec TEXT NOT NULL,
     names TEXT NOT NULL,
-    runs INTEGER NOT NULL,
     seed INTEGER,
     stop_reason TEXT,
     created_at TEXT NOT NULL
@@ -327,11 +326,11 @@ class Store:
         """The sweep and all its runs in one transaction: none is ever half created."""
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO sweeps (id, name, owner, kind, spec, names, runs, seed, created_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?)",
+                "INSERT INTO sweeps (id, name, owner, kind, spec, names, seed, created_at)"
+                " VALUES (?,?,?,?,?,?,?,?)",
                 (
                     sweep["id"], sweep["name"], sweep["owner"], sweep["kind"],
-                    json.dumps(sweep["spec"]), json.dumps(sweep["names"]), len(runs),
+                    json.dumps(sweep["spec"]), json.dumps(sweep["names"]),
                     sweep["seed"], _ts(sweep["created_at"]),
                 ),
             )

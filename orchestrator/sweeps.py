@@ -59,7 +59,7 @@ class TemplateFile(Request):
 
 class SweepCreate(JobTemplate):
     command: str | list[str] | None = Field(
-        None, description="with ${variable} placeholders; values are shell-quoted"
+        None, description="with ${variable} placeholders; a shell line gets each value as one word"
     )
     files: list[str] | None = Field(
         None, description="uploaded files to stage in every run (default: all uploaded)"
