@@ -405,23 +405,22 @@ class Engine:
         """RUNNING (if the start was never announced) then the end, with result and outputs."""
         outcome = outcome if isinstance(outcome, dict) else None
         result = _result_from(outcome)
-        updates = []
+        fields: dict[str, Any] = {}
+        passed = []
         if current == JobStatus.QUEUED and result.started_at is not None:
-            updates.append(StatusUpdate(
-                job_id, JobStatus.RUNNING, f"on {result.worker}", result.started_at,
-                [JobStatus.QUEUED], {"worker": result.worker, "started_at": result.started_at},
-            ))
+            # its start was never announced: record it with the end, in one change
+            passed.append(StatusChange.model_construct(
+                status=JobStatus.RUNNING, at=result.started_at, reason=f"on {result.worker}"))
+            fields["started_at"] = result.started_at
         finished = result.finished_at or utcnow()
-        if not final:  # a retry follows: its outputs and result replace this attempt's
-            updates.append(StatusUpdate(job_id, status, reason, finished, ACTIVE))
-            return updates
-        self._stop_requests.pop(job_id, None)
-        fields: dict[str, Any] = {"result": result, "finished_at": finished}
         if result.worker:
             fields["worker"] = result.worker
-        files = [FileEntry(**f) for f in outcome.get("files", [])] if outcome else None
-        updates.append(StatusUpdate(job_id, status, reason, finished, ACTIVE, fields, files))
-        return updates
+        if not final:  # a retry follows: its outputs and result replace this attempt's
+            return [StatusUpdate(job_id, status, reason, finished, ACTIVE, fields, passed=passed)]
+        self._stop_requests.pop(job_id, None)
+        fields.update(result=result, finished_at=finished)
+        files = [FileEntry.model_construct(**f) for f in outcome.get("files", [])] if outcome else None
+        return [StatusUpdate(job_id, status, reason, finished, ACTIVE, fields, files, passed)]
 
     def _transition(
         self, job_id: str, status: JobStatus, reason: str | None, at: datetime, **kwargs: Any
@@ -473,12 +472,13 @@ class Engine:
         job = self.store.get_job(update.job_id)
         if job is None:
             return
-        change = StatusChange(status=update.status, at=update.at, reason=update.reason)
-        for listener in list(self.listeners):
-            try:
-                listener(job, change)
-            except Exception:  # a listener's failure never takes the engine down
-                logger.exception("status listener failed")
+        changes = [*update.passed, StatusChange(status=update.status, at=update.at, reason=update.reason)]
+        for change in changes:
+            for listener in list(self.listeners):
+                try:
+                    listener(job, change)
+                except Exception:  # a listener's failure never takes the engine down
+                    logger.exception("status listener failed")
 
     # ---- waiting ----------------------------------------------------------------------
 

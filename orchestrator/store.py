@@ -109,6 +109,7 @@ class StatusUpdate:
     only_from: Iterable[JobStatus] | None = None
     fields: dict[str, Any] = dataclass_field(default_factory=dict)
     files: list[FileEntry] | None = None  # replaces the output manifest when given
+    passed: list[StatusChange] = dataclass_field(default_factory=list)  # history before it
 
 
 class Store:
@@ -486,11 +487,16 @@ def _apply_update(db: sqlite3.Connection, update: StatusUpdate) -> bool:
     row = db.execute(f"UPDATE jobs SET {sets} WHERE id = ?{guard} RETURNING attempt", params).fetchone()
     if row is None:
         return False
-    attempt = row[0]
-    change = StatusChange(status=update.status, at=update.at, reason=update.reason)
-    _append_history(db, update.job_id, attempt, [change])
-    if update.files is not None:
+    rows = [(h.status.value, h.at.isoformat(), h.reason) for h in update.passed]
+    rows.append((update.status.value, update.at.isoformat(), update.reason))
+    db.executemany(
+        "INSERT INTO job_statuses (job_id, status, at, reason, attempt) VALUES (?,?,?,?,?)",
+        [(update.job_id, status, at, reason, row[0]) for status, at, reason in rows],
+    )
+    if update.files:
         _replace_files(db, update.job_id, update.files)
+    elif update.files is not None:
+        db.execute("DELETE FROM job_files WHERE job_id = ?", (update.job_id,))
     return True
 
 
@@ -524,15 +530,6 @@ def _encode_fields(fields: dict[str, Any]) -> dict[str, Any]:
         else:
             encoded[name] = value
     return encoded
-
-
-def _append_history(
-    db: sqlite3.Connection, job_id: str, attempt: int, history: list[StatusChange]
-) -> None:
-    db.executemany(
-        "INSERT INTO job_statuses (job_id, status, at, reason, attempt) VALUES (?,?,?,?,?)",
-        [(job_id, h.status.value, h.at.isoformat(), h.reason, attempt) for h in history],
-    )
 
 
 def _job_filters(
