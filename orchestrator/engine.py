@@ -202,7 +202,7 @@ class Engine:
             priority=jobs[0].priority, pure=False, retries=0,
         )
         try:
-            outcomes: list[dict[str, Any]] | BaseException = await future
+            outcomes: list[dict[str, Any]] | BaseException = json.loads(await future)
         except (asyncio.CancelledError, FutureCancelledError) as exc:
             if isinstance(exc, asyncio.CancelledError) and not future.cancelled():
                 raise

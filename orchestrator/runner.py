@@ -96,13 +96,13 @@ def run_job(spec_dict: dict[str, Any]) -> dict[str, Any]:
         return execute(RunSpec.from_dict(spec_dict), announce=True, scratch=scratch).as_dict()
 
 
-def run_batch(batch: dict[str, Any] | str) -> list[dict[str, Any]]:
+def run_batch(batch: dict[str, Any] | str) -> str:
     """The Dask task of several sweep runs, one after another, sharing one template.
 
     Cheap runs are batched so Dask's per-task cost is paid once per batch. A run starting
     is announced at most every ANNOUNCE_INTERVAL_S; runs that start and end in between are
     recorded as RUNNING with their real start time when the batch reports. One run's
-    unexpected error fails that run only.
+    unexpected error fails that run only. Answers the outcomes as JSON text.
     """
     batch = json.loads(batch) if isinstance(batch, str) else batch
     template = batch["template"]
@@ -125,7 +125,7 @@ def run_batch(batch: dict[str, Any] | str) -> list[dict[str, Any]]:
             if budget is not None and outcome.status == "FAILED" and spec.attempt > batch.get("retries", 0):
                 budget -= 1  # a failure for good (no retry left) counts
             outcomes.append(outcome.as_dict())
-    return outcomes
+    return json.dumps(outcomes)  # one string: cheap for the scheduler to pass on
 
 
 class Scratch:
