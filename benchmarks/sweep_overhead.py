@@ -1,7 +1,8 @@
 """What a sweep costs over raw Dask (callables) and over a bare process loop (commands).
 
-In one process and on one LocalCluster (2 worker processes, 1 thread each), with the
-embedded orchestrator (SQLite ledger and local storage in a temporary folder):
+In one process and on one LocalCluster (2 worker processes, 1 thread each, configured as the
+orchestrator's embedded cluster is: no scheduler-side queuing), with the embedded
+orchestrator (SQLite ledger and local storage in a temporary folder):
 
 1. callable sweep: ``orch.sweep(noop, variables={"i": values(0..N-1)})`` and wait, against
    ``client.map(noop, range(N))`` + ``gather`` on the same cluster;
@@ -31,9 +32,11 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
+import dask
 from distributed import Client, LocalCluster
 
 from orchestrator import Orchestrator, Settings, values
+from orchestrator.cluster import DASK_CONFIG
 
 BARE_PROCESSES = 2
 
@@ -87,8 +90,10 @@ def main() -> None:
 
     data_dir = Path(tempfile.mkdtemp(prefix="sweep-bench-"))
     try:
-        with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
-                          dashboard_address=None, resources={"CPU": 1}) as cluster, Client(cluster) as client:
+        with dask.config.set(DASK_CONFIG), LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+            dashboard_address=None, resources={"CPU": 1},
+        ) as cluster, Client(cluster) as client:
             settings = Settings(data_dir=data_dir, scheduler=cluster.scheduler_address)
             with Orchestrator(settings) as orch:
                 time_raw_dask(client, 200)  # warm every path up
