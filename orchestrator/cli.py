@@ -261,6 +261,23 @@ def cmd_results(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_watch(args: argparse.Namespace) -> int:
+    with _connect(args) as orch:
+        try:
+            for event in orch.events(job_id=args.job_id, sweep_id=args.sweep_id):
+                if args.json:
+                    print(json.dumps(event), flush=True)
+                elif event.get("event") == "status":
+                    where = f" [{event['sweep_id']}#{event['index']}]" if event.get("sweep_id") else ""
+                    print(f"{event['at'][:19]}  {event['job_id']}  {event['status']:<9}  "
+                          f"{event['name']}{where}  {event.get('reason') or ''}".rstrip(), flush=True)
+                else:
+                    print(f"# {event.get('message', event)}", file=sys.stderr)
+        except KeyboardInterrupt:
+            pass
+    return 0
+
+
 # ---- plumbing -------------------------------------------------------------------------------
 
 
@@ -393,6 +410,10 @@ def build_parser() -> argparse.ArgumentParser:
     results = client_command("results", "print a sweep's results table", cmd_results)
     results.add_argument("sweep_id")
     results.add_argument("--csv", metavar="FILE", help="write the table as CSV")
+
+    watch = client_command("watch", "print status changes as they happen", cmd_watch)
+    watch.add_argument("--job-id", help="only this job")
+    watch.add_argument("--sweep-id", help="only this sweep's runs")
 
     upload = client_command("upload", "upload a binary", cmd_upload)
     upload.add_argument("path")

@@ -6,6 +6,7 @@ a script written against the embedded orchestrator runs unchanged against a serv
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -51,6 +52,7 @@ class Backend(Protocol):
     def get_sweep(self, sweep_id: str) -> SweepRecord: ...
     def wait_sweep(self, sweep_id: str, timeout: float) -> SweepRecord: ...
     def list_sweeps(self) -> list[SweepRecord]: ...
+    def events(self, job_id: str | None, sweep_id: str | None) -> Iterator[dict[str, Any]]: ...
     def sweep_runs(self, sweep_id: str, status: Any) -> list[JobRecord]: ...
     def sweep_finished(self, sweep_id: str, after: int) -> FinishedRuns: ...
     def sweep_results(self, sweep_id: str) -> ResultsTable: ...
@@ -236,6 +238,10 @@ class Orchestrator:
         """Every sweep, oldest first."""
         return self._backend.list_sweeps()
 
+    def events(self, job_id: str | None = None, sweep_id: str | None = None) -> Iterator[dict[str, Any]]:
+        """Status changes as they happen (optionally of one job or one sweep), until closed."""
+        return self._backend.events(job_id, sweep_id)
+
     def jobs(self, **filters: Any) -> list[Job]:
         """Jobs matching filters (status, search, sweep_id), oldest first."""
         _, records = self._backend.list_jobs(**filters)
@@ -396,6 +402,16 @@ class RemoteBackend:
     def list_sweeps(self) -> list[SweepRecord]:
         return [SweepRecord.model_validate(item) for item in self._pages("/sweeps", {})]
 
+    def events(self, job_id: str | None, sweep_id: str | None) -> Iterator[dict[str, Any]]:
+        params = {k: v for k, v in (("job_id", job_id), ("sweep_id", sweep_id)) if v}
+        with self._http.stream("GET", "/events", params=params, timeout=httpx.Timeout(60, read=None)) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise from_json(response.status_code, response.json())
+            for line in response.iter_lines():
+                if line.startswith("data: "):
+                    yield json.loads(line[6:])
+
     def sweep_runs(self, sweep_id: str, status: Any) -> list[JobRecord]:
         status = status.value if isinstance(status, JobStatus) else status
         return [JobRecord.model_validate(item) for item in
@@ -463,6 +479,4 @@ def _qualified_name(function: Callable) -> str:
 
 
 def _json(value: Any) -> str:
-    import json
-
     return json.dumps(value)

@@ -182,6 +182,17 @@ class EmbeddedBackend:
         _, records = self._sync(self.service.sweeps.list, None, 0, None)
         return records
 
+    def events(self, job_id: str | None, sweep_id: str | None) -> Any:
+        subscription = self._sync(self.service.events.subscribe, job_id, sweep_id)
+        try:
+            while True:
+                event = self._run(subscription.queue.get())
+                yield event
+                if event.get("event") == "lagged":
+                    return
+        finally:
+            self._sync(self.service.events.unsubscribe, subscription)
+
     def sweep_runs(self, sweep_id: str, status: Any) -> list[JobRecord]:
         _, runs = self._sync(self.service.sweeps.runs, sweep_id, status, 0, None)
         return runs

@@ -73,7 +73,8 @@ class Engine:
         self._stop_requests: dict[str, str] = {}  # job id -> who asked
         self._waiters: dict[str, list[asyncio.Future]] = defaultdict(list)
         self._tasks: set[asyncio.Task] = set()
-        self.listeners: list[StatusListener] = []
+        self.listeners: list[StatusListener] = []  # given the whole record: for watchers
+        self.update_hooks: list[Callable[[StatusUpdate], None]] = []  # cheap: the change only
         self._offers: list[dict[str, float]] | None = None
         self._threads = 0
         self._offers_at = 0.0
@@ -438,6 +439,11 @@ class Engine:
             if not changed:
                 continue
             self._notify_listeners(update)
+            for hook in self.update_hooks:
+                try:
+                    hook(update)
+                except Exception:
+                    logger.exception("status hook failed")
             if update.status.is_terminal:
                 self._wake_waiters(update.job_id)
                 finished.append(update.job_id)

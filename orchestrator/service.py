@@ -11,7 +11,9 @@ from orchestrator import cluster
 from orchestrator.binaries import BinaryService
 from orchestrator.config import Settings
 from orchestrator.engine import Engine
+from orchestrator.events import EventHub
 from orchestrator.jobs import JobService
+from orchestrator.metrics import Metrics
 from orchestrator.store import Store
 from orchestrator.sweeps import SweepService
 from storage import Storage
@@ -29,6 +31,8 @@ class Service:
         self.binaries: BinaryService
         self.jobs: JobService
         self.sweeps: SweepService
+        self.events: EventHub
+        self.metrics: Metrics
 
     async def start(self) -> Service:
         settings = self.settings
@@ -45,6 +49,8 @@ class Service:
         self.sweeps = SweepService(
             self.store, self.storage, self.engine, self.binaries, settings.max_sweep_runs
         )
+        self.events = EventHub(self.engine)
+        self.metrics = Metrics(self.store, self.engine)
         await self.engine.start()
         await self.sweeps.resume()
         await self.jobs.finish_pending_deletes()

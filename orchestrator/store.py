@@ -205,6 +205,10 @@ class Store:
         rows = self._query(f"SELECT * FROM jobs {where} ORDER BY {ordering}{page}", params)
         return count, [_job_from_row(row) for row in rows]
 
+    def count_by_status(self) -> dict[str, int]:
+        rows = self._query("SELECT status, COUNT(*) FROM jobs GROUP BY status")
+        return {row[0]: row[1] for row in rows}
+
     def jobs_with_status(self, statuses: Iterable[JobStatus]) -> list[JobRecord]:
         wanted = [s.value for s in statuses]
         marks = ",".join("?" * len(wanted))

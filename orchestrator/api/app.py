@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tornado.web
 
-from orchestrator.api import binaries, jobs, sweeps, system
+from orchestrator.api import binaries, jobs, monitoring, sweeps, system
 from orchestrator.api.base import NotFoundHandler
 from orchestrator.service import Service
 
@@ -17,6 +17,8 @@ ROUTES = [
     (r"/health", system.HealthHandler),
     (r"/openapi\.json", system.OpenAPIHandler),
     (r"/cluster", system.ClusterHandler),
+    (r"/events", monitoring.EventsHandler),
+    (r"/metrics", monitoring.MetricsHandler),
     (r"/binaries", binaries.BinariesHandler),
     (rf"/binaries/{NAME}/content", binaries.BinaryContentHandler),
     (rf"/binaries/{NAME}", binaries.BinaryHandler),

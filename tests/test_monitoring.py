@@ -1,0 +1,79 @@
+"""Live monitoring over real HTTP: the /events stream and /metrics."""
+
+from __future__ import annotations
+
+import json
+import threading
+
+import httpx
+
+from orchestrator import Orchestrator
+
+
+def collect_events(url: str, params: dict, until, out: list, ready: threading.Event) -> None:
+    """Read the SSE stream until `until(event)` is true."""
+    with httpx.stream("GET", f"{url}/api/v1/events", params=params, timeout=httpx.Timeout(60, read=60)) as response:
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/event-stream")
+        for line in response.iter_lines():
+            if line.startswith(": stream open"):
+                ready.set()
+            if line.startswith("data: "):
+                event = json.loads(line[6:])
+                out.append(event)
+                if until(event):
+                    return
+
+
+def test_events_deliver_a_jobs_changes_in_order(server):
+    events: list[dict] = []
+    ready = threading.Event()
+    done = lambda e: e.get("status") == "COMPLETED" and e.get("name") == "watched"  # noqa: E731
+    reader = threading.Thread(target=collect_events, args=(server.url, {}, done, events, ready))
+    reader.start()
+    assert ready.wait(10)
+    job = server.submit(command="echo hi", name="watched")
+    reader.join(60)
+    mine = [e["status"] for e in events if e["job_id"] == job["id"]]
+    assert mine == ["QUEUED", "RUNNING", "COMPLETED"]
+    assert all(e["event"] == "status" and e["at"] for e in events)
+
+
+def test_events_filtered_by_sweep(server):
+    sweep = server.http.post("/sweeps", json={"command": "sleep 0.5; echo ${i}", "max_parallel": 1,
+                                              "variables": [{"name": "i", "values": [1, 2, 3]}]}).json()
+    server.submit(command="true", name="not-in-the-sweep")
+    events: list[dict] = []
+    finished = lambda e: sum(x["status"] == "COMPLETED" for x in events) == 3 or e["status"] == "FAILED"  # noqa: E731
+    collect_events(server.url, {"sweep_id": sweep["id"]}, finished, events, threading.Event())
+    assert {e["sweep_id"] for e in events} == {sweep["id"]}
+    last_run = [e["status"] for e in events if e["index"] == 2]
+    assert last_run == ["RUNNING", "COMPLETED"]
+
+
+def test_python_api_events_remote(server):
+    with Orchestrator.connect(server.url) as remote:
+        stream = remote.events()
+        job = server.submit(command="true", name="py-watched")
+        statuses = []
+        for event in stream:
+            if event["job_id"] == job["id"]:
+                statuses.append(event["status"])
+            if event.get("status") == "COMPLETED" and event["job_id"] == job["id"]:
+                break
+        stream.close()
+    assert statuses[-1] == "COMPLETED" and "RUNNING" in statuses
+
+
+def test_metrics_in_prometheus_text(server):
+    server.wait(server.submit(command="true")["id"])
+    server.wait(server.submit(command="exit 3")["id"])
+    response = server.http.get("/metrics")
+    assert response.status_code == 200 and response.headers["content-type"].startswith("text/plain")
+    text = response.text
+    assert 'orchestrator_jobs{status="COMPLETED"} 1.0' in text
+    assert 'orchestrator_jobs{status="FAILED"} 1.0' in text
+    assert "orchestrator_queue_length 0.0" in text
+    assert 'orchestrator_run_duration_seconds_count{status="COMPLETED"} 1.0' in text
+    assert 'orchestrator_worker_resource_declared{resource="CPU"' in text
+    assert 'orchestrator_worker_resource_free{resource="CPU"' in text
