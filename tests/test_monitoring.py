@@ -77,3 +77,40 @@ def test_metrics_in_prometheus_text(server):
     assert 'orchestrator_run_duration_seconds_count{status="COMPLETED"} 1.0' in text
     assert 'orchestrator_worker_resource_declared{resource="CPU"' in text
     assert 'orchestrator_worker_resource_free{resource="CPU"' in text
+
+
+def test_cli_watch_prints_changes_as_they_happen(server):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "watch", "--url", server.url, "--json"],
+        stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
+    try:
+        job = None
+        statuses = []
+        deadline_job = threading.Timer(60, watcher.kill)
+        deadline_job.start()
+        import time
+
+        deadline = time.monotonic() + 60
+        while job is None:  # the stream is open once the server counts a subscriber
+            assert time.monotonic() < deadline and watcher.poll() is None, "watch never connected"
+            if server.running.service.events._subscriptions:
+                job = server.submit(command="true", name="cli-watched")
+            time.sleep(0.05)
+        for line in watcher.stdout:
+            event = json.loads(line)
+            if event.get("job_id") == job["id"]:
+                statuses.append(event["status"])
+                if event["status"] == "COMPLETED":
+                    break
+        deadline_job.cancel()
+        assert statuses == ["QUEUED", "RUNNING", "COMPLETED"]
+    finally:
+        watcher.kill()
+        watcher.wait(10)
