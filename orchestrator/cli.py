@@ -17,6 +17,7 @@ import httpx
 
 from orchestrator.client import Orchestrator
 from orchestrator.errors import JobFailed, OrchestratorError
+from plugins.worker import GPU_DEVICES_VARIABLE
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -51,6 +52,37 @@ async def _serve(settings: Any) -> None:
     await stopped.wait()
     print("shutting down", flush=True)
     await server.close()
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """Become a `dask worker` that declares this machine's resources (or those given)."""
+    argv, env = worker_command(args)
+    print("starting:", " ".join(argv), file=sys.stderr, flush=True)
+    os.execve(sys.executable, argv, env)
+    return 0  # not reached
+
+
+def worker_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
+    """The `dask worker` command line and environment `orchestrator worker` runs."""
+    from dask.utils import parse_bytes
+
+    from orchestrator.config import count_gpus, machine_resources
+
+    machine = machine_resources()
+    if args.gpu_devices is not None:
+        devices = [d.strip() for d in args.gpu_devices.split(",") if d.strip()]
+    else:
+        devices = [str(i) for i in range(args.gpus if args.gpus is not None else count_gpus())]
+    cores = args.cores if args.cores is not None else machine["CPU"]
+    memory = parse_bytes(args.memory) if args.memory else machine["MEMORY"]
+    resources = {"CPU": cores, "MEMORY": memory, **({"GPU": len(devices)} if devices else {})}
+    argv = [sys.executable, "-m", "distributed.cli.dask_worker", args.scheduler,
+            "--resources", ",".join(f"{k}={v:g}" for k, v in resources.items()),
+            "--nthreads", str(args.nthreads or max(1, int(cores))), "--no-dashboard"]
+    if args.name:
+        argv += ["--name", args.name]
+    env = {**os.environ, GPU_DEVICES_VARIABLE: ",".join(devices)}
+    return argv, env
 
 
 def cmd_config(args: argparse.Namespace) -> int:
@@ -348,6 +380,17 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="worker processes of the embedded cluster")
     serve.add_argument("--max-upload-bytes", type=int, help="largest accepted upload")
     serve.set_defaults(func=cmd_serve)
+
+    worker = sub.add_parser("worker", help="run a Dask worker that declares its CPU, GPU, MEMORY")
+    worker.add_argument("scheduler", help="address of the Dask scheduler, e.g. tcp://HOST:8786")
+    gpus = worker.add_mutually_exclusive_group()
+    gpus.add_argument("--gpus", type=int, help="own devices 0..N-1 (default: the devices found)")
+    gpus.add_argument("--gpu-devices", help="own these device ids, e.g. 0,2")
+    worker.add_argument("--cores", type=float, help="CPU cores to declare (default: all)")
+    worker.add_argument("--memory", help="memory to declare, e.g. 64GiB (default: all)")
+    worker.add_argument("--nthreads", type=int, help="job slots (default: the cores)")
+    worker.add_argument("--name", help="worker name")
+    worker.set_defaults(func=cmd_worker)
 
     config = sub.add_parser("config", help="print the effective settings")
     config.add_argument("--json", action="store_true")

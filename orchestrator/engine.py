@@ -168,6 +168,7 @@ class Engine:
             inputs=inputs,
             timeout_s=job.timeout_s,
             callable_key=layout.callable_key(job.id) if job.kind == "callable" else None,
+            gpus=job.resources.gpus,
         )
         return asdict(spec)
 

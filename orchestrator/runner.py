@@ -28,7 +28,7 @@ import psutil
 
 from orchestrator import templating
 from orchestrator.paths import safe_relative_path
-from plugins.worker import job_processes, signal_group
+from plugins.worker import gpu_devices, job_processes, signal_group
 from storage import Storage, layout
 
 STATUS_TOPIC = "orchestrator-status"
@@ -63,6 +63,7 @@ class RunSpec:
     timeout_s: float | None = None
     callable_key: str | None = None
     variables: dict[str, Any] | None = None  # a sweep run's values
+    gpus: int = 0  # devices lent to the run from the worker's own
     shell_template: str | None = None  # a sweep's shell line, made into `command` per run
 
     @classmethod
@@ -164,7 +165,11 @@ def execute(spec: RunSpec, announce: bool, scratch: Scratch) -> Outcome:
     if spec.callable_key:
         return _call(storage, spec, worker, announce)
     try:
-        return _run_in(scratch.workdir, scratch.logs, spec, storage, worker, announce)
+        with gpu_devices().lend(spec.gpus) as devices:
+            if devices:
+                visible = ",".join(devices)
+                spec.env = {**spec.env, "CUDA_VISIBLE_DEVICES": visible, "NVIDIA_VISIBLE_DEVICES": visible}
+            return _run_in(scratch.workdir, scratch.logs, spec, storage, worker, announce)
     finally:
         job_processes().unregister(spec.key)
         scratch.empty()

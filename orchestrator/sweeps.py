@@ -275,6 +275,7 @@ class SweepService:
             "shell_template": request.command if isinstance(request.command, str) else None,
             "inputs": [vars(item) for item in inputs],
             "timeout_s": request.timeout_s,
+            "gpus": request.resources.gpus,
             "callable_key": layout.sweep_callable_key(sweep_id) if kind == "callable" else None,
         }
         return spec

@@ -90,7 +90,60 @@ def signal_group(process: subprocess.Popen, signum: int) -> None:
         os.killpg(process.pid, signum)
 
 
+class GpuDevices:
+    """The GPU devices this worker owns, lent to jobs one set at a time.
+
+    Dask's GPU resource only counts; it never says which device. The devices come from
+    ORCHESTRATOR_GPU_DEVICES (set by `orchestrator worker --gpu-devices 0,2`), else devices
+    0..N-1 for a worker declaring GPU=N. A job holds its devices until it ends, however it
+    ends, and sees only them (CUDA_VISIBLE_DEVICES, NVIDIA_VISIBLE_DEVICES).
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._free: list[str] | None = None
+
+    def _owned(self) -> list[str]:
+        listed = os.environ.get(GPU_DEVICES_VARIABLE, "").strip()
+        if listed:
+            return [d.strip() for d in listed.split(",") if d.strip()]
+        from distributed import get_worker
+
+        try:
+            total = get_worker().state.total_resources.get("GPU", 0)
+        except ValueError:
+            total = 0
+        return [str(i) for i in range(int(total))]
+
+    @contextlib.contextmanager
+    def lend(self, count: int, timeout: float = 60.0):
+        """Yield `count` device ids, waiting (briefly) if the worker's jobs hold them all."""
+        if count <= 0:
+            yield []
+            return
+        with self._condition:
+            if self._free is None:
+                self._free = self._owned()
+            if not self._condition.wait_for(lambda: len(self._free) >= count, timeout):
+                raise RuntimeError(
+                    f"this worker cannot lend {count} GPU device(s); it owns {self._owned() or 'none'}"
+                )
+            devices, self._free = self._free[:count], self._free[count:]
+        try:
+            yield devices
+        finally:
+            with self._condition:
+                self._free.extend(devices)
+                self._condition.notify_all()
+
+
+GPU_DEVICES_VARIABLE = "ORCHESTRATOR_GPU_DEVICES"
 _processes = JobProcesses()
+_gpus = GpuDevices()
+
+
+def gpu_devices() -> GpuDevices:
+    return _gpus
 
 
 def job_processes() -> JobProcesses:
