@@ -134,7 +134,12 @@ class GpuDevices:
         finally:
             with self._condition:
                 self._free.extend(devices)
+                self._free.sort(key=_device_order)  # lend the lowest ids first, predictably
                 self._condition.notify_all()
+
+
+def _device_order(device: str) -> tuple[int, str]:
+    return (int(device), "") if device.isdigit() else (1 << 30, device)
 
 
 GPU_DEVICES_VARIABLE = "ORCHESTRATOR_GPU_DEVICES"
