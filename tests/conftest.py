@@ -53,18 +53,18 @@ class Server:
         return response.json()
 
     def wait(self, job_id: str, timeout: float = 60) -> dict:
-        response = self.http.get(f"/jobs/{job_id}", params={"wait": timeout}, timeout=timeout + 10)
-        assert response.status_code == 200, response.text
-        job = response.json()
-        assert job["status"] in TERMINAL, job
-        return job
+        return self._wait_ended(f"/jobs/{job_id}", timeout)
 
     def wait_sweep(self, sweep_id: str, timeout: float = 60) -> dict:
-        response = self.http.get(f"/sweeps/{sweep_id}", params={"wait": timeout}, timeout=timeout + 10)
+        return self._wait_ended(f"/sweeps/{sweep_id}", timeout)
+
+    def _wait_ended(self, path: str, timeout: float) -> dict:
+        """GET with ?wait= and check that the job or sweep has ended."""
+        response = self.http.get(path, params={"wait": timeout}, timeout=timeout + 10)
         assert response.status_code == 200, response.text
-        sweep = response.json()
-        assert sweep["status"] in TERMINAL, sweep
-        return sweep
+        record = response.json()
+        assert record["status"] in TERMINAL, record
+        return record
 
     def wait_for_status(self, job_id: str, status: str, timeout: float = 30) -> dict:
         deadline = time.monotonic() + timeout
