@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from pydantic import ValidationError
 
 from orchestrator.client import Orchestrator
 from orchestrator.errors import JobFailed, OrchestratorError
@@ -31,7 +32,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = {
         "host": args.host, "port": args.port, "data_dir": args.data_dir, "storage": args.storage,
         "scheduler": args.scheduler, "max_upload_bytes": args.max_upload_bytes,
-        "workers": args.workers,
+        "workers": args.workers, "cluster": args.cluster, "cluster_options": args.cluster_options,
+        "cluster_can_grow": args.cluster_can_grow, "worker_loss_retries": args.worker_loss_retries,
     }
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     asyncio.run(_serve(settings))
@@ -377,6 +379,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", help="folder of the job store and default storage")
     serve.add_argument("--storage", help="fsspec URL of storage (e.g. s3://bucket/prefix)")
     serve.add_argument("--scheduler", help="address of an existing Dask scheduler")
+    serve.add_argument("--cluster", metavar="MODULE:CALLABLE",
+                       help="build the Dask cluster with this factory, e.g. dask_jobqueue:SLURMCluster")
+    serve.add_argument("--cluster-options", type=json.loads, metavar="JSON",
+                       help='keyword arguments of the factory, e.g. \'{"cores": 8, "memory": "16GB"}\'')
+    serve.add_argument("--cluster-can-grow", action=argparse.BooleanOptionalAction, default=None,
+                       help="work no worker fits yet waits for one instead of being refused "
+                            "(default: on with --cluster)")
+    serve.add_argument("--worker-loss-retries", type=int,
+                       help="re-runs of a job whose worker died under it (default 3)")
     serve.add_argument("--workers", type=int, help="worker processes of the embedded cluster")
     serve.add_argument("--max-upload-bytes", type=int, help="largest accepted upload")
     serve.set_defaults(func=cmd_serve)
@@ -475,7 +486,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         detail = "".join(f"\n  {k}: {v}" for k, v in exc.fields.items())
         print(f"error: {exc.message}{detail}", file=sys.stderr)
         return 2
-    except (OSError, TimeoutError, httpx.HTTPError) as exc:
+    except ValidationError as exc:  # settings from flags or ORCHESTRATOR_* variables
+        detail = "".join(f"\n  {'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in exc.errors())
+        print(f"error: invalid settings{detail}", file=sys.stderr)
+        return 2
+    except (OSError, TimeoutError, ValueError, httpx.HTTPError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

@@ -1,16 +1,23 @@
-"""The Dask cluster behind the orchestrator: an embedded LocalCluster, or an existing one.
+"""The Dask cluster behind the orchestrator: an embedded LocalCluster, one built by a factory
+(`module:callable`, e.g. dask_jobqueue:SLURMCluster), or an existing scheduler.
 
 Only what this module started is closed at shutdown: an external scheduler keeps running.
 """
 
 from __future__ import annotations
 
+import asyncio
+import importlib
+import inspect
 import logging
+import os
+import sys
 from dataclasses import dataclass
 from typing import Any
 
 import dask
 from distributed import Client, LocalCluster
+from distributed.deploy import Cluster
 
 from orchestrator.config import Settings, machine_resources
 
@@ -24,24 +31,65 @@ DASK_CONFIG = {"distributed.scheduler.worker-saturation": float("inf")}
 @dataclass
 class ClusterConnection:
     client: Client
-    cluster: LocalCluster | None
+    cluster: Cluster | None  # one we started, closed with us
     dashboard_link: str | None
 
     async def close(self) -> None:
         await self.client.close()
-        if self.cluster is not None:
+        if self.cluster is None:
+            return
+        if self.cluster.asynchronous:
             await self.cluster.close()
+        else:  # a factory's cluster runs its own event loop: close it from a thread
+            await asyncio.to_thread(self.cluster.close)
 
 
 async def connect(settings: Settings) -> ClusterConnection:
-    """Start the embedded cluster, or connect to `settings.scheduler`."""
+    """Start the embedded cluster, build one with `settings.cluster`, or join `settings.scheduler`."""
+    import plugins.dashboard  # noqa: F401 - adds the Jobs page to schedulers started here
+
     if settings.scheduler:
         client = await Client(settings.scheduler, asynchronous=True)
         return ClusterConnection(client, None, client.dashboard_link)
+    if settings.cluster:
+        cluster = await build_cluster(settings.cluster, settings.cluster_options)
+        client = await Client(cluster.scheduler_address, asynchronous=True)
+        return ClusterConnection(client, cluster, cluster.dashboard_link)
     with dask.config.set(DASK_CONFIG):
         cluster = await LocalCluster(**embedded_cluster_options(settings), asynchronous=True)
     client = await Client(cluster, asynchronous=True)
     return ClusterConnection(client, cluster, cluster.dashboard_link)
+
+
+async def build_cluster(factory_path: str, options: dict[str, Any]) -> Cluster:
+    """Call the factory in a thread: Dask's synchronous cluster classes start their own
+    event loop, which they refuse to do from inside ours."""
+    factory = load_factory(factory_path)
+    with dask.config.set(DASK_CONFIG):
+        made = await asyncio.to_thread(factory, **options)
+        if inspect.isawaitable(made):
+            made = await made
+    if not isinstance(made, Cluster):
+        raise ValueError(f"cluster factory {factory_path} returned {type(made).__name__}, not a Dask cluster")
+    return made
+
+
+def load_factory(path: str) -> Any:
+    """'package.module:callable'; the working folder is importable, as for `dask scheduler --preload`."""
+    module_name, _, attribute = path.partition(":")
+    if not module_name or not attribute:
+        raise ValueError(f"cluster factory {path!r} must look like module:callable")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise ValueError(f"cluster factory {path!r} cannot be loaded: {exc}") from exc
+    if not callable(target):
+        raise ValueError(f"cluster factory {path!r} is not callable")
+    return target
 
 
 def embedded_cluster_options(settings: Settings) -> dict[str, Any]:
@@ -61,3 +109,16 @@ def embedded_cluster_options(settings: Settings) -> dict[str, Any]:
         "dashboard_address": settings.dashboard_address,
         "host": "127.0.0.1",
     }
+
+
+def worker_states(dask_scheduler: Any) -> list[dict[str, Any]]:
+    """Run on the scheduler: each worker, what it declares and what running tasks hold."""
+    return [
+        {
+            "address": ws.address, "name": str(ws.name), "nthreads": ws.nthreads,
+            "memory_limit": ws.memory_limit, "declared": dict(ws.resources),
+            "used": dict(ws.used_resources),
+            "free": {r: amount - ws.used_resources.get(r, 0) for r, amount in ws.resources.items()},
+        }
+        for ws in dask_scheduler.workers.values()
+    ]

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -28,6 +28,20 @@ class Settings(BaseSettings):
     scheduler: str | None = Field(
         None, description="address of an existing Dask scheduler (default: embedded cluster)"
     )
+    cluster: str | None = Field(
+        None, description="'module:callable' building a Dask cluster, e.g. dask_jobqueue:SLURMCluster"
+    )
+    cluster_options: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of the cluster factory, as JSON"
+    )
+    cluster_can_grow: bool | None = Field(
+        None,
+        description="whether the cluster adds workers on demand, so work no worker fits yet "
+        "waits instead of being refused (default: true with a cluster factory)",
+    )
+    worker_loss_retries: int = Field(
+        3, ge=0, le=100, description="re-runs of a job whose worker died under it"
+    )
     workers: int = Field(1, ge=1, description="worker processes of the embedded cluster")
     threads_per_worker: int | None = Field(
         None, ge=1, description="threads per embedded worker (default: cores / workers)"
@@ -43,6 +57,16 @@ class Settings(BaseSettings):
         1_000_000, ge=1, description="most runs one sweep may have (samples, cases or product)"
     )
     default_owner: str = Field("anonymous", description="owner of work when auth is off")
+
+    @model_validator(mode="after")
+    def _one_cluster(self) -> Settings:
+        if self.scheduler and self.cluster:
+            raise ValueError("give scheduler or cluster, not both")
+        return self
+
+    @property
+    def can_grow(self) -> bool:
+        return self.cluster_can_grow if self.cluster_can_grow is not None else bool(self.cluster)
 
     @property
     def storage_url(self) -> str:

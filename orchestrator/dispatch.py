@@ -14,12 +14,11 @@ import asyncio
 import contextlib
 import logging
 import math
-import re
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from orchestrator.engine import BatchReport, Engine
+from orchestrator.engine import BatchReport, Engine, batch_key
 from orchestrator.models import JobRecord, JobStatus
 
 logger = logging.getLogger(__name__)
@@ -59,8 +58,7 @@ class SweepDispatcher:
         self._stopped = False
         self._task: asyncio.Task | None = None
         self.done = asyncio.Event()
-        slug = re.sub(r"[^A-Za-z0-9_.]+", "_", runs[0].name).strip("_") if runs else ""
-        self._slug = slug or "sweep"
+        self._name = runs[0].name if runs else "sweep"
 
     def start(self, on_done: Callable[[], None]) -> None:
         self._task = asyncio.ensure_future(self._feed())
@@ -102,7 +100,7 @@ class SweepDispatcher:
             if not batch:
                 continue
             self._batches_sent += 1
-            key = f"{self._slug}-{self.sweep_id}-b{self._batches_sent}"
+            key = batch_key(self._name, self._batches_sent, self.sweep_id)
             budget = None if self.max_failures is None else self.max_failures - self.failed
             task = asyncio.ensure_future(self.engine.run_batch(batch, key, self.template, budget))
             self._flying[task] = batch

@@ -28,6 +28,7 @@ from orchestrator.models import (
     JobRecord,
     JobResult,
     JobStatus,
+    Resources,
     StatusChange,
     utcnow,
 )
@@ -39,7 +40,9 @@ from storage import layout
 logger = logging.getLogger(__name__)
 
 RESOURCE_CACHE_S = 2.0
+RESOURCE_FIELDS = {"CPU": "cores", "GPU": "gpus", "MEMORY": "memory"}
 
+CLUSTER_TOPIC = "all"  # where the scheduler logs workers joining and leaving
 StatusListener = Callable[[JobRecord, StatusChange], None]
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 
@@ -62,14 +65,18 @@ class Engine:
         storage_options: dict[str, Any],
         *,
         can_grow: bool = False,
+        worker_loss_retries: int = 3,
     ):
         self.client = client
         self.store = store
         self.storage_url = storage_url
         self.storage_options = storage_options
         self.can_grow = can_grow
+        self.worker_loss_retries = worker_loss_retries
         self._futures: dict[str, Future] = {}  # job id -> future of its current attempt
         self._batched: dict[str, str] = {}  # job id -> Dask key of the batch running it
+        self._batch_futures: dict[str, tuple[Future, list[str]]] = {}  # batch key -> future, run keys
+        self._lost_batches: dict[str, str] = {}  # batch key -> address of the worker lost under it
         self._stop_requests: dict[str, str] = {}  # job id -> who asked
         self._waiters: dict[str, list[asyncio.Future]] = defaultdict(list)
         self._tasks: set[asyncio.Task] = set()
@@ -83,37 +90,42 @@ class Engine:
     async def start(self) -> None:
         await self.client.register_plugin(OrchestratorWorkerPlugin())
         self.client.subscribe_topic(STATUS_TOPIC, self._on_worker_event)
+        self.client.subscribe_topic(CLUSTER_TOPIC, self._on_cluster_event)
         await self.recover()
 
     async def close(self) -> None:
         with contextlib.suppress(Exception):
             self.client.unsubscribe_topic(STATUS_TOPIC)
+            self.client.unsubscribe_topic(CLUSTER_TOPIC)
         for task in list(self._tasks):
             task.cancel()
         self._futures.clear()
 
     # ---- submitting -------------------------------------------------------------------
 
-    async def check_feasible(self, job: JobRecord) -> None:
-        """Refuse a job no connected worker could ever run, unless the cluster can grow.
+    async def placement(self, resources: Resources) -> str | None:
+        """Refuse work no connected worker could ever run; on a cluster that can grow, the
+        reason it waits instead (None when a worker fits now).
 
         Worker resources are cached briefly: asking the scheduler on every submit would
         cost a round trip per job. A refusal always re-asks, so a new worker is seen.
         """
-        wanted = job.resources.as_dask()
-        if not wanted or self.can_grow:
-            return
-        if _fits_any(wanted, await self._worker_resources(fresh=False)):
-            return
+        wanted = resources.as_dask()
+        if not wanted or _fits_any(wanted, await self._worker_resources(fresh=False)):
+            return None
         offers = await self._worker_resources(fresh=True)
         if _fits_any(wanted, offers):
-            return
+            return None
         best = {r: max((o.get(r, 0) for o in offers), default=0) for r in wanted}
-        missing = [r for r, n in wanted.items() if best[r] < n]
-        field_name = {"CPU": "cores", "GPU": "gpus", "MEMORY": "memory"}
+        missing = [r for r, n in wanted.items() if best[r] < n] or list(wanted)
+        if self.can_grow:
+            asked = ", ".join(f"{wanted[r]:g} {r}" for r in missing)
+            most = "no worker is connected" if not offers else ", ".join(
+                f"the most any worker offers is {best[r]:g} {r}" for r in missing)
+            return f"waiting for a worker offering {asked} ({most}; the cluster can grow)"
         fields = {
-            f"resources.{field_name[r]}": f"no worker offers {wanted[r]:g} {r}; the most is {best[r]:g}"
-            for r in missing
+            f"resources.{RESOURCE_FIELDS[r]}": f"no worker offers {wanted[r]:g} {r}; the most is {best[r]:g}"
+            for r in missing if best[r] < wanted[r]
         } or {"resources": "no single worker offers all of these together"}
         raise ValidationFailed("no worker can satisfy the requested resources", fields)
 
@@ -132,10 +144,13 @@ class Engine:
         await self._worker_resources(fresh=False)
         return self._threads
 
-    def submit(self, job: JobRecord, reason: str | None = None) -> JobRecord:
-        """Queue the job's next attempt on Dask, record it as QUEUED and return the record."""
+    def submit(self, job: JobRecord, reason: str | None = None, **recorded: Any) -> JobRecord:
+        """Queue the job's next attempt on Dask, record it as QUEUED and return the record.
+
+        `recorded`: more job fields that change with it (e.g. worker_losses).
+        """
         now = utcnow()
-        fields: dict[str, Any] = {"attempt": job.attempt + 1, "worker": None}
+        fields: dict[str, Any] = {"attempt": job.attempt + 1, "worker": None, **recorded}
         if job.submitted_at is None:
             fields["submitted_at"] = now
         self._transition(job.id, JobStatus.QUEUED, reason, now, **fields)
@@ -192,17 +207,19 @@ class Engine:
         runs = [
             {"job_id": job.id, "key": task_key(job, attempt), "attempt": attempt,
              "env": job.env, "variables": job.variables,
+             "last_try": _failures(job, attempt) > job.retries,
              **({} if template.get("shell_template") else {"command": job.command})}
             for job, attempt in zip(jobs, attempts, strict=True)
         ]
         spec = {"template": {**template, "storage_url": self.storage_url,
                              "storage_options": self.storage_options},
-                "runs": runs, "failure_budget": failure_budget, "retries": jobs[0].retries}
+                "runs": runs, "failure_budget": failure_budget}
         # As JSON text, so Dask does not walk every run's fields looking for futures.
         future = self.client.submit(
             run_batch, json.dumps(spec), key=key, resources=jobs[0].resources.as_dask() or None,
             priority=jobs[0].priority, pure=False, retries=0,
         )
+        self._batch_futures[key] = (future, [run["key"] for run in runs])
         try:
             outcomes: list[dict[str, Any]] | BaseException = json.loads(await future)
         except (asyncio.CancelledError, FutureCancelledError) as exc:
@@ -213,13 +230,15 @@ class Engine:
             outcomes = exc
         finally:
             future.release()
+            del self._batch_futures[key]
             for job in jobs:
                 if self._batched.get(job.id) == key:
                     del self._batched[job.id]
-        return self._record_batch(jobs, attempts, outcomes)
+        return self._record_batch(jobs, attempts, outcomes, self._lost_batches.pop(key, None))
 
     def _record_batch(
-        self, jobs: list[JobRecord], attempts: list[int], outcomes: list[dict[str, Any]] | BaseException
+        self, jobs: list[JobRecord], attempts: list[int], outcomes: list[dict[str, Any]] | BaseException,
+        lost_worker: str | None = None,
     ) -> BatchReport:
         report = BatchReport()
         states = self.store.job_states([job.id for job in jobs])
@@ -231,6 +250,15 @@ class Engine:
             if state is None or state[0].is_terminal or state[1] != attempt:
                 continue
             status, reason = self._judge(job, outcome)
+            if status is None and lost_worker is not None:
+                update = self._after_worker_loss(job, lost_worker)
+                updates.append(update)
+                if update.status == JobStatus.QUEUED:
+                    report.requeued.append(job.model_copy(update={
+                        "attempt": attempt, "worker_losses": update.fields["worker_losses"]}))
+                else:
+                    report.failed += 1
+                continue
             if status is None:  # its task was cancelled (a lost connection): run it again
                 updates.append(StatusUpdate(job.id, JobStatus.QUEUED, "its Dask task was cancelled; queued again",
                                             utcnow(), ACTIVE, {"worker": None}))
@@ -238,8 +266,8 @@ class Engine:
                 continue
             if isinstance(outcome, dict) and outcome.get("started_at") and outcome.get("finished_at"):
                 spans.append((outcome["started_at"], outcome["finished_at"]))
-            if status == JobStatus.FAILED and attempt <= job.retries:
-                retry = f"{reason}, retry {attempt}/{job.retries}"
+            if status == JobStatus.FAILED and _failures(job, attempt) <= job.retries:
+                retry = f"{reason}, retry {_failures(job, attempt)}/{job.retries}"
                 updates += self._finish_updates(job.id, state[0], JobStatus.QUEUED, retry, outcome, final=False)
                 report.requeued.append(job.model_copy(update={"attempt": attempt}))
                 continue
@@ -334,6 +362,52 @@ class Engine:
         with contextlib.suppress(Exception):
             await self.client.run(request_stop, keys, requested_by, on_error="ignore")
 
+    # ---- losing workers ---------------------------------------------------------------
+
+    def _on_cluster_event(self, event: tuple[float, dict[str, Any]]) -> None:
+        _, message = event
+        if message.get("action") == "remove-worker" and message.get("processing-tasks"):
+            self._spawn(self._worker_lost(message["worker"], set(message["processing-tasks"])))
+
+    async def _worker_lost(self, worker: str, keys: set[str]) -> None:
+        """Work that was running on a worker that left is run again as a new attempt.
+
+        Dask alone would rerun the task quietly under the same key (and fail it only after
+        `allowed-failures` losses); a new attempt lets the history say what happened, keeps
+        the budget ours (`worker_loss_retries`, apart from the job's own `retries`), and
+        makes any copy Dask already restarted stale: it is told to stop.
+        """
+        singles = {job_id: f for job_id, f in self._futures.items() if f.key in keys}
+        batches = {key: batch for key, batch in self._batch_futures.items() if key in keys}
+        if not singles and not batches:
+            return
+        for key in batches:
+            self._lost_batches[key] = worker  # its runs are judged when its future reports
+        for job_id, future in singles.items():
+            job = self.store.get_job(job_id)
+            if job is None or job.status.is_terminal or task_key(job) != future.key:
+                continue
+            if job_id in self._stop_requests:
+                continue  # being stopped anyway: the cancellation records STOPPED
+            update = self._after_worker_loss(job, worker)
+            if update.status == JobStatus.QUEUED:
+                self.submit(job, update.reason, worker_losses=update.fields["worker_losses"])
+            else:
+                self._apply([update])
+        stale = [f.key for f in singles.values()] + [k for _, run_keys in batches.values() for k in run_keys]
+        await self._flag_on_workers(stale, f"the orchestrator ({worker} lost)")
+        await self.client.cancel([*singles.values(), *(future for future, _ in batches.values())])
+
+    def _after_worker_loss(self, job: JobRecord, worker: str) -> StatusUpdate:
+        """QUEUED for another attempt while the budget lasts, FAILED after; both say why."""
+        losses, limit = job.worker_losses + 1, self.worker_loss_retries
+        now = utcnow()
+        if losses <= limit:
+            return StatusUpdate(job.id, JobStatus.QUEUED, f"worker lost ({worker}), retry {losses}/{limit}",
+                                now, ACTIVE, {"worker": None, "worker_losses": losses})
+        return StatusUpdate(job.id, JobStatus.FAILED, f"worker lost ({worker}), no retries left ({limit}/{limit})",
+                            now, ACTIVE, {"worker_losses": losses, "finished_at": now})
+
     # ---- recording --------------------------------------------------------------------
 
     def _on_worker_event(self, event: tuple[float, dict[str, Any]]) -> None:
@@ -373,8 +447,8 @@ class Engine:
         status, reason = self._judge(job, outcome)
         if status is None:
             return
-        if status == JobStatus.FAILED and job.attempt <= job.retries:
-            self.submit(job, reason=f"{reason}, retry {job.attempt}/{job.retries}")
+        if status == JobStatus.FAILED and _failures(job) <= job.retries:
+            self.submit(job, reason=f"{reason}, retry {_failures(job)}/{job.retries}")
             return
         self._apply(self._finish_updates(job.id, job.status, status, reason, outcome))
 
@@ -540,10 +614,25 @@ def _fits_any(wanted: dict[str, float], offers: list[dict[str, float]]) -> bool:
     return any(all(offer.get(r, 0) >= n for r, n in wanted.items()) for offer in offers)
 
 
+def _failures(job: JobRecord, attempt: int | None = None) -> int:
+    """Attempts that ended by the job's own failure (a lost worker is not the job's fault)."""
+    return (job.attempt if attempt is None else attempt) - job.worker_losses
+
+
+def key_name(name: str, fallback: str) -> str:
+    """The part of a Dask key the dashboard groups tasks by (dask.utils.key_split keeps it)."""
+    return re.sub(r"[^A-Za-z0-9_.]+", "_", name).strip("_.") or fallback
+
+
 def task_key(job: JobRecord, attempt: int | None = None) -> str:
-    """Readable and unique per attempt; the dashboard groups by the leading name."""
-    slug = re.sub(r"[^A-Za-z0-9_.]+", "_", job.name).strip("_") or "job"
-    return f"{slug}-{job.id}-{job.attempt if attempt is None else attempt}"
+    """Unique per attempt. A number follows the name so key_split stops there: an id that
+    happens to be all letters would otherwise join the group name."""
+    return f"{key_name(job.name, 'job')}-{job.attempt if attempt is None else attempt}-{job.id}"
+
+
+def batch_key(name: str, number: int, sweep_id: str) -> str:
+    """A batch of sweep runs, grouped in the dashboard under the sweep's name."""
+    return f"{key_name(name, 'sweep')}-b{number}-{sweep_id}"
 
 
 def binary_input(ref: str) -> StagedInput:

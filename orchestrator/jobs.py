@@ -70,16 +70,15 @@ class JobService:
             priority=request.priority,
             created_at=now,
         )
-        await self.engine.check_feasible(job)
+        waiting = await self.engine.placement(job.resources)
         self.store.insert_job(job, [StatusChange(status=JobStatus.CREATED, at=now)])
-        return self.engine.submit(job) if request.submit else job
+        return self.engine.submit(job, reason=waiting) if request.submit else job
 
     async def submit(self, job_id: str, owner: str | None = None) -> JobRecord:
         job = self.get(job_id, owner)
         if job.status != JobStatus.CREATED:
             raise Conflict(f"job {job_id} is {job.status.value}; only CREATED jobs can be submitted")
-        await self.engine.check_feasible(job)
-        self.engine.submit(job)
+        self.engine.submit(job, reason=await self.engine.placement(job.resources))
         return self.get(job_id)
 
     # ---- reading ----------------------------------------------------------------------

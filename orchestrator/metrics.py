@@ -9,6 +9,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 
+from orchestrator.cluster import worker_states
 from orchestrator.engine import Engine
 from orchestrator.models import JobStatus
 from orchestrator.store import StatusUpdate, Store
@@ -37,7 +38,7 @@ class Metrics:
     async def render(self) -> bytes:
         """The text exposition; worker resources are read from the scheduler first."""
         with contextlib.suppress(Exception):
-            self._workers = await self.engine.client.run_on_scheduler(_worker_resources)
+            self._workers = await self.engine.client.run_on_scheduler(worker_states)
         return generate_latest(self.registry)
 
 
@@ -59,16 +60,8 @@ class _LedgerCollector:
             for kind in ("declared", "used", "free")
         }
         for worker in self.metrics._workers:
-            for resource, declared in worker["declared"].items():
-                used = worker["used"].get(resource, 0)
-                for kind, value in (("declared", declared), ("used", used), ("free", declared - used)):
-                    families[kind].add_metric([worker["address"], resource], value)
+            for kind, family in families.items():
+                for resource in worker["declared"]:
+                    family.add_metric([worker["address"], resource], worker[kind].get(resource, 0))
         yield from families.values()
 
-
-def _worker_resources(dask_scheduler) -> list[dict[str, Any]]:
-    """Run on the scheduler: what each worker declares and what running tasks hold."""
-    return [
-        {"address": ws.address, "declared": dict(ws.resources), "used": dict(ws.used_resources)}
-        for ws in dask_scheduler.workers.values()
-    ]

@@ -217,6 +217,7 @@ class JobRecord(BaseModel):
     retries: int = 0
     priority: int = 0
     attempt: int = 0
+    worker_losses: int = Field(0, description="times a worker died while running it")
     worker: str | None = None
     sweep_id: str | None = None
     index: int | None = None

@@ -115,6 +115,7 @@ def run_batch(batch: dict[str, Any] | str) -> str:
             if budget is not None and budget <= 0:
                 outcomes.append(Outcome("STOPPED", "max_failures reached", worker=_worker_address()).as_dict())
                 continue
+            last_try = run.pop("last_try", True)  # a failure now is for good: no retry left
             spec = RunSpec.from_dict({**template, **run})
             announce = time.monotonic() - announced_at >= ANNOUNCE_INTERVAL_S
             if announce:
@@ -123,8 +124,8 @@ def run_batch(batch: dict[str, Any] | str) -> str:
                 outcome = execute(spec, announce, scratch)
             except (Exception, SystemExit) as exc:  # one run's failure never loses the batch
                 outcome = Outcome("FAILED", f"runner error: {_describe(exc)}", worker=_worker_address())
-            if budget is not None and outcome.status == "FAILED" and spec.attempt > batch.get("retries", 0):
-                budget -= 1  # a failure for good (no retry left) counts
+            if budget is not None and outcome.status == "FAILED" and last_try:
+                budget -= 1
             outcomes.append(outcome.as_dict())
     return json.dumps(outcomes)  # one string: cheap for the scheduler to pass on
 

@@ -9,6 +9,7 @@ import logging
 
 from orchestrator import cluster
 from orchestrator.binaries import BinaryService
+from orchestrator.board import BoardFeed
 from orchestrator.config import Settings
 from orchestrator.engine import Engine
 from orchestrator.events import EventHub
@@ -33,6 +34,7 @@ class Service:
         self.sweeps: SweepService
         self.events: EventHub
         self.metrics: Metrics
+        self.board: BoardFeed
 
     async def start(self) -> Service:
         settings = self.settings
@@ -42,7 +44,8 @@ class Service:
         self.storage.root  # noqa: B018 - creates a local storage folder now, not mid-request
         self.connection = await cluster.connect(settings)
         self.engine = Engine(
-            self.connection.client, self.store, settings.storage_url, settings.storage_options
+            self.connection.client, self.store, settings.storage_url, settings.storage_options,
+            can_grow=settings.can_grow, worker_loss_retries=settings.worker_loss_retries,
         )
         self.binaries = BinaryService(self.store, self.storage)
         self.jobs = JobService(self.store, self.storage, self.engine, self.binaries)
@@ -51,7 +54,9 @@ class Service:
         )
         self.events = EventHub(self.engine)
         self.metrics = Metrics(self.store, self.engine)
+        self.board = BoardFeed(self.store, self.engine)
         await self.engine.start()
+        self.board.start()
         await self.sweeps.resume()
         await self.jobs.finish_pending_deletes()
         return self
@@ -61,6 +66,7 @@ class Service:
         return self.connection.dashboard_link
 
     async def close(self) -> None:
+        await self.board.close()
         await self.sweeps.close()
         await self.engine.close()
         await self.connection.close()

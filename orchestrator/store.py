@@ -38,6 +38,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     spec TEXT NOT NULL,
     priority INTEGER NOT NULL DEFAULT 0,
     attempt INTEGER NOT NULL DEFAULT 0,
+    worker_losses INTEGER NOT NULL DEFAULT 0,
     worker TEXT,
     sweep_id TEXT,
     idx INTEGER,
@@ -51,6 +52,7 @@ CREATE TABLE IF NOT EXISTS jobs (
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, seq);
 CREATE INDEX IF NOT EXISTS jobs_sweep ON jobs(sweep_id, idx);
+CREATE INDEX IF NOT EXISTS jobs_sweep_status ON jobs(sweep_id, status);
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, seq);
 CREATE TABLE IF NOT EXISTS job_statuses (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
@@ -93,6 +95,9 @@ CREATE TABLE IF NOT EXISTS binaries (
 );
 """
 
+# (table, column, declaration) added after the first release: see Store._add_new_columns.
+ADDED_COLUMNS = [("jobs", "worker_losses", "INTEGER NOT NULL DEFAULT 0")]
+
 # Fields kept together as JSON: they are read with the job, never filtered on.
 _SPEC_FIELDS = ("command", "binaries", "files", "env", "resources", "timeout_s", "retries")
 TERMINAL_VALUES = tuple(s.value for s in TERMINAL_STATUSES)
@@ -125,6 +130,14 @@ class Store:
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(SCHEMA)
+        self._add_new_columns()
+
+    def _add_new_columns(self) -> None:
+        """Ledgers written by an older version get the columns added since, with defaults."""
+        for table, column, declaration in ADDED_COLUMNS:
+            present = {row["name"] for row in self._db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
         with self._lock:
@@ -346,12 +359,14 @@ class Store:
         return _sweep_from_row(rows[0]) if rows else None
 
     def list_sweeps(
-        self, owner: str | None = None, offset: int = 0, limit: int | None = 100
+        self, owner: str | None = None, offset: int = 0, limit: int | None = 100,
+        newest_first: bool = False,
     ) -> tuple[int, list[dict[str, Any]]]:
         where, params = ("WHERE owner = ?", [owner]) if owner is not None else ("", [])
         count = self._query(f"SELECT COUNT(*) FROM sweeps {where}", params)[0][0]
         page = f" LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None else ""
-        rows = self._query(f"SELECT * FROM sweeps {where} ORDER BY seq{page}", params)
+        order = "seq DESC" if newest_first else "seq"
+        rows = self._query(f"SELECT * FROM sweeps {where} ORDER BY {order}{page}", params)
         return count, [_sweep_from_row(row) for row in rows]
 
     def set_sweep_stop_reason(self, sweep_id: str, reason: str) -> bool:
@@ -362,10 +377,11 @@ class Store:
                 (reason, sweep_id),
             ).rowcount)
 
-    def sweep_counts(self, sweep_id: str) -> dict[str, int]:
-        rows = self._query(
-            "SELECT status, COUNT(*) FROM jobs WHERE sweep_id = ? GROUP BY status", (sweep_id,)
-        )
+    def sweep_counts(self, sweep_id: str | None) -> dict[str, int]:
+        """Runs of a sweep by status; with None, the jobs outside any sweep."""
+        where = "sweep_id = ?" if sweep_id is not None else "sweep_id IS NULL"
+        params = (sweep_id,) if sweep_id is not None else ()
+        rows = self._query(f"SELECT status, COUNT(*) FROM jobs WHERE {where} GROUP BY status", params)
         return {row[0]: row[1] for row in rows}
 
     def sweep_last_finish(self, sweep_id: str) -> str | None:

@@ -159,16 +159,16 @@ class SweepService:
         if request.dry_run:
             _check_preview_size(request, table, templates)
             return await asyncio.to_thread(_preview, request, table, templates)
-        runs = await asyncio.to_thread(self._runs, request, owner, sweep_id, kind, table, staged)
-        await self.engine.check_feasible(runs[0])
+        waiting = await self.engine.placement(request.resources)
+        queued_reason = f"run of sweep {sweep_id}" + (f"; {waiting}" if waiting else "")
+        runs = await asyncio.to_thread(self._runs, request, owner, sweep_id, kind, table, staged, queued_reason)
         sweep = {
             "id": sweep_id, "name": runs[0].name, "owner": owner, "kind": kind,
             "names": table.names, "seed": table.seed, "created_at": runs[0].created_at,
             "spec": self._recorded_spec(request, table, runs[0], staged, templates, sweep_id, kind),
         }
         history = [StatusChange(status=JobStatus.CREATED, at=runs[0].created_at),
-                   StatusChange(status=JobStatus.QUEUED, at=runs[0].created_at,
-                                reason=f"run of sweep {sweep_id}")]
+                   StatusChange(status=JobStatus.QUEUED, at=runs[0].created_at, reason=queued_reason)]
         await asyncio.to_thread(self.store.insert_sweep, sweep, runs, history)
         self._dispatch(sweep_id, runs, failed=0)
         return self.get(sweep_id)
@@ -237,12 +237,12 @@ class SweepService:
 
     def _runs(
         self, request: SweepCreate, owner: str, sweep_id: str, kind: str,
-        table: doe.RunTable, staged: list[str],
+        table: doe.RunTable, staged: list[str], queued_reason: str,
     ) -> list[JobRecord]:
         now = utcnow()
         prototype = JobRecord(
             id="-", name=request.name or default_name(request.command), owner=owner, kind=kind,
-            status=JobStatus.QUEUED, status_reason=f"run of sweep {sweep_id}",
+            status=JobStatus.QUEUED, status_reason=queued_reason,
             binaries=self.binaries.pin(request.binaries), files=staged, resources=request.resources,
             timeout_s=request.timeout_s, retries=request.retries, priority=request.priority,
             sweep_id=sweep_id, created_at=now,

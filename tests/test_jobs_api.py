@@ -239,7 +239,7 @@ def test_bulk_stop_and_delete_by_filter(server):
 def test_cluster_lists_workers_with_resources(server):
     cluster = server.http.get("/cluster").json()
     assert len(cluster["workers"]) == 1
-    assert cluster["workers"][0]["resources"]["CPU"] == 2
+    assert cluster["workers"][0]["declared"]["CPU"] == 2
 
 
 def test_impossible_resources_are_refused_naming_the_resource(server):

@@ -5,7 +5,9 @@ from __future__ import annotations
 from collections import defaultdict
 
 from orchestrator.api.base import BaseHandler, Operation
+from orchestrator.cluster import worker_states
 from orchestrator.models import JobStatus
+from plugins.dashboard import JOBS_PAGE
 
 
 class HealthHandler(BaseHandler):
@@ -17,33 +19,31 @@ class HealthHandler(BaseHandler):
 
 
 class ClusterHandler(BaseHandler):
-    openapi = {"get": Operation("Workers, their declared resources and running jobs, and the "
-                                "dashboard link")}
+    openapi = {"get": Operation("Workers with their resources (declared, used by running tasks, "
+                                "free) and running jobs; the scheduler and its dashboard link")}
 
     async def get(self) -> None:
         client = self.service.connection.client
-        identity = await client.scheduler.identity(n_workers=-1)
+        workers = await client.run_on_scheduler(worker_states)
         running: dict[str, list[str]] = defaultdict(list)
         for job in self.service.store.jobs_with_status([JobStatus.RUNNING]):
             running[job.worker or ""].append(job.id)
-        workers = [
-            {
-                "address": address,
-                "name": str(info.get("name")),
-                "nthreads": info.get("nthreads"),
-                "memory_limit": info.get("memory_limit"),
-                "resources": info.get("resources", {}),
-                "running_jobs": running.get(address, []),
-            }
-            for address, info in sorted(identity.get("workers", {}).items())
-        ]
-        self.send_json(
-            {
-                "scheduler": identity.get("address"),
-                "dashboard_link": self.service.dashboard_link,
-                "workers": workers,
-            }
-        )
+        for worker in workers:
+            worker["running_jobs"] = running.get(worker["address"], [])
+        self.send_json({
+            "scheduler": client.scheduler.address,
+            "dashboard_link": self.service.dashboard_link,
+            "jobs_page": _jobs_page(self.service.dashboard_link),
+            "can_grow": self.service.engine.can_grow,
+            "workers": sorted(workers, key=lambda w: w["address"]),
+        })
+
+
+def _jobs_page(dashboard_link: str | None) -> str | None:
+    """The dashboard's Jobs page, beside its status page."""
+    if not dashboard_link:
+        return None
+    return dashboard_link.rsplit("/", 1)[0] + JOBS_PAGE
 
 
 class OpenAPIHandler(BaseHandler):

@@ -1,0 +1,122 @@
+"""The "Jobs" page of the Dask dashboard: runs per sweep by status, and the running jobs.
+
+The scheduler may run anywhere (embedded, built by a cluster factory, or started with
+`dask scheduler --preload plugins.dashboard` on another machine) and never reads the
+orchestrator's ledger. The orchestrator sends it a summary whenever work changes (`publish`,
+run on the scheduler); the page draws the last summary the scheduler holds.
+
+Bokeh pages must be registered before the scheduler starts. Importing this module does it:
+the preload does so for a scheduler started by hand, the orchestrator for schedulers it starts.
+"""
+
+from __future__ import annotations
+
+import html
+import time
+from typing import Any
+
+from bokeh.layouts import column
+from bokeh.models import ColumnDataSource, DataTable, Div, FactorRange, TableColumn
+from bokeh.plotting import figure
+from dask.utils import format_time
+from distributed.dashboard.components import add_periodic_callback
+from distributed.dashboard.components.scheduler import BOKEH_THEME, env
+from distributed.dashboard.scheduler import applications
+from distributed.diagnostics.plugin import SchedulerPlugin
+
+JOBS_PAGE = "/jobs"
+MENU_PAGE = "/individual-jobs"  # pages named individual-* are listed in the "More" menu
+STATUS_COLORS = {
+    "QUEUED": "#bdbdbd", "RUNNING": "#3182bd", "COMPLETED": "#31a354",
+    "FAILED": "#de2d26", "STOPPED": "#fd8d3c",
+}
+REFRESH_MS = 500
+ROW_PX = 28
+
+
+class JobsSummary(SchedulerPlugin):
+    """Holds the orchestrator's latest summary on the scheduler, for the page to draw."""
+
+    name = "orchestrator-jobs"
+
+    def __init__(self) -> None:
+        self.summary: dict[str, Any] | None = None
+
+
+def publish(dask_scheduler: Any, summary: dict[str, Any]) -> None:
+    """Run on the scheduler by the orchestrator (`Client.run_on_scheduler`)."""
+    plugin = dask_scheduler.plugins.get(JobsSummary.name)
+    if plugin is None:
+        plugin = JobsSummary()
+        dask_scheduler.add_plugin(plugin)
+    plugin.summary = summary
+
+
+class JobsBoard:
+    """The page's parts; `update` redraws them from the scheduler's summary."""
+
+    def __init__(self, scheduler: Any):
+        self.scheduler = scheduler
+        self.heading = Div(sizing_mode="stretch_width")
+        self.bars = ColumnDataSource({"group": [], **{status: [] for status in STATUS_COLORS}})
+        self.chart = figure(
+            title="Runs by status", y_range=FactorRange(), height=120, sizing_mode="stretch_width",
+            tools="hover", tooltips="@group: $name $data_value", toolbar_location=None,
+        )
+        self.chart.hbar_stack(
+            list(STATUS_COLORS), y="group", height=0.8, source=self.bars,
+            color=list(STATUS_COLORS.values()), legend_label=list(STATUS_COLORS),
+        )
+        self.chart.legend.orientation = "horizontal"
+        self.chart.legend.location = "top_right"
+        self.running = ColumnDataSource({"job_id": [], "name": [], "group": [], "worker": [], "elapsed": []})
+        self.table = DataTable(
+            source=self.running, sizing_mode="stretch_width", height=300, index_position=None,
+            columns=[TableColumn(field="job_id", title="job"), TableColumn(field="name", title="name"),
+                     TableColumn(field="group", title="sweep"), TableColumn(field="worker", title="worker"),
+                     TableColumn(field="elapsed", title="running for")],
+        )
+        self.root = column(self.heading, self.chart, self.table, sizing_mode="stretch_width")
+        self.update()
+
+    def update(self) -> None:
+        plugin = self.scheduler.plugins.get(JobsSummary.name)
+        summary = plugin.summary if plugin is not None else None
+        if summary is None:
+            self.heading.text = "<p>No orchestrator has reported to this scheduler yet.</p>"
+            return
+        groups = summary["groups"][::-1]  # newest at the top
+        self.chart.y_range.factors = [group["label"] for group in groups]
+        self.chart.height = 90 + ROW_PX * len(groups)
+        self.bars.data = {
+            "group": [group["label"] for group in groups],
+            **{status: [group["counts"].get(status, 0) for group in groups] for status in STATUS_COLORS},
+        }
+        now = time.time()
+        jobs = summary["running"]
+        self.running.data = {
+            "job_id": [job["job_id"] for job in jobs], "name": [job["name"] for job in jobs],
+            "group": [job["group"] for job in jobs], "worker": [job["worker"] or "" for job in jobs],
+            "elapsed": [format_time(max(now - job["started_at"], 0)) if job["started_at"] else ""
+                        for job in jobs],
+        }
+        totals = summary["totals"]
+        self.heading.text = (
+            f"<p><b>{totals.get('RUNNING', 0)} running, {totals.get('QUEUED', 0)} queued</b>, "
+            f"{totals.get('COMPLETED', 0)} completed, {totals.get('FAILED', 0)} failed "
+            f"(as of {html.escape(format_time(max(now - summary['published_at'], 0)))} ago)</p>"
+        )
+
+
+def jobs_doc(scheduler: Any, extra: dict[str, Any], doc: Any) -> None:
+    board = JobsBoard(scheduler)
+    doc.title = "Dask: Jobs"
+    add_periodic_callback(doc, board, REFRESH_MS)
+    doc.add_root(board.root)
+    doc.template = env.get_template("simple.html")
+    doc.template_variables.update(extra)
+    doc.theme = BOKEH_THEME
+
+
+applications.setdefault(JOBS_PAGE, jobs_doc)
+applications.setdefault(MENU_PAGE, jobs_doc)
