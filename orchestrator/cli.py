@@ -80,7 +80,8 @@ def worker_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]
     resources = {"CPU": cores, "MEMORY": memory, **({"GPU": len(devices)} if devices else {})}
     argv = [sys.executable, "-m", "distributed.cli.dask_worker", args.scheduler,
             "--resources", ",".join(f"{k}={v:g}" for k, v in resources.items()),
-            "--nthreads", str(args.nthreads or max(1, int(cores))), "--no-dashboard"]
+            "--nthreads", str(args.nthreads or max(1, int(cores))), "--no-dashboard",
+            "--preload", "plugins.worker"]
     if args.name:
         argv += ["--name", args.name]
     env = {**os.environ, GPU_DEVICES_VARIABLE: ",".join(devices)}

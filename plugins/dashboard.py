@@ -43,8 +43,8 @@ class JobsSummary(SchedulerPlugin):
         self.summary: dict[str, Any] | None = None
 
 
-def publish(dask_scheduler: Any, summary: dict[str, Any]) -> None:
-    """Run on the scheduler by the orchestrator (`Client.run_on_scheduler`)."""
+def publish(summary: dict[str, Any], dask_scheduler: Any = None) -> None:
+    """Run on the scheduler by the orchestrator (`Client.run_on_scheduler` passes the scheduler)."""
     plugin = dask_scheduler.plugins.get(JobsSummary.name)
     if plugin is None:
         plugin = JobsSummary()
@@ -79,9 +79,12 @@ class JobsBoard:
         self.root = column(self.heading, self.chart, self.table, sizing_mode="stretch_width")
         self.update()
 
-    def update(self) -> None:
+    def summary(self) -> dict[str, Any] | None:
         plugin = self.scheduler.plugins.get(JobsSummary.name)
-        summary = plugin.summary if plugin is not None else None
+        return plugin.summary if plugin is not None else None
+
+    def update(self) -> None:
+        summary = self.summary()
         if summary is None:
             self.heading.text = "<p>No orchestrator has reported to this scheduler yet.</p>"
             return
@@ -108,13 +111,26 @@ class JobsBoard:
         )
 
 
+# The live page, plus the counts as of its loading in plain HTML, for readers without script.
+PAGE_TEMPLATE = env.from_string("""{% extends "simple.html" %}
+{% block content %}{{ super() }}
+<noscript><table class="orchestrator-jobs">
+<tr><th>sweep</th>{% for status in statuses %}<th>{{ status }}</th>{% endfor %}</tr>
+{% for group in groups %}<tr><td>{{ group.label | e }}</td>
+{% for status in statuses %}<td>{{ group.counts.get(status, 0) }}</td>{% endfor %}</tr>
+{% endfor %}</table></noscript>
+{% endblock %}""")
+
+
 def jobs_doc(scheduler: Any, extra: dict[str, Any], doc: Any) -> None:
     board = JobsBoard(scheduler)
     doc.title = "Dask: Jobs"
     add_periodic_callback(doc, board, REFRESH_MS)
     doc.add_root(board.root)
-    doc.template = env.get_template("simple.html")
+    doc.template = PAGE_TEMPLATE
     doc.template_variables.update(extra)
+    summary = board.summary() or {}
+    doc.template_variables.update(statuses=list(STATUS_COLORS), groups=summary.get("groups", []))
     doc.theme = BOKEH_THEME
 
 

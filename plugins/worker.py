@@ -165,7 +165,9 @@ def request_stop(keys: str | list[str], requested_by: str) -> list[str]:
 
 
 class OrchestratorWorkerPlugin(WorkerPlugin):
-    """Registered by the engine on every worker: kills job processes when a worker closes."""
+    """Kills job processes when a worker closes. The engine registers it on every worker;
+    `dask worker --preload plugins.worker` (what `orchestrator worker` runs) has it in place
+    from the worker's start."""
 
     name = "orchestrator"
 
@@ -174,3 +176,8 @@ class OrchestratorWorkerPlugin(WorkerPlugin):
 
     def teardown(self, worker) -> None:
         _processes.kill_all()
+
+
+async def dask_setup(worker) -> None:
+    """The preload hook: `dask worker --preload plugins.worker`."""
+    await worker.plugin_add(OrchestratorWorkerPlugin())

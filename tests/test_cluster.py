@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator, Sequence
 
+import httpx
 import psutil
 import pytest
 from distributed import Client
@@ -17,30 +20,49 @@ from plugins.worker import GPU_DEVICES_VARIABLE, GpuDevices
 from tests.conftest import REPO, free_port, kill_session
 
 
-@pytest.fixture(scope="module")
-def external_cluster():
+@contextlib.contextmanager
+def real_cluster(
+    workers: dict[str, list[str]], scheduler_flags: Sequence[str] = ("--no-dashboard",)
+) -> Iterator[tuple[str, dict[str, str], dict[str, subprocess.Popen]]]:
+    """A `dask scheduler` and one worker per name, each in its own session. A worker is
+    `orchestrator worker` with the flags given, or the module and flags after `-m` when the
+    flags start with "-m". Yields the scheduler address, worker addresses and processes."""
     port = free_port()
     address = f"tcp://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    started = [subprocess.Popen(
+    scheduler = subprocess.Popen(
         [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-         "--port", str(port), "--no-dashboard"],
+         "--port", str(port), *scheduler_flags],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-    )]
-    for name, gpus in (("gpu-worker", ["--gpu-devices", "0,1"]), ("cpu-worker", ["--gpus", "0"])):
-        started.append(subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", "worker", address, *gpus, "--cores", "2",
-             "--name", name],
+    )
+    processes = {
+        name: subprocess.Popen(
+            [sys.executable, *(flags[:2] if flags[0] == "-m" else ["-m", "orchestrator.cli", "worker"]),
+             address, *(flags[2:] if flags[0] == "-m" else flags), "--name", name],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        ))
+        )
+        for name, flags in workers.items()
+    }
     try:
         with Client(address, timeout=60) as client:
-            client.wait_for_workers(2, timeout=90)
-            workers = {info["name"]: addr for addr, info in client.scheduler_info()["workers"].items()}
-        yield address, workers
+            client.wait_for_workers(len(workers), timeout=90)
+            addresses = {info["name"]: addr for addr, info in client.scheduler_info()["workers"].items()}
+        yield address, addresses, processes
     finally:
-        for process in started:
+        for process in [scheduler, *processes.values()]:
             kill_session(process)
+
+
+@pytest.fixture(scope="module")
+def external_cluster():
+    """The GPU worker is `orchestrator worker`; the other a plain `dask worker` with the plugin
+    preloaded; the scheduler serves the dashboard with the Jobs page preloaded."""
+    plain_worker = ["-m", "distributed.cli.dask_worker", "--resources", "CPU=2",
+                    "--nthreads", "2", "--no-dashboard", "--preload", "plugins.worker"]
+    dashboard = ["--dashboard-address", f"127.0.0.1:{free_port()}", "--preload", "plugins.dashboard"]
+    with real_cluster({"gpu-worker": ["--gpu-devices", "0,1", "--cores", "2"], "cpu-worker": plain_worker},
+                      scheduler_flags=dashboard) as (address, workers, _):
+        yield address, workers
 
 
 @pytest.fixture
@@ -62,6 +84,36 @@ def test_gpu_jobs_land_on_the_gpu_worker_and_see_disjoint_devices(cluster_server
 
     both = server.wait(server.submit(command=command, resources={"cores": 1, "gpus": 2})["id"])
     assert server.http.get(f"/jobs/{both['id']}/files/dev.txt").text.strip() == "0,1,0,1"
+
+
+def test_cluster_shows_each_workers_used_and_free_resources_and_running_jobs(cluster_server):
+    server, workers = cluster_server
+    job = server.submit(command="sleep 43", resources={"cores": 1, "gpus": 1})
+    server.wait_for_status(job["id"], "RUNNING")
+    cluster = server.http.get("/cluster").json()
+    by_name = {worker["name"]: worker for worker in cluster["workers"]}
+    gpu, cpu = by_name["gpu-worker"], by_name["cpu-worker"]
+    assert gpu["address"] == workers["gpu-worker"] and gpu["running_jobs"] == [job["id"]]
+    assert gpu["declared"]["GPU"] == 2 and gpu["used"]["GPU"] == 1 and gpu["free"]["GPU"] == 1
+    assert gpu["used"]["CPU"] == 1 and gpu["free"]["CPU"] == 1
+    assert "GPU" not in cpu["declared"] and cpu["running_jobs"] == [] and cpu["free"]["CPU"] == 2
+    assert cluster["scheduler"] == server.settings.scheduler and cluster["can_grow"] is False
+    server.http.post(f"/jobs/{job['id']}/stop")
+    assert server.wait(job["id"], timeout=30)["status"] == "STOPPED"
+
+
+def test_the_jobs_page_of_a_scheduler_started_with_the_preload(cluster_server):
+    server, _ = cluster_server
+    done = server.wait(server.submit(command="true", name="seen_on_the_page")["id"])
+    page = server.http.get("/cluster").json()["jobs_page"]
+    deadline = time.monotonic() + 15
+    while True:
+        response = httpx.get(page, timeout=10)
+        assert response.status_code == 200
+        if "single jobs" in response.text or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert "single jobs" in response.text and done["status"] == "COMPLETED"
 
 
 def test_a_gpu_request_no_worker_can_meet_is_refused(cluster_server):
@@ -111,3 +163,73 @@ def test_a_worker_lends_each_device_to_one_job_at_a_time(monkeypatch):
         assert len(pair) == 2 and len(other) == 2 and not set(pair) & set(other)
     with pytest.raises(RuntimeError, match="cannot lend 5"), pool.lend(5, timeout=0.1):
         pass
+
+
+def test_a_job_whose_worker_dies_runs_again_elsewhere_then_fails_when_retries_are_spent(make_server):
+    """Kill the worker (nanny and all, as a machine loss) running a job: it is rerun on the
+    other worker as a new attempt; when that one dies too, with worker_loss_retries=1, it fails."""
+    flags = ["--gpus", "0", "--cores", "1"]
+    with real_cluster({"first": flags, "second": flags}) as (address, workers, processes), \
+            orphans_killed("sleep 41"):
+        server = make_server(scheduler=address, worker_loss_retries=1)
+        job = server.submit(command="sleep 41; echo done", resources={"cores": 1})
+        running = server.wait_for_status(job["id"], "RUNNING")
+        victim = next(name for name, addr in workers.items() if addr == running["worker"])
+        survivor = next(name for name in workers if name != victim)
+        kill_session(processes[victim])
+
+        record = _rerun_on(server, job["id"], workers[survivor], lost=running["worker"], retry="1/1")
+        assert record["worker_losses"] == 1
+
+        kill_session(processes[survivor])
+        failed = server.wait(job["id"], timeout=60)
+        assert failed["status"] == "FAILED", failed
+        assert failed["status_reason"].startswith(f"worker lost ({workers[survivor]})")
+        assert "no retries left (1/1)" in failed["status_reason"]
+
+
+def test_a_sweep_run_whose_worker_dies_runs_again_elsewhere(make_server):
+    flags = ["--gpus", "0", "--cores", "1"]
+    with real_cluster({"first": flags, "second": flags}) as (address, workers, processes), \
+            orphans_killed("sleep 42"):
+        server = make_server(scheduler=address)
+        created = server.http.post("/sweeps", json={
+            "command": "sleep 42; echo ${x}", "variables": [{"name": "x", "values": [1]}],
+            "resources": {"cores": 1},
+        })
+        assert created.status_code == 201, created.text
+        run_id = server.http.get(f"/sweeps/{created.json()['id']}/runs").json()["results"][0]["id"]
+        running = server.wait_for_status(run_id, "RUNNING")
+        victim = next(name for name, addr in workers.items() if addr == running["worker"])
+        kill_session(processes[victim])
+        survivor = next(addr for name, addr in workers.items() if name != victim)
+        _rerun_on(server, run_id, survivor, lost=running["worker"], retry="1/3")
+        server.http.post(f"/sweeps/{created.json()['id']}/stop")
+        assert server.wait(run_id, timeout=30)["status"] == "STOPPED"
+
+
+def _rerun_on(server, job_id: str, worker: str, lost: str, retry: str) -> dict:
+    """Wait until the job runs again on `worker`, and check the history says why."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        record = server.http.get(f"/jobs/{job_id}").json()
+        if record["status"] == "RUNNING" and record["worker"] == worker:
+            break
+        time.sleep(0.1)
+    assert record["status"] == "RUNNING" and record["worker"] == worker and record["attempt"] == 2, record
+    history = server.http.get(f"/jobs/{job_id}/statuses").json()
+    reasons = [h["reason"] for h in history if h["status"] == "QUEUED" and "worker lost" in (h["reason"] or "")]
+    assert reasons == [f"worker lost ({lost}), retry {retry}"], history
+    return record
+
+
+@contextlib.contextmanager
+def orphans_killed(marker: str) -> Iterator[None]:
+    """A killed worker's job processes are orphans here (a dead machine takes them along)."""
+    try:
+        yield
+    finally:
+        for process in psutil.process_iter(["cmdline"]):
+            if marker in " ".join(process.info["cmdline"] or []):
+                with contextlib.suppress(psutil.Error):
+                    process.kill()

@@ -1,13 +1,25 @@
-"""Live monitoring over real HTTP: the /events stream and /metrics."""
+"""Live monitoring over real HTTP: the /events stream, /metrics, and task keys the Dask
+dashboard groups by name; settings that choose the cluster."""
 
 from __future__ import annotations
 
 import json
+import re
+import string
+import subprocess
+import sys
 import threading
+from datetime import datetime, timezone
 
 import httpx
+from dask.utils import key_split
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from orchestrator import Orchestrator
+from orchestrator.engine import batch_key, key_name, task_key
+from orchestrator.models import JobRecord
+from tests.conftest import REPO
 
 
 def collect_events(url: str, params: dict, until, out: list, ready: threading.Event) -> None:
@@ -114,3 +126,33 @@ def test_cli_watch_prints_changes_as_they_happen(server):
     finally:
         watcher.kill()
         watcher.wait(10)
+
+
+@given(st.text(alphabet=string.ascii_letters + string.digits + " _-.:/<>", min_size=0, max_size=40),
+       st.integers(1, 10_000))
+def test_dashboard_groups_every_task_by_its_job_or_sweep_name(name, number):
+    """The stock dashboard groups tasks by dask.utils.key_split: it must give the name back,
+    whatever the name and however the random id that follows it happens to look."""
+    expected = key_name(name, "job")
+    assume(not re.fullmatch(r"[a-f0-9]{32}", expected))  # key_split calls such keys "data"
+    for job_id in ("abcdefabcdef", "0123456789ab", "deadbeef"):
+        job = JobRecord(id=job_id, name=name, owner="o", status="QUEUED", resources={},
+                        created_at=datetime.now(timezone.utc), attempt=number)
+        assert key_split(task_key(job)) == expected
+        assert key_split(batch_key(name, number, "s" + job_id[:11])) == key_name(name, "sweep")
+
+
+def test_serve_refuses_two_clusters_and_an_unloadable_factory(tmp_path):
+    both = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "serve", "--scheduler", "tcp://127.0.0.1:1",
+         "--cluster", "examples.clusters:adaptive_local_cluster", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )
+    assert both.returncode == 2 and "give scheduler or cluster, not both" in both.stderr
+    missing = subprocess.run(
+        [sys.executable, "-m", "orchestrator.cli", "serve", "--cluster", "no_such_module:make",
+         "--data-dir", str(tmp_path), "--port", "0"],
+        capture_output=True, text=True, timeout=60, cwd=REPO,
+    )
+    assert missing.returncode == 2
+    assert "cluster factory 'no_such_module:make' cannot be loaded" in missing.stderr

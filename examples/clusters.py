@@ -1,0 +1,28 @@
+"""Cluster factories for `orchestrator serve --cluster examples.clusters:NAME`.
+
+A factory is any callable returning a Dask cluster object; `--cluster-options` JSON becomes
+its keyword arguments. Dask's own deployment projects already are factories, e.g.
+`--cluster dask_jobqueue:SLURMCluster --cluster-options '{"cores": 8, "memory": "32GB"}'`
+(scale it with `adapt` in a factory of your own, like the one below).
+"""
+
+from __future__ import annotations
+
+from distributed import LocalCluster
+
+
+def adaptive_local_cluster(
+    minimum: int = 0, maximum: int = 2, cores: int = 1, gpus: int = 0
+) -> LocalCluster:
+    """Worker processes that start when work waits and stop when idle: a cluster that grows.
+
+    Each worker declares `cores` CPU (and `gpus` GPU), so the orchestrator places jobs on it
+    by the same resources as on any other cluster.
+    """
+    resources = {"CPU": float(cores), **({"GPU": float(gpus)} if gpus else {})}
+    cluster = LocalCluster(
+        n_workers=minimum, threads_per_worker=cores, processes=True, host="127.0.0.1",
+        dashboard_address="127.0.0.1:0", resources=resources,
+    )
+    cluster.adapt(minimum=minimum, maximum=maximum)
+    return cluster

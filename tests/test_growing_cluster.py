@@ -1,0 +1,91 @@
+"""A cluster built by a factory (`--cluster module:callable`) that grows: Dask's adaptive
+LocalCluster with no worker until work waits. Also the dashboard's Jobs page it serves."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+from bokeh.client import pull_session
+from bokeh.models import ColumnDataSource
+
+from orchestrator.config import Settings
+from tests.conftest import start_test_server, stop_test_server
+
+FACTORY = "examples.clusters:adaptive_local_cluster"
+
+
+@pytest.fixture(scope="module")
+def growing(tmp_path_factory):
+    server = start_test_server(Settings(
+        data_dir=tmp_path_factory.mktemp("growing"), port=0, cluster=FACTORY,
+        cluster_options={"minimum": 0, "maximum": 1, "cores": 1},
+    ))
+    yield server
+    stop_test_server(server)
+
+
+def test_work_no_worker_fits_yet_waits_saying_for_what_then_runs(growing):
+    cluster = growing.http.get("/cluster").json()
+    assert cluster["can_grow"] is True
+    job = growing.submit(command="echo grown", resources={"cores": 1})
+    assert job["status"] == "QUEUED"
+    assert "waiting for a worker offering 1 CPU" in job["status_reason"], job
+    done = growing.wait(job["id"], timeout=90)
+    assert done["status"] == "COMPLETED", done
+    history = growing.http.get(f"/jobs/{job['id']}/statuses").json()
+    assert [h["status"] for h in history] == ["CREATED", "QUEUED", "RUNNING", "COMPLETED"]
+    assert "the cluster can grow" in history[1]["reason"]
+
+
+def test_a_request_beyond_any_worker_waits_instead_of_being_refused(growing):
+    job = growing.submit(command="true", resources={"gpus": 1})
+    assert job["status"] == "QUEUED" and "1 GPU" in job["status_reason"], job
+    growing.http.post(f"/jobs/{job['id']}/stop")
+    assert growing.wait(job["id"], timeout=30)["status"] == "STOPPED"
+
+
+def test_the_dashboard_jobs_page_shows_sweeps_live(growing):
+    name = "dashboard_sweep_visible"
+    created = growing.http.post("/sweeps", json={
+        "name": name, "command": "echo ${x}", "variables": [{"name": "x", "values": [1, 2]}],
+    })
+    assert created.status_code == 201, created.text
+    growing.wait_sweep(created.json()["id"], timeout=90)
+    page = growing.http.get("/cluster").json()["jobs_page"]
+    assert page and page.endswith("/jobs")
+    deadline = time.monotonic() + 15
+    while True:  # the summary reaches the scheduler within a second of a change
+        response = httpx.get(page, timeout=10)
+        assert response.status_code == 200
+        if name in response.text or time.monotonic() > deadline:
+            break
+        time.sleep(0.3)
+    assert name in response.text  # the counts as of loading, in plain HTML
+    with pull_session(url=page) as session:  # and the live chart, as a browser gets it
+        sources = session.document.select({"type": ColumnDataSource})
+        bars = next(source.data for source in sources if "COMPLETED" in source.data)
+        row = next(i for i, label in enumerate(bars["group"]) if label.startswith(name))
+        assert bars["COMPLETED"][row] == 2 and bars["FAILED"][row] == 0
+    menu = httpx.get(page.replace("/jobs", "/individual-jobs"), timeout=10)
+    assert menu.status_code == 200
+
+
+def test_the_jobs_page_lists_running_jobs_with_worker_and_elapsed_time(growing):
+    job = growing.submit(command="sleep 30", name="long_runner", resources={"cores": 1})
+    running = growing.wait_for_status(job["id"], "RUNNING", timeout=60)
+    page = growing.http.get("/cluster").json()["jobs_page"]
+    deadline = time.monotonic() + 15
+    table: dict = {}
+    while job["id"] not in table.get("job_id", []) and time.monotonic() < deadline:
+        time.sleep(0.3)
+        with pull_session(url=page) as session:
+            sources = session.document.select({"type": ColumnDataSource})
+            table = next(source.data for source in sources if "elapsed" in source.data)
+    row = table["job_id"].index(job["id"])
+    assert table["name"][row] == "long_runner"
+    assert table["worker"][row] == running["worker"]
+    assert table["elapsed"][row].endswith("s")
+    growing.http.post(f"/jobs/{job['id']}/stop")
+    assert growing.wait(job["id"], timeout=30)["status"] == "STOPPED"
