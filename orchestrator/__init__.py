@@ -15,8 +15,10 @@ from orchestrator.errors import (
 from orchestrator.models import JobRecord, JobResult, JobStatus, Resources
 from orchestrator.sweep_client import Sweep
 from orchestrator.sweeps import DryRun, SweepRecord
+from plugins.worker import assigned_gpus
 
 __all__ = [
+    "assigned_gpus",
     "Conflict",
     "DryRun",
     "Sweep",

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -469,8 +470,12 @@ def _file_map(files: Files) -> dict[str, Path]:
 
 
 def _callable_name(function: Callable, name: str | None) -> str:
-    """The job or sweep name of a callable: given, or the function's own name."""
-    return name or getattr(function, "__name__", "call").strip("<>") or "call"
+    """The job or sweep name of a callable: given, or the function's own name made a valid
+    job name (`_private` -> `private`, `<lambda>` -> `lambda`)."""
+    if name:
+        return name
+    own = re.sub(r"[^A-Za-z0-9 ._-]+", "_", getattr(function, "__name__", ""))
+    return own.lstrip(" ._-")[:128] or "call"
 
 
 def _qualified_name(function: Callable) -> str:

@@ -412,7 +412,8 @@ def _call(storage: Storage, spec: RunSpec, worker: str | None, announce: bool) -
         _announce_running(spec, worker, started)
     function, args, kwargs = _load_callable(storage, spec.callable_key)
     try:
-        value = function(*args, **{**kwargs, **(spec.variables or {})})
+        with gpu_devices().lend(spec.gpus):  # the callable asks assigned_gpus() which
+            value = function(*args, **{**kwargs, **(spec.variables or {})})
     except (Exception, SystemExit) as exc:  # the job's own exception (or exit) is its failure
         storage.put_bytes(layout.log_key(spec.job_id, "stderr"), traceback.format_exc().encode())
         outcome = Outcome("FAILED", _describe(exc), worker=worker, error=_describe(exc))

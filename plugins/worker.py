@@ -102,6 +102,7 @@ class GpuDevices:
     def __init__(self) -> None:
         self._condition = threading.Condition()
         self._free: list[str] | None = None
+        self._held = threading.local()  # what the job in this thread holds, for assigned()
 
     def _owned(self) -> list[str]:
         listed = os.environ.get(GPU_DEVICES_VARIABLE, "").strip()
@@ -129,13 +130,20 @@ class GpuDevices:
                     f"this worker cannot lend {count} GPU device(s); it owns {self._owned() or 'none'}"
                 )
             devices, self._free = self._free[:count], self._free[count:]
+        self._held.devices = devices
         try:
             yield devices
         finally:
+            self._held.devices = []
             with self._condition:
                 self._free.extend(devices)
                 self._free.sort(key=_device_order)  # lend the lowest ids first, predictably
                 self._condition.notify_all()
+
+
+    def assigned(self) -> list[str]:
+        """The devices the job running in this thread holds."""
+        return list(getattr(self._held, "devices", []))
 
 
 def _device_order(device: str) -> tuple[int, str]:
@@ -149,6 +157,16 @@ _gpus = GpuDevices()
 
 def gpu_devices() -> GpuDevices:
     return _gpus
+
+
+def assigned_gpus() -> list[str]:
+    """The GPU device ids lent to the calling job, for Python callables.
+
+    A command sees only its devices through CUDA_VISIBLE_DEVICES; a callable runs in a
+    thread of the worker process, whose environment every thread shares, so it must pick
+    its devices by id: e.g. `torch.device(f"cuda:{assigned_gpus()[0]}")`.
+    """
+    return _gpus.assigned()
 
 
 def job_processes() -> JobProcesses:

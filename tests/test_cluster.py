@@ -16,6 +16,7 @@ import psutil
 import pytest
 from distributed import Client
 
+from orchestrator import Orchestrator, assigned_gpus
 from plugins.worker import GPU_DEVICES_VARIABLE, GpuDevices
 from tests.conftest import REPO, free_port, kill_session
 
@@ -233,3 +234,17 @@ def orphans_killed(marker: str) -> Iterator[None]:
             if marker in " ".join(process.info["cmdline"] or []):
                 with contextlib.suppress(psutil.Error):
                     process.kill()
+
+
+def _devices_after_a_pause() -> list[str]:
+    time.sleep(1)
+    return assigned_gpus()
+
+
+def test_callables_learn_their_own_devices(external_cluster, tmp_path):
+    """Callables share their worker's environment, so they ask which devices are theirs."""
+    address, _ = external_cluster
+    with Orchestrator(scheduler=address, data_dir=tmp_path, port=0) as orch:
+        jobs = [orch.submit(_devices_after_a_pause, resources={"cores": 1, "gpus": 1}) for _ in range(2)]
+        seen = sorted(device for job in jobs for device in job.result(timeout=60))
+    assert seen == ["0", "1"]

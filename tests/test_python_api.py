@@ -86,3 +86,13 @@ def test_remote_stop_and_timeout_wait(server):
             job.result(timeout=0.5)
         job.stop()
         assert job.wait(timeout=10).status == JobStatus.STOPPED
+
+
+def test_callables_of_any_name_make_valid_job_names():
+    from orchestrator.client import _callable_name
+
+    def _private() -> None: ...
+
+    assert _callable_name(_private, None) == "private"
+    assert _callable_name(lambda: 0, None) == "lambda"
+    assert _callable_name(_private, "given") == "given"
