@@ -475,7 +475,7 @@ def _callable_name(function: Callable, name: str | None) -> str:
     if name:
         return name
     own = re.sub(r"[^A-Za-z0-9 ._-]+", "_", getattr(function, "__name__", ""))
-    return own.lstrip(" ._-")[:128] or "call"
+    return own.strip(" ._-")[:128] or "call"
 
 
 def _qualified_name(function: Callable) -> str:
