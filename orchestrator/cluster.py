@@ -16,10 +16,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import dask
-from distributed import Client, LocalCluster
+from distributed import Client, LocalCluster, Nanny
 from distributed.deploy import Cluster
 
 from orchestrator.config import Settings, machine_resources
+from plugins.worker import GPU_DEVICES_VARIABLE
 
 logger = logging.getLogger(__name__)
 
@@ -92,14 +93,20 @@ def load_factory(path: str) -> Any:
     return target
 
 
-def embedded_cluster_options(settings: Settings) -> dict[str, Any]:
-    """Worker processes that together declare what this machine has."""
-    machine = machine_resources()
+def embedded_cluster_options(settings: Settings, machine: dict[str, float] | None = None) -> dict[str, Any]:
+    """Worker processes that together declare what this machine has; each owns its own
+    share of the GPU devices (device ids by worker name, see DeviceSharingNanny)."""
+    machine = machine or machine_resources()
     workers = settings.workers
     per_worker = {name: amount / workers for name, amount in machine.items()}
     per_worker["CPU"] = max(1.0, per_worker["CPU"])
+    options: dict[str, Any] = {}
     if "GPU" in per_worker:
-        per_worker["GPU"] = float(int(per_worker["GPU"]))
+        share = int(per_worker["GPU"])
+        per_worker["GPU"] = float(share)
+        options = {"worker_class": DeviceSharingNanny,
+                   "devices_by_name": {i: [str(d) for d in range(i * share, (i + 1) * share)]
+                                       for i in range(workers)}}
     threads = settings.threads_per_worker or max(1, int(per_worker["CPU"]))
     return {
         "n_workers": workers,
@@ -108,7 +115,18 @@ def embedded_cluster_options(settings: Settings) -> dict[str, Any]:
         "resources": per_worker,
         "dashboard_address": settings.dashboard_address,
         "host": "127.0.0.1",
+        **options,
     }
+
+
+class DeviceSharingNanny(Nanny):
+    """A LocalCluster worker told which GPU devices are its own: LocalCluster gives every
+    worker the same options, but two workers must never lend the same device."""
+
+    def __init__(self, *args: Any, devices_by_name: dict[int, list[str]], **kwargs: Any):
+        devices = devices_by_name.get(kwargs.get("name"), [])
+        kwargs["env"] = {**(kwargs.get("env") or {}), GPU_DEVICES_VARIABLE: ",".join(devices)}
+        super().__init__(*args, **kwargs)
 
 
 def worker_states(dask_scheduler: Any) -> list[dict[str, Any]]:

@@ -14,9 +14,10 @@ from collections.abc import Iterator, Sequence
 import httpx
 import psutil
 import pytest
-from distributed import Client
+from distributed import Client, LocalCluster
 
-from orchestrator import Orchestrator, assigned_gpus
+from orchestrator import Orchestrator, Settings, assigned_gpus
+from orchestrator.cluster import embedded_cluster_options
 from plugins.worker import GPU_DEVICES_VARIABLE, GpuDevices
 from tests.conftest import REPO, free_port, kill_session
 
@@ -248,3 +249,13 @@ def test_callables_learn_their_own_devices(external_cluster, tmp_path):
         jobs = [orch.submit(_devices_after_a_pause, resources={"cores": 1, "gpus": 1}) for _ in range(2)]
         seen = sorted(device for job in jobs for device in job.result(timeout=60))
     assert seen == ["0", "1"]
+
+
+def test_embedded_workers_each_own_their_share_of_the_gpus(tmp_path):
+    """LocalCluster gives every worker the same options; the devices must still be split."""
+    settings = Settings(data_dir=tmp_path, workers=2, dashboard_address=":0")
+    machine = {"CPU": 2.0, "MEMORY": 2.0 * 2**30, "GPU": 4.0}
+    with LocalCluster(**embedded_cluster_options(settings, machine)) as cluster, Client(cluster) as client:
+        owned = client.run(lambda: os.environ.get(GPU_DEVICES_VARIABLE))
+        resources = {w["resources"]["GPU"] for w in client.scheduler_info()["workers"].values()}
+    assert sorted(owned.values()) == ["0,1", "2,3"] and resources == {2.0}
