@@ -18,7 +18,7 @@ import httpx
 from pydantic import ValidationError
 
 from orchestrator.errors import JobFailed, from_json, validation_failed
-from orchestrator.handle import LiveHandle
+from orchestrator.handle import EventStream, LiveHandle
 from orchestrator.models import (
     BinaryRecord,
     FileEntry,
@@ -53,7 +53,7 @@ class Backend(Protocol):
     def get_sweep(self, sweep_id: str) -> SweepRecord: ...
     def wait_sweep(self, sweep_id: str, timeout: float) -> SweepRecord: ...
     def list_sweeps(self) -> list[SweepRecord]: ...
-    def events(self, job_id: str | None, sweep_id: str | None) -> Iterator[dict[str, Any]]: ...
+    def events(self, job_id: str | None, sweep_id: str | None) -> EventStream: ...
     def sweep_runs(self, sweep_id: str, status: Any) -> list[JobRecord]: ...
     def sweep_finished(self, sweep_id: str, after: int) -> FinishedRuns: ...
     def sweep_results(self, sweep_id: str) -> ResultsTable: ...
@@ -239,7 +239,7 @@ class Orchestrator:
         """Every sweep, oldest first."""
         return self._backend.list_sweeps()
 
-    def events(self, job_id: str | None = None, sweep_id: str | None = None) -> Iterator[dict[str, Any]]:
+    def events(self, job_id: str | None = None, sweep_id: str | None = None) -> EventStream:
         """Status changes as they happen (optionally of one job or one sweep), until closed."""
         return self._backend.events(job_id, sweep_id)
 
@@ -403,15 +403,21 @@ class RemoteBackend:
     def list_sweeps(self) -> list[SweepRecord]:
         return [SweepRecord.model_validate(item) for item in self._pages("/sweeps", {})]
 
-    def events(self, job_id: str | None, sweep_id: str | None) -> Iterator[dict[str, Any]]:
+    def events(self, job_id: str | None, sweep_id: str | None) -> EventStream:
+        """Returns once the server's opening comment has arrived: subscribed by then."""
         params = {k: v for k, v in (("job_id", job_id), ("sweep_id", sweep_id)) if v}
-        with self._http.stream("GET", "/events", params=params, timeout=httpx.Timeout(60, read=None)) as response:
-            if response.status_code >= 400:
-                response.read()
-                raise from_json(response.status_code, response.json())
-            for line in response.iter_lines():
-                if line.startswith("data: "):
-                    yield json.loads(line[6:])
+        request = self._http.build_request("GET", "/events", params=params,
+                                           timeout=httpx.Timeout(60, read=None))
+        response = self._http.send(request, stream=True)
+        if response.status_code >= 400:
+            response.read()
+            response.close()
+            raise from_json(response.status_code, response.json())
+        lines = response.iter_lines()
+        for line in lines:
+            if line.startswith(":"):
+                break  # ": stream open"
+        return EventStream(_sse_events(lines), response.close)
 
     def sweep_runs(self, sweep_id: str, status: Any) -> list[JobRecord]:
         status = status.value if isinstance(status, JobStatus) else status
@@ -467,6 +473,12 @@ def _file_map(files: Files) -> dict[str, Path]:
     if isinstance(files, dict):
         return {str(dest): Path(src) for dest, src in files.items()}
     return {Path(src).name: Path(src) for src in files}
+
+
+def _sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    for line in lines:
+        if line.startswith("data: "):
+            yield json.loads(line[6:])
 
 
 def _callable_name(function: Callable, name: str | None) -> str:

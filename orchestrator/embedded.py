@@ -7,11 +7,12 @@ the server. Closing shuts down what this backend started and nothing else.
 from __future__ import annotations
 
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from orchestrator.config import Settings
+from orchestrator.handle import EventStream
 from orchestrator.loop_thread import LoopThread
 from orchestrator.models import (
     BinaryRecord,
@@ -182,16 +183,17 @@ class EmbeddedBackend:
         _, records = self._sync(self.service.sweeps.list, None, 0, None)
         return records
 
-    def events(self, job_id: str | None, sweep_id: str | None) -> Any:
+    def events(self, job_id: str | None, sweep_id: str | None) -> EventStream:
         subscription = self._sync(self.service.events.subscribe, job_id, sweep_id)
-        try:
-            while True:
-                event = self._run(subscription.queue.get())
-                yield event
-                if event.get("event") == "lagged":
-                    return
-        finally:
-            self._sync(self.service.events.unsubscribe, subscription)
+        return EventStream(self._drain(subscription),
+                           lambda: self._sync(self.service.events.unsubscribe, subscription))
+
+    def _drain(self, subscription: Any) -> Iterator[dict[str, Any]]:
+        while True:
+            event = self._run(subscription.queue.get())
+            yield event
+            if event.get("event") == "lagged":
+                return
 
     def sweep_runs(self, sweep_id: str, status: Any) -> list[JobRecord]:
         _, runs = self._sync(self.service.sweeps.runs, sweep_id, status, 0, None)

@@ -64,17 +64,27 @@ def test_events_filtered_by_sweep(server):
 
 
 def test_python_api_events_remote(server):
-    with Orchestrator.connect(server.url) as remote:
-        stream = remote.events()
+    """Subscribed when events() returns: even a job submitted before the first next() is
+    seen from its first change."""
+    with Orchestrator.connect(server.url) as remote, remote.events() as stream:
         job = server.submit(command="true", name="py-watched")
-        statuses = []
-        for event in stream:
-            if event["job_id"] == job["id"]:
-                statuses.append(event["status"])
-            if event.get("status") == "COMPLETED" and event["job_id"] == job["id"]:
-                break
-        stream.close()
-    assert statuses[-1] == "COMPLETED" and "RUNNING" in statuses
+        assert _statuses_until_done(stream, job["id"]) == ["QUEUED", "RUNNING", "COMPLETED"]
+
+
+def test_python_api_events_embedded(tmp_path, scheduler_address):
+    with Orchestrator(data_dir=tmp_path, scheduler=scheduler_address) as orch, orch.events() as stream:
+        job = orch.submit("true")
+        assert _statuses_until_done(stream, job.id) == ["QUEUED", "RUNNING", "COMPLETED"]
+
+
+def _statuses_until_done(stream, job_id: str) -> list[str]:
+    statuses = []
+    for event in stream:
+        if event["job_id"] == job_id:
+            statuses.append(event["status"])
+            if event["status"] == "COMPLETED":
+                return statuses
+    raise AssertionError(f"the stream ended before the job did: {statuses}")
 
 
 def test_metrics_in_prometheus_text(server):
