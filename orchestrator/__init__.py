@@ -4,6 +4,7 @@ from orchestrator.client import Job, Orchestrator
 from orchestrator.config import Settings
 from orchestrator.doe import frange, linspace, lognormal, normal, triangular, uniform, values
 from orchestrator.errors import (
+    ChecksumMismatch,
     Conflict,
     JobFailed,
     NotFound,
@@ -19,6 +20,7 @@ from plugins.worker import assigned_gpus
 
 __all__ = [
     "assigned_gpus",
+    "ChecksumMismatch",
     "Conflict",
     "DryRun",
     "Sweep",

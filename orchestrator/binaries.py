@@ -17,6 +17,7 @@ class BinaryService:
         self.store = store
         self.storage = storage
         self._versioning = threading.Lock()
+        self._reserved: dict[str, int] = {}  # name -> newest version handed to an upload
 
     @staticmethod
     def check_name(name: str) -> str:
@@ -26,22 +27,28 @@ class BinaryService:
             raise ValidationFailed(f"invalid binary name {name!r}", {"name": str(exc)}) from exc
 
     def begin_upload(self, name: str) -> AtomicWriter:
-        """A writer for the bytes; `finish_upload` gives them their version."""
+        """A writer straight to the bytes' final key: the version is reserved now, so object
+        stores publish the upload where it lands instead of copying it afterwards.
+
+        Versions follow the order uploads start in; one that fails leaves a gap.
+        """
         self.check_name(name)
-        return self.storage.writer(layout.binary_key(name, 0))
+        with self._versioning:
+            version = max(self.store.next_binary_version(name), self._reserved.get(name, 0) + 1)
+            self._reserved[name] = version
+        return self.storage.writer(layout.binary_key(name, version))
 
     def finish_upload(
         self, name: str, writer: AtomicWriter, content_type: str, owner: str
     ) -> BinaryRecord:
-        with self._versioning:
-            version = self.store.next_binary_version(name)
-            stored = writer.commit(layout.binary_key(name, version))
-            record = BinaryRecord(
-                name=name, version=version, size=stored.size, sha256=stored.sha256,
-                content_type=content_type or "application/octet-stream", owner=owner,
-                uploaded_at=utcnow(),
-            )
-            self.store.insert_binary(record)
+        version = layout.binary_version(writer.key)
+        stored = writer.commit()
+        record = BinaryRecord(
+            name=name, version=version, size=stored.size, sha256=stored.sha256,
+            content_type=content_type or "application/octet-stream", owner=owner,
+            uploaded_at=utcnow(),
+        )
+        self.store.insert_binary(record)
         return record
 
     def upload_bytes(self, name: str, data: bytes, content_type: str, owner: str) -> BinaryRecord:

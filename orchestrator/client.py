@@ -6,6 +6,7 @@ a script written against the embedded orchestrator runs unchanged against a serv
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -17,7 +18,7 @@ from typing import Any, Protocol
 import httpx
 from pydantic import ValidationError
 
-from orchestrator.errors import JobFailed, from_json, validation_failed
+from orchestrator.errors import ChecksumMismatch, JobFailed, from_json, validation_failed
 from orchestrator.handle import EventStream, LiveHandle
 from orchestrator.models import (
     BinaryRecord,
@@ -45,7 +46,7 @@ class Backend(Protocol):
     def statuses(self, job_id: str) -> list[StatusChange]: ...
     def read_log(self, job_id: str, stream: str, offset: int) -> bytes: ...
     def list_files(self, job_id: str, search: str | None) -> list[FileEntry]: ...
-    def download(self, job_id: str, path: str, dest: Path) -> None: ...
+    def download(self, job_id: str, path: str, dest: Path, verify: bool) -> None: ...
     def return_value(self, job_id: str) -> Any: ...
     def upload_binary(self, name: str, source: Path | bytes) -> BinaryRecord: ...
     def list_binaries(self) -> list[BinaryRecord]: ...
@@ -118,13 +119,17 @@ class Job(LiveHandle[JobRecord]):
     def files(self, search: str | None = None) -> list[FileEntry]:
         return self._backend.list_files(self.id, search)
 
-    def download(self, path: str, dest: str | os.PathLike | None = None) -> Path:
-        """Save one output file; `dest` may be a folder or a file name (default: here)."""
+    def download(self, path: str, dest: str | os.PathLike | None = None, verify: bool = False) -> Path:
+        """Save one output file; `dest` may be a folder or a file name (default: here).
+
+        `verify=True` checks the stored bytes and the bytes saved against the sha256 recorded
+        when the file was stored (ChecksumMismatch if they differ; nothing is left at `dest`).
+        """
         target = Path(dest) if dest is not None else Path(Path(path).name)
         if target.is_dir():
             target = target / Path(path).name
         target.parent.mkdir(parents=True, exist_ok=True)
-        self._backend.download(self.id, path, target)
+        self._backend.download(self.id, path, target, verify)
         return target
 
     def __repr__(self) -> str:
@@ -351,12 +356,14 @@ class RemoteBackend:
                 return files
             page += 1
 
-    def download(self, job_id: str, path: str, dest: Path) -> None:
-        with self._http.stream("GET", f"/jobs/{job_id}/files/{path}") as response:
+    def download(self, job_id: str, path: str, dest: Path, verify: bool) -> None:
+        params = {"verify": "true"} if verify else {}
+        with self._http.stream("GET", f"/jobs/{job_id}/files/{path}", params=params) as response:
             if response.status_code >= 400:
                 response.read()
                 raise from_json(response.status_code, response.json())
-            _save_stream(response.iter_bytes(), dest)
+            expected = response.headers.get("X-Checksum-Sha256") if verify else None
+            _save_stream(response.iter_bytes(), dest, expected)
 
     def return_value(self, job_id: str) -> Any:
         record = self.get_job(job_id)
@@ -447,13 +454,19 @@ class RemoteBackend:
         self._http.close()
 
 
-def _save_stream(chunks: Iterator[bytes], dest: Path) -> None:
-    """Write to a temporary name and rename, so a broken download leaves no half file."""
+def _save_stream(chunks: Iterator[bytes], dest: Path, expected_sha256: str | None = None) -> None:
+    """Write to a temporary name and rename, so a broken (or, checked against
+    `expected_sha256`, corrupted) download leaves no file."""
     partial = dest.with_name(dest.name + ".part")
+    digest = hashlib.sha256()
     try:
         with open(partial, "wb") as out:
             for chunk in chunks:
                 out.write(chunk)
+                digest.update(chunk)
+        if expected_sha256 is not None and digest.hexdigest() != expected_sha256:
+            raise ChecksumMismatch(f"{dest.name}: received sha256 {digest.hexdigest()}, "
+                                   f"recorded {expected_sha256}")
         partial.replace(dest)
     finally:
         partial.unlink(missing_ok=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import json
 import logging
 import os
 import sys
@@ -21,6 +22,7 @@ from distributed.deploy import Cluster
 
 from orchestrator.config import Settings, machine_resources
 from plugins.worker import GPU_DEVICES_VARIABLE
+from storage.fsstore import OPTIONS_VARIABLE
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +109,8 @@ def embedded_cluster_options(settings: Settings, machine: dict[str, float] | Non
         options = {"worker_class": DeviceSharingNanny,
                    "devices_by_name": {i: [str(d) for d in range(i * share, (i + 1) * share)]
                                        for i in range(workers)}}
+    if settings.storage_options:  # workers reach storage with the server's own options
+        options["env"] = {OPTIONS_VARIABLE: json.dumps(settings.storage_options)}
     threads = settings.threads_per_worker or max(1, int(per_worker["CPU"]))
     return {
         "n_workers": workers,

@@ -109,11 +109,11 @@ class EmbeddedBackend:
         _, files = self._sync(self.service.jobs.list_files, job_id, search, 0, 1_000_000)
         return files
 
-    def download(self, job_id: str, path: str, dest: Path) -> None:
+    def download(self, job_id: str, path: str, dest: Path, verify: bool) -> None:
         from orchestrator.client import _save_stream
 
-        _, key = self._sync(self.service.jobs.file, job_id, path)
-        _save_stream(self.service.storage.iter_chunks(key), dest)
+        entry, key = self._sync(self.service.jobs.file, job_id, path)
+        _save_stream(self.service.storage.iter_chunks(key), dest, entry.sha256 if verify else None)
 
     def return_value(self, job_id: str) -> Any:
         record = self.get_job(job_id)

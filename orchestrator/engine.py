@@ -62,7 +62,6 @@ class Engine:
         client: Client,
         store: Store,
         storage_url: str,
-        storage_options: dict[str, Any],
         *,
         can_grow: bool = False,
         worker_loss_retries: int = 3,
@@ -70,7 +69,6 @@ class Engine:
         self.client = client
         self.store = store
         self.storage_url = storage_url
-        self.storage_options = storage_options
         self.can_grow = can_grow
         self.worker_loss_retries = worker_loss_retries
         self._futures: dict[str, Future] = {}  # job id -> future of its current attempt
@@ -177,7 +175,6 @@ class Engine:
             key=task_key(job),
             attempt=job.attempt,
             storage_url=self.storage_url,
-            storage_options=self.storage_options,
             command=job.command,
             env=job.env,
             inputs=inputs,
@@ -211,8 +208,7 @@ class Engine:
              **({} if template.get("shell_template") else {"command": job.command})}
             for job, attempt in zip(jobs, attempts, strict=True)
         ]
-        spec = {"template": {**template, "storage_url": self.storage_url,
-                             "storage_options": self.storage_options},
+        spec = {"template": {**template, "storage_url": self.storage_url},
                 "runs": runs, "failure_budget": failure_budget}
         # As JSON text, so Dask does not walk every run's fields looking for futures.
         future = self.client.submit(

@@ -47,6 +47,13 @@ class PayloadTooLarge(OrchestratorError):
     code = "too_large"
 
 
+class ChecksumMismatch(OrchestratorError):
+    """Stored bytes no longer match the size and sha256 recorded when they were written."""
+
+    status = 409
+    code = "checksum_mismatch"
+
+
 class StorageUnavailable(OrchestratorError):
     status = 503
     code = "storage_unavailable"

@@ -55,8 +55,7 @@ class RunSpec:
     job_id: str
     key: str
     attempt: int
-    storage_url: str
-    storage_options: dict[str, Any] = field(default_factory=dict)
+    storage_url: str  # options (credentials) come from the worker's own environment
     command: str | list[str] | None = None
     env: dict[str, str] = field(default_factory=dict)
     inputs: list[StagedInput] = field(default_factory=list)
@@ -162,7 +161,7 @@ def execute(spec: RunSpec, announce: bool, scratch: Scratch) -> Outcome:
     stopper = job_processes().stop_requested(spec.key)
     if stopper:
         return Outcome("STOPPED", f"stop requested by {stopper}", worker=worker)
-    storage = _storage(spec.storage_url, json.dumps(spec.storage_options, sort_keys=True))
+    storage = _storage(spec.storage_url)
     if spec.callable_key:
         return _call(storage, spec, worker, announce)
     try:
@@ -590,8 +589,8 @@ def _announce_running(spec: RunSpec, worker_address: str | None, started: float)
 
 
 @lru_cache(maxsize=16)
-def _storage(url: str, options_json: str) -> Storage:
-    return Storage(url, **json.loads(options_json))
+def _storage(url: str) -> Storage:
+    return Storage.from_environment(url)
 
 
 def _describe(exc: BaseException) -> str:

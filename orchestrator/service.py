@@ -44,7 +44,7 @@ class Service:
         self.storage.root  # noqa: B018 - creates a local storage folder now, not mid-request
         self.connection = await cluster.connect(settings)
         self.engine = Engine(
-            self.connection.client, self.store, settings.storage_url, settings.storage_options,
+            self.connection.client, self.store, settings.storage_url,
             can_grow=settings.can_grow, worker_loss_retries=settings.worker_loss_retries,
         )
         self.binaries = BinaryService(self.store, self.storage)

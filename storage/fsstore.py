@@ -10,6 +10,8 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
+import json
+import os
 import posixpath
 import shutil
 import uuid
@@ -22,6 +24,15 @@ import fsspec
 
 CHUNK_SIZE = 4 * 1024 * 1024
 TEMP_PREFIX = "_tmp"
+OPTIONS_VARIABLE = "ORCHESTRATOR_STORAGE_OPTIONS"
+# Object stores whose uploads appear only once complete (S3 multipart, GCS resumable,
+# Azure blocks): written in place. Others go through a temporary key and a move.
+ATOMIC_ON_CLOSE = {"s3", "s3a", "gcs", "gs", "abfs", "az"}
+# Without these, botocore waits 60 s per connection attempt and retries many times: a
+# storage outage would hang requests for minutes instead of answering 503.
+S3_DEFAULTS: dict[str, Any] = {
+    "config_kwargs": {"connect_timeout": 5, "read_timeout": 60, "retries": {"max_attempts": 3}},
+}
 
 
 @dataclass(frozen=True)
@@ -34,12 +45,18 @@ class StoredObject:
 
 
 class AtomicWriter:
-    """A file-like writer that becomes visible under its key only on `commit()`."""
+    """A file-like writer that becomes visible under its key only on `commit()`.
+
+    On object stores that publish an upload only when it completes, the bytes stream
+    straight to the key (a move would copy them all again); elsewhere they go to a
+    temporary key that is moved into place. An aborted upload leaves nothing listed.
+    """
 
     def __init__(self, storage: Storage, key: str):
         self._storage = storage
         self.key = key
-        self._temp_key = f"{TEMP_PREFIX}/{uuid.uuid4().hex}"
+        self._in_place = storage.atomic_on_close
+        self._temp_key = key if self._in_place else f"{TEMP_PREFIX}/{uuid.uuid4().hex}"
         self._file: IO[bytes] = storage.fs.open(storage.path(self._temp_key), "wb")
         self._digest = hashlib.sha256()
         self.size = 0
@@ -51,12 +68,12 @@ class AtomicWriter:
         self.size += len(data)
         return len(data)
 
-    def commit(self, key: str | None = None) -> StoredObject:
-        """Publish under `key` (default: the key given at creation), all at once."""
-        self.key = key or self.key
+    def commit(self) -> StoredObject:
+        """Publish under the key, all at once."""
         self._file.close()
-        self._storage._ensure_parent(self.key)
-        self._storage.fs.mv(self._storage.path(self._temp_key), self._storage.path(self.key))
+        if not self._in_place:
+            self._storage._ensure_parent(self.key)
+            self._storage.fs.mv(self._storage.path(self._temp_key), self._storage.path(self.key))
         self._done = True
         return StoredObject(self.key, self.size, self._digest.hexdigest())
 
@@ -64,6 +81,11 @@ class AtomicWriter:
         if self._done:
             return
         self._done = True
+        if self._in_place:
+            with contextlib.suppress(Exception):
+                self._file.discard()  # S3: aborts the multipart upload; nothing is published
+            self._file.closed = True  # a discarded file must not try to finish on collection
+            return
         try:
             self._file.close()
         finally:
@@ -87,14 +109,24 @@ class Storage:
         self.options = storage_options
         self._temp_ready = False
 
+    @classmethod
+    def from_environment(cls, url: str) -> Storage:
+        """On a worker: options from its own ORCHESTRATOR_STORAGE_OPTIONS (and fsspec's and
+        AWS's usual configuration), so credentials never travel inside task payloads."""
+        return cls(url, **json.loads(os.environ.get(OPTIONS_VARIABLE) or "{}"))
+
     @cached_property
     def fs(self) -> fsspec.AbstractFileSystem:
-        fs, _ = fsspec.url_to_fs(self.url, **self.options)
+        fs, _ = fsspec.url_to_fs(self.url, **_with_defaults(self.url, self.options))
         return fs
 
     @cached_property
+    def atomic_on_close(self) -> bool:
+        return bool(_protocols(self.fs) & ATOMIC_ON_CLOSE)
+
+    @cached_property
     def root(self) -> str:
-        _, root = fsspec.url_to_fs(self.url, **self.options)
+        _, root = fsspec.url_to_fs(self.url, **_with_defaults(self.url, self.options))
         root = root.rstrip("/")
         if _is_local(self.fs):
             self.fs.makedirs(root, exist_ok=True)
@@ -203,6 +235,18 @@ def _storage_from(url: str, options: dict[str, Any]) -> Storage:
 
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:
     """Local folders need their directories made; object stores have none."""
+    return "file" in _protocols(fs)
+
+
+def _protocols(fs: fsspec.AbstractFileSystem) -> set[str]:
     protocol = fs.protocol
-    protocols = (protocol,) if isinstance(protocol, str) else tuple(protocol)
-    return "file" in protocols
+    return {protocol} if isinstance(protocol, str) else set(protocol)
+
+
+def _with_defaults(url: str, options: dict[str, Any]) -> dict[str, Any]:
+    """S3 options with bounded timeouts and retries unless given."""
+    if not url.startswith(("s3://", "s3a://")):
+        return options
+    merged = {**S3_DEFAULTS, **options}
+    merged["config_kwargs"] = {**S3_DEFAULTS["config_kwargs"], **options.get("config_kwargs", {})}
+    return merged

@@ -28,6 +28,11 @@ def binary_key(name: str, version: int) -> str:
     return f"binaries/{name}/{version}/content"
 
 
+def binary_version(key: str) -> int:
+    """The version in a binary's key (binaries/<name>/<version>/content)."""
+    return int(key.rsplit("/", 2)[-2])
+
+
 def binary_prefix(name: str) -> str:
     return f"binaries/{name}"
 

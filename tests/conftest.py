@@ -4,11 +4,13 @@ tmp dirs, and the REST server on 127.0.0.1 with a real HTTP client."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,12 +28,65 @@ REPO = Path(__file__).resolve().parent.parent
 TERMINAL = {"COMPLETED", "FAILED", "STOPPED"}
 
 
+class S3Server:
+    """moto's S3-compatible server on 127.0.0.1, as a process the tests can stop and start."""
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.process: subprocess.Popen | None = None
+        self.start()
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def options(self) -> dict:
+        return {"key": "testing", "secret": "testing", "endpoint_url": self.endpoint}
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with contextlib.suppress(httpx.HTTPError):
+                httpx.get(self.endpoint, timeout=1)
+                return
+            time.sleep(0.1)
+        raise AssertionError("moto server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            kill_session(self.process)
+            self.process = None
+
+    def new_bucket(self) -> str:
+        """A fresh bucket (moto keeps everything in memory: a restart empties it)."""
+        import s3fs
+
+        name = f"b{uuid.uuid4().hex[:12]}"
+        s3fs.S3FileSystem(**self.options, skip_instance_cache=True).mkdir(name)
+        return name
+
+
 @pytest.fixture(scope="session")
-def scheduler_address() -> Iterator[str]:
-    """One real cluster for the suite: 1 worker process, 2 threads, declaring CPU=2."""
+def s3() -> Iterator[S3Server]:
+    server = S3Server()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def scheduler_address(s3: S3Server) -> Iterator[str]:
+    """One real cluster for the suite: 1 worker process, 2 threads, declaring CPU=2. Its
+    worker reaches the test S3 server through fsspec's own configuration (FSSPEC_S3), as a
+    remote worker would: credentials never travel with tasks."""
     with LocalCluster(
         n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
         dashboard_address=None, resources={"CPU": 2, "MEMORY": 8 * 2**30},
+        env={"FSSPEC_S3": json.dumps(s3.options)},
     ) as cluster:
         yield cluster.scheduler_address
 
@@ -116,6 +171,15 @@ def make_server(tmp_path: Path, scheduler_address: str):
 @pytest.fixture
 def server(make_server) -> Server:
     return make_server()
+
+
+@pytest.fixture(params=["local", "s3"])
+def any_server(request, make_server) -> Server:
+    """A server on each storage backend: a local folder, and S3 (the test moto server)."""
+    if request.param == "local":
+        return make_server()
+    s3: S3Server = request.getfixturevalue("s3")
+    return make_server(storage=f"s3://{s3.new_bucket()}/orchestrator", storage_options=s3.options)
 
 
 def free_port() -> int:

@@ -1,4 +1,5 @@
-"""Storage conformance over a local folder and fsspec's memory filesystem."""
+"""Storage conformance over a local folder, fsspec's memory filesystem and S3 (a real
+S3-compatible server: moto's, started by the tests)."""
 
 from __future__ import annotations
 
@@ -10,11 +11,37 @@ import pytest
 from storage import Storage, layout
 
 
-@pytest.fixture(params=["local", "memory"])
+@pytest.fixture(params=["local", "memory", "s3"])
 def storage(request, tmp_path) -> Storage:
     if request.param == "local":
         return Storage(str(tmp_path / "store"))
+    if request.param == "s3":
+        s3 = request.getfixturevalue("s3")
+        return Storage(f"s3://{s3.new_bucket()}/store", **s3.options)
     return Storage(f"memory://test-{uuid.uuid4().hex}")
+
+
+def test_a_large_write_streams_in_parts_and_appears_only_when_complete(storage):
+    """12 MiB: several S3 multipart parts. Invisible while written, whole once committed;
+    an aborted one leaves nothing listed (on S3, its multipart upload is aborted)."""
+    block = bytes(range(256)) * 4096  # 1 MiB
+    writer = storage.writer("big/one.bin")
+    for _ in range(12):
+        writer.write(block)
+    assert not storage.exists("big/one.bin") and storage.list_sizes("big") == {}
+    stored = writer.commit()
+    assert storage.size("big/one.bin") == 12 * len(block) == stored.size
+    assert storage.info("big/one.bin").sha256 == hashlib.sha256(block * 12).hexdigest() == stored.sha256
+
+    aborted = storage.writer("big/two.bin")
+    for _ in range(12):
+        aborted.write(block)
+    aborted.abort()
+    assert storage.list_sizes("big") == {"one.bin": 12 * len(block)}
+    assert storage.list_sizes("_tmp") == {}
+    if storage.url.startswith("s3://"):
+        bucket = storage.root.split("/", 1)[0]
+        assert storage.fs.list_multipart_uploads(bucket) == []
 
 
 def test_writer_is_invisible_until_commit(storage):

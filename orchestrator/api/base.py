@@ -15,6 +15,7 @@ from pydantic import BaseModel, ValidationError
 from tornado.iostream import StreamClosedError
 
 from orchestrator.errors import (
+    ChecksumMismatch,
     NotFound,
     OrchestratorError,
     StorageUnavailable,
@@ -164,8 +165,14 @@ class BaseHandler(tornado.web.RequestHandler):
     async def send_stored(
         self, storage: Storage, key: str, size: int, sha256: str, content_type: str, filename: str
     ) -> None:
-        """Stream a stored object in chunks, honouring a single HTTP Range."""
+        """Stream a stored object in chunks, honouring a single HTTP Range.
+
+        With `?verify=true` the whole object is read and checked against its recorded size
+        and sha256 first, so a mismatch is a clear 409 rather than a broken stream.
+        """
         start, end = self._byte_range(size)
+        if self.query_bool("verify"):
+            await verify_stored(storage, key, size, sha256)
         partial = (start, end) != (0, size)
         self.set_status(206 if partial else 200)
         self.set_header("Content-Type", content_type)
@@ -208,6 +215,18 @@ class BaseHandler(tornado.web.RequestHandler):
         if start >= size or end <= start:
             raise RangeNotSatisfiable(size)
         return start, end
+
+
+async def verify_stored(storage: Storage, key: str, size: int, sha256: str) -> None:
+    try:
+        actual = await asyncio.to_thread(storage.info, key)
+    except FileNotFoundError:
+        raise NotFound("the stored bytes are missing") from None
+    if (actual.size, actual.sha256) != (size, sha256):
+        raise ChecksumMismatch(
+            f"stored bytes ({actual.size} bytes, sha256 {actual.sha256}) do not match the "
+            f"recorded {size} bytes, sha256 {sha256}"
+        )
 
 
 class RangeNotSatisfiable(OrchestratorError):

@@ -89,7 +89,7 @@ class BinaryHandler(BinariesHandler):
 
 class BinaryContentHandler(BaseHandler):
     openapi = {
-        "get": Operation("Download a binary's bytes (Range supported)",
+        "get": Operation("Download a binary's bytes (Range supported; ?verify=true checks its sha256 first)",
                          query={"version": "a version number (default latest)"},
                          raw_response="application/octet-stream"),
     }

@@ -258,7 +258,7 @@ class JobFilesHandler(BaseHandler):
 
 
 class JobFileHandler(BaseHandler):
-    openapi = {"get": Operation("Download an output file (Range supported)",
+    openapi = {"get": Operation("Download an output file (Range supported; ?verify=true checks its sha256 first)",
                                 raw_response="application/octet-stream")}
 
     async def get(self, job_id: str, path: str) -> None:
