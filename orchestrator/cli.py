@@ -100,6 +100,41 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_gc(args: argparse.Namespace) -> int:
+    """Remove storage objects no ledger row owns (see orchestrator.gc); safe beside a server."""
+    from orchestrator.config import Settings
+    from orchestrator.gc import find_garbage, remove
+    from orchestrator.store import Store
+    from storage import Storage
+
+    overrides = {"data_dir": args.data_dir, "storage": args.storage}
+    settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    if not settings.database_path.is_file():
+        # an empty ledger would make every job's files look orphaned
+        print(f"error: no job store at {settings.database_path} (give --data-dir)", file=sys.stderr)
+        return 2
+    store = Store(settings.database_path)
+    try:
+        storage = Storage(settings.storage_url, **settings.storage_options)
+        garbage = find_garbage(store, storage, args.older_than)
+    finally:
+        store.close()
+    failed = {} if args.dry_run else dict(remove(storage, garbage))
+    for item, exc in failed.items():
+        print(f"error: could not remove {item.kind} {item.key}: {exc}", file=sys.stderr)
+    if args.json:
+        _print_json([{**g.to_json(), "removed": not args.dry_run and g not in failed,
+                      **({"error": str(failed[g])} if g in failed else {})} for g in garbage])
+        return 1 if failed else 0
+    if garbage:
+        _print_table(["kind", "key", "bytes"], [[g.kind, g.key, g.bytes] for g in garbage])
+    done = [g for g in garbage if g not in failed]
+    verb = "would remove" if args.dry_run else "removed"
+    print(f"total: {verb} {len(done)} item(s), {sum(g.bytes for g in done)} bytes"
+          + (f"; {len(failed)} failed" if failed else ""))
+    return 1 if failed else 0
+
+
 # ---- jobs -----------------------------------------------------------------------------------
 
 
@@ -407,6 +442,16 @@ def build_parser() -> argparse.ArgumentParser:
     config = sub.add_parser("config", help="print the effective settings")
     config.add_argument("--json", action="store_true")
     config.set_defaults(func=cmd_config)
+
+    gc = sub.add_parser("gc", help="remove storage objects that no job, sweep or binary owns")
+    gc.add_argument("--data-dir", help="folder of the job store and default storage")
+    gc.add_argument("--storage", help="fsspec URL of storage (e.g. s3://bucket/prefix)")
+    gc.add_argument("--older-than", type=float, default=3600, metavar="SECONDS",
+                    help="only what nobody wrote to for this long (default 3600; 0: all, "
+                         "even uploads in progress)")
+    gc.add_argument("--dry-run", action="store_true", help="list what would go, remove nothing")
+    gc.add_argument("--json", action="store_true", help="print JSON")
+    gc.set_defaults(func=cmd_gc)
 
     submit = client_command("submit", "submit a command as a job", cmd_submit)
     submit.add_argument("command", nargs="+", help="a shell command line, or program and arguments")

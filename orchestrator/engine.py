@@ -35,7 +35,7 @@ from orchestrator.models import (
 from orchestrator.runner import STATUS_TOPIC, RunSpec, StagedInput, run_batch, run_job
 from orchestrator.store import StatusUpdate, Store
 from plugins.worker import OrchestratorWorkerPlugin, request_stop
-from storage import layout
+from storage import is_storage_failure, layout
 
 logger = logging.getLogger(__name__)
 
@@ -644,6 +644,8 @@ def _describe_failure(exc: BaseException) -> str:
 
     if isinstance(exc, KilledWorker):
         return f"worker lost: {exc}"
+    if is_storage_failure(exc):
+        return f"storage error: {type(exc).__name__}: {exc}"[:2000]
     return f"error: {type(exc).__name__}: {exc}"[:2000]
 
 

@@ -29,7 +29,7 @@ import psutil
 from orchestrator import templating
 from orchestrator.paths import safe_relative_path
 from plugins.worker import gpu_devices, job_processes, signal_group
-from storage import Storage, layout
+from storage import Storage, is_storage_failure, layout
 
 STATUS_TOPIC = "orchestrator-status"
 OUTPUTS_FILE = "outputs.json"
@@ -184,17 +184,18 @@ def _run_in(
     try:
         staged = _stage_inputs(storage, spec.inputs, workdir, spec.variables or {})
     except Exception as exc:  # noqa: BLE001 - any staging failure fails the job with its reason
-        return Outcome("FAILED", f"staging inputs failed: {_describe(exc)}", worker=worker)
+        return Outcome("FAILED", _step_failed("staging inputs", exc), worker=worker)
     started = time.time()
     if announce:
         _announce_running(spec, worker, started)
     outcome = _run_command(workdir, log_paths, spec, storage, worker)
     outcome.started_at = started
     try:
+        _ship_final_logs(storage, spec.job_id, log_paths)
         outcome.files = _upload_outputs(storage, spec.job_id, workdir, staged)
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # noqa: BLE001 - nothing unstored may be recorded as stored
         outcome.status = "FAILED"
-        outcome.reason = f"uploading outputs failed: {_describe(exc)}"
+        outcome.reason = _step_failed("storing logs and outputs", exc)
         outcome.files = []
     _read_outputs_json(workdir, outcome)
     outcome.finished_at = time.time()
@@ -218,15 +219,8 @@ def _run_command(
             )
         except OSError as exc:
             err.write(f"cannot start {argv[0]}: {exc}\n".encode())
-            err.flush()
-            _ship_final_logs(storage, spec.job_id, log_paths)
             return Outcome("FAILED", f"cannot start command: {exc.strerror or exc}", 127, worker=worker)
-        shipper = LogShipper(storage, spec.job_id, log_paths)
-        try:
-            outcome = _supervise(process, spec, worker, shipper)
-        finally:
-            shipper.finish()
-    return outcome
+        return _supervise(process, spec, worker, LogShipper(storage, spec.job_id, log_paths))
 
 
 def _supervise(
@@ -362,15 +356,17 @@ class LogShipper:
         self._due = time.monotonic() + self._interval
 
     def ship_if_due(self) -> None:
+        """Best effort: while storage is unreachable the job runs on, and its whole log is
+        stored when it ends (or the job fails saying storage could not take it)."""
         if time.monotonic() < self._due:
             return
-        with contextlib.suppress(OSError):
+        try:
             self._ship_new_bytes()
+        except Exception as exc:
+            if not is_storage_failure(exc):
+                raise
         self._interval = min(self._interval * 1.2, 2.0)
         self._due = time.monotonic() + self._interval
-
-    def finish(self) -> None:
-        _ship_final_logs(self._storage, self._job_id, self._paths)
 
     def _ship_new_bytes(self) -> None:
         for stream, path in self._paths.items():
@@ -591,6 +587,12 @@ def _announce_running(spec: RunSpec, worker_address: str | None, started: float)
 @lru_cache(maxsize=16)
 def _storage(url: str) -> Storage:
     return Storage.from_environment(url)
+
+
+def _step_failed(step: str, exc: BaseException) -> str:
+    if is_storage_failure(exc):
+        return f"storage error while {step}: {_describe(exc)}"
+    return f"{step} failed: {_describe(exc)}"
 
 
 def _describe(exc: BaseException) -> str:

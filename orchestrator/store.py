@@ -472,6 +472,28 @@ class Store:
         with self.transaction() as db:
             db.execute("DELETE FROM binaries WHERE name = ?", (name,))
 
+    # ---- garbage collection ----
+
+    def existing_job_ids(self, job_ids: list[str]) -> set[str]:
+        """Which of these job ids have a row: storage prefixes of the others are orphans."""
+        found: set[str] = set()
+        for chunk in _chunks(job_ids):
+            marks = ",".join("?" * len(chunk))
+            found.update(row[0] for row in self._query(f"SELECT id FROM jobs WHERE id IN ({marks})", chunk))
+        return found
+
+    def existing_sweep_ids(self, sweep_ids: list[str]) -> set[str]:
+        """Which of these sweep ids have a row."""
+        found: set[str] = set()
+        for chunk in _chunks(sweep_ids):
+            marks = ",".join("?" * len(chunk))
+            found.update(row[0] for row in self._query(f"SELECT id FROM sweeps WHERE id IN ({marks})", chunk))
+        return found
+
+    def binary_versions_known(self) -> set[tuple[str, int]]:
+        """(name, version) of every binary in the ledger: a small table, read whole."""
+        return {(row[0], row[1]) for row in self._query("SELECT name, version FROM binaries")}
+
 
 def _ts(value: datetime | None) -> str | None:
     return value.isoformat() if value else None

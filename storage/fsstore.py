@@ -25,6 +25,7 @@ import fsspec
 CHUNK_SIZE = 4 * 1024 * 1024
 TEMP_PREFIX = "_tmp"
 OPTIONS_VARIABLE = "ORCHESTRATOR_STORAGE_OPTIONS"
+STORAGE_CLIENT_MODULES = {"botocore", "aiobotocore", "aiohttp", "s3fs", "gcsfs", "adlfs", "fsspec"}
 # Object stores whose uploads appear only once complete (S3 multipart, GCS resumable,
 # Azure blocks): written in place. Others go through a temporary key and a move.
 ATOMIC_ON_CLOSE = {"s3", "s3a", "gcs", "gs", "abfs", "az"}
@@ -231,6 +232,16 @@ class Storage:
 
 def _storage_from(url: str, options: dict[str, Any]) -> Storage:
     return Storage(url, **options)
+
+
+def is_storage_failure(exc: BaseException) -> bool:
+    """Storage could not be reached or refused the request (as opposed to a missing object
+    or a bug): OS-level errors, and those of the object-store clients fsspec backends use."""
+    if isinstance(exc, FileNotFoundError):
+        return False
+    if isinstance(exc, (OSError, TimeoutError)):
+        return True
+    return type(exc).__module__.split(".")[0] in STORAGE_CLIENT_MODULES
 
 
 def _is_local(fs: fsspec.AbstractFileSystem) -> bool:

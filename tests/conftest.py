@@ -64,9 +64,11 @@ class S3Server:
 
     def new_bucket(self) -> str:
         """A fresh bucket (moto keeps everything in memory: a restart empties it)."""
+        return self.recreate_bucket(f"b{uuid.uuid4().hex[:12]}")
+
+    def recreate_bucket(self, name: str) -> str:
         import s3fs
 
-        name = f"b{uuid.uuid4().hex[:12]}"
         s3fs.S3FileSystem(**self.options, skip_instance_cache=True).mkdir(name)
         return name
 

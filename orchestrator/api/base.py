@@ -23,7 +23,7 @@ from orchestrator.errors import (
     validation_failed,
 )
 from orchestrator.service import Service
-from storage import Storage
+from storage import Storage, is_storage_failure
 
 logger = logging.getLogger(__name__)
 
@@ -254,8 +254,8 @@ def _public_error(exc: BaseException | None, status_code: int) -> OrchestratorEr
         error.status = exc.status_code
         error.code = {405: "method_not_allowed", 404: "not_found"}.get(exc.status_code, "bad_request")
         return error
-    if isinstance(exc, (OSError, TimeoutError)) and not isinstance(exc, FileNotFoundError):
-        return StorageUnavailable(f"storage error: {type(exc).__name__}: {exc}")
+    if exc is not None and is_storage_failure(exc):
+        return StorageUnavailable(f"storage error: {type(exc).__name__}: {exc}"[:1000])
     error = OrchestratorError("internal error; the server log has the details")
     error.status = status_code if status_code >= 400 else 500
     error.code = "internal_error"
