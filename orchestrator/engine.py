@@ -492,6 +492,8 @@ class Engine:
         self._stop_requests.pop(job_id, None)
         fields.update(result=result, finished_at=finished)
         files = [FileEntry.model_construct(**f) for f in outcome.get("files", [])] if outcome else None
+        if outcome:
+            fields["attempt_bytes"] = sum(f.size for f in files or []) + outcome.get("log_bytes", 0)
         return [StatusUpdate(job_id, status, reason, finished, ACTIVE, fields, files, passed)]
 
     def _transition(

@@ -54,8 +54,13 @@ class JobService:
     ) -> JobRecord:
         """Record a job whose input files are already stored under its id, and submit it."""
         now = utcnow()
+        job_id = job_id or new_job_id()
+        stored = 0
+        if files or kind == "callable":
+            stored = await asyncio.to_thread(self.storage.prefix_bytes, layout.job_prefix(job_id))
         job = JobRecord(
-            id=job_id or new_job_id(),
+            id=job_id,
+            storage_bytes=stored,
             name=request.name or default_name(request.command),
             owner=owner,
             kind=kind,

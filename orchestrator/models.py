@@ -218,6 +218,7 @@ class JobRecord(BaseModel):
     priority: int = 0
     attempt: int = 0
     worker_losses: int = Field(0, description="times a worker died while running it")
+    storage_bytes: int = Field(0, description="bytes it keeps in storage: inputs, outputs and logs")
     worker: str | None = None
     sweep_id: str | None = None
     index: int | None = None

@@ -85,6 +85,7 @@ class Outcome:
     outputs: dict[str, Any] = field(default_factory=dict)
     value: Any = None
     error: str | None = None
+    log_bytes: int = 0  # stored as the attempt's logs
 
     def as_dict(self) -> dict[str, Any]:
         return dict(vars(self))  # shallow: dataclasses.asdict's deep copy costs per run
@@ -191,7 +192,7 @@ def _run_in(
     outcome = _run_command(workdir, log_paths, spec, storage, worker)
     outcome.started_at = started
     try:
-        _ship_final_logs(storage, spec.job_id, log_paths)
+        outcome.log_bytes = _ship_final_logs(storage, spec.job_id, log_paths)
         outcome.files = _upload_outputs(storage, spec.job_id, workdir, staged)
     except Exception as exc:  # noqa: BLE001 - nothing unstored may be recorded as stored
         outcome.status = "FAILED"
@@ -381,12 +382,15 @@ class LogShipper:
             self._shipped[stream] = start + len(data)
 
 
-def _ship_final_logs(storage: Storage, job_id: str, paths: dict[str, Path]) -> None:
-    """The whole log under its final key, then the segments go: readers prefer the final."""
+def _ship_final_logs(storage: Storage, job_id: str, paths: dict[str, Path]) -> int:
+    """The whole log under its final key, then the segments go: readers prefer the final.
+    Returns the bytes stored."""
+    stored = 0
     for stream, path in paths.items():
         if path.exists() and path.stat().st_size:
-            storage.put_file(str(path), layout.log_key(job_id, stream))
+            stored += storage.put_file(str(path), layout.log_key(job_id, stream)).size
             storage.delete_prefix(layout.log_segments_prefix(job_id, stream))
+    return stored
 
 
 # ---- Python callables -------------------------------------------------------------------
@@ -410,8 +414,8 @@ def _call(storage: Storage, spec: RunSpec, worker: str | None, announce: bool) -
         with gpu_devices().lend(spec.gpus):  # the callable asks assigned_gpus() which
             value = function(*args, **{**kwargs, **(spec.variables or {})})
     except (Exception, SystemExit) as exc:  # the job's own exception (or exit) is its failure
-        storage.put_bytes(layout.log_key(spec.job_id, "stderr"), traceback.format_exc().encode())
-        outcome = Outcome("FAILED", _describe(exc), worker=worker, error=_describe(exc))
+        stderr = storage.put_bytes(layout.log_key(spec.job_id, "stderr"), traceback.format_exc().encode())
+        outcome = Outcome("FAILED", _describe(exc), worker=worker, error=_describe(exc), log_bytes=stderr.size)
     else:
         outcome = Outcome("COMPLETED", None, 0, worker=worker)
         try:

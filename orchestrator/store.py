@@ -39,6 +39,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     priority INTEGER NOT NULL DEFAULT 0,
     attempt INTEGER NOT NULL DEFAULT 0,
     worker_losses INTEGER NOT NULL DEFAULT 0,
+    input_bytes INTEGER NOT NULL DEFAULT 0,
+    storage_bytes INTEGER NOT NULL DEFAULT 0,
     worker TEXT,
     sweep_id TEXT,
     idx INTEGER,
@@ -79,6 +81,7 @@ CREATE TABLE IF NOT EXISTS sweeps (
     spec TEXT NOT NULL,
     names TEXT NOT NULL,
     seed INTEGER,
+    input_bytes INTEGER NOT NULL DEFAULT 0,
     stop_reason TEXT,
     created_at TEXT NOT NULL
 );
@@ -96,7 +99,12 @@ CREATE TABLE IF NOT EXISTS binaries (
 """
 
 # (table, column, declaration) added after the first release: see Store._add_new_columns.
-ADDED_COLUMNS = [("jobs", "worker_losses", "INTEGER NOT NULL DEFAULT 0")]
+ADDED_COLUMNS = [
+    ("jobs", "worker_losses", "INTEGER NOT NULL DEFAULT 0"),
+    ("jobs", "input_bytes", "INTEGER NOT NULL DEFAULT 0"),  # stored with the job at creation
+    ("jobs", "storage_bytes", "INTEGER NOT NULL DEFAULT 0"),  # inputs + latest outputs and logs
+    ("sweeps", "input_bytes", "INTEGER NOT NULL DEFAULT 0"),  # files shared by its runs
+]
 
 # Fields kept together as JSON: they are read with the job, never filtered on.
 _SPEC_FIELDS = ("command", "binaries", "files", "env", "resources", "timeout_s", "retries")
@@ -173,14 +181,14 @@ class Store:
     ) -> None:
         db.executemany(
             "INSERT INTO jobs (id, name, owner, kind, status, status_reason, spec, priority,"
-            " attempt, worker, sweep_id, idx, variables, created_at, submitted_at)"
-            " VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " attempt, worker, sweep_id, idx, variables, created_at, submitted_at, input_bytes,"
+            " storage_bytes) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             [
                 (
                     job.id, job.name, job.owner, job.kind, job.status.value, job.status_reason,
                     _spec_json(job), job.priority, job.attempt, job.worker, job.sweep_id,
                     job.index, _json_or_none(job.variables), _ts(job.created_at),
-                    _ts(job.submitted_at),
+                    _ts(job.submitted_at), job.storage_bytes, job.storage_bytes,
                 )
                 for job in jobs
             ],
@@ -344,12 +352,12 @@ class Store:
         """The sweep and all its runs in one transaction: none is ever half created."""
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO sweeps (id, name, owner, kind, spec, names, seed, created_at)"
-                " VALUES (?,?,?,?,?,?,?,?)",
+                "INSERT INTO sweeps (id, name, owner, kind, spec, names, seed, created_at, input_bytes)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
                 (
                     sweep["id"], sweep["name"], sweep["owner"], sweep["kind"],
                     json.dumps(sweep["spec"]), json.dumps(sweep["names"]),
-                    sweep["seed"], _ts(sweep["created_at"]),
+                    sweep["seed"], _ts(sweep["created_at"]), sweep.get("input_bytes", 0),
                 ),
             )
             self._insert_jobs(db, runs, history)
@@ -383,6 +391,11 @@ class Store:
         params = (sweep_id,) if sweep_id is not None else ()
         rows = self._query(f"SELECT status, COUNT(*) FROM jobs WHERE {where} GROUP BY status", params)
         return {row[0]: row[1] for row in rows}
+
+    def sweep_storage_bytes(self, sweep_id: str) -> int:
+        """What a sweep's runs keep in storage (its shared inputs are on the sweep)."""
+        rows = self._query("SELECT SUM(storage_bytes) FROM jobs WHERE sweep_id = ?", (sweep_id,))
+        return int(rows[0][0] or 0)
 
     def sweep_last_finish(self, sweep_id: str) -> str | None:
         rows = self._query("SELECT MAX(finished_at) FROM jobs WHERE sweep_id = ?", (sweep_id,))
@@ -517,10 +530,15 @@ def _chunks(items: list[str], size: int = 900) -> Iterator[list[str]]:
 
 
 def _apply_update(db: sqlite3.Connection, update: StatusUpdate) -> bool:
-    columns = {"status": update.status.value, "status_reason": update.reason,
-               **_encode_fields(update.fields)}
+    fields = dict(update.fields)
+    attempt_bytes = fields.pop("attempt_bytes", None)  # what the attempt stored: outputs, logs
+    columns = {"status": update.status.value, "status_reason": update.reason, **_encode_fields(fields)}
     sets = ", ".join(f"{name} = ?" for name in columns)
-    params: list[Any] = [*columns.values(), update.job_id]
+    params: list[Any] = list(columns.values())
+    if attempt_bytes is not None:
+        sets += ", storage_bytes = input_bytes + ?"
+        params.append(attempt_bytes)
+    params.append(update.job_id)
     guard = ""
     if update.only_from is not None:
         allowed = [s.value for s in update.only_from]
@@ -610,7 +628,7 @@ def _job_from_row(row: sqlite3.Row) -> JobRecord:
     fields.update(json.loads(fields.pop("spec")))
     fields["index"] = fields.pop("idx")
     fields["variables"] = json.loads(fields["variables"]) if fields["variables"] else None
-    del fields["seq"], fields["delete_when_done"]
+    del fields["seq"], fields["delete_when_done"], fields["input_bytes"]
     if fields["result"]:
         fields["result"] = json.loads(fields["result"])
     return JobRecord.model_validate(fields)

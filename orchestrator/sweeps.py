@@ -90,6 +90,7 @@ class SweepRecord(BaseModel):
     seed: int | None = None
     max_parallel: int | None = None
     max_failures: int | None = None
+    storage_bytes: int = Field(0, description="bytes kept in storage: shared inputs and every run's")
     created_at: datetime
     finished_at: datetime | None = None
     spec: dict[str, Any] = Field(..., description="the request as recorded (cases left out)")
@@ -165,6 +166,7 @@ class SweepService:
         sweep = {
             "id": sweep_id, "name": runs[0].name, "owner": owner, "kind": kind,
             "names": table.names, "seed": table.seed, "created_at": runs[0].created_at,
+            "input_bytes": await asyncio.to_thread(self.storage.prefix_bytes, layout.sweep_prefix(sweep_id)),
             "spec": self._recorded_spec(request, table, runs[0], staged, templates, sweep_id, kind),
         }
         history = [StatusChange(status=JobStatus.CREATED, at=runs[0].created_at),
@@ -373,6 +375,7 @@ class SweepService:
             progress=round(done / total, 6) if total else 1.0, variables=sweep["names"],
             design=design or ("full_factorial" if spec.get("variables") else None),
             seed=sweep["seed"], max_parallel=spec.get("max_parallel"),
+            storage_bytes=sweep["input_bytes"] + self.store.sweep_storage_bytes(sweep["id"]),
             max_failures=spec.get("max_failures"), created_at=sweep["created_at"],
             finished_at=self.store.sweep_last_finish(sweep["id"]) if status.is_terminal else None,
             spec=spec,

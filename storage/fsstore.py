@@ -213,6 +213,13 @@ class Storage:
             if entry.get("type") != "directory"
         }
 
+    def prefix_bytes(self, prefix: str) -> int:
+        """Total size of the objects under a prefix (0 when there are none)."""
+        try:
+            return int(self.fs.du(self.path(prefix), total=True))
+        except FileNotFoundError:
+            return 0
+
     def delete(self, key: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(self.path(key))

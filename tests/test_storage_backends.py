@@ -93,3 +93,20 @@ def test_verify_catches_stored_bytes_that_changed(server, tmp_path):
     with Orchestrator.connect(server.url) as orch, pytest.raises(ChecksumMismatch):
         orch.job(job["id"]).download("out.txt", downloads, verify=True)
     assert list(downloads.iterdir()) == []  # nothing half-checked left behind
+
+
+def test_jobs_and_sweeps_report_the_bytes_they_store(any_server):
+    server = any_server
+    files = [("file[]", ("input.bin", bytes(1000)))]
+    created = server.http.post("/jobs", data={"command": "head -c 5000 /dev/zero > out.bin; echo 12345"},
+                               files=files)
+    job = server.wait(created.json()["id"])
+    assert created.json()["storage_bytes"] == 1000  # its input, once stored
+    assert job["storage_bytes"] == 1000 + 5000 + len("12345\n")  # + outputs + logs
+
+    sweep = server.http.post("/sweeps", data={"spec": json.dumps({
+        "command": "cat shared.txt > out.txt", "variables": [{"name": "x", "values": [1, 2]}]})},
+        files=[("file[]", ("shared.txt", b"0123456789"))])
+    assert sweep.status_code == 201, sweep.text
+    done = server.wait_sweep(sweep.json()["id"])
+    assert done["storage_bytes"] == 10 + 2 * 10  # the shared file, and each run's copy of it
