@@ -239,8 +239,8 @@ def cmd_download(args: argparse.Namespace) -> int:
         dest = Path(args.dest)
         for path in paths:
             target = dest / path if (len(paths) > 1 or dest.is_dir()) else dest
-            saved = job.download(path, target)
-            print(f"{path} -> {saved}")
+            saved = job.download(path, target, verify=args.verify)
+            print(f"{path} -> {saved}" + (" (sha256 verified)" if args.verify else ""))
     return 0
 
 
@@ -497,6 +497,8 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("job_id")
     download.add_argument("paths", nargs="*", help="output paths (default: all)")
     download.add_argument("-o", "--dest", default=".", help="file or folder")
+    download.add_argument("--verify", action="store_true",
+                          help="check each file against the sha256 recorded when it was stored")
 
     sweep = client_command("sweep", "run a parameter sweep from a spec file", cmd_sweep)
     sweep.add_argument("spec", help="spec.yaml or spec.json (the JSON shape of POST /sweeps)")

@@ -77,12 +77,26 @@ class Settings(BaseSettings):
         return self.database or self.data_dir / "jobs.db"
 
     def describe(self) -> list[tuple[str, Any, str]]:
-        """(environment variable, effective value, help) for `orchestrator config`."""
+        """(environment variable, effective value, help) for `orchestrator config`; option
+        values that look like credentials are masked."""
         rows = []
         for name, field in type(self).model_fields.items():
             value = getattr(self, name)
+            if isinstance(value, dict):
+                value = _masked(value)
             rows.append((f"ORCHESTRATOR_{name.upper()}", value, field.description or ""))
         return rows
+
+
+SECRET_WORDS = ("secret", "password", "token", "key", "credential")
+
+
+def _masked(options: dict[str, Any]) -> dict[str, Any]:
+    return {
+        name: _masked(value) if isinstance(value, dict)
+        else "***" if any(word in name.lower() for word in SECRET_WORDS) else value
+        for name, value in options.items()
+    }
 
 
 def machine_resources() -> dict[str, float]:

@@ -31,6 +31,8 @@ def test_submit_wait_list_status_logs_files_download(server, capsys, tmp_path):
     assert "answer.txt" in out
     code, out = run(capsys, "download", *url, job["id"], "answer.txt", "-o", str(tmp_path / "a.txt"))
     assert code == 0 and (tmp_path / "a.txt").read_text() == "42\n"
+    code, out = run(capsys, "download", *url, job["id"], "answer.txt", "-o", str(tmp_path / "b.txt"), "--verify")
+    assert code == 0 and "sha256 verified" in out and (tmp_path / "b.txt").read_text() == "42\n"
 
 
 def test_stop_and_errors(server, capsys):
@@ -57,8 +59,12 @@ def test_upload_and_follow_submit(server, capsys, tmp_path):
 
 def test_config_prints_settings(capsys, monkeypatch):
     monkeypatch.setenv("ORCHESTRATOR_MAX_UPLOAD_BYTES", "12345")
+    monkeypatch.setenv("ORCHESTRATOR_STORAGE_OPTIONS",
+                       '{"key": "AKIA-x", "secret": "s3cr3t", "endpoint_url": "http://127.0.0.1:9000"}')
     code, out = run(capsys, "config", "--json")
+    assert "s3cr3t" not in out and "AKIA-x" not in out
     settings = json.loads(out)
+    assert settings["ORCHESTRATOR_STORAGE_OPTIONS"]["endpoint_url"] == "http://127.0.0.1:9000"
     assert settings["ORCHESTRATOR_MAX_UPLOAD_BYTES"] == 12345
     assert settings["ORCHESTRATOR_HOST"] == "127.0.0.1"
     assert settings["ORCHESTRATOR_PORT"] == 8080
