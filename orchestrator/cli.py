@@ -100,6 +100,36 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_token(args: argparse.Namespace) -> int:
+    """Tokens are managed beside the ledger, like `gc`: no server needs to run."""
+    from orchestrator.auth import Tokens
+    from orchestrator.config import Settings
+    from orchestrator.store import Store
+
+    if args.action != "list" and not args.user:
+        raise ValueError(f"token {args.action} needs the USER")
+    overrides = {"data_dir": args.data_dir} if args.data_dir else {}
+    store = Store(Settings(**overrides).database_path)
+    try:
+        tokens = Tokens(store)
+        if args.action == "create":
+            role = "admin" if args.admin else "user"
+            print(f"token for {args.user} ({role}), shown only now: {tokens.create(args.user, args.admin)}")
+        elif args.action == "revoke":
+            print(f"revoked {tokens.revoke(args.user)} token(s) of {args.user}")
+        else:
+            rows = store.list_tokens()
+            if args.json:
+                _print_json(rows)
+            else:
+                _print_table(["id", "user", "admin", "created", "revoked"],
+                             [[r["id"], r["user"], bool(r["admin"]), r["created_at"], r["revoked_at"] or ""]
+                              for r in rows])
+    finally:
+        store.close()
+    return 0
+
+
 def cmd_gc(args: argparse.Namespace) -> int:
     """Remove storage objects no ledger row owns (see orchestrator.gc); safe beside a server."""
     from orchestrator.config import Settings
@@ -438,6 +468,14 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--nthreads", type=int, help="job slots (default: the cores)")
     worker.add_argument("--name", help="worker name")
     worker.set_defaults(func=cmd_worker)
+
+    token = sub.add_parser("token", help="create, revoke or list API tokens (stored as hashes)")
+    token.add_argument("action", choices=["create", "revoke", "list"])
+    token.add_argument("user", nargs="?", help="who the token is for (create, revoke)")
+    token.add_argument("--admin", action="store_true", help="the token may see and stop everyone's work")
+    token.add_argument("--data-dir", help="folder of the job store (default: ORCHESTRATOR_DATA_DIR)")
+    token.add_argument("--json", action="store_true")
+    token.set_defaults(func=cmd_token)
 
     config = sub.add_parser("config", help="print the effective settings")
     config.add_argument("--json", action="store_true")

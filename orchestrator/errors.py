@@ -32,6 +32,11 @@ class ValidationFailed(OrchestratorError, ValueError):
     code = "validation_error"
 
 
+class Unauthorized(OrchestratorError):
+    status = 401
+    code = "unauthorized"
+
+
 class NotFound(OrchestratorError, LookupError):
     status = 404
     code = "not_found"

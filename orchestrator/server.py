@@ -10,6 +10,7 @@ from tornado.httpserver import HTTPServer
 
 from orchestrator.api.app import make_app
 from orchestrator.api.uploads import READ_CHUNK_SIZE
+from orchestrator.auth import is_loopback
 from orchestrator.config import Settings
 from orchestrator.service import Service
 
@@ -29,6 +30,11 @@ class RunningServer:
 async def start_server(settings: Settings) -> RunningServer:
     service = await Service(settings).start()
     try:
+        if not is_loopback(settings.host) and not service.tokens.required():
+            raise ValueError(
+                f"refusing to serve on {settings.host} without API tokens: anyone who can reach it "
+                "could run commands. Create one first: orchestrator token create USER --admin"
+            )
         http = HTTPServer(
             make_app(service),
             max_body_size=settings.max_json_bytes,

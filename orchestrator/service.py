@@ -8,6 +8,7 @@ from __future__ import annotations
 import logging
 
 from orchestrator import cluster
+from orchestrator.auth import Tokens
 from orchestrator.binaries import BinaryService
 from orchestrator.board import BoardFeed
 from orchestrator.config import Settings
@@ -35,11 +36,13 @@ class Service:
         self.events: EventHub
         self.metrics: Metrics
         self.board: BoardFeed
+        self.tokens: Tokens
 
     async def start(self) -> Service:
         settings = self.settings
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(settings.database_path)
+        self.tokens = Tokens(self.store)
         self.storage = Storage(settings.storage_url, **settings.storage_options)
         self.storage.root  # noqa: B018 - creates a local storage folder now, not mid-request
         self.connection = await cluster.connect(settings)

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from dataclasses import field as dataclass_field
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,14 @@ CREATE TABLE IF NOT EXISTS sweeps (
     created_at TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS sweeps_owner ON sweeps(owner, seq);
+CREATE TABLE IF NOT EXISTS tokens (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    user TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE,
+    admin INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
+);
 CREATE TABLE IF NOT EXISTS binaries (
     name TEXT NOT NULL,
     version INTEGER NOT NULL,
@@ -484,6 +492,31 @@ class Store:
     def delete_binary(self, name: str) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM binaries WHERE name = ?", (name,))
+
+    # ---- tokens ---------------------------------------------------------------------
+
+    def insert_token(self, user: str, digest: str, admin: bool) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO tokens (user, hash, admin, created_at) VALUES (?,?,?,?)",
+                       (user, digest, int(admin), _ts(datetime.now(timezone.utc))))
+
+    def revoke_tokens(self, user: str) -> int:
+        with self.transaction() as db:
+            return db.execute("UPDATE tokens SET revoked_at = ? WHERE user = ? AND revoked_at IS NULL",
+                              (_ts(datetime.now(timezone.utc)), user)).rowcount
+
+    def active_token(self, digest: str) -> dict[str, Any] | None:
+        rows = self._query("SELECT user, hash, admin FROM tokens WHERE hash = ? AND revoked_at IS NULL",
+                           (digest,))
+        return dict(rows[0]) if rows else None
+
+    def active_token_count(self) -> int:
+        return self._query("SELECT COUNT(*) FROM tokens WHERE revoked_at IS NULL")[0][0]
+
+    def list_tokens(self) -> list[dict[str, Any]]:
+        """Who holds tokens, never the hashes."""
+        rows = self._query("SELECT seq AS id, user, admin, created_at, revoked_at FROM tokens ORDER BY seq")
+        return [dict(row) for row in rows]
 
     # ---- garbage collection ----
 

@@ -14,11 +14,13 @@ import tornado.web
 from pydantic import BaseModel, ValidationError
 from tornado.iostream import StreamClosedError
 
+from orchestrator.auth import Principal
 from orchestrator.errors import (
     ChecksumMismatch,
     NotFound,
     OrchestratorError,
     StorageUnavailable,
+    Unauthorized,
     ValidationFailed,
     validation_failed,
 )
@@ -46,6 +48,8 @@ class Operation:
 
 class BaseHandler(tornado.web.RequestHandler):
     openapi: dict[str, Operation] = {}
+    public = False  # answers without a token (liveness only)
+    principal: Principal
 
     @property
     def service(self) -> Service:
@@ -53,7 +57,20 @@ class BaseHandler(tornado.web.RequestHandler):
 
     @property
     def user(self) -> str:
-        return self.service.settings.default_owner
+        return self.principal.user
+
+    def prepare(self) -> Any:
+        self.authenticate()
+
+    def authenticate(self) -> None:
+        """Who is asking. A token that is given must be valid; none is needed only while no
+        token exists (then everyone is the default owner, as on a one-user machine)."""
+        header = self.request.headers.get("Authorization")
+        tokens = self.service.tokens
+        principal = tokens.authenticate(header)
+        if principal is None and not self.public and (header or tokens.required()):
+            raise Unauthorized("a valid API token is required: 'Authorization: Token <token>'")
+        self.principal = principal or Principal(self.service.settings.default_owner, admin=True)
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json")
@@ -92,6 +109,8 @@ class BaseHandler(tornado.web.RequestHandler):
         error = _public_error(exc, status_code)
         self.set_status(error.status)
         self.set_header("Content-Type", "application/json")
+        if isinstance(error, Unauthorized):
+            self.set_header("WWW-Authenticate", 'Token realm="orchestrator"')
         self.finish(json.dumps(error.to_json()))
 
     def log_exception(self, typ, value, tb) -> None:

@@ -12,6 +12,7 @@ from plugins.dashboard import JOBS_PAGE
 
 class HealthHandler(BaseHandler):
     openapi = {"get": Operation("Liveness: the API answers and the store is readable")}
+    public = True
 
     async def get(self) -> None:
         self.service.store.list_jobs(limit=1)

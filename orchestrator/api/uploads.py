@@ -149,6 +149,7 @@ class StreamingBodyHandler(BaseHandler):
         return path
 
     async def prepare(self) -> None:
+        self.authenticate()  # before a byte of the body is read
         self.file_paths: set[str] = set()
         self.json_body: bytearray | None = None
         self.multipart: MultipartStream | None = None
