@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
+import subprocess
+from collections.abc import Iterator
 
 import httpx
 
@@ -12,9 +15,7 @@ from tests.conftest import free_port, kill_session, serve_subprocess, wait_until
 
 def test_kill_9_and_restart_keeps_every_job_and_resubmits_active_ones(tmp_path):
     data_dir, port, url, api = _place(tmp_path)
-    server = serve_subprocess(data_dir, port)
-    try:
-        wait_until_serving(url, server)
+    with serving(data_dir, port, url) as server:
         done = api.post("/jobs", params={"sync": "true"}, json={"command": "echo kept > out.txt"}).json()
         assert done["status"] == "COMPLETED"
         blocker = api.post("/jobs", json={"command": "sleep 600", "resources": {"cores": 2}}).json()
@@ -22,14 +23,9 @@ def test_kill_9_and_restart_keeps_every_job_and_resubmits_active_ones(tmp_path):
                   for _ in range(2)]
         saved = api.post("/jobs", json={"command": "true", "submit": False}).json()
         _wait_status(api, blocker["id"], "RUNNING")
-        os.kill(server.pid, signal.SIGKILL)
-        server.wait(timeout=10)
-    finally:
-        kill_session(server)
+        kill_9(server)
 
-    server = serve_subprocess(data_dir, port)
-    try:
-        wait_until_serving(url, server)
+    with serving(data_dir, port, url) as server, contextlib.closing(api):
         assert api.get("/jobs").json()["count"] == 5
         kept = api.get(f"/jobs/{done['id']}").json()
         assert kept["status"] == "COMPLETED"
@@ -50,11 +46,28 @@ def test_kill_9_and_restart_keeps_every_job_and_resubmits_active_ones(tmp_path):
             assert any("resubmitted after orchestrator restart" in (h["reason"] or "")
                        for h in api.get(f"/jobs/{job['id']}/statuses").json())
         assert api.get(f"/jobs/{blocker['id']}", params={"wait": 10}).json()["status"] == "STOPPED"
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=60) == 0
+        stop_cleanly(server)
+
+
+@contextlib.contextmanager
+def serving(data_dir, port: int, url: str) -> Iterator[subprocess.Popen]:
+    """`orchestrator serve` on the data folder, answering; everything it started dies after."""
+    server = serve_subprocess(data_dir, port)
+    try:
+        wait_until_serving(url, server)
+        yield server
     finally:
         kill_session(server)
-        api.close()
+
+
+def kill_9(server: subprocess.Popen) -> None:
+    os.kill(server.pid, signal.SIGKILL)
+    server.wait(timeout=10)
+
+
+def stop_cleanly(server: subprocess.Popen) -> None:
+    server.send_signal(signal.SIGTERM)
+    assert server.wait(timeout=60) == 0
 
 
 def _place(tmp_path) -> tuple:
@@ -77,23 +90,16 @@ def _wait_status(api: httpx.Client, job_id: str, status: str) -> None:
 
 def test_kill_9_mid_sweep_and_restart_finishes_every_run_once(tmp_path):
     data_dir, port, url, api = _place(tmp_path)
-    server = serve_subprocess(data_dir, port)
-    try:
-        wait_until_serving(url, server)
+    with serving(data_dir, port, url) as server:
         sweep = api.post("/sweeps", json={
             "command": "sleep 0.2; echo '{\"twice\": '$((${i} * 2))'}' > outputs.json",
             "variables": [{"name": "i", "range": {"start": 0, "stop": 29, "step": 1}}],
             "max_parallel": 2,
         }).json()
         _wait_counts(api, sweep["id"], lambda c: c.get("COMPLETED", 0) >= 4)
-        os.kill(server.pid, signal.SIGKILL)
-        server.wait(timeout=10)
-    finally:
-        kill_session(server)
+        kill_9(server)
 
-    server = serve_subprocess(data_dir, port)
-    try:
-        wait_until_serving(url, server)
+    with serving(data_dir, port, url) as server, contextlib.closing(api):
         done = api.get(f"/sweeps/{sweep['id']}", params={"wait": 120}, timeout=180).json()
         assert done["status"] == "COMPLETED" and done["counts"] == {"COMPLETED": 30}, done
         rows = api.get(f"/sweeps/{sweep['id']}/results").json()["rows"]
@@ -103,11 +109,7 @@ def test_kill_9_mid_sweep_and_restart_finishes_every_run_once(tmp_path):
             "resubmitted after orchestrator restart" in (h["reason"] or "")
             for h in api.get(f"/jobs/{r['job_id']}/statuses").json())]
         assert resumed, "the history of resumed runs says what happened"
-        server.send_signal(signal.SIGTERM)
-        assert server.wait(timeout=60) == 0
-    finally:
-        kill_session(server)
-        api.close()
+        stop_cleanly(server)
 
 
 def _wait_counts(api: httpx.Client, sweep_id: str, predicate) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 def test_s3_down_mid_job_then_back(make_server, s3):
     bucket = s3.new_bucket()
     server = make_server(storage=f"s3://{bucket}/orchestrator", storage_options=s3.options)
+    assert server.http.post("/binaries/stored_before", content=b"echo hi\n").status_code == 201
     job = server.submit(command="sleep 2; echo result > out.txt; echo done")
     server.wait_for_status(job["id"], "RUNNING")
     s3.stop()
@@ -15,9 +16,12 @@ def test_s3_down_mid_job_then_back(make_server, s3):
         assert upload.status_code == 503, upload.text
         error = upload.json()["error"]
         assert error["code"] == "storage_unavailable" and "storage" in error["message"]
+        staging = server.wait(server.submit(command="sh stored_before", binaries=["stored_before"])["id"], timeout=90)
+        assert staging["status"] == "FAILED", staging
+        assert staging["status_reason"].startswith("storage error while staging inputs"), staging
         ended = server.wait(job["id"], timeout=90)
         assert ended["status"] == "FAILED", ended
-        assert "storage" in ended["status_reason"], ended["status_reason"]
+        assert ended["status_reason"].startswith("storage error while storing logs and outputs"), ended
         assert server.http.get(f"/jobs/{job['id']}/files").json()["count"] == 0  # nothing unstored listed
         logs = server.http.get(f"/jobs/{job['id']}/logs")
         assert logs.status_code == 503 and logs.json()["error"]["code"] == "storage_unavailable"
