@@ -14,6 +14,7 @@ import ipaddress
 import secrets
 from dataclasses import dataclass
 
+from orchestrator.paths import safe_name
 from orchestrator.store import Store
 
 TOKEN_PREFIX = "orch_"
@@ -22,8 +23,19 @@ SCHEMES = ("token", "bearer")
 
 @dataclass(frozen=True)
 class Principal:
+    """Who asks. Services take one to decide what it may see and change; `None` in their
+    place means the orchestrator itself (recovery, internal bookkeeping)."""
+
     user: str
     admin: bool
+
+    @property
+    def scope(self) -> str | None:
+        """The only owner whose work this principal lists, or None for everyone's (admins)."""
+        return None if self.admin else self.user
+
+    def owns(self, owner: str) -> bool:
+        return self.admin or owner == self.user
 
 
 def new_token() -> str:
@@ -59,7 +71,11 @@ class Tokens:
         self.store = store
 
     def create(self, user: str, admin: bool = False) -> str:
-        """A new token for `user`; the only time it is ever seen in clear."""
+        """A new token for `user`; the only time it is ever seen in clear.
+
+        User names become storage path segments (binaries/<owner>/...), so they follow the
+        same rule as binary names."""
+        safe_name(user)
         token = new_token()
         self.store.insert_token(user, token_hash(token), admin)
         return token

@@ -34,6 +34,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "scheduler": args.scheduler, "max_upload_bytes": args.max_upload_bytes,
         "workers": args.workers, "cluster": args.cluster, "cluster_options": args.cluster_options,
         "cluster_can_grow": args.cluster_can_grow, "worker_loss_retries": args.worker_loss_retries,
+        "max_queued_per_user": args.max_queued_per_user, "max_sweep_runs": args.max_sweep_runs,
     }
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
     asyncio.run(_serve(settings))
@@ -168,6 +169,14 @@ def cmd_gc(args: argparse.Namespace) -> int:
 # ---- jobs -----------------------------------------------------------------------------------
 
 
+def _secret_env(names: list[str]) -> dict[str, str]:
+    """Secret values come from the caller's environment: a command line shows in `ps`."""
+    missing = [name for name in names if name not in os.environ]
+    if missing:
+        raise SystemExit(f"error: --secret-env {missing[0]}: not set in this environment")
+    return {name: os.environ[name] for name in names}
+
+
 def cmd_submit(args: argparse.Namespace) -> int:
     command: str | list[str] = args.command[0] if len(args.command) == 1 else list(args.command)
     resources: dict[str, Any] = {"cores": args.cores, "gpus": args.gpus}
@@ -177,6 +186,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
     with _connect(args) as orch:
         job = orch.submit(
             command, files=args.file, binaries=args.binary, env=env, resources=resources,
+            secret_env=_secret_env(args.secret_env),
             timeout_s=args.timeout, retries=args.retries, priority=args.priority, name=args.name,
         )
         if args.wait or args.follow:
@@ -456,6 +466,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="re-runs of a job whose worker died under it (default 3)")
     serve.add_argument("--workers", type=int, help="worker processes of the embedded cluster")
     serve.add_argument("--max-upload-bytes", type=int, help="largest accepted upload")
+    serve.add_argument("--max-queued-per-user", type=int,
+                       help="most QUEUED jobs one user may have (default 10000; 429 beyond)")
+    serve.add_argument("--max-sweep-runs", type=int, help="most runs in one sweep (default 1000000)")
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="run a Dask worker that declares its CPU, GPU, MEMORY")
@@ -497,6 +510,8 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("-f", "--file", action="append", default=[], help="local file to stage")
     submit.add_argument("-b", "--binary", action="append", default=[], help="binary name[@version] or URL")
     submit.add_argument("-e", "--env", action="append", default=[], help="NAME=VALUE")
+    submit.add_argument("--secret-env", action="append", default=[], metavar="NAME",
+                        help="pass $NAME from this shell as a secret (never on the command line)")
     submit.add_argument("--cores", type=float, default=1)
     submit.add_argument("--gpus", type=int, default=0)
     submit.add_argument("--memory", help="e.g. 2GiB")

@@ -42,6 +42,7 @@ class Backend(Protocol):
     def list_jobs(self, **filters: Any) -> tuple[int, list[JobRecord]]: ...
     def wait(self, job_id: str, timeout: float | None) -> JobRecord: ...
     def stop(self, job_id: str) -> JobRecord: ...
+    def share(self, job_id: str, users: list[str], revoke: bool) -> list[str]: ...
     def delete(self, job_id: str, stop: bool) -> None: ...
     def statuses(self, job_id: str) -> list[StatusChange]: ...
     def read_log(self, job_id: str, stream: str, offset: int) -> bytes: ...
@@ -93,6 +94,11 @@ class Job(LiveHandle[JobRecord]):
 
     def delete(self, stop: bool = False) -> None:
         self._backend.delete(self.id, stop)
+
+    def share(self, *users: str, revoke: bool = False) -> list[str]:
+        """Let these users read the job (its logs, outputs, result), or with `revoke` no
+        longer; answers everyone it is shared with now."""
+        return self._backend.share(self.id, list(users), revoke)
 
     def statuses(self) -> list[StatusChange]:
         return self._backend.statuses(self.id)
@@ -159,6 +165,7 @@ class Orchestrator:
         files: Files = None,
         binaries: list[str] | None = None,
         env: dict[str, str] | None = None,
+        secret_env: dict[str, str] | None = None,
         resources: dict[str, Any] | None = None,
         timeout_s: float | None = None,
         retries: int = 0,
@@ -167,9 +174,11 @@ class Orchestrator:
         submit: bool = True,
         **kwargs: Any,
     ) -> Job:
-        """Run a command (or, embedded, a Python callable called with *args, **kwargs)."""
+        """Run a command (or, embedded, a Python callable called with *args, **kwargs).
+
+        `secret_env` reaches the process like `env` but is stored sealed and shown as '****'."""
         fields = {
-            "name": name, "binaries": binaries or [], "env": env or {},
+            "name": name, "binaries": binaries or [], "env": env or {}, "secret_env": secret_env or {},
             "resources": resources or {}, "timeout_s": timeout_s, "retries": retries,
             "priority": priority, "submit": submit,
         }
@@ -203,6 +212,7 @@ class Orchestrator:
         name: str | None = None,
         binaries: list[str] | None = None,
         env: dict[str, str] | None = None,
+        secret_env: dict[str, str] | None = None,
         resources: dict[str, Any] | None = None,
         timeout_s: float | None = None,
         retries: int = 0,
@@ -218,7 +228,7 @@ class Orchestrator:
         spec, uploads = sweep_spec(
             None if function else command, variables=variables, design=design, samples=samples,
             seed=seed, cases=cases, templates=templates, name=name, binaries=binaries, env=env,
-            resources=resources, timeout_s=timeout_s, retries=retries, priority=priority,
+            secret_env=secret_env, resources=resources, timeout_s=timeout_s, retries=retries, priority=priority,
             include_nominal_run=include_nominal_run, max_parallel=max_parallel,
             max_failures=max_failures, dry_run=dry_run,
         )
@@ -335,6 +345,10 @@ class RemoteBackend:
 
     def stop(self, job_id: str) -> JobRecord:
         return JobRecord.model_validate(self._call("POST", f"/jobs/{job_id}/stop").json())
+
+    def share(self, job_id: str, users: list[str], revoke: bool) -> list[str]:
+        method = "DELETE" if revoke else "POST"
+        return self._call(method, f"/jobs/{job_id}/share", json={"users": users}).json()["shared_with"]
 
     def delete(self, job_id: str, stop: bool) -> None:
         self._call("DELETE", f"/jobs/{job_id}", params={"stop": "true"} if stop else {})

@@ -13,7 +13,7 @@ import json
 import logging
 import os
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import dask
@@ -36,6 +36,16 @@ class ClusterConnection:
     client: Client
     cluster: Cluster | None  # one we started, closed with us
     dashboard_link: str | None
+    address: str = field(init=False)  # the scheduler's, kept for a new client
+
+    def __post_init__(self) -> None:
+        self.address = self.client.scheduler.address
+
+    async def reconnect(self) -> Client:
+        """A new client to the same scheduler, once Dask's own gave up waiting for it (after
+        `distributed.comm.timeouts.connect`); raises OSError while it is still away."""
+        self.client = await Client(self.address, asynchronous=True)
+        return self.client
 
     async def close(self) -> None:
         await self.client.close()

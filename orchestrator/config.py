@@ -6,8 +6,10 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from orchestrator.paths import safe_name
 
 
 class Settings(BaseSettings):
@@ -56,7 +58,15 @@ class Settings(BaseSettings):
     max_sweep_runs: int = Field(
         1_000_000, ge=1, description="most runs one sweep may have (samples, cases or product)"
     )
+    max_queued_per_user: int = Field(
+        10_000, ge=1, description="most QUEUED jobs one user may have (sweep runs count per sweep)"
+    )
     default_owner: str = Field("anonymous", description="owner of work when auth is off")
+
+    @field_validator("default_owner")
+    @classmethod
+    def _owner_is_a_name(cls, value: str) -> str:
+        return safe_name(value)  # owners name storage folders (binaries/<owner>/...)
 
     @model_validator(mode="after")
     def _one_cluster(self) -> Settings:

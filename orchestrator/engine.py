@@ -14,14 +14,16 @@ import logging
 import re
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from typing import Any
 
 from distributed import Client, Future
-from distributed.client import FutureCancelledError
+from distributed.client import ClosedClientError, FutureCancelledError
 
+from orchestrator.binaries import BinaryRef
+from orchestrator.connection import ClientFactory, SchedulerLink
 from orchestrator.errors import ValidationFailed
 from orchestrator.models import (
     FileEntry,
@@ -33,6 +35,7 @@ from orchestrator.models import (
     utcnow,
 )
 from orchestrator.runner import STATUS_TOPIC, RunSpec, StagedInput, run_batch, run_job
+from orchestrator.secrets import Sealer, SecretsUnreadable
 from orchestrator.store import StatusUpdate, Store
 from plugins.worker import OrchestratorWorkerPlugin, request_stop
 from storage import is_storage_failure, layout
@@ -45,6 +48,9 @@ RESOURCE_FIELDS = {"CPU": "cores", "GPU": "gpus", "MEMORY": "memory"}
 CLUSTER_TOPIC = "all"  # where the scheduler logs workers joining and leaving
 StatusListener = Callable[[JobRecord, StatusChange], None]
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
+CONNECTION_LOST = "scheduler connection lost, resubmitted"
+OFFLINE = "the Dask scheduler is unreachable; sent when it is back"
+LOST_CONNECTION_REASON = "scheduler-connection-lost"  # why Dask's client cancels its futures
 
 
 @dataclass
@@ -65,8 +71,11 @@ class Engine:
         *,
         can_grow: bool = False,
         worker_loss_retries: int = 3,
+        sealer: Sealer,
+        reconnect: ClientFactory | None = None,
     ):
-        self.client = client
+        self.sealer = sealer
+        self.link = SchedulerLink(client, reconnect)  # `reconnect`: a new client, if Dask's gives up
         self.store = store
         self.storage_url = storage_url
         self.can_grow = can_grow
@@ -84,14 +93,34 @@ class Engine:
         self._threads = 0
         self._offers_at = 0.0
         self.on_finished: list[Callable[[list[str]], Any]] = []  # called with job ids
+        self._unsent: dict[str, int] = {}  # job id -> attempt queued while the scheduler was away
+        self._stale_keys: list[str] = []  # attempts to stop on the workers once connected again
+
+    @property
+    def client(self) -> Client:
+        """The current Dask client: a new one replaces a client that gave up reconnecting."""
+        return self.link.client
+
+    @property
+    def online(self) -> bool:
+        """Whether the scheduler is reachable now (while not, nothing waits on it)."""
+        return self.link.online
+
+    async def until_online(self) -> None:
+        await self.link.wait_online()
 
     async def start(self) -> None:
-        await self.client.register_plugin(OrchestratorWorkerPlugin())
-        self.client.subscribe_topic(STATUS_TOPIC, self._on_worker_event)
-        self.client.subscribe_topic(CLUSTER_TOPIC, self._on_cluster_event)
+        await self.link.start(self._attach, self._reconnected)
         await self.recover()
 
+    async def _attach(self, client: Client) -> None:
+        """What a scheduler must know of us; a new one (or one that dropped us) knows nothing."""
+        await client.register_plugin(OrchestratorWorkerPlugin())
+        client.subscribe_topic(STATUS_TOPIC, self._on_worker_event)
+        client.subscribe_topic(CLUSTER_TOPIC, self._on_cluster_event)
+
     async def close(self) -> None:
+        await self.link.close()
         with contextlib.suppress(Exception):
             self.client.unsubscribe_topic(STATUS_TOPIC)
             self.client.unsubscribe_topic(CLUSTER_TOPIC)
@@ -108,6 +137,8 @@ class Engine:
         Worker resources are cached briefly: asking the scheduler on every submit would
         cost a round trip per job. A refusal always re-asks, so a new worker is seen.
         """
+        if not self.online:
+            return OFFLINE  # no worker to ask now: accept, and let the scheduler judge later
         wanted = resources.as_dask()
         if not wanted or _fits_any(wanted, await self._worker_resources(fresh=False)):
             return None
@@ -128,19 +159,21 @@ class Engine:
         raise ValidationFailed("no worker can satisfy the requested resources", fields)
 
     async def _worker_resources(self, fresh: bool) -> list[dict[str, float]]:
+        """While the scheduler is away, the last known offers (asking would wait out a timeout)."""
         now = time.monotonic()
-        if fresh or self._offers is None or now - self._offers_at > RESOURCE_CACHE_S:
+        stale = fresh or self._offers is None or now - self._offers_at > RESOURCE_CACHE_S
+        if stale and self.online:
             identity = await self.client.scheduler.identity(n_workers=-1)
             workers = identity.get("workers", {}).values()
             self._offers = [w.get("resources", {}) for w in workers]
             self._threads = sum(w.get("nthreads", 1) for w in workers)
             self._offers_at = now
-        return self._offers
+        return self._offers or []
 
     async def cluster_threads(self) -> int:
         """Worker threads in the cluster now (cached like the resource offers)."""
         await self._worker_resources(fresh=False)
-        return self._threads
+        return max(self._threads, 1)
 
     def submit(self, job: JobRecord, reason: str | None = None, **recorded: Any) -> JobRecord:
         """Queue the job's next attempt on Dask, record it as QUEUED and return the record.
@@ -148,27 +181,44 @@ class Engine:
         `recorded`: more job fields that change with it (e.g. worker_losses).
         """
         now = utcnow()
+        online = self.online
+        reason = reason if online else reason or OFFLINE
         fields: dict[str, Any] = {"attempt": job.attempt + 1, "worker": None, **recorded}
         if job.submitted_at is None:
             fields["submitted_at"] = now
         self._transition(job.id, JobStatus.QUEUED, reason, now, **fields)
         job = job.model_copy(update={**fields, "status": JobStatus.QUEUED, "status_reason": reason})
-        spec = self._run_spec(job)
-        future = self.client.submit(
-            run_job,
-            spec,
-            key=spec["key"],
-            resources=job.resources.as_dask() or None,
-            priority=job.priority,
-            pure=False,
-            retries=0,
-        )
+        if not online:
+            self._unsent[job.id] = job.attempt  # the record says QUEUED: sent on reconnection
+            return job
+        return self._send(job)
+
+    def _send(self, job: JobRecord) -> JobRecord:
+        """Hand a QUEUED attempt to Dask and follow its future."""
+        try:
+            spec = self._run_spec(job)
+        except SecretsUnreadable as exc:
+            self.fail_active([job.id], str(exc))
+            return self.store.get_job(job.id) or job
+        try:
+            future = self.client.submit(
+                run_job,
+                spec,
+                key=spec["key"],
+                resources=job.resources.as_dask() or None,
+                priority=job.priority,
+                pure=False,
+                retries=0,
+            )
+        except ClosedClientError:  # it gave up on the scheduler just now: sent on reconnection
+            self._unsent[job.id] = job.attempt
+            return job
         self._futures[job.id] = future
         self._spawn(self._await_outcome(job.id, spec["key"], future))
         return job
 
     def _run_spec(self, job: JobRecord) -> dict[str, Any]:
-        inputs = [binary_input(ref) for ref in job.binaries]
+        inputs = [binary_input(ref, job.owner) for ref in job.binaries]
         inputs += [StagedInput(path=path, key=layout.input_key(job.id, path)) for path in job.files]
         spec = RunSpec(
             job_id=job.id,
@@ -176,13 +226,24 @@ class Engine:
             attempt=job.attempt,
             storage_url=self.storage_url,
             command=job.command,
-            env=job.env,
+            env={**job.env, **self.secret_env(job)},
             inputs=inputs,
             timeout_s=job.timeout_s,
             callable_key=layout.callable_key(job.id) if job.kind == "callable" else None,
             gpus=job.resources.gpus,
         )
         return asdict(spec)
+
+    def secret_env(self, job: JobRecord) -> dict[str, str]:
+        """The opened secret environment of a job (a sweep run: its sweep's), for its task
+        only; records and events keep the masked names."""
+        if not job.secret_env:
+            return {}
+        holder = job.sweep_id or job.id
+        sealed = self.store.sealed_secrets([holder]).get(holder)
+        if sealed is None:
+            raise SecretsUnreadable(f"the secret environment of {holder} is missing from the ledger")
+        return self.sealer.open(sealed)
 
     # ---- batches of sweep runs -------------------------------------------------------
 
@@ -201,9 +262,14 @@ class Engine:
                                  for job, attempt in zip(jobs, attempts, strict=True)])
         for job in jobs:
             self._batched[job.id] = key
+        try:
+            secrets = self.secret_env(jobs[0])  # runs of one sweep share its secrets
+        except SecretsUnreadable as exc:
+            self.fail_active([job.id for job in jobs], str(exc))
+            return BatchReport(failed=len(jobs))
         runs = [
             {"job_id": job.id, "key": task_key(job, attempt), "attempt": attempt,
-             "env": job.env, "variables": job.variables,
+             "env": {**job.env, **secrets}, "variables": job.variables,
              "last_try": _failures(job, attempt) > job.retries,
              **({} if template.get("shell_template") else {"command": job.command})}
             for job, attempt in zip(jobs, attempts, strict=True)
@@ -256,8 +322,9 @@ class Engine:
                     report.failed += 1
                 continue
             if status is None:  # its task was cancelled (a lost connection): run it again
-                updates.append(StatusUpdate(job.id, JobStatus.QUEUED, "its Dask task was cancelled; queued again",
+                updates.append(StatusUpdate(job.id, JobStatus.QUEUED, self._cancelled_reason(outcome, state[0]),
                                             utcnow(), ACTIVE, {"worker": None}))
+                self._stale_keys.append(task_key(job, attempt))  # in case its batch still runs
                 report.requeued.append(job.model_copy(update={"attempt": attempt}))
                 continue
             if isinstance(outcome, dict) and outcome.get("started_at") and outcome.get("finished_at"):
@@ -274,6 +341,26 @@ class Engine:
             busy = max(end for _, end in spans) - min(start for start, _ in spans)
             report.run_seconds = max(busy, 0.0) / len(spans)
         return report
+
+    def _cancelled_reason(self, outcome: Any, status: JobStatus) -> str:
+        if not self.online or getattr(outcome, "reason", None) == LOST_CONNECTION_REASON:
+            return CONNECTION_LOST + (" (was RUNNING)" if status == JobStatus.RUNNING else "")
+        return "its Dask task was cancelled; queued again"
+
+    def still_queued(self, jobs: list[JobRecord]) -> list[JobRecord]:
+        """Runs of a batch that never reached Dask (the client was closed), as the store has
+        them now: QUEUED, with the attempt already recorded, to be sent again."""
+        states = self.store.job_states([job.id for job in jobs])
+        for job in jobs:
+            self._batched.pop(job.id, None)
+        return [job.model_copy(update={"attempt": states[job.id][1]}) for job in jobs
+                if states.get(job.id, (None,))[0] == JobStatus.QUEUED]
+
+    def connection_problem(self, exc: BaseException) -> bool:
+        """Whether a failure to send work came from the scheduler being away."""
+        from distributed.comm import CommClosedError
+
+        return not self.online or isinstance(exc, (ClosedClientError, CommClosedError, OSError))
 
     async def requeue(self, jobs: list[JobRecord], reason: str) -> list[JobRecord]:
         """Active sweep runs whose batches were lost with us go back to QUEUED, saying so.
@@ -338,7 +425,7 @@ class Engine:
                 continue  # its batch skips it if not started, or reports it stopped: no guess here
             if state[0] == JobStatus.QUEUED:
                 if future is not None:
-                    await self.client.cancel([future])
+                    await self._cancel([future])
                 updates.append(StatusUpdate(job.id, JobStatus.STOPPED, reason, utcnow(),
                                             [JobStatus.QUEUED], {"finished_at": utcnow()}))
             elif future is None:
@@ -351,12 +438,23 @@ class Engine:
         """Take a queued attempt back from Dask, making sure it never starts."""
         await self._flag_on_workers([task_key(job)], "the orchestrator")
         future = self._futures.pop(job.id, None)
+        self._unsent.pop(job.id, None)
         if future is not None:
-            await self.client.cancel([future])
+            await self._cancel([future])
 
     async def _flag_on_workers(self, keys: list[str], requested_by: str) -> None:
+        """Tell the workers to stop these attempts; while the scheduler is away, on reconnection."""
+        if not self.online:
+            self._stale_keys.extend(keys)
+            return
         with contextlib.suppress(Exception):
             await self.client.run(request_stop, keys, requested_by, on_error="ignore")
+
+    async def _cancel(self, futures: Iterable[Future]) -> None:
+        """Dask forgets these futures; without a scheduler they are cancelled already."""
+        if self.online:
+            with contextlib.suppress(ClosedClientError):
+                await self.client.cancel(list(futures))
 
     # ---- losing workers ---------------------------------------------------------------
 
@@ -392,7 +490,7 @@ class Engine:
                 self._apply([update])
         stale = [f.key for f in singles.values()] + [k for _, run_keys in batches.values() for k in run_keys]
         await self._flag_on_workers(stale, f"the orchestrator ({worker} lost)")
-        await self.client.cancel([*singles.values(), *(future for future, _ in batches.values())])
+        await self._cancel([*singles.values(), *(future for future, _ in batches.values())])
 
     def _after_worker_loss(self, job: JobRecord, worker: str) -> StatusUpdate:
         """QUEUED for another attempt while the budget lasts, FAILED after; both say why."""
@@ -588,6 +686,38 @@ class Engine:
 
     # ---- recovery ---------------------------------------------------------------------
 
+    async def _reconnected(self) -> None:
+        """Back on a scheduler: Dask cancelled every future of the old connection, so what the
+        store says is active is sent again; stale attempts that may still run are told to stop.
+        Sweep runs come back through their batches, whose dispatchers wait for the connection."""
+        self._resubmit_lost()
+        stale, self._stale_keys = self._stale_keys, []
+        if stale:
+            await self._flag_on_workers(stale, "the orchestrator (scheduler connection lost)")
+
+    def _resubmit_lost(self) -> None:
+        """Every active single job no live future holds: a new attempt (or the first sending of
+        one queued while away); one asked to stop while away ends STOPPED. Idempotent."""
+        for job in self.store.jobs_with_status(list(ACTIVE)):
+            if job.sweep_id is not None or self._holds(job):
+                continue
+            if job.id in self._stop_requests:
+                self._apply([StatusUpdate(job.id, JobStatus.STOPPED, self._stop_requests.pop(job.id),
+                                          utcnow(), ACTIVE, {"finished_at": utcnow()})])
+            elif self._unsent.pop(job.id, None) == job.attempt and job.status == JobStatus.QUEUED:
+                self._send(job)
+            else:
+                if job.attempt > 0:
+                    self._stale_keys.append(task_key(job))
+                was = f" (was RUNNING on {job.worker})" if job.status == JobStatus.RUNNING else ""
+                self.submit(job, reason=CONNECTION_LOST + was)
+        self._unsent.clear()
+
+    def _holds(self, job: JobRecord) -> bool:
+        """A live future (sent on this connection) runs the job's current attempt."""
+        future = self._futures.get(job.id)
+        return future is not None and not future.cancelled() and future.key == task_key(job)
+
     async def recover(self) -> None:
         """Resubmit what the store says should be running: the futures died with us."""
         for job in self.store.jobs_with_status([JobStatus.QUEUED, JobStatus.RUNNING]):
@@ -633,12 +763,13 @@ def batch_key(name: str, number: int, sweep_id: str) -> str:
     return f"{key_name(name, 'sweep')}-b{number}-{sweep_id}"
 
 
-def binary_input(ref: str) -> StagedInput:
+def binary_input(ref: str, owner: str) -> StagedInput:
+    """A pinned binary (`name@v` of the job's owner, or `other/name@v`) or a URL to stage."""
     if "://" in ref:
         name = ref.rstrip("/").rsplit("/", 1)[-1] or "download"
         return StagedInput(path=name, url=ref, executable=True)
-    name, _, version = ref.partition("@")
-    return StagedInput(path=name, key=layout.binary_key(name, int(version)), executable=True)
+    pinned = BinaryRef.parse(ref, owner)
+    return StagedInput(path=pinned.name, key=pinned.key, executable=True)
 
 
 def _describe_failure(exc: BaseException) -> str:

@@ -37,6 +37,13 @@ class Unauthorized(OrchestratorError):
     code = "unauthorized"
 
 
+class Forbidden(OrchestratorError):
+    """Visible but not yours to change: a job shared with you read-only."""
+
+    status = 403
+    code = "forbidden"
+
+
 class NotFound(OrchestratorError, LookupError):
     status = 404
     code = "not_found"
@@ -50,6 +57,13 @@ class Conflict(OrchestratorError):
 class PayloadTooLarge(OrchestratorError):
     status = 413
     code = "too_large"
+
+
+class QuotaExceeded(OrchestratorError):
+    """A per-user limit that protects the service for everyone (e.g. queued jobs)."""
+
+    status = 429
+    code = "quota_exceeded"
 
 
 class ChecksumMismatch(OrchestratorError):

@@ -24,11 +24,14 @@ LAGGED = {"event": "lagged", "message": "too far behind: reconnect and re-read t
 class Subscription:
     job_id: str | None = None
     sweep_id: str | None = None
+    owner: str | None = None  # a non-admin hears only about their own work
     queue: asyncio.Queue = field(default_factory=lambda: asyncio.Queue(QUEUE_LIMIT + 1))
 
     def wants(self, job: JobRecord) -> bool:
-        return (self.job_id is None or job.id == self.job_id) and (
-            self.sweep_id is None or job.sweep_id == self.sweep_id
+        return (
+            (self.job_id is None or job.id == self.job_id)
+            and (self.sweep_id is None or job.sweep_id == self.sweep_id)
+            and (self.owner is None or job.owner == self.owner)
         )
 
 
@@ -38,8 +41,10 @@ class EventHub:
         self._subscriptions: list[Subscription] = []
         self._ids = itertools.count(1)
 
-    def subscribe(self, job_id: str | None = None, sweep_id: str | None = None) -> Subscription:
-        subscription = Subscription(job_id, sweep_id)
+    def subscribe(
+        self, job_id: str | None = None, sweep_id: str | None = None, owner: str | None = None
+    ) -> Subscription:
+        subscription = Subscription(job_id, sweep_id, owner)
         if not self._subscriptions:
             self.engine.listeners.append(self._publish)
         self._subscriptions.append(subscription)

@@ -88,14 +88,11 @@ def find_garbage(
     unknown = set(sweeps) - store.existing_sweep_ids(list(sweeps))
     found += _old_prefixes(storage, uploads, "sweep", SWEEPS, sweeps, unknown, old)
 
-    versions = {
-        name: _children(storage, f"{BINARIES}/{name}") if entry.get("type") == "directory" else {}
-        for name, entry in _children(storage, BINARIES).items()
-    }
     known = store.binary_versions_known()
-    for name, entries in sorted(versions.items()):
-        unknown = {v for v in entries if (name, _version(v)) not in known}
-        found += _old_prefixes(storage, uploads, "binary", f"{BINARIES}/{name}", entries,
+    for owner, name in _binary_names(storage):
+        entries = _children(storage, f"{BINARIES}/{owner}/{name}")
+        unknown = {v for v in entries if (owner, name, _version(v)) not in known}
+        found += _old_prefixes(storage, uploads, "binary", f"{BINARIES}/{owner}/{name}", entries,
                                unknown, old)
 
     found += uploads.old(old)
@@ -203,6 +200,16 @@ def _key(storage: Storage, path: str) -> str:
     root = storage.fs._strip_protocol(storage.root).rstrip("/")
     path = storage.fs._strip_protocol(path)
     return path[len(root) + 1:] if path.startswith(f"{root}/") else path
+
+
+def _binary_names(storage: Storage) -> list[tuple[str, str]]:
+    """(owner, name) of every binary folder in storage (binaries/<owner>/<name>/<version>)."""
+    return sorted(
+        (owner, name)
+        for owner, entry in _children(storage, BINARIES).items() if entry.get("type") == "directory"
+        for name, inner in _children(storage, f"{BINARIES}/{owner}").items()
+        if inner.get("type") == "directory"
+    )
 
 
 def _version(text: str) -> int | None:

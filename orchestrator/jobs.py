@@ -10,19 +10,22 @@ import asyncio
 import uuid
 from typing import Any
 
+from orchestrator.auth import Principal
 from orchestrator.binaries import BinaryService
 from orchestrator.engine import Engine
-from orchestrator.errors import Conflict, NotFound, ValidationFailed
+from orchestrator.errors import Conflict, Forbidden, NotFound, QuotaExceeded, ValidationFailed
 from orchestrator.models import (
     FileEntry,
     JobCreate,
     JobPatch,
     JobRecord,
     JobSelection,
+    JobShares,
     JobStatus,
     StatusChange,
     utcnow,
 )
+from orchestrator.secrets import Sealer, masked
 from orchestrator.store import Store
 from storage import Storage, layout
 
@@ -34,11 +37,21 @@ def new_job_id() -> str:
 
 
 class JobService:
-    def __init__(self, store: Store, storage: Storage, engine: Engine, binaries: BinaryService):
+    """Every method that takes a `viewer` answers only what that principal may see: their own
+    jobs (an admin: everyone's), plus jobs shared with them read-only. Anyone else's job is a
+    404 exactly like a missing one, so ids reveal nothing. `viewer=None` is the orchestrator
+    itself (embedded use, recovery)."""
+
+    def __init__(
+        self, store: Store, storage: Storage, engine: Engine, binaries: BinaryService,
+        sealer: Sealer, max_queued_per_user: int,
+    ):
         self.store = store
         self.storage = storage
         self.engine = engine
         self.binaries = binaries
+        self.sealer = sealer
+        self.max_queued_per_user = max_queued_per_user
         engine.on_finished.append(self._delete_if_asked)
 
     # ---- creating ---------------------------------------------------------------------
@@ -46,13 +59,16 @@ class JobService:
     async def create(
         self,
         request: JobCreate,
-        owner: str,
+        creator: Principal,
         *,
         job_id: str | None = None,
         files: list[str] | None = None,
         kind: str = "command",
     ) -> JobRecord:
         """Record a job whose input files are already stored under its id, and submit it."""
+        owner = creator.user
+        if request.submit:
+            self.check_queue_quota(owner)
         now = utcnow()
         job_id = job_id or new_job_id()
         stored = 0
@@ -66,9 +82,10 @@ class JobService:
             kind=kind,
             status=JobStatus.CREATED,
             command=request.command if kind == "command" else None,
-            binaries=self.binaries.pin(request.binaries),
+            binaries=self.binaries.pin(request.binaries, owner, creator.admin),
             files=sorted(files or []),
             env=request.env,
+            secret_env=masked(request.secret_env),
             resources=request.resources,
             timeout_s=request.timeout_s,
             retries=request.retries,
@@ -76,11 +93,24 @@ class JobService:
             created_at=now,
         )
         waiting = await self.engine.placement(job.resources)
-        self.store.insert_job(job, [StatusChange(status=JobStatus.CREATED, at=now)])
+        self.store.insert_job(
+            job, [StatusChange(status=JobStatus.CREATED, at=now)], self.sealer.seal(request.secret_env)
+        )
         return self.engine.submit(job, reason=waiting) if request.submit else job
 
-    async def submit(self, job_id: str, owner: str | None = None) -> JobRecord:
-        job = self.get(job_id, owner)
+    def check_queue_quota(self, owner: str, adding: int = 1) -> None:
+        """Refuse work past the owner's cap on queued jobs (sweep runs are bounded by the
+        sweep size limit instead), so one user cannot bury the queue for everyone."""
+        queued = self.store.count_owned(owner, [JobStatus.QUEUED])
+        if queued + adding > self.max_queued_per_user:
+            raise QuotaExceeded(
+                f"{owner} already has {queued} queued jobs; the limit is {self.max_queued_per_user}",
+                {"submit": f"at most {self.max_queued_per_user} queued jobs per user"},
+            )
+
+    async def submit(self, job_id: str, viewer: Principal | None = None) -> JobRecord:
+        job = self.get(job_id, viewer, change=True)
+        self.check_queue_quota(job.owner)
         if job.status != JobStatus.CREATED:
             raise Conflict(f"job {job_id} is {job.status.value}; only CREATED jobs can be submitted")
         self.engine.submit(job, reason=await self.engine.placement(job.resources))
@@ -88,28 +118,56 @@ class JobService:
 
     # ---- reading ----------------------------------------------------------------------
 
-    def get(self, job_id: str, owner: str | None = None) -> JobRecord:
+    def get(self, job_id: str, viewer: Principal | None = None, *, change: bool = False) -> JobRecord:
+        """The job if `viewer` may see it; with `change`, only if they may also act on it."""
         job = self.store.get_job(job_id)
-        if job is None or (owner is not None and job.owner != owner):
+        if job is None or not self._visible(job, viewer):
             raise NotFound(f"no job {job_id}")
+        if change and viewer is not None and not viewer.owns(job.owner):
+            raise Forbidden(f"job {job_id} is shared with you read-only")
         return job
 
-    def list(self, **filters: Any) -> tuple[int, list[JobRecord]]:
+    def _visible(self, job: JobRecord, viewer: Principal | None) -> bool:
+        return viewer is None or viewer.owns(job.owner) or self.store.is_shared_with(job.id, viewer.user)
+
+    def list(self, viewer: Principal | None = None, shared: bool = False, **filters: Any) -> tuple[int, list[JobRecord]]:
+        """Own jobs (an admin: everyone's, or one `owner`'s); with `shared`, those shared with
+        the viewer instead."""
+        if viewer is not None and shared:
+            filters["shared_with"] = viewer.user
+        elif viewer is not None and not viewer.admin:
+            if filters.get("owner") not in (None, viewer.user):
+                return 0, []
+            filters["owner"] = viewer.user
         return self.store.list_jobs(**filters)
 
-    def history(self, job_id: str, owner: str | None = None) -> list[StatusChange]:
-        self.get(job_id, owner)
+    def share(self, job_id: str, users: list[str], viewer: Principal | None) -> JobShares:
+        job = self.get(job_id, viewer, change=True)
+        self.store.share_job(job.id, [u for u in users if u != job.owner], viewer.user if viewer else job.owner)
+        return self.shares(job_id, viewer)
+
+    def unshare(self, job_id: str, users: list[str], viewer: Principal | None) -> JobShares:
+        self.get(job_id, viewer, change=True)
+        self.store.unshare_job(job_id, users)
+        return self.shares(job_id, viewer)
+
+    def shares(self, job_id: str, viewer: Principal | None) -> JobShares:
+        self.get(job_id, viewer, change=True)
+        return JobShares(job_id=job_id, shared_with=self.store.job_shared_with(job_id))
+
+    def history(self, job_id: str, viewer: Principal | None = None) -> list[StatusChange]:
+        self.get(job_id, viewer)
         return self.store.history(job_id)
 
-    async def wait(self, job_id: str, timeout: float | None, owner: str | None = None) -> JobRecord:
-        self.get(job_id, owner)
+    async def wait(self, job_id: str, timeout: float | None, viewer: Principal | None = None) -> JobRecord:
+        self.get(job_id, viewer)
         await self.engine.wait(job_id, timeout)
         return self.get(job_id)
 
     async def read_log(
-        self, job_id: str, stream: str, offset: int, limit: int, owner: str | None = None
+        self, job_id: str, stream: str, offset: int, limit: int, viewer: Principal | None = None
     ) -> bytes:
-        self.get(job_id, owner)
+        self.get(job_id, viewer)
         if stream not in layout.LOG_STREAMS:
             raise ValidationFailed("unknown log stream", {"stream": "must be stdout or stderr"})
         limit = min(limit, MAX_LOG_CHUNK)
@@ -118,14 +176,14 @@ class JobService:
         )
 
     def list_files(
-        self, job_id: str, search: str | None, offset: int, limit: int, owner: str | None = None
+        self, job_id: str, search: str | None, offset: int, limit: int, viewer: Principal | None = None
     ) -> tuple[int, list[FileEntry]]:
-        self.get(job_id, owner)
+        self.get(job_id, viewer)
         return self.store.list_files(job_id, search, offset, limit)
 
-    def file(self, job_id: str, path: str, owner: str | None = None) -> tuple[FileEntry, str]:
+    def file(self, job_id: str, path: str, viewer: Principal | None = None) -> tuple[FileEntry, str]:
         """The manifest entry of an output and its storage key."""
-        self.get(job_id, owner)
+        self.get(job_id, viewer)
         entry = self.store.get_file(job_id, path)
         if entry is None:
             raise NotFound(f"job {job_id} has no output {path!r}")
@@ -133,8 +191,8 @@ class JobService:
 
     # ---- changing ---------------------------------------------------------------------
 
-    async def patch(self, job_id: str, patch: JobPatch, owner: str | None = None) -> JobRecord:
-        job = self.get(job_id, owner)
+    async def patch(self, job_id: str, patch: JobPatch, viewer: Principal | None = None) -> JobRecord:
+        job = self.get(job_id, viewer, change=True)
         if job.status not in (JobStatus.CREATED, JobStatus.QUEUED):
             raise Conflict(f"job {job_id} is {job.status.value}; only CREATED or QUEUED jobs can be edited")
         changes = patch.model_dump(exclude_none=True)
@@ -148,14 +206,16 @@ class JobService:
                 self.engine.submit(current, reason=f"priority changed to {patch.priority}")
         return self.get(job_id)
 
-    async def stop(self, job_id: str, requested_by: str, owner: str | None = None) -> JobRecord:
-        job = self.get(job_id, owner)
+    async def stop(self, job_id: str, requested_by: str, viewer: Principal | None = None) -> JobRecord:
+        job = self.get(job_id, viewer, change=True)
         await self.engine.stop(job, requested_by)
         return self.get(job_id)
 
-    async def delete(self, job_id: str, *, stop: bool, requested_by: str, owner: str | None = None) -> bool:
+    async def delete(
+        self, job_id: str, *, stop: bool, requested_by: str, viewer: Principal | None = None
+    ) -> bool:
         """Delete now (True), or, with `stop`, once the job has stopped (False)."""
-        job = self.get(job_id, owner)
+        job = self.get(job_id, viewer, change=True)
         if job.status.is_active:
             if not stop:
                 raise Conflict(

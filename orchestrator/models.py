@@ -96,9 +96,14 @@ class JobTemplate(Request):
     )
     binaries: list[str] = Field(
         default_factory=list,
-        description="uploaded binaries ('name' or 'name@version') or fsspec URLs to stage",
+        description="uploaded binaries ('name' or 'name@version'; admins also 'owner/name') "
+        "or fsspec URLs to stage",
     )
     env: dict[str, str] = Field(default_factory=dict)
+    secret_env: dict[str, str] = Field(
+        default_factory=dict,
+        description="environment passed to the process but stored encrypted and shown as '****'",
+    )
     resources: Resources = Field(default_factory=Resources)
     timeout_s: float | None = Field(None, gt=0, le=30 * 24 * 3600)
     retries: int = Field(0, ge=0, le=10, description="extra attempts after a failure")
@@ -121,7 +126,7 @@ class JobTemplate(Request):
                 raise ValueError("must not contain NUL")
         return value
 
-    @field_validator("env")
+    @field_validator("env", "secret_env")
     @classmethod
     def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
         for name, item in value.items():
@@ -138,7 +143,10 @@ class JobTemplate(Request):
             if "://" in ref:
                 continue
             name, _, version = ref.partition("@")
+            owner, _, name = name.rpartition("/")
             safe_name(name)
+            if owner:
+                safe_name(owner)
             if version and not version.isdigit():
                 raise ValueError(f"{ref!r}: version must be a number")
         return value
@@ -160,6 +168,17 @@ class JobPatch(Request):
         if self.name is None and self.priority is None:
             raise ValueError("give name or priority")
         return self
+
+
+class JobShare(Request):
+    """Read-only access to a job for named users: they can see it, its logs and outputs."""
+
+    users: list[Annotated[str, AfterValidator(safe_name)]] = Field(..., min_length=1, max_length=1000)
+
+
+class JobShares(BaseModel):
+    job_id: str
+    shared_with: list[str]
 
 
 class JobSelection(Request):
@@ -212,6 +231,7 @@ class JobRecord(BaseModel):
     binaries: list[str] = Field(default_factory=list, description="pinned as name@version")
     files: list[str] = Field(default_factory=list, description="input files staged with the job")
     env: dict[str, str] = Field(default_factory=dict)
+    secret_env: dict[str, str] = Field(default_factory=dict, description="names only: values show as '****'")
     resources: Resources
     timeout_s: float | None = None
     retries: int = 0

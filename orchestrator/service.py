@@ -16,6 +16,7 @@ from orchestrator.engine import Engine
 from orchestrator.events import EventHub
 from orchestrator.jobs import JobService
 from orchestrator.metrics import Metrics
+from orchestrator.secrets import Sealer
 from orchestrator.store import Store
 from orchestrator.sweeps import SweepService
 from storage import Storage
@@ -43,17 +44,22 @@ class Service:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(settings.database_path)
         self.tokens = Tokens(self.store)
+        self.sealer = Sealer.for_data_dir(settings.data_dir)
         self.storage = Storage(settings.storage_url, **settings.storage_options)
         self.storage.root  # noqa: B018 - creates a local storage folder now, not mid-request
         self.connection = await cluster.connect(settings)
         self.engine = Engine(
             self.connection.client, self.store, settings.storage_url,
             can_grow=settings.can_grow, worker_loss_retries=settings.worker_loss_retries,
+            sealer=self.sealer, reconnect=self.connection.reconnect,
         )
         self.binaries = BinaryService(self.store, self.storage)
-        self.jobs = JobService(self.store, self.storage, self.engine, self.binaries)
+        self.jobs = JobService(
+            self.store, self.storage, self.engine, self.binaries, self.sealer,
+            settings.max_queued_per_user,
+        )
         self.sweeps = SweepService(
-            self.store, self.storage, self.engine, self.binaries, settings.max_sweep_runs
+            self.store, self.storage, self.engine, self.binaries, self.sealer, settings.max_sweep_runs
         )
         self.events = EventHub(self.engine)
         self.metrics = Metrics(self.store, self.engine)

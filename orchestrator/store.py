@@ -25,6 +25,7 @@ from orchestrator.models import (
     JobStatus,
     StatusChange,
 )
+from orchestrator.secrets import masked
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -56,6 +57,7 @@ CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, seq);
 CREATE INDEX IF NOT EXISTS jobs_sweep ON jobs(sweep_id, idx);
 CREATE INDEX IF NOT EXISTS jobs_sweep_status ON jobs(sweep_id, status);
 CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, seq);
+CREATE INDEX IF NOT EXISTS jobs_owner_status ON jobs(owner, status, sweep_id);
 CREATE TABLE IF NOT EXISTS job_statuses (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     job_id TEXT NOT NULL,
@@ -95,14 +97,26 @@ CREATE TABLE IF NOT EXISTS tokens (
     revoked_at TEXT
 );
 CREATE TABLE IF NOT EXISTS binaries (
+    owner TEXT NOT NULL,
     name TEXT NOT NULL,
     version INTEGER NOT NULL,
     size INTEGER NOT NULL,
     sha256 TEXT NOT NULL,
     content_type TEXT NOT NULL,
-    owner TEXT NOT NULL,
     uploaded_at TEXT NOT NULL,
-    PRIMARY KEY (name, version)
+    PRIMARY KEY (owner, name, version)
+);
+CREATE TABLE IF NOT EXISTS job_shares (
+    job_id TEXT NOT NULL,
+    user TEXT NOT NULL,
+    shared_by TEXT NOT NULL,
+    shared_at TEXT NOT NULL,
+    PRIMARY KEY (job_id, user)
+);
+CREATE INDEX IF NOT EXISTS job_shares_user ON job_shares(user, job_id);
+CREATE TABLE IF NOT EXISTS secrets (
+    holder TEXT PRIMARY KEY,  -- a job id, or a sweep id (shared by its runs)
+    sealed BLOB NOT NULL
 );
 """
 
@@ -115,7 +129,7 @@ ADDED_COLUMNS = [
 ]
 
 # Fields kept together as JSON: they are read with the job, never filtered on.
-_SPEC_FIELDS = ("command", "binaries", "files", "env", "resources", "timeout_s", "retries")
+_SPEC_FIELDS = ("command", "binaries", "files", "env", "secret_env", "resources", "timeout_s", "retries")
 TERMINAL_VALUES = tuple(s.value for s in TERMINAL_STATUSES)
 
 
@@ -145,8 +159,19 @@ class Store:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA foreign_keys=ON")
+        self._check_binaries_table()
         self._db.executescript(SCHEMA)
         self._add_new_columns()
+
+    def _check_binaries_table(self) -> None:
+        """Binary names became per owner (and their storage keys binaries/<owner>/...);
+        a ledger from before would silently show one user's binaries to all, so refuse it."""
+        columns = [row["name"] for row in self._db.execute("PRAGMA table_info(binaries)")]
+        if columns and columns[0] != "owner":
+            raise RuntimeError(
+                f"{self.path}: its binaries table predates per-user binary names; "
+                "re-upload binaries into a fresh data folder"
+            )
 
     def _add_new_columns(self) -> None:
         """Ledgers written by an older version get the columns added since, with defaults."""
@@ -176,8 +201,11 @@ class Store:
 
     # ---- jobs -------------------------------------------------------------------------
 
-    def insert_job(self, job: JobRecord, history: list[StatusChange]) -> None:
-        self.insert_jobs([job], history)
+    def insert_job(self, job: JobRecord, history: list[StatusChange], sealed: bytes | None = None) -> None:
+        """A job, and its encrypted secret environment if it has one, together."""
+        with self.transaction() as db:
+            self._insert_jobs(db, [job], history)
+            _insert_sealed(db, job.id, sealed)
 
     def insert_jobs(self, jobs: list[JobRecord], history: list[StatusChange]) -> None:
         """Many jobs in one transaction, each starting with the same history."""
@@ -223,11 +251,12 @@ class Store:
         owner: str | None = None,
         ids: list[str] | None = None,
         statuses: list[JobStatus] | None = None,
+        shared_with: str | None = None,
         offset: int = 0,
         limit: int | None = 100,
         order: str = "seq",
     ) -> tuple[int, list[JobRecord]]:
-        where, params = _job_filters(status, search, sweep_id, owner, ids, statuses)
+        where, params = _job_filters(status, search, sweep_id, owner, ids, statuses, shared_with)
         count = self._query(f"SELECT COUNT(*) FROM jobs {where}", params)[0][0]
         page = f" LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None else ""
         ordering = {"seq": "seq", "idx": "idx, seq"}[order]
@@ -317,7 +346,8 @@ class Store:
 
     def delete_job(self, job_id: str) -> None:
         with self.transaction() as db:
-            for table, column in (("job_files", "job_id"), ("job_statuses", "job_id"), ("jobs", "id")):
+            for table, column in (("job_files", "job_id"), ("job_statuses", "job_id"),
+                                  ("job_shares", "job_id"), ("secrets", "holder"), ("jobs", "id")):
                 db.execute(f"DELETE FROM {table} WHERE {column} = ?", (job_id,))
 
     def marked_for_deletion(self, job_id: str) -> bool:
@@ -356,8 +386,12 @@ class Store:
 
     # ---- sweeps -----------------------------------------------------------------------
 
-    def insert_sweep(self, sweep: dict[str, Any], runs: list[JobRecord], history: list[StatusChange]) -> None:
-        """The sweep and all its runs in one transaction: none is ever half created."""
+    def insert_sweep(
+        self, sweep: dict[str, Any], runs: list[JobRecord], history: list[StatusChange],
+        sealed: bytes | None = None,
+    ) -> None:
+        """The sweep and all its runs (and their shared secrets) in one transaction: none is
+        ever half created."""
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO sweeps (id, name, owner, kind, spec, names, seed, created_at, input_bytes)"
@@ -369,6 +403,7 @@ class Store:
                 ),
             )
             self._insert_jobs(db, runs, history)
+            _insert_sealed(db, sweep["id"], sealed)
 
     def get_sweep(self, sweep_id: str) -> dict[str, Any] | None:
         rows = self._query("SELECT * FROM sweeps WHERE id = ?", (sweep_id,))
@@ -446,52 +481,102 @@ class Store:
 
     # ---- binaries ---------------------------------------------------------------------
 
-    def next_binary_version(self, name: str) -> int:
-        rows = self._query("SELECT MAX(version) FROM binaries WHERE name = ?", (name,))
+    def next_binary_version(self, owner: str, name: str) -> int:
+        rows = self._query("SELECT MAX(version) FROM binaries WHERE owner = ? AND name = ?", (owner, name))
         return (rows[0][0] or 0) + 1
 
     def insert_binary(self, binary: BinaryRecord) -> None:
         with self.transaction() as db:
             db.execute(
-                "INSERT INTO binaries (name, version, size, sha256, content_type, owner, uploaded_at)"
+                "INSERT INTO binaries (owner, name, version, size, sha256, content_type, uploaded_at)"
                 " VALUES (?,?,?,?,?,?,?)",
-                (binary.name, binary.version, binary.size, binary.sha256, binary.content_type,
-                 binary.owner, _ts(binary.uploaded_at)),
+                (binary.owner, binary.name, binary.version, binary.size, binary.sha256,
+                 binary.content_type, _ts(binary.uploaded_at)),
             )
 
-    def get_binary(self, name: str, version: int | None = None) -> BinaryRecord | None:
+    def get_binary(self, owner: str, name: str, version: int | None = None) -> BinaryRecord | None:
         if version is None:
             rows = self._query(
-                "SELECT * FROM binaries WHERE name = ? ORDER BY version DESC LIMIT 1", (name,)
+                "SELECT * FROM binaries WHERE owner = ? AND name = ? ORDER BY version DESC LIMIT 1",
+                (owner, name),
             )
         else:
             rows = self._query(
-                "SELECT * FROM binaries WHERE name = ? AND version = ?", (name, version)
+                "SELECT * FROM binaries WHERE owner = ? AND name = ? AND version = ?",
+                (owner, name, version),
             )
         return BinaryRecord(**dict(rows[0])) if rows else None
 
     def list_binaries(
-        self, search: str | None = None, offset: int = 0, limit: int = 100
+        self, owner: str | None = None, search: str | None = None, offset: int = 0, limit: int = 100
     ) -> tuple[int, list[BinaryRecord]]:
-        """The latest version of each binary name."""
-        where, params = "", []
+        """The latest version of each binary name (of one owner, or of everyone)."""
+        clauses, params = [], []
+        if owner is not None:
+            clauses.append("owner = ?")
+            params.append(owner)
         if search:
-            where, params = "WHERE name LIKE ? ESCAPE '\\'", [f"%{_like_escape(search)}%"]
+            clauses.append("name LIKE ? ESCAPE '\\'")
+            params.append(f"%{_like_escape(search)}%")
+        where = "WHERE " + " AND ".join(clauses) if clauses else ""
         latest = (
-            f"SELECT b.* FROM binaries b JOIN (SELECT name, MAX(version) v FROM binaries {where}"
-            " GROUP BY name) m ON b.name = m.name AND b.version = m.v"
+            f"SELECT b.* FROM binaries b JOIN (SELECT owner, name, MAX(version) v FROM binaries {where}"
+            " GROUP BY owner, name) m ON b.owner = m.owner AND b.name = m.name AND b.version = m.v"
         )
         count = self._query(f"SELECT COUNT(*) FROM ({latest})", params)[0][0]
-        rows = self._query(f"{latest} ORDER BY b.name LIMIT ? OFFSET ?", [*params, limit, offset])
+        rows = self._query(f"{latest} ORDER BY b.name, b.owner LIMIT ? OFFSET ?", [*params, limit, offset])
         return count, [BinaryRecord(**dict(row)) for row in rows]
 
-    def binary_versions(self, name: str) -> list[BinaryRecord]:
-        rows = self._query("SELECT * FROM binaries WHERE name = ? ORDER BY version", (name,))
+    def binary_versions(self, owner: str, name: str) -> list[BinaryRecord]:
+        rows = self._query("SELECT * FROM binaries WHERE owner = ? AND name = ? ORDER BY version",
+                           (owner, name))
         return [BinaryRecord(**dict(row)) for row in rows]
 
-    def delete_binary(self, name: str) -> None:
+    def delete_binary(self, owner: str, name: str) -> None:
         with self.transaction() as db:
-            db.execute("DELETE FROM binaries WHERE name = ?", (name,))
+            db.execute("DELETE FROM binaries WHERE owner = ? AND name = ?", (owner, name))
+
+    # ---- sharing ----------------------------------------------------------------------
+
+    def share_job(self, job_id: str, users: list[str], shared_by: str) -> None:
+        now = _ts(datetime.now(timezone.utc))
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO job_shares (job_id, user, shared_by, shared_at) VALUES (?,?,?,?)",
+                [(job_id, user, shared_by, now) for user in users],
+            )
+
+    def unshare_job(self, job_id: str, users: list[str]) -> None:
+        with self.transaction() as db:
+            db.executemany("DELETE FROM job_shares WHERE job_id = ? AND user = ?",
+                           [(job_id, user) for user in users])
+
+    def job_shared_with(self, job_id: str) -> list[str]:
+        rows = self._query("SELECT user FROM job_shares WHERE job_id = ? ORDER BY user", (job_id,))
+        return [row[0] for row in rows]
+
+    def is_shared_with(self, job_id: str, user: str) -> bool:
+        return bool(self._query("SELECT 1 FROM job_shares WHERE job_id = ? AND user = ?", (job_id, user)))
+
+    # ---- secrets ----------------------------------------------------------------------
+
+    def sealed_secrets(self, holders: list[str]) -> dict[str, bytes]:
+        """The encrypted secret environment of each of these jobs (or sweeps) that has one."""
+        found: dict[str, bytes] = {}
+        for chunk in _chunks(holders):
+            marks = ",".join("?" * len(chunk))
+            rows = self._query(f"SELECT holder, sealed FROM secrets WHERE holder IN ({marks})", chunk)
+            found.update((row[0], bytes(row[1])) for row in rows)
+        return found
+
+    def count_owned(self, owner: str, statuses: Iterable[JobStatus]) -> int:
+        """Jobs of `owner` in these statuses, sweep runs left out: what per-user limits count."""
+        values = [JobStatus(s).value for s in statuses]
+        marks = ",".join("?" * len(values))
+        return self._query(
+            f"SELECT COUNT(*) FROM jobs WHERE owner = ? AND status IN ({marks}) AND sweep_id IS NULL",
+            [owner, *values],
+        )[0][0]
 
     # ---- tokens ---------------------------------------------------------------------
 
@@ -536,9 +621,14 @@ class Store:
             found.update(row[0] for row in self._query(f"SELECT id FROM sweeps WHERE id IN ({marks})", chunk))
         return found
 
-    def binary_versions_known(self) -> set[tuple[str, int]]:
-        """(name, version) of every binary in the ledger: a small table, read whole."""
-        return {(row[0], row[1]) for row in self._query("SELECT name, version FROM binaries")}
+    def binary_versions_known(self) -> set[tuple[str, str, int]]:
+        """(owner, name, version) of every binary in the ledger: a small table, read whole."""
+        return {(row[0], row[1], row[2]) for row in self._query("SELECT owner, name, version FROM binaries")}
+
+
+def _insert_sealed(db: sqlite3.Connection, holder: str, sealed: bytes | None) -> None:
+    if sealed is not None:
+        db.execute("INSERT INTO secrets (holder, sealed) VALUES (?, ?)", (holder, sealed))
 
 
 def _ts(value: datetime | None) -> str | None:
@@ -550,7 +640,9 @@ def _like_escape(text: str) -> str:
 
 
 def _spec_json(job: JobRecord) -> str:
-    return json.dumps(job.model_dump(mode="json", include=set(_SPEC_FIELDS)))
+    spec = job.model_dump(mode="json", include=set(_SPEC_FIELDS))
+    spec["secret_env"] = masked(spec["secret_env"])  # values live sealed in `secrets` only
+    return json.dumps(spec)
 
 
 def _json_or_none(value: Any) -> str | None:
@@ -632,6 +724,7 @@ def _job_filters(
     owner: str | None,
     ids: list[str] | None,
     statuses: list[JobStatus] | None = None,
+    shared_with: str | None = None,
 ) -> tuple[str, list[Any]]:
     clauses: list[str] = []
     params: list[Any] = []
@@ -650,6 +743,9 @@ def _job_filters(
     if owner is not None:
         clauses.append("owner = ?")
         params.append(owner)
+    if shared_with is not None:
+        clauses.append("id IN (SELECT job_id FROM job_shares WHERE user = ?)")
+        params.append(shared_with)
     if ids is not None:
         clauses.append(f"id IN ({','.join('?' * len(ids))})" if ids else "0")
         params.extend(ids)

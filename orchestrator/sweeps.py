@@ -21,7 +21,8 @@ from typing import Any
 from pydantic import BaseModel, Field, field_validator
 
 from orchestrator import doe, templating
-from orchestrator.binaries import BinaryService
+from orchestrator.auth import Principal
+from orchestrator.binaries import BinaryRef, BinaryService
 from orchestrator.dispatch import SweepDispatcher
 from orchestrator.engine import ACTIVE, Engine, binary_input
 from orchestrator.errors import NotFound, ValidationFailed
@@ -36,6 +37,7 @@ from orchestrator.models import (
 )
 from orchestrator.paths import safe_relative_path
 from orchestrator.runner import StagedInput
+from orchestrator.secrets import Sealer, masked
 from orchestrator.store import Store
 from storage import Storage, layout
 
@@ -127,8 +129,10 @@ def new_sweep_id() -> str:
 
 class SweepService:
     def __init__(
-        self, store: Store, storage: Storage, engine: Engine, binaries: BinaryService, max_runs: int
+        self, store: Store, storage: Storage, engine: Engine, binaries: BinaryService,
+        sealer: Sealer, max_runs: int,
     ):
+        self.sealer = sealer
         self.store = store
         self.storage = storage
         self.engine = engine
@@ -141,7 +145,7 @@ class SweepService:
     async def create(
         self,
         request: SweepCreate,
-        owner: str,
+        creator: Principal,
         *,
         sweep_id: str,
         uploaded: list[str] | None = None,
@@ -153,16 +157,19 @@ class SweepService:
         """
         if kind == "command" and request.command is None:
             raise ValidationFailed("a sweep needs a command", {"command": "required"})
+        owner = creator.user
         table = await asyncio.to_thread(self._table, request)
         staged = self._staged_files(request, uploaded or [])
-        templates = await asyncio.to_thread(self._template_texts, request, sweep_id, uploaded or [])
+        templates = await asyncio.to_thread(self._template_texts, request, sweep_id, uploaded or [], creator)
         _check_placeholders(request, table.names, templates)
         if request.dry_run:
             _check_preview_size(request, table, templates)
             return await asyncio.to_thread(_preview, request, table, templates)
         waiting = await self.engine.placement(request.resources)
         queued_reason = f"run of sweep {sweep_id}" + (f"; {waiting}" if waiting else "")
-        runs = await asyncio.to_thread(self._runs, request, owner, sweep_id, kind, table, staged, queued_reason)
+        runs = await asyncio.to_thread(
+            self._runs, request, creator, sweep_id, kind, table, staged, queued_reason
+        )
         sweep = {
             "id": sweep_id, "name": runs[0].name, "owner": owner, "kind": kind,
             "names": table.names, "seed": table.seed, "created_at": runs[0].created_at,
@@ -171,7 +178,8 @@ class SweepService:
         }
         history = [StatusChange(status=JobStatus.CREATED, at=runs[0].created_at),
                    StatusChange(status=JobStatus.QUEUED, at=runs[0].created_at, reason=queued_reason)]
-        await asyncio.to_thread(self.store.insert_sweep, sweep, runs, history)
+        sealed = self.sealer.seal(request.secret_env)
+        await asyncio.to_thread(self.store.insert_sweep, sweep, runs, history, sealed)
         self._dispatch(sweep_id, runs, failed=0)
         return self.get(sweep_id)
 
@@ -206,7 +214,9 @@ class SweepService:
             )
         return sorted(set(request.files))
 
-    def _template_texts(self, request: SweepCreate, sweep_id: str, uploaded: list[str]) -> dict[str, tuple[str, str]]:
+    def _template_texts(
+        self, request: SweepCreate, sweep_id: str, uploaded: list[str], creator: Principal
+    ) -> dict[str, tuple[str, str]]:
         """target -> (storage key, text) of each template, read now to check it."""
         texts: dict[str, tuple[str, str]] = {}
         for i, template in enumerate(request.templates):
@@ -218,14 +228,13 @@ class SweepService:
                                        {where: "upload it with the sweep or as a binary"})
             else:
                 try:
-                    ref = self.binaries.pin([template.source])[0]
+                    ref = self.binaries.pin([template.source], creator.user, creator.admin)[0]
                 except (NotFound, ValidationFailed, ValueError) as exc:
                     raise ValidationFailed(
                         f"template {template.source!r} is neither an uploaded file nor a binary",
                         {where: str(exc)},
                     ) from None
-                name, _, version = ref.partition("@")
-                key = layout.binary_key(name, int(version))
+                key = BinaryRef.parse(ref, creator.user).key
             if self.storage.size(key) > MAX_TEMPLATE_BYTES:
                 raise ValidationFailed("template too large", {where: f"at most {MAX_TEMPLATE_BYTES} bytes"})
             try:
@@ -238,14 +247,15 @@ class SweepService:
         return texts
 
     def _runs(
-        self, request: SweepCreate, owner: str, sweep_id: str, kind: str,
+        self, request: SweepCreate, creator: Principal, sweep_id: str, kind: str,
         table: doe.RunTable, staged: list[str], queued_reason: str,
     ) -> list[JobRecord]:
         now = utcnow()
         prototype = JobRecord(
-            id="-", name=request.name or default_name(request.command), owner=owner, kind=kind,
+            id="-", name=request.name or default_name(request.command), owner=creator.user, kind=kind,
             status=JobStatus.QUEUED, status_reason=queued_reason,
-            binaries=self.binaries.pin(request.binaries), files=staged, resources=request.resources,
+            binaries=self.binaries.pin(request.binaries, creator.user, creator.admin), files=staged,
+            secret_env=masked(request.secret_env), resources=request.resources,
             timeout_s=request.timeout_s, retries=request.retries, priority=request.priority,
             sweep_id=sweep_id, created_at=now,
         )
@@ -266,9 +276,10 @@ class SweepService:
     ) -> dict[str, Any]:
         """The request as given (seed filled in), and what every run's task needs."""
         spec = request.model_dump(mode="json", exclude={"cases", "cases_csv", "dry_run"}, exclude_none=True)
+        spec["secret_env"] = masked(request.secret_env)
         if request.design is not None and table.seed is not None:
             spec["design"]["seed"] = table.seed
-        inputs = [binary_input(ref) for ref in first.binaries]
+        inputs = [binary_input(ref, first.owner) for ref in first.binaries]
         inputs += [StagedInput(path=p, key=layout.sweep_input_key(sweep_id, p)) for p in staged]
         inputs += [StagedInput(path=target, key=key, template=True)
                    for target, (key, _) in templates.items()]

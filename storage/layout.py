@@ -1,6 +1,6 @@
 """Where each kind of object lives in storage, and the log format readers and writers share.
 
-    binaries/<name>/<version>/content
+    binaries/<owner>/<name>/<version>/content   each user has their own binary names
     jobs/<job_id>/inputs/<path>        files uploaded with the job
     jobs/<job_id>/outputs/<path>       what the job left in its working folder
     jobs/<job_id>/logs/<stream>.log    the whole log, once the attempt ended
@@ -24,17 +24,17 @@ LOG_STREAMS = ("stdout", "stderr")
 OFFSET_DIGITS = 15
 
 
-def binary_key(name: str, version: int) -> str:
-    return f"binaries/{name}/{version}/content"
+def binary_key(owner: str, name: str, version: int) -> str:
+    return f"binaries/{owner}/{name}/{version}/content"
 
 
 def binary_version(key: str) -> int:
-    """The version in a binary's key (binaries/<name>/<version>/content)."""
+    """The version in a binary's key (binaries/<owner>/<name>/<version>/content)."""
     return int(key.rsplit("/", 2)[-2])
 
 
-def binary_prefix(name: str) -> str:
-    return f"binaries/{name}"
+def binary_prefix(owner: str, name: str) -> str:
+    return f"binaries/{owner}/{name}"
 
 
 def job_prefix(job_id: str) -> str:

@@ -83,9 +83,9 @@ def populate(store: Store, root: Path) -> tuple[set[tuple[str, str]], list[Path]
         put(root, "jobs/job1/inputs/a.txt", b"aaa", old),  # a job in the ledger
         put(root, "jobs/job1/logs/stdout.log", b"log", old),
         put(root, "sweeps/sweep1/cases.csv", b"a\n1\n", old),  # a sweep in the ledger
-        put(root, "binaries/tool/1/content", b"bin", old),  # a binary version in the ledger
+        put(root, "binaries/me/tool/1/content", b"bin", old),  # a binary version in the ledger
         put(root, "jobs/fresh/inputs/b.txt", b"new"),  # no row yet: being created
-        put(root, "binaries/tool/3/content", b"new"),  # version being published
+        put(root, "binaries/me/tool/3/content", b"new"),  # version being published
         put(root, "_tmp/fresh-temp", b"writing"),  # an upload in progress
         put(root, "jobs/mixed/inputs/fresh.txt", b"new"),  # newest write under it is recent
         put(root, "jobs/mixed/inputs/old.txt", b"old", old),
@@ -94,15 +94,15 @@ def populate(store: Store, root: Path) -> tuple[set[tuple[str, str]], list[Path]
         put(root, "jobs/deleted/outputs/out.txt", b"12345", old),
         put(root, "jobs/deleted/logs/stderr.log", b"e", old),
         put(root, "sweeps/sweep-gone/inputs/t.txt", b"tt", old),
-        put(root, "binaries/tool/2/content", b"v2v2", old),
-        put(root, "binaries/ghost/1/content", b"g", old),
+        put(root, "binaries/me/tool/2/content", b"v2v2", old),
+        put(root, "binaries/me/ghost/1/content", b"g", old),
         put(root, "_tmp/abandoned", b"half", old),
     ]
     for prefix in ("jobs/job1", "jobs/deleted", "sweeps/sweep1", "sweeps/sweep-gone",
-                   "binaries/tool/1", "binaries/tool/2", "binaries/ghost"):
+                   "binaries/me/tool/1", "binaries/me/tool/2", "binaries/me/ghost"):
         make_old(root / prefix, old)
     expected = {("job", "jobs/deleted"), ("sweep", "sweeps/sweep-gone"),
-                ("binary", "binaries/tool/2"), ("binary", "binaries/ghost/1"),
+                ("binary", "binaries/me/tool/2"), ("binary", "binaries/me/ghost/1"),
                 ("temp", "_tmp/abandoned")}
     return expected, gone, kept
 
@@ -119,7 +119,7 @@ def test_old_orphans_are_removed_and_owned_or_fresh_objects_kept(parts):
 
     assert remove(storage, garbage) == []
     assert not any(path.exists() for path in gone)
-    assert not (root / "jobs/deleted").exists() and not (root / "binaries/tool/2").exists()
+    assert not (root / "jobs/deleted").exists() and not (root / "binaries/me/tool/2").exists()
     assert all(path.exists() for path in kept)
     assert (root / "_tmp").is_dir()  # a running server writes into it
     assert find_garbage(store, storage, older_than=HOUR) == []
@@ -130,13 +130,13 @@ def test_older_than_zero_takes_fresh_orphans_but_never_owned_ones(parts):
     expected, _, kept = populate(store, root)
     garbage = find_garbage(store, storage, older_than=0)
     assert {(g.kind, g.key) for g in garbage} == expected | {
-        ("job", "jobs/fresh"), ("job", "jobs/mixed"), ("binary", "binaries/tool/3"),
+        ("job", "jobs/fresh"), ("job", "jobs/mixed"), ("binary", "binaries/me/tool/3"),
         ("temp", "_tmp/fresh-temp"),
     }
     remove(storage, garbage)
     assert (root / "jobs/job1/inputs/a.txt").exists()
     assert (root / "sweeps/sweep1/cases.csv").exists()
-    assert (root / "binaries/tool/1/content").exists()
+    assert (root / "binaries/me/tool/1/content").exists()
     assert not (root / "jobs/fresh").exists()
 
 
@@ -242,7 +242,7 @@ def test_s3_orphans_and_unfinished_multipart_uploads(s3_storage, tmp_path):
     storage = s3_storage
     store = Store(tmp_path / "jobs.db")
     add_job(store, "abcdef")
-    for key in ("jobs/abcdef/inputs/a", "jobs/abc/inputs/a", "_tmp/left", "binaries/b/1/content"):
+    for key in ("jobs/abcdef/inputs/a", "jobs/abc/inputs/a", "_tmp/left", "binaries/me/b/1/content"):
         storage.fs.pipe(storage.path(key), b"data")
     upload_id = start_upload(storage, "_tmp/big", b"p" * 10)
 
@@ -250,7 +250,7 @@ def test_s3_orphans_and_unfinished_multipart_uploads(s3_storage, tmp_path):
     later = time.time() + 2 * HOUR
     garbage = find_garbage(store, storage, older_than=HOUR, now=later)
     assert {(g.kind, g.key) for g in garbage} == {
-        ("job", "jobs/abc"), ("temp", "_tmp/left"), ("binary", "binaries/b/1"),
+        ("job", "jobs/abc"), ("temp", "_tmp/left"), ("binary", "binaries/me/b/1"),
         ("multipart", "_tmp/big"),
     }
     [multipart] = [g for g in garbage if g.kind == "multipart"]

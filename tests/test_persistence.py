@@ -50,9 +50,10 @@ def test_kill_9_and_restart_keeps_every_job_and_resubmits_active_ones(tmp_path):
 
 
 @contextlib.contextmanager
-def serving(data_dir, port: int, url: str) -> Iterator[subprocess.Popen]:
-    """`orchestrator serve` on the data folder, answering; everything it started dies after."""
-    server = serve_subprocess(data_dir, port)
+def serving(data_dir, port: int, url: str, *extra: str) -> Iterator[subprocess.Popen]:
+    """`orchestrator serve` on the data folder (with `extra` flags), answering; everything it
+    started dies after."""
+    server = serve_subprocess(data_dir, port, *extra)
     try:
         wait_until_serving(url, server)
         yield server

@@ -32,6 +32,7 @@ ROUTES = [
     (rf"/jobs/{ID}/files", jobs.JobFilesHandler),
     (rf"/jobs/{ID}/files/(?P<path>.+)", jobs.JobFileHandler),
     (rf"/jobs/{ID}/result", jobs.JobResultHandler),
+    (rf"/jobs/{ID}/share", jobs.JobShareHandler),
     (r"/sweeps", sweeps.SweepsHandler),
     (rf"/sweeps/{SWEEP}", sweeps.SweepHandler),
     (rf"/sweeps/{SWEEP}/runs", sweeps.SweepRunsHandler),

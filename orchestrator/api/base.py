@@ -129,7 +129,9 @@ class BaseHandler(tornado.web.RequestHandler):
         except ValidationError as exc:
             raise validation_failed(exc) from None
 
-    def query_int(self, name: str, default: int, low: int, high: int | None = None) -> int:
+    def query_int(self, name: str, default: int, low: int, high: int = 2**62) -> int:
+        """An integer query argument within bounds; the default ceiling keeps any value inside
+        SQLite's 64-bit integers."""
         raw = self.get_query_argument(name, None)
         if raw is None or raw == "":
             return default
@@ -137,8 +139,8 @@ class BaseHandler(tornado.web.RequestHandler):
             value = int(raw)
         except ValueError:
             raise ValidationFailed(f"{name} must be an integer", {name: "must be an integer"}) from None
-        if value < low or (high is not None and value > high):
-            bounds = f">= {low}" + (f" and <= {high}" if high is not None else "")
+        if not low <= value <= high:
+            bounds = f">= {low} and <= {high}"
             raise ValidationFailed(f"{name} must be {bounds}", {name: f"must be {bounds}"})
         return value
 

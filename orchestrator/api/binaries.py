@@ -15,7 +15,8 @@ class BinariesHandler(StreamingBodyHandler):
     """POST /binaries/{name} (or POST /binaries with a multipart file part) and GET /binaries."""
 
     openapi = {
-        "get": Operation("List binaries (latest version of each)", response=Page[BinaryRecord],
+        "get": Operation("List your binaries (an admin: everyone's), the latest version of each",
+                         response=Page[BinaryRecord],
                          query={"search": "part of the name", "page": "1-based", "page_size": "1-1000"}),
         "post": Operation("Upload a binary; re-uploading a name makes a new version",
                           response=BinaryRecord, status=201,
@@ -23,13 +24,13 @@ class BinariesHandler(StreamingBodyHandler):
     }
 
     def open_raw(self) -> AtomicWriter | None:
-        return self.service.binaries.begin_upload(self._name_from_path())
+        return self.service.binaries.begin_upload(self._name_from_path(), self.user)
 
     def open_part(self, field_name: str, filename: str) -> AtomicWriter:
         if self.multipart and self.multipart.files:
             raise ValidationFailed("upload one binary per request", {field_name: "second file"})
         self._part_name = self.path_kwargs.get("name") or filename
-        return self.service.binaries.begin_upload(self._part_name)
+        return self.service.binaries.begin_upload(self._part_name, self.user)
 
     def _name_from_path(self) -> str:
         name = self.path_kwargs.get("name") or self.get_query_argument("name", None)
@@ -57,7 +58,7 @@ class BinariesHandler(StreamingBodyHandler):
     async def get(self) -> None:
         page, size = self.pagination()
         count, records = self.service.binaries.list(
-            self.get_query_argument("search", None), (page - 1) * size, size
+            self.principal, self.get_query_argument("search", None), (page - 1) * size, size
         )
         self.send_page(count, records, page, size)
 
@@ -67,8 +68,10 @@ class BinaryHandler(BinariesHandler):
 
     openapi = {
         "get": Operation("Show a binary: its latest version and every version",
-                         query={"version": "a version number (default latest)"}),
-        "delete": Operation("Delete a binary with all its versions", status=204),
+                         query={"version": "a version number (default latest)",
+                                "owner": "another user's binary (admins)"}),
+        "delete": Operation("Delete a binary with all its versions", status=204,
+                            query={"owner": "another user's binary (admins)"}),
         "post": Operation("Upload a new version of this binary", response=BinaryRecord, status=201,
                           content_types=("application/octet-stream", "multipart/form-data")),
     }
@@ -76,13 +79,13 @@ class BinaryHandler(BinariesHandler):
     async def get(self, name: str) -> None:  # type: ignore[override]
         binaries = self.service.binaries
         version = self.query_int("version", 0, 1) or None
-        record = binaries.get(name, version)
+        record = binaries.get(name, self.principal, version, self.get_query_argument("owner", None))
         body = record.model_dump(mode="json")
-        body["versions"] = [v.version for v in binaries.versions(name)]
+        body["versions"] = [v.version for v in binaries.versions(record)]
         self.send_json(body)
 
     async def delete(self, name: str) -> None:
-        await self.service.binaries.delete(name)
+        await self.service.binaries.delete(name, self.principal, self.get_query_argument("owner", None))
         self.set_status(204)
         self.finish()
 
@@ -90,14 +93,17 @@ class BinaryHandler(BinariesHandler):
 class BinaryContentHandler(BaseHandler):
     openapi = {
         "get": Operation("Download a binary's bytes (Range supported; ?verify=true checks its sha256 first)",
-                         query={"version": "a version number (default latest)"},
+                         query={"version": "a version number (default latest)",
+                                "owner": "another user's binary (admins)"},
                          raw_response="application/octet-stream"),
     }
 
     async def get(self, name: str) -> None:
         version = self.query_int("version", 0, 1) or None
-        record = self.service.binaries.get(name, version)
+        record = self.service.binaries.get(
+            name, self.principal, version, self.get_query_argument("owner", None)
+        )
         await self.send_stored(
-            self.service.storage, layout.binary_key(record.name, record.version), record.size,
+            self.service.storage, layout.binary_key(record.owner, record.name, record.version), record.size,
             record.sha256, record.content_type, record.name,
         )

@@ -21,6 +21,8 @@ from orchestrator.models import (
     JobRecord,
     JobResult,
     JobSelection,
+    JobShare,
+    JobShares,
     JobStatus,
     Page,
     StatusChange,
@@ -32,7 +34,8 @@ LIST_QUERY = {
     "status": "CREATED, QUEUED, RUNNING, COMPLETED, FAILED or STOPPED",
     "search": "part of the name",
     "sweep_id": "runs of one sweep",
-    "owner": "jobs of one owner",
+    "owner": "jobs of one owner (admins; others see only their own)",
+    "shared": "true: jobs shared with you instead of your own",
     "page": "1-based",
     "page_size": "1-1000",
 }
@@ -69,7 +72,7 @@ class JobsHandler(StreamingBodyHandler):
         await asyncio.to_thread(lambda: [w.commit() for w in writers])
         try:
             job = await self.service.jobs.create(
-                request, self.user, job_id=self.job_id, files=sorted(self.file_paths)
+                request, self.principal, job_id=self.job_id, files=sorted(self.file_paths)
             )
         except BaseException:
             await asyncio.to_thread(self.service.storage.delete_prefix, layout.job_prefix(self.job_id))
@@ -77,7 +80,7 @@ class JobsHandler(StreamingBodyHandler):
         status = 201
         if self.query_bool("sync"):
             timeout = self.query_float("timeout", 60.0, 0, MAX_WAIT_S)
-            job = await self.service.jobs.wait(job.id, timeout)
+            job = await self.service.jobs.wait(job.id, timeout, self.principal)
             status = 201 if job.status.is_terminal else 202
         self.set_header("Location", f"/api/v1/jobs/{job.id}")
         self.send_json(job, status)
@@ -96,6 +99,8 @@ class JobsHandler(StreamingBodyHandler):
     async def get(self) -> None:
         page, size = self.pagination()
         count, jobs = self.service.jobs.list(
+            self.principal,
+            shared=self.query_bool("shared"),
             status=self.query_choice("status", None, JobStatus),
             search=self.get_query_argument("search", None),
             sweep_id=self.get_query_argument("sweep_id", None),
@@ -109,7 +114,7 @@ class JobsHandler(StreamingBodyHandler):
         await self.finish_body()
         selection = self._selection()
         result = await self.service.jobs.delete_many(
-            selection, self.user, None, stop=self.query_bool("stop")
+            selection, self.user, self.principal.scope, stop=self.query_bool("stop")
         )
         self.send_json(result, 202 if result["deleting"] else 200)
 
@@ -133,7 +138,7 @@ class JobsStopHandler(BaseHandler):
 
     async def post(self) -> None:
         selection = self.parse_body(JobSelection)
-        stopped = await self.service.jobs.stop_many(selection, self.user, None)
+        stopped = await self.service.jobs.stop_many(selection, self.user, self.principal.scope)
         self.send_json({"stopping": stopped}, 202)
 
 
@@ -150,18 +155,18 @@ class JobHandler(BaseHandler):
     async def get(self, job_id: str) -> None:
         wait = self.query_float("wait", None, 0, MAX_WAIT_S)
         if wait:
-            job = await self.service.jobs.wait(job_id, wait)
+            job = await self.service.jobs.wait(job_id, wait, self.principal)
         else:
-            job = self.service.jobs.get(job_id)
+            job = self.service.jobs.get(job_id, self.principal)
         self.send_json(job)
 
     async def patch(self, job_id: str) -> None:
         patch = self.parse_body(JobPatch)
-        self.send_json(await self.service.jobs.patch(job_id, patch))
+        self.send_json(await self.service.jobs.patch(job_id, patch, self.principal))
 
     async def delete(self, job_id: str) -> None:
         deleted = await self.service.jobs.delete(
-            job_id, stop=self.query_bool("stop"), requested_by=self.user
+            job_id, stop=self.query_bool("stop"), requested_by=self.user, viewer=self.principal
         )
         if deleted:
             self.set_status(204)
@@ -174,7 +179,7 @@ class JobSubmitHandler(BaseHandler):
     openapi = {"post": Operation("Submit a CREATED job", response=JobRecord, status=202)}
 
     async def post(self, job_id: str) -> None:
-        self.send_json(await self.service.jobs.submit(job_id), 202)
+        self.send_json(await self.service.jobs.submit(job_id, self.principal), 202)
 
 
 class JobStopHandler(BaseHandler):
@@ -182,14 +187,14 @@ class JobStopHandler(BaseHandler):
                                  status=202)}
 
     async def post(self, job_id: str) -> None:
-        self.send_json(await self.service.jobs.stop(job_id, self.user), 202)
+        self.send_json(await self.service.jobs.stop(job_id, self.user, self.principal), 202)
 
 
 class JobStatusesHandler(BaseHandler):
     openapi = {"get": Operation("Status history, oldest first", response=list[StatusChange])}
 
     async def get(self, job_id: str) -> None:
-        history = self.service.jobs.history(job_id)
+        history = self.service.jobs.history(job_id, self.principal)
         self.send_json([h.model_dump(mode="json") for h in history])
 
 
@@ -209,7 +214,7 @@ class JobLogsHandler(BaseHandler):
         offset = self.query_int("offset", 0, 0)
         limit = self.query_int("limit", 4 * 2**20, 1, 16 * 2**20)
         follow = self.query_bool("follow")
-        job = jobs.get(job_id)
+        job = jobs.get(job_id, self.principal)
         data = await jobs.read_log(job_id, stream, offset, limit)
         self.set_header("Content-Type", "text/plain; charset=utf-8")
         if not follow:
@@ -252,7 +257,7 @@ class JobFilesHandler(BaseHandler):
     async def get(self, job_id: str) -> None:
         page, size = self.pagination()
         count, files = self.service.jobs.list_files(
-            job_id, self.get_query_argument("search", None), (page - 1) * size, size
+            job_id, self.get_query_argument("search", None), (page - 1) * size, size, self.principal
         )
         self.send_page(count, files, page, size)
 
@@ -262,7 +267,7 @@ class JobFileHandler(BaseHandler):
                                 raw_response="application/octet-stream")}
 
     async def get(self, job_id: str, path: str) -> None:
-        entry, key = self.service.jobs.file(job_id, path)
+        entry, key = self.service.jobs.file(job_id, path, self.principal)
         await self.send_stored(
             self.service.storage, key, entry.size, entry.sha256, "application/octet-stream", entry.path
         )
@@ -273,12 +278,33 @@ class JobResultHandler(BaseHandler):
                                 response=JobResult)}
 
     async def get(self, job_id: str) -> None:
-        job = self.service.jobs.get(job_id)
+        job = self.service.jobs.get(job_id, self.principal)
         if job.result is None:
             raise Conflict(f"job {job_id} is {job.status.value}; it has no result yet")
         body = job.result.model_dump(mode="json")
         body.update(job_id=job.id, status=job.status.value, status_reason=job.status_reason)
         self.send_json(body)
+
+
+class JobShareHandler(BaseHandler):
+    openapi = {
+        "get": Operation("Who the job is shared with (owner and admins)", response=JobShares),
+        "post": Operation("Share the job read-only with named users: they may see it, its "
+                          "history, logs, outputs and result, never change or stop it",
+                          body=JobShare, response=JobShares),
+        "delete": Operation("Stop sharing with named users", body=JobShare, response=JobShares),
+    }
+
+    async def get(self, job_id: str) -> None:
+        self.send_json(self.service.jobs.shares(job_id, self.principal))
+
+    async def post(self, job_id: str) -> None:
+        users = self.parse_body(JobShare).users
+        self.send_json(self.service.jobs.share(job_id, users, self.principal))
+
+    async def delete(self, job_id: str) -> None:
+        users = self.parse_body(JobShare).users
+        self.send_json(self.service.jobs.unshare(job_id, users, self.principal))
 
 
 def _form_value(name: str, values: list[str]) -> Any:

@@ -27,9 +27,9 @@ class EventsHandler(BaseHandler):
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
-        self.subscription = self.service.events.subscribe(
-            self.get_query_argument("job_id", None), self.get_query_argument("sweep_id", None)
-        )
+        job_id = self.get_query_argument("job_id", None)
+        sweep_id = self.get_query_argument("sweep_id", None)
+        self.subscription = self.service.events.subscribe(job_id, sweep_id, self._owner_heard(job_id, sweep_id))
         try:
             self.write(": stream open\n\n")
             await self.flush()
@@ -38,6 +38,16 @@ class EventsHandler(BaseHandler):
             pass
         finally:
             self.service.events.unsubscribe(self.subscription)
+
+    def _owner_heard(self, job_id: str | None, sweep_id: str | None) -> str | None:
+        """Whose changes this caller may hear: a job or sweep they may see (404 otherwise),
+        or else only their own work (admins: everyone's)."""
+        if job_id is not None:
+            self.service.jobs.get(job_id, self.principal)
+            return None
+        if sweep_id is not None:
+            self.service.sweeps.get(sweep_id, self.principal.scope)
+        return self.principal.scope
 
     async def _pump(self) -> None:
         queue = self.subscription.queue

@@ -60,7 +60,7 @@ class SweepsHandler(StreamingBodyHandler):
         try:
             request = await self._request()
             outcome = await self.service.sweeps.create(
-                request, self.user, sweep_id=self.sweep_id, uploaded=sorted(self.file_paths)
+                request, self.principal, sweep_id=self.sweep_id, uploaded=sorted(self.file_paths)
             )
         except BaseException:
             await asyncio.to_thread(storage.delete_prefix, layout.sweep_prefix(self.sweep_id))
@@ -97,7 +97,7 @@ class SweepsHandler(StreamingBodyHandler):
 
     async def get(self) -> None:
         page, size = self.pagination()
-        count, sweeps = self.service.sweeps.list(None, (page - 1) * size, size)
+        count, sweeps = self.service.sweeps.list(self.principal.scope, (page - 1) * size, size)
         self.send_page(count, sweeps, page, size)
 
 
@@ -108,9 +108,9 @@ class SweepHandler(BaseHandler):
     async def get(self, sweep_id: str) -> None:
         wait = self.query_float("wait", None, 0, MAX_WAIT_S)
         if wait:
-            self.send_json(await self.service.sweeps.wait(sweep_id, wait))
+            self.send_json(await self.service.sweeps.wait(sweep_id, wait, self.principal.scope))
         else:
-            self.send_json(self.service.sweeps.get(sweep_id))
+            self.send_json(self.service.sweeps.get(sweep_id, self.principal.scope))
 
 
 class SweepRunsHandler(BaseHandler):
@@ -121,7 +121,9 @@ class SweepRunsHandler(BaseHandler):
     async def get(self, sweep_id: str) -> None:
         page, size = self.pagination()
         status = self.query_choice("status", None, JobStatus)
-        count, runs = self.service.sweeps.runs(sweep_id, status, (page - 1) * size, size)
+        count, runs = self.service.sweeps.runs(
+            sweep_id, status, (page - 1) * size, size, self.principal.scope
+        )
         self.send_page(count, runs, page, size)
 
 
@@ -135,7 +137,7 @@ class SweepFinishedHandler(BaseHandler):
     async def get(self, sweep_id: str) -> None:
         after = self.query_int("after", 0, 0, 2**62)
         limit = self.query_int("limit", 1000, 1, 1000)
-        self.send_json(self.service.sweeps.finished(sweep_id, after, limit))
+        self.send_json(self.service.sweeps.finished(sweep_id, after, limit, self.principal.scope))
 
 
 class SweepResultsHandler(BaseHandler):
@@ -148,7 +150,7 @@ class SweepResultsHandler(BaseHandler):
         fmt = self.get_query_argument("format", "json")
         if fmt not in ("json", "csv"):
             raise ValidationFailed(f"unknown format {fmt!r}", {"format": "must be json or csv"})
-        table = await asyncio.to_thread(self.service.sweeps.results, sweep_id)
+        table = await asyncio.to_thread(self.service.sweeps.results, sweep_id, self.principal.scope)
         if fmt == "json":
             self.send_json(table)
             return
@@ -162,4 +164,4 @@ class SweepStopHandler(BaseHandler):
                                  status=202)}
 
     async def post(self, sweep_id: str) -> None:
-        self.send_json(await self.service.sweeps.stop(sweep_id, self.user), 202)
+        self.send_json(await self.service.sweeps.stop(sweep_id, self.user, self.principal.scope), 202)

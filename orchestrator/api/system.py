@@ -28,7 +28,8 @@ class ClusterHandler(BaseHandler):
         workers = await client.run_on_scheduler(worker_states)
         running: dict[str, list[str]] = defaultdict(list)
         for job in self.service.store.jobs_with_status([JobStatus.RUNNING]):
-            running[job.worker or ""].append(job.id)
+            if self.principal.owns(job.owner):  # others' ids stay unknown to a non-admin
+                running[job.worker or ""].append(job.id)
         for worker in workers:
             worker["running_jobs"] = running.get(worker["address"], [])
         self.send_json({
