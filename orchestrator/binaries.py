@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from orchestrator.auth import Principal
 from orchestrator.errors import NotFound, ValidationFailed
-from orchestrator.models import BinaryRecord, utcnow
+from orchestrator.models import MAX_VERSION, BinaryRecord, utcnow
 from orchestrator.paths import safe_name
 from orchestrator.store import Store
 from storage import AtomicWriter, Storage, layout
@@ -30,8 +30,8 @@ class BinaryRef:
         """`name[@version]` of `owner`, or `other/name[@version]`; ValueError when malformed."""
         qualified, _, version = ref.partition("@")
         ref_owner, _, name = qualified.rpartition("/")
-        if version and not version.isdigit():
-            raise ValueError(f"version must be a number, not {version!r}")
+        if version and not (version.isdigit() and int(version) <= MAX_VERSION):
+            raise ValueError(f"version must be a number up to {MAX_VERSION}, not {version!r}")
         return cls(safe_name(ref_owner or owner), safe_name(name), int(version) if version else None)
 
     def shown_to(self, owner: str) -> str:

@@ -19,6 +19,7 @@ from pydantic import (
 
 from orchestrator.paths import safe_name
 
+MAX_VERSION = 2**31  # binary versions: far past any real count, inside SQLite's integers
 _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$")
 
@@ -57,7 +58,7 @@ class Resources(Request):
     cores: float = Field(1, ge=0, le=4096, description="CPU cores (Dask resource CPU)")
     gpus: int = Field(0, ge=0, le=64, description="GPU devices (Dask resource GPU)")
     memory: int | None = Field(
-        None, ge=0, description="bytes, or a size such as '2GiB' (Dask resource MEMORY)"
+        None, ge=0, le=2**60, description="bytes, or a size such as '2GiB' (Dask resource MEMORY)"
     )
 
     @field_validator("memory", mode="before")
@@ -147,8 +148,8 @@ class JobTemplate(Request):
             safe_name(name)
             if owner:
                 safe_name(owner)
-            if version and not version.isdigit():
-                raise ValueError(f"{ref!r}: version must be a number")
+            if version and not (version.isdigit() and int(version) <= MAX_VERSION):
+                raise ValueError(f"{ref!r}: version must be a number up to {MAX_VERSION}")
         return value
 
 

@@ -162,6 +162,11 @@ class Store:
         self._check_binaries_table()
         self._db.executescript(SCHEMA)
         self._add_new_columns()
+        # Reads get their own connection: under WAL they see the last commit without waiting
+        # for a long write (a million-run sweep being recorded) to finish.
+        self._reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+        self._reader.row_factory = sqlite3.Row
+        self._read_lock = threading.Lock()
 
     def _check_binaries_table(self) -> None:
         """Binary names became per owner (and their storage keys binaries/<owner>/...);
@@ -181,7 +186,8 @@ class Store:
                 self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
 
     def close(self) -> None:
-        with self._lock:
+        with self._lock, self._read_lock:
+            self._reader.close()
             self._db.close()
 
     @contextmanager
@@ -196,8 +202,8 @@ class Store:
             self._db.execute("COMMIT")
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            return self._db.execute(sql, tuple(params)).fetchall()
+        with self._read_lock:
+            return self._reader.execute(sql, tuple(params)).fetchall()
 
     # ---- jobs -------------------------------------------------------------------------
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 import re
@@ -19,6 +20,7 @@ from orchestrator.errors import (
     ChecksumMismatch,
     NotFound,
     OrchestratorError,
+    PayloadTooLarge,
     StorageUnavailable,
     Unauthorized,
     ValidationFailed,
@@ -46,10 +48,32 @@ class Operation:
     raw_response: str | None = None
 
 
+HTTP_METHODS = ("get", "post", "patch", "put", "delete")
+BODY_SLACK = 1024 * 1024  # multipart boundaries and headers around an upload's bytes
+
+
+@tornado.web.stream_request_body
 class BaseHandler(tornado.web.RequestHandler):
+    """Every body is streamed in, so each limit is answered with a 413 JSON error from our
+    own code: tornado's server-wide limit would close the connection with a bare 400.
+
+    A request with a body is authenticated before a byte of it is read; one without is
+    authenticated just before its method runs, so a refusal never leaves an unread body that
+    makes tornado drop the keep-alive connection.
+    """
+
     openapi: dict[str, Operation] = {}
     public = False  # answers without a token (liveness only)
-    principal: Principal
+    principal: Principal | None = None
+    json_body: bytearray | None = None
+    _body_problem: BaseException | None = None
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in HTTP_METHODS:
+            method = cls.__dict__.get(name)
+            if method is not None and not getattr(method, "_checked", False):
+                setattr(cls, name, _checked_first(method))
 
     @property
     def service(self) -> Service:
@@ -57,10 +81,52 @@ class BaseHandler(tornado.web.RequestHandler):
 
     @property
     def user(self) -> str:
+        assert self.principal is not None
         return self.principal.user
 
     def prepare(self) -> Any:
-        self.authenticate()
+        if self.has_body:
+            self.authenticate()
+        self.start_json_body()
+
+    @property
+    def has_body(self) -> bool:
+        headers = self.request.headers
+        length = headers.get("Content-Length")
+        return bool(headers.get("Transfer-Encoding")) or (length is not None and length != "0")
+
+    def start_json_body(self) -> None:
+        """Buffer a JSON body up to its limit; past it, remember a 413 and discard the rest."""
+        self._received = 0
+        self._body_limit = self.service.settings.max_json_bytes
+        if not self.has_body:
+            return
+        self.request.connection.set_max_body_size(self.service.settings.max_upload_bytes + BODY_SLACK)
+        self.refuse_declared_over(self._body_limit, "JSON bodies are limited")
+        self.json_body = bytearray()
+
+    def refuse_declared_over(self, limit: int, what: str) -> None:
+        declared = self.request.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > limit:
+            raise PayloadTooLarge(f"{what} to {limit} bytes; this one declares {declared}")
+
+    async def data_received(self, chunk: bytes) -> None:
+        if self._body_problem is not None or self.json_body is None:
+            return
+        self._received += len(chunk)
+        if self._received > self._body_limit:
+            self._body_problem = PayloadTooLarge(f"JSON bodies are limited to {self._body_limit} bytes")
+            self.json_body = None
+            return
+        self.json_body += chunk
+
+    def before_method(self) -> None:
+        """Run by every HTTP method first: who asks (if prepare could not tell yet), and what
+        went wrong while the body streamed in."""
+        if self.principal is None:
+            self.authenticate()
+        if self._body_problem is not None:
+            raise self._body_problem
 
     def authenticate(self) -> None:
         """Who is asking. A token that is given must be valid; none is needed only while no
@@ -111,6 +177,8 @@ class BaseHandler(tornado.web.RequestHandler):
         self.set_header("Content-Type", "application/json")
         if isinstance(error, Unauthorized):
             self.set_header("WWW-Authenticate", 'Token realm="orchestrator"')
+        if not self._body_read():
+            self.set_header("Connection", "close")  # tornado will not read the rest of it
         self.finish(json.dumps(error.to_json()))
 
     def log_exception(self, typ, value, tb) -> None:
@@ -120,8 +188,12 @@ class BaseHandler(tornado.web.RequestHandler):
 
     # ---- input ------------------------------------------------------------------------
 
+    def _body_read(self) -> bool:
+        body = self.request.body
+        return not isinstance(body, asyncio.Future) or body.done()
+
     def parse_body(self, model: type[M], body: bytes | None = None) -> M:
-        raw = self.request.body if body is None else body
+        raw = bytes(self.json_body or b"") if body is None else body
         if not raw:
             raise ValidationFailed("the request needs a JSON body", {"body": "empty"})
         try:
@@ -263,6 +335,16 @@ class NotFoundHandler(BaseHandler):
 
     def prepare(self) -> None:
         raise NotFound(f"no route {self.request.method} {self.request.path}")
+
+
+def _checked_first(method: Any) -> Any:
+    @functools.wraps(method)
+    def checked(self: BaseHandler, *args: Any, **kwargs: Any) -> Any:
+        self.before_method()
+        return method(self, *args, **kwargs)
+
+    checked._checked = True  # type: ignore[attr-defined]
+    return checked
 
 
 def _public_error(exc: BaseException | None, status_code: int) -> OrchestratorError:

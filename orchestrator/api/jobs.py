@@ -67,10 +67,12 @@ class JobsHandler(StreamingBodyHandler):
 
     async def post(self) -> None:
         await self.finish_body()
+        sync = self.query_bool("sync")  # a bad query refuses the job before it exists
+        timeout = self.query_float("timeout", 60.0, 0, MAX_WAIT_S)
         request = self._job_request()
         writers = [writer for _, _, writer in self.multipart.files] if self.multipart else []
-        await asyncio.to_thread(lambda: [w.commit() for w in writers])
         try:
+            await asyncio.to_thread(lambda: [w.commit() for w in writers])
             job = await self.service.jobs.create(
                 request, self.principal, job_id=self.job_id, files=sorted(self.file_paths)
             )
@@ -78,8 +80,7 @@ class JobsHandler(StreamingBodyHandler):
             await asyncio.to_thread(self.service.storage.delete_prefix, layout.job_prefix(self.job_id))
             raise
         status = 201
-        if self.query_bool("sync"):
-            timeout = self.query_float("timeout", 60.0, 0, MAX_WAIT_S)
+        if sync:
             job = await self.service.jobs.wait(job.id, timeout, self.principal)
             status = 201 if job.status.is_terminal else 202
         self.set_header("Location", f"/api/v1/jobs/{job.id}")
@@ -91,6 +92,8 @@ class JobsHandler(StreamingBodyHandler):
         if self.multipart is None:
             raise ValidationFailed("send JSON or multipart/form-data", {"body": "missing"})
         fields = {name: _form_value(name, values) for name, values in self.multipart.fields.items()}
+        for name, value in fields.items():
+            _check_text(name, value)
         try:
             return JobCreate.model_validate(fields)
         except ValidationError as exc:
@@ -327,3 +330,13 @@ def _json_or_text(value: str) -> Any:
         return json.loads(value)
     except ValueError:
         return value
+    except RecursionError:
+        raise ValidationFailed("a form field nests too deeply", {"body": "nested too deeply"}) from None
+
+
+def _check_text(name: str, value: Any) -> None:
+    """JSON text may spell lone surrogates ('\\ud800'), which no process can be given."""
+    try:
+        json.dumps(value, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValidationFailed(f"field {name} is not valid Unicode", {name: "lone surrogate"}) from None

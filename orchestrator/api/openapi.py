@@ -31,15 +31,16 @@ REF = "#/components/schemas/{model}"
 PREFIX = "/api/v1"
 MAX_WAIT_S = 3600
 MAX_LOG_LIMIT = 16 * 2**20
+MAX_QUERY_INT = 2**62  # BaseHandler.query_int's default ceiling (inside SQLite's integers)
 
 # Query parameters by name: the handlers read them with query_int/query_bool/... and these bounds.
 QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
     "page": {"type": "integer", "minimum": 1, "maximum": 10**9},
     "page_size": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
-    "offset": {"type": "integer", "minimum": 0},
-    "limit": {"type": "integer", "minimum": 1},
-    "after": {"type": "integer", "minimum": 0, "maximum": 2**62},
-    "version": {"type": "integer", "minimum": 1},
+    "offset": {"type": "integer", "minimum": 0, "maximum": MAX_QUERY_INT},
+    "limit": {"type": "integer", "minimum": 1, "maximum": MAX_QUERY_INT},
+    "after": {"type": "integer", "minimum": 0, "maximum": MAX_QUERY_INT},
+    "version": {"type": "integer", "minimum": 1, "maximum": MAX_QUERY_INT},
     "wait": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S},
     "timeout": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S},
     "sync": {"type": "boolean"},

@@ -56,8 +56,8 @@ class SweepsHandler(StreamingBodyHandler):
         await self.finish_body()
         writers = [writer for _, _, writer in self.multipart.files] if self.multipart else []
         storage = self.service.storage
-        await asyncio.to_thread(lambda: [w.commit() for w in writers])
         try:
+            await asyncio.to_thread(lambda: [w.commit() for w in writers])
             request = await self._request()
             outcome = await self.service.sweeps.create(
                 request, self.principal, sweep_id=self.sweep_id, uploaded=sorted(self.file_paths)

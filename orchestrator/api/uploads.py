@@ -15,13 +15,12 @@ from email.message import Message
 import tornado.web
 from python_multipart.multipart import MultipartParser
 
-from orchestrator.api.base import BaseHandler
+from orchestrator.api.base import BODY_SLACK, BaseHandler
 from orchestrator.errors import OrchestratorError, PayloadTooLarge, ValidationFailed
 from orchestrator.paths import safe_relative_path
 from storage import AtomicWriter
 
 FILE_FIELDS = ("file[]", "file", "files", "files[]")
-MULTIPART_SLACK = 1024 * 1024  # boundaries and headers around the file bytes
 READ_CHUNK_SIZE = 1024 * 1024
 
 OpenPart = Callable[[str, str], AtomicWriter]
@@ -30,8 +29,10 @@ OpenPart = Callable[[str, str], AtomicWriter]
 class MultipartStream:
     """Feeds a multipart body through python-multipart; file parts go to writers."""
 
-    def __init__(self, boundary: bytes, open_part: OpenPart, field_limit: int):
+    def __init__(self, boundary: bytes, open_part: OpenPart, field_limit: int, file_limit: int):
         self.fields: dict[str, list[str]] = {}
+        self._file_limit = file_limit
+        self._file_bytes = 0
         self.files: list[tuple[str, str, AtomicWriter]] = []  # written, not yet committed
         self._open_part = open_part
         self._field_limit = field_limit
@@ -101,6 +102,9 @@ class MultipartStream:
 
     def _part_data(self, data: bytes, start: int, end: int) -> None:
         if self._writer is not None:
+            self._file_bytes += end - start
+            if self._file_bytes > self._file_limit:
+                raise PayloadTooLarge(f"uploaded files exceed {self._file_limit} bytes")
             self._writer.write(data[start:end])
             return
         self._field_bytes += end - start
@@ -145,34 +149,34 @@ class StreamingBodyHandler(BaseHandler):
             raise ValidationFailed(f"bad file name {filename!r}: {exc}", {"file[]": str(exc)}) from None
         if path in self.file_paths:
             raise ValidationFailed(f"file {path!r} given twice", {"file[]": f"duplicate {path}"})
+        clash = next((p for p in self.file_paths if p.startswith(path + "/") or path.startswith(p + "/")), None)
+        if clash is not None:
+            raise ValidationFailed(f"file {path!r} and file {clash!r} cannot both exist",
+                                   {"file[]": f"{path} clashes with {clash}"})
         self.file_paths.add(path)
         return path
 
     async def prepare(self) -> None:
-        self.authenticate()  # before a byte of the body is read
+        if self.has_body:
+            self.authenticate()  # before a byte of the body is read
         self.file_paths: set[str] = set()
-        self.json_body: bytearray | None = None
         self.multipart: MultipartStream | None = None
         self.raw: AtomicWriter | None = None
-        self._problem: BaseException | None = None
         self._received = 0
-        if self.request.method not in self.body_methods or not _has_body(self.request):
-            return
+        if self.request.method not in self.body_methods or not self.has_body:
+            return self.start_json_body()
         settings = self.service.settings
-        self._limit = settings.max_upload_bytes
-        declared = self.request.headers.get("Content-Length")
-        if declared and declared.isdigit() and int(declared) > self._limit + MULTIPART_SLACK:
-            raise PayloadTooLarge(f"the body is larger than the {self._limit}-byte limit")
-        self.request.connection.set_max_body_size(self._limit + MULTIPART_SLACK)
+        self._body_limit = settings.max_upload_bytes
+        self.refuse_declared_over(self._body_limit + BODY_SLACK, "uploads are limited")
+        self.request.connection.set_max_body_size(self._body_limit + BODY_SLACK)
         content_type = self.request.headers.get("Content-Type", "")
         if content_type.startswith("multipart/form-data"):
             boundary = _boundary(content_type)
-            self.multipart = MultipartStream(boundary, self.open_part, settings.max_json_bytes)
+            self.multipart = MultipartStream(
+                boundary, self.open_part, settings.max_json_bytes, settings.max_upload_bytes
+            )
         elif content_type.startswith("application/json"):
-            self._limit = settings.max_json_bytes
-            if declared and declared.isdigit() and int(declared) > self._limit:
-                raise PayloadTooLarge(f"JSON bodies are limited to {self._limit} bytes")
-            self.json_body = bytearray()
+            self.start_json_body()
         else:
             self.raw = await asyncio.to_thread(self.open_raw)
             if self.raw is None:
@@ -182,26 +186,24 @@ class StreamingBodyHandler(BaseHandler):
                 )
 
     async def data_received(self, chunk: bytes) -> None:
-        if self._problem is not None:
+        if self.multipart is None and self.raw is None:
+            return await super().data_received(chunk)
+        if self._body_problem is not None:
             return
         self._received += len(chunk)
         try:
-            if self._received > self._limit + (MULTIPART_SLACK if self.multipart else 0):
-                raise PayloadTooLarge(f"the body is larger than the {self._limit}-byte limit")
-            if self.json_body is not None:
-                self.json_body += chunk
-            elif self.multipart is not None:
+            if self._received > self._body_limit + (BODY_SLACK if self.multipart else 0):
+                raise PayloadTooLarge(f"the body is larger than the {self._body_limit}-byte limit")
+            if self.multipart is not None:
                 await asyncio.to_thread(self.multipart.feed, chunk)
             elif self.raw is not None:
                 await asyncio.to_thread(self.raw.write, chunk)
         except Exception as exc:  # noqa: BLE001 - reported when the body has ended
-            self._problem = exc
+            self._body_problem = exc
             await asyncio.to_thread(self._abort)
 
     async def finish_body(self) -> None:
-        """Call first in the method: raises what went wrong while the body streamed in."""
-        if self._problem is not None:
-            raise self._problem
+        """Call first in the method: a multipart body must also have ended well."""
         if self.multipart is not None:
             try:
                 self.multipart.close()
@@ -222,11 +224,6 @@ class StreamingBodyHandler(BaseHandler):
         if getattr(self, "raw", None) is not None:
             with contextlib.suppress(Exception):
                 self.raw.abort()
-
-
-def _has_body(request) -> bool:
-    length = request.headers.get("Content-Length")
-    return bool(request.headers.get("Transfer-Encoding")) or (length is not None and length != "0")
 
 
 def _boundary(content_type: str) -> bytes:
