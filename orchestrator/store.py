@@ -130,6 +130,7 @@ ADDED_COLUMNS = [
 
 # Fields kept together as JSON: they are read with the job, never filtered on.
 _SPEC_FIELDS = ("command", "binaries", "files", "env", "secret_env", "resources", "timeout_s", "retries")
+INSERT_CHUNK = 10_000  # rows per write transaction when recording a sweep's runs
 TERMINAL_VALUES = tuple(s.value for s in TERMINAL_STATUSES)
 
 
@@ -148,7 +149,8 @@ class StatusUpdate:
 
 
 class Store:
-    """One connection shared by the service's threads, serialised by a lock."""
+    """A writer connection shared by the service's threads, serialised by a lock, and a
+    reader connection, so reads see the last commit without waiting for a write."""
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
@@ -162,11 +164,24 @@ class Store:
         self._check_binaries_table()
         self._db.executescript(SCHEMA)
         self._add_new_columns()
+        self._drop_half_created_sweeps()
         # Reads get their own connection: under WAL they see the last commit without waiting
         # for a long write (a million-run sweep being recorded) to finish.
         self._reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._reader.row_factory = sqlite3.Row
         self._read_lock = threading.Lock()
+
+    def _drop_half_created_sweeps(self) -> None:
+        """Runs recorded for a sweep whose own row never followed (a crash while creating it):
+        the client never got an answer, so they are removed rather than run."""
+        orphans = [row[0] for row in self._db.execute(
+            "SELECT DISTINCT sweep_id FROM jobs WHERE sweep_id IS NOT NULL"
+            " AND sweep_id NOT IN (SELECT id FROM sweeps)")]
+        for sweep_id in orphans:
+            with self.transaction() as db:
+                db.execute("DELETE FROM job_statuses WHERE job_id IN"
+                           " (SELECT id FROM jobs WHERE sweep_id = ?)", (sweep_id,))
+                db.execute("DELETE FROM jobs WHERE sweep_id = ?", (sweep_id,))
 
     def _check_binaries_table(self) -> None:
         """Binary names became per owner (and their storage keys binaries/<owner>/...);
@@ -396,8 +411,16 @@ class Store:
         self, sweep: dict[str, Any], runs: list[JobRecord], history: list[StatusChange],
         sealed: bytes | None = None,
     ) -> None:
-        """The sweep and all its runs (and their shared secrets) in one transaction: none is
-        ever half created."""
+        """The sweep's runs, then the sweep with its shared secrets.
+
+        Runs go in chunks of their own transactions, so a million-run sweep never holds the
+        writer for long (status changes of running work interleave). The sweep row comes
+        last: until it exists the runs belong to nothing, nothing dispatches them, and a
+        crash before it leaves runs that the next start removes (`_drop_half_created_sweeps`).
+        """
+        for start in range(0, len(runs), INSERT_CHUNK):
+            with self.transaction() as db:
+                self._insert_jobs(db, runs[start:start + INSERT_CHUNK], history)
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO sweeps (id, name, owner, kind, spec, names, seed, created_at, input_bytes)"
@@ -408,7 +431,6 @@ class Store:
                     sweep["seed"], _ts(sweep["created_at"]), sweep.get("input_bytes", 0),
                 ),
             )
-            self._insert_jobs(db, runs, history)
             _insert_sealed(db, sweep["id"], sealed)
 
     def get_sweep(self, sweep_id: str) -> dict[str, Any] | None:
