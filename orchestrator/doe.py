@@ -301,7 +301,7 @@ def check_variables(variables: Sequence[Variable]) -> None:
 
 
 def name_problem(name: str) -> str | None:
-    if not VARIABLE_NAME.match(name):
+    if not VARIABLE_NAME.fullmatch(name):
         return f"{name!r} is not a valid variable name (letters, digits, '_', not starting with a digit)"
     if RESERVED_NAMES.match(name):
         return f"{name} is reserved: it would replace an environment variable runs rely on"

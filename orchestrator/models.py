@@ -78,7 +78,7 @@ class Resources(Request):
 
 
 def _check_job_name(value: str) -> str:
-    if not _JOB_NAME.match(value):
+    if not _JOB_NAME.fullmatch(value):
         raise ValueError(
             "must be 1-128 letters, digits, spaces, '.', '_' or '-', starting with a letter or digit"
         )
@@ -131,7 +131,7 @@ class JobTemplate(Request):
     @classmethod
     def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
         for name, item in value.items():
-            if not _ENV_NAME.match(name):
+            if not _ENV_NAME.fullmatch(name):
                 raise ValueError(f"invalid variable name {name!r}")
             if "\x00" in item:
                 raise ValueError(f"value of {name} contains NUL")

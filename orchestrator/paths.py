@@ -28,7 +28,7 @@ def safe_relative_path(path: str) -> str:
 
 def safe_name(name: str) -> str:
     """Names that become storage keys and staged file names (binaries)."""
-    if not isinstance(name, str) or not _NAME.match(name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise ValueError(
             "must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )

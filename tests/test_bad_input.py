@@ -133,3 +133,12 @@ def test_upload_within_the_limit_is_accepted(make_server):
     response = server.http.post("/binaries/ok", content=b"x" * 9_000,
                                 headers={"Content-Type": "application/octet-stream"})
     assert response.status_code == 201
+
+
+def test_wrong_method_names_the_allowed_ones_and_trailing_newlines_are_refused(server):
+    refused = server.http.put("/jobs")
+    assert refused.status_code == 405 and refused.json()["error"]["code"] == "method_not_allowed"
+    assert refused.headers["Allow"] == "GET, POST, DELETE"
+    for body in ({"command": "true", "name": "abc\n"}, {"command": "true", "env": {"A\n": "1"}}):
+        assert server.http.post("/jobs", json=body).status_code == 400, body
+    assert server.http.post("/binaries/x%0A", content=b"hello").status_code == 400

@@ -179,6 +179,8 @@ class BaseHandler(tornado.web.RequestHandler):
             self.set_header("WWW-Authenticate", 'Token realm="orchestrator"')
         if not self._body_read():
             self.set_header("Connection", "close")  # tornado will not read the rest of it
+        if error.status == 405:
+            self.set_header("Allow", ", ".join(self.allowed_methods()))
         self.finish(json.dumps(error.to_json()))
 
     def log_exception(self, typ, value, tb) -> None:
@@ -187,6 +189,12 @@ class BaseHandler(tornado.web.RequestHandler):
         super().log_exception(typ, value, tb)
 
     # ---- input ------------------------------------------------------------------------
+
+    @classmethod
+    def allowed_methods(cls) -> list[str]:
+        """The methods this route answers (RFC 9110 wants them listed with a 405)."""
+        base = tornado.web.RequestHandler
+        return [name.upper() for name in HTTP_METHODS if getattr(cls, name) is not getattr(base, name)]
 
     def _body_read(self) -> bool:
         body = self.request.body
