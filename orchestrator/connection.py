@@ -45,7 +45,8 @@ class SchedulerLink:
     def online(self) -> bool:
         """Connected and attached: while False, a call to the scheduler would only wait out
         Dask's connect timeout, so callers skip it or wait for `wait_online`."""
-        return self._online.is_set() and self.client.status == "running"
+        client = self.client  # Dask's own state first: it knows of a loss before the watcher looks
+        return self._online.is_set() and client.status == "running" and client.scheduler_comm is self._comm
 
     async def wait_online(self) -> None:
         await self._online.wait()

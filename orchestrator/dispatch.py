@@ -99,7 +99,7 @@ class SweepDispatcher:
 
     async def _fill(self) -> None:
         if self._pending and not self._stopped:
-            pass  # await self.engine.until_online()  # runs sent while the scheduler is away are lost
+            await self.engine.until_online()  # runs sent while the scheduler is away are lost
         slots = await self._slots()
         while self._pending and len(self._flying) < slots and not self._stopped:
             batch = self._take(self._batch_size(slots))
