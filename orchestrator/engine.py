@@ -37,7 +37,7 @@ from orchestrator.models import (
 from orchestrator.runner import STATUS_TOPIC, RunSpec, StagedInput, run_batch, run_job
 from orchestrator.secrets import Sealer, SecretsUnreadable
 from orchestrator.store import StatusUpdate, Store
-from plugins.worker import OrchestratorWorkerPlugin, request_stop
+from plugins.worker import OrchestratorWorkerPlugin, request_stop, stale_attempt
 from storage import is_storage_failure, layout
 
 logger = logging.getLogger(__name__)
@@ -371,7 +371,7 @@ class Engine:
         """
         sent = [task_key(job) for job in jobs if job.attempt > 0]
         if sent:
-            await self._flag_on_workers(sent, "the orchestrator (restarted)")
+            await self._flag_on_workers(sent, stale_attempt("restarted"))
         now = utcnow()
         updates = [
             StatusUpdate(job.id, JobStatus.QUEUED,
@@ -436,7 +436,7 @@ class Engine:
 
     async def retract(self, job: JobRecord) -> None:
         """Take a queued attempt back from Dask, making sure it never starts."""
-        await self._flag_on_workers([task_key(job)], "the orchestrator")
+        await self._flag_on_workers([task_key(job)], stale_attempt("retracted"))
         future = self._futures.pop(job.id, None)
         self._unsent.pop(job.id, None)
         if future is not None:
@@ -489,7 +489,7 @@ class Engine:
             else:
                 self._apply([update])
         stale = [f.key for f in singles.values()] + [k for _, run_keys in batches.values() for k in run_keys]
-        await self._flag_on_workers(stale, f"the orchestrator ({worker} lost)")
+        await self._flag_on_workers(stale, stale_attempt(f"{worker} lost"))
         await self._cancel([*singles.values(), *(future for future, _ in batches.values())])
 
     def _after_worker_loss(self, job: JobRecord, worker: str) -> StatusUpdate:
@@ -693,7 +693,7 @@ class Engine:
         self._resubmit_lost()
         stale, self._stale_keys = self._stale_keys, []
         if stale:
-            await self._flag_on_workers(stale, "the orchestrator (scheduler connection lost)")
+            await self._flag_on_workers(stale, stale_attempt("scheduler connection lost"))
 
     def _resubmit_lost(self) -> None:
         """Every active single job no live future holds: a new attempt (or the first sending of

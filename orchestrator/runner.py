@@ -28,7 +28,7 @@ import psutil
 
 from orchestrator import templating
 from orchestrator.paths import safe_relative_path
-from plugins.worker import gpu_devices, job_processes, signal_group
+from plugins.worker import gpu_devices, is_stale, job_processes, signal_group
 from storage import Storage, is_storage_failure, layout
 
 STATUS_TOPIC = "orchestrator-status"
@@ -191,6 +191,9 @@ def _run_in(
         _announce_running(spec, worker, started)
     outcome = _run_command(workdir, log_paths, spec, storage, worker)
     outcome.started_at = started
+    if is_stale(spec.key):  # replaced while it ran: the newer attempt owns the job's files
+        outcome.status, outcome.reason = "STOPPED", "replaced by a newer attempt; nothing stored"
+        return outcome
     try:
         outcome.log_bytes = _ship_final_logs(storage, spec.job_id, log_paths)
         outcome.files = _upload_outputs(storage, spec.job_id, workdir, staged)

@@ -173,6 +173,20 @@ def job_processes() -> JobProcesses:
     return _processes
 
 
+STALE_MARK = "; a newer attempt replaces this one)"
+
+
+def stale_attempt(why: str) -> str:
+    """Who stops an attempt that a newer one replaces: such an attempt must store nothing,
+    or its late logs and outputs could overwrite the newer attempt's."""
+    return f"the orchestrator ({why}{STALE_MARK}"
+
+
+def is_stale(key: str) -> bool:
+    stopper = job_processes().stop_requested(key)
+    return bool(stopper and stopper.endswith(STALE_MARK))
+
+
 def request_stop(keys: str | list[str], requested_by: str) -> list[str]:
     """Run on every worker through `Client.run`; cheap, never blocks the worker's loop.
 

@@ -1,0 +1,55 @@
+"""The task a worker runs, called in-process: an attempt replaced while it runs stores
+nothing, so it can never overwrite the files of the attempt that replaced it."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+
+from orchestrator.runner import run_job
+from plugins.worker import job_processes, request_stop, stale_attempt
+from storage import Storage, layout
+
+
+def _spec(tmp_path, key: str) -> dict:
+    return {"job_id": uuid.uuid4().hex[:12], "key": key, "attempt": 1,
+            "storage_url": str(tmp_path / "storage"),
+            "command": "echo late > out.txt; echo log; sleep 30"}
+
+
+def _wait_running(key: str) -> None:
+    deadline = time.monotonic() + 20
+    while key not in job_processes().running_keys():
+        assert time.monotonic() < deadline, "the command never started"
+        time.sleep(0.02)
+
+
+def test_a_replaced_attempt_stores_no_logs_or_outputs(tmp_path):
+    spec = _spec(tmp_path, f"job-1-{uuid.uuid4().hex[:8]}")
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.update(run_job(spec)))
+    runner.start()
+    _wait_running(spec["key"])
+    time.sleep(0.3)  # out.txt and the log line are written by now
+    request_stop(spec["key"], stale_attempt("test"))
+    runner.join(30)
+    assert outcome["status"] == "STOPPED" and "newer attempt" in outcome["reason"]
+    storage = Storage(spec["storage_url"])
+    assert not storage.exists(layout.output_key(spec["job_id"], "out.txt"))
+    assert not storage.exists(layout.log_key(spec["job_id"], "stdout"))
+
+
+def test_a_user_stop_keeps_what_the_job_wrote(tmp_path):
+    spec = _spec(tmp_path, f"job-1-{uuid.uuid4().hex[:8]}")
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.update(run_job(spec)))
+    runner.start()
+    _wait_running(spec["key"])
+    time.sleep(0.3)
+    request_stop(spec["key"], "alice")
+    runner.join(30)
+    assert outcome["status"] == "STOPPED"
+    storage = Storage(spec["storage_url"])
+    assert storage.read_range(layout.output_key(spec["job_id"], "out.txt"), 0) == b"late\n"
+    assert storage.read_range(layout.log_key(spec["job_id"], "stdout"), 0) == b"log\n"
