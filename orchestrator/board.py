@@ -78,6 +78,7 @@ class BoardFeed:
                 began = time.monotonic()
                 summary = await asyncio.to_thread(self.board.summarize)
                 took = time.monotonic() - began
+                await self.engine.until_online()  # the page lives on the scheduler
                 await self.engine.client.run_on_scheduler(publish, summary)
             except Exception as exc:  # noqa: BLE001 - the page is a view: never fail the service
                 if not warned:

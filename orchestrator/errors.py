@@ -78,6 +78,13 @@ class StorageUnavailable(OrchestratorError):
     code = "storage_unavailable"
 
 
+class SchedulerUnavailable(OrchestratorError):
+    """The Dask scheduler is away; work is still accepted and sent when it is back."""
+
+    status = 503
+    code = "scheduler_unavailable"
+
+
 class JobFailed(Exception):
     """Raised by `Job.result()` when the job ended in FAILED or STOPPED."""
 

@@ -37,8 +37,9 @@ class Metrics:
 
     async def render(self) -> bytes:
         """The text exposition; worker resources are read from the scheduler first."""
-        with contextlib.suppress(Exception):
-            self._workers = await self.engine.client.run_on_scheduler(worker_states)
+        if self.engine.online:  # else the last known workers, rather than a 30 s wait
+            with contextlib.suppress(Exception):
+                self._workers = await self.engine.client.run_on_scheduler(worker_states)
         return generate_latest(self.registry)
 
 

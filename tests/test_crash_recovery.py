@@ -130,7 +130,11 @@ def check_every_run_completed_once(api: httpx.Client, sweep_id: str, ledger: Pat
     attempt its record names, no attempt run twice and none after it; answers each run's
     status history by job id."""
     done = api.get(f"/sweeps/{sweep_id}", params={"wait": WAIT_S}, timeout=WAIT_S + 60).json()
-    assert done["status"] == "COMPLETED" and done["counts"] == {"COMPLETED": RUNS}, done
+    if done["counts"] != {"COMPLETED": RUNS}:  # say which runs did not complete, and why
+        failed = api.get(f"/sweeps/{sweep_id}/runs", params={"status": "FAILED", "page_size": 5}).json()
+        raise AssertionError({run["id"]: api.get(f"/jobs/{run['id']}/statuses").json()
+                              for run in failed["results"]} or done)
+    assert done["status"] == "COMPLETED", done
     rows = api.get(f"/sweeps/{sweep_id}/results").json()["rows"]
     assert sorted(row["index"] for row in rows) == list(range(RUNS))  # no lost run, no duplicate row
     assert len({row["job_id"] for row in rows}) == RUNS
@@ -302,6 +306,9 @@ def _still_answering(api: httpx.Client) -> str:
     """With no scheduler: health, listings and new jobs answer at once; the new job waits."""
     assert api.get("/health", timeout=10).status_code == 200
     assert api.get("/jobs", timeout=10).status_code == 200
+    assert api.get("/metrics", timeout=10).status_code == 200
+    cluster = api.get("/cluster", timeout=10)
+    assert cluster.status_code == 503 and cluster.json()["error"]["code"] == "scheduler_unavailable"
     created = api.post("/jobs", json={"command": "echo meanwhile > out.txt"}, timeout=10)
     assert created.status_code == 201, created.text
     assert created.json()["status"] == "QUEUED"

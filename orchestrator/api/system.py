@@ -6,6 +6,7 @@ from collections import defaultdict
 
 from orchestrator.api.base import BaseHandler, Operation
 from orchestrator.cluster import worker_states
+from orchestrator.errors import SchedulerUnavailable
 from orchestrator.models import JobStatus
 from plugins.dashboard import JOBS_PAGE
 
@@ -24,6 +25,9 @@ class ClusterHandler(BaseHandler):
                                 "free) and running jobs; the scheduler and its dashboard link")}
 
     async def get(self) -> None:
+        if not self.service.engine.online:
+            raise SchedulerUnavailable("the Dask scheduler is unreachable; jobs are accepted "
+                                       "and sent when it is back")
         client = self.service.connection.client
         workers = await client.run_on_scheduler(worker_states)
         running: dict[str, list[str]] = defaultdict(list)
