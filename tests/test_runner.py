@@ -25,31 +25,28 @@ def _wait_running(key: str) -> None:
         time.sleep(0.02)
 
 
-def test_a_replaced_attempt_stores_no_logs_or_outputs(tmp_path):
+def _run_then_stop(tmp_path, requested_by: str) -> tuple[dict, dict, Storage]:
+    """Run a job in-process, and once it has written its output and a log line, stop it."""
     spec = _spec(tmp_path, f"job-1-{uuid.uuid4().hex[:8]}")
     outcome: dict = {}
     runner = threading.Thread(target=lambda: outcome.update(run_job(spec)))
     runner.start()
     _wait_running(spec["key"])
     time.sleep(0.3)  # out.txt and the log line are written by now
-    request_stop(spec["key"], stale_attempt("test"))
+    request_stop(spec["key"], requested_by)
     runner.join(30)
+    return spec, outcome, Storage(spec["storage_url"])
+
+
+def test_a_replaced_attempt_stores_no_logs_or_outputs(tmp_path):
+    spec, outcome, storage = _run_then_stop(tmp_path, stale_attempt("test"))
     assert outcome["status"] == "STOPPED" and "newer attempt" in outcome["reason"]
-    storage = Storage(spec["storage_url"])
     assert not storage.exists(layout.output_key(spec["job_id"], "out.txt"))
     assert not storage.exists(layout.log_key(spec["job_id"], "stdout"))
 
 
 def test_a_user_stop_keeps_what_the_job_wrote(tmp_path):
-    spec = _spec(tmp_path, f"job-1-{uuid.uuid4().hex[:8]}")
-    outcome: dict = {}
-    runner = threading.Thread(target=lambda: outcome.update(run_job(spec)))
-    runner.start()
-    _wait_running(spec["key"])
-    time.sleep(0.3)
-    request_stop(spec["key"], "alice")
-    runner.join(30)
+    spec, outcome, storage = _run_then_stop(tmp_path, "alice")
     assert outcome["status"] == "STOPPED"
-    storage = Storage(spec["storage_url"])
     assert storage.read_range(layout.output_key(spec["job_id"], "out.txt"), 0) == b"late\n"
     assert storage.read_range(layout.log_key(spec["job_id"], "stdout"), 0) == b"log\n"
