@@ -16,7 +16,7 @@ class HealthHandler(BaseHandler):
     public = True
 
     async def get(self) -> None:
-        self.service.store.list_jobs(limit=1)
+        self.service.store.ping()
         self.send_json({"status": "ok"})
 
 
