@@ -54,6 +54,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     delete_when_done INTEGER NOT NULL DEFAULT 0
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, seq);
+-- narrow: counts and deep-page offsets walk it instead of the 1 KB rows
+CREATE INDEX IF NOT EXISTS jobs_seq ON jobs(seq);
 CREATE INDEX IF NOT EXISTS jobs_sweep ON jobs(sweep_id, idx);
 -- a sweep's counts, bytes and last finish read from this index alone, not from 1 KB rows
 CREATE INDEX IF NOT EXISTS jobs_sweep_stats ON jobs(sweep_id, status, finished_at, storage_bytes);
