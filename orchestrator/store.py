@@ -604,12 +604,8 @@ class Store:
 
     def sealed_secrets(self, holders: list[str]) -> dict[str, bytes]:
         """The encrypted secret environment of each of these jobs (or sweeps) that has one."""
-        found: dict[str, bytes] = {}
-        for chunk in _chunks(holders):
-            marks = ",".join("?" * len(chunk))
-            rows = self._query(f"SELECT holder, sealed FROM secrets WHERE holder IN ({marks})", chunk)
-            found.update((row[0], bytes(row[1])) for row in rows)
-        return found
+        rows = self._select_in("SELECT holder, sealed FROM secrets WHERE holder IN ({})", holders)
+        return {row[0]: bytes(row[1]) for row in rows}
 
     def count_owned(self, owner: str, statuses: Iterable[JobStatus]) -> int:
         """Jobs of `owner` in these statuses, sweep runs left out: what per-user limits count."""
@@ -649,19 +645,19 @@ class Store:
 
     def existing_job_ids(self, job_ids: list[str]) -> set[str]:
         """Which of these job ids have a row: storage prefixes of the others are orphans."""
-        found: set[str] = set()
-        for chunk in _chunks(job_ids):
-            marks = ",".join("?" * len(chunk))
-            found.update(row[0] for row in self._query(f"SELECT id FROM jobs WHERE id IN ({marks})", chunk))
-        return found
+        return {row[0] for row in self._select_in("SELECT id FROM jobs WHERE id IN ({})", job_ids)}
 
     def existing_sweep_ids(self, sweep_ids: list[str]) -> set[str]:
         """Which of these sweep ids have a row."""
-        found: set[str] = set()
-        for chunk in _chunks(sweep_ids):
-            marks = ",".join("?" * len(chunk))
-            found.update(row[0] for row in self._query(f"SELECT id FROM sweeps WHERE id IN ({marks})", chunk))
-        return found
+        return {row[0] for row in self._select_in("SELECT id FROM sweeps WHERE id IN ({})", sweep_ids)}
+
+    def _select_in(self, sql: str, keys: list[str]) -> list[sqlite3.Row]:
+        """`sql` with its `IN ({})` filled for any number of keys, a chunk per query (SQLite
+        limits the parameters of one statement)."""
+        rows: list[sqlite3.Row] = []
+        for chunk in _chunks(keys):
+            rows += self._query(sql.format(",".join("?" * len(chunk))), chunk)
+        return rows
 
     def binary_versions_known(self) -> set[tuple[str, str, int]]:
         """(owner, name, version) of every binary in the ledger: a small table, read whole."""
