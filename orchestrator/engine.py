@@ -22,9 +22,11 @@ from typing import Any
 from distributed import Client, Future
 from distributed.client import ClosedClientError, FutureCancelledError
 
+from orchestrator.auth import Principal
 from orchestrator.binaries import BinaryRef
 from orchestrator.connection import ClientFactory, SchedulerLink
 from orchestrator.errors import ValidationFailed
+from orchestrator.isolation import Isolation
 from orchestrator.models import (
     FileEntry,
     JobRecord,
@@ -34,7 +36,7 @@ from orchestrator.models import (
     StatusChange,
     utcnow,
 )
-from orchestrator.runner import STATUS_TOPIC, RunSpec, StagedInput, run_batch, run_job
+from orchestrator.runner import STATUS_TOPIC, RunSpec, Sealed, StagedInput, run_batch, run_job
 from orchestrator.secrets import Sealer, SecretsUnreadable
 from orchestrator.store import StatusUpdate, Store
 from plugins.worker import OrchestratorWorkerPlugin, request_stop, stale_attempt
@@ -73,8 +75,10 @@ class Engine:
         worker_loss_retries: int = 3,
         sealer: Sealer,
         reconnect: ClientFactory | None = None,
+        isolation: Isolation | None = None,
     ):
         self.sealer = sealer
+        self.isolation = isolation or Isolation.single_user()
         self.link = SchedulerLink(client, reconnect)  # `reconnect`: a new client, if Dask's gives up
         self.store = store
         self.storage_url = storage_url
@@ -116,6 +120,7 @@ class Engine:
     async def _attach(self, client: Client) -> None:
         """What a scheduler must know of us; a new one (or one that dropped us) knows nothing."""
         await client.register_plugin(OrchestratorWorkerPlugin())
+        await self.isolation.refresh(client)
         client.subscribe_topic(STATUS_TOPIC, self._on_worker_event)
         client.subscribe_topic(CLUSTER_TOPIC, self._on_cluster_event)
 
@@ -157,6 +162,10 @@ class Engine:
             for r in missing if best[r] < wanted[r]
         } or {"resources": "no single worker offers all of these together"}
         raise ValidationFailed("no worker can satisfy the requested resources", fields)
+
+    async def check_may_run(self, principal: Principal | None) -> None:
+        """Refuse a user's work where it would run with the orchestrator's own identity."""
+        await self.isolation.check(principal, self.client)
 
     async def _worker_resources(self, fresh: bool) -> list[dict[str, float]]:
         """While the scheduler is away, the last known offers (asking would wait out a timeout)."""
@@ -203,7 +212,7 @@ class Engine:
         try:
             future = self.client.submit(
                 run_job,
-                spec,
+                Sealed(spec),
                 key=spec["key"],
                 resources=job.resources.as_dask() or None,
                 priority=job.priority,
@@ -231,6 +240,7 @@ class Engine:
             timeout_s=job.timeout_s,
             callable_key=layout.callable_key(job.id) if job.kind == "callable" else None,
             gpus=job.resources.gpus,
+            run_as=self.isolation.run_as(job.owner) if job.kind == "command" else None,
         )
         return asdict(spec)
 
@@ -274,11 +284,12 @@ class Engine:
              **({} if template.get("shell_template") else {"command": job.command})}
             for job, attempt in zip(jobs, attempts, strict=True)
         ]
-        spec = {"template": {**template, "storage_url": self.storage_url},
+        run_as = self.isolation.run_as(jobs[0].owner) if jobs[0].kind == "command" else None
+        spec = {"template": {**template, "storage_url": self.storage_url, "run_as": run_as},
                 "runs": runs, "failure_budget": failure_budget}
         # As JSON text, so Dask does not walk every run's fields looking for futures.
         future = self.client.submit(
-            run_batch, json.dumps(spec), key=key, resources=jobs[0].resources.as_dask() or None,
+            run_batch, Sealed(json.dumps(spec)), key=key, resources=jobs[0].resources.as_dask() or None,
             priority=jobs[0].priority, pure=False, retries=0,
         )
         self._batch_futures[key] = (future, [run["key"] for run in runs])

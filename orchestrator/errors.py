@@ -44,6 +44,13 @@ class Forbidden(OrchestratorError):
     code = "forbidden"
 
 
+class IsolationUnavailable(OrchestratorError):
+    """Multi-user mode where a user's jobs would run with the orchestrator's own identity."""
+
+    status = 403
+    code = "isolation_unavailable"
+
+
 class NotFound(OrchestratorError, LookupError):
     status = 404
     code = "not_found"

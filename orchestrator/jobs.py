@@ -7,6 +7,7 @@ never disagree about what a request means.
 from __future__ import annotations
 
 import asyncio
+import shlex
 import uuid
 from typing import Any
 
@@ -69,6 +70,7 @@ class JobService:
         owner = creator.user
         if request.submit:
             self.check_queue_quota(owner)
+            await self.engine.check_may_run(creator)
         now = utcnow()
         job_id = job_id or new_job_id()
         stored = 0
@@ -111,6 +113,7 @@ class JobService:
     async def submit(self, job_id: str, viewer: Principal | None = None) -> JobRecord:
         job = self.get(job_id, viewer, change=True)
         self.check_queue_quota(job.owner)
+        await self.engine.check_may_run(viewer)
         if job.status != JobStatus.CREATED:
             raise Conflict(f"job {job_id} is {job.status.value}; only CREATED jobs can be submitted")
         self.engine.submit(job, reason=await self.engine.placement(job.resources))
@@ -269,9 +272,25 @@ class JobService:
 
 
 def default_name(command: str | list[str] | None) -> str:
-    if not command:
+    """A name from the program a command runs, shown in lists, task keys and the dashboard.
+
+    Leading `NAME=value` words are environment for the program, often secrets
+    (`DB_PASSWORD=hunter2 ./run.sh`), so they are skipped, and nothing after an '=' is ever
+    used; a command line that cannot be split (unbalanced quotes) gets the plain "job"."""
+    word = _program_word(command)
+    if not word:
         return "job"
-    first = command if isinstance(command, str) else command[0]
-    word = first.strip().split()[0].rsplit("/", 1)[-1] if first.strip() else "job"
     cleaned = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in word)[:64]
     return cleaned if cleaned[:1].isalnum() else f"job{cleaned}"[:64]
+
+
+def _program_word(command: str | list[str] | None) -> str:
+    if isinstance(command, str):
+        try:
+            words = shlex.split(command)
+        except ValueError:
+            return ""
+    else:
+        words = list(command or [])
+    program = next((word for word in words if "=" not in word), "")
+    return program.rsplit("/", 1)[-1]

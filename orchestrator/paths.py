@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
+from pathlib import Path
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
@@ -33,3 +35,25 @@ def safe_name(name: str) -> str:
             "must be 1-128 letters, digits, '.', '_' or '-', starting with a letter or digit"
         )
     return name
+
+
+def private_folder(path: Path) -> Path:
+    """A folder only the orchestrator's own user may enter (the data folder: ledger,
+    secret.key, storage), tightened if it already exists open to others."""
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    _owner_only(path)
+    return path
+
+
+def private_file(path: Path) -> Path:
+    """A file only its owner reads, created empty if missing (SQLite gives its -wal and -shm
+    files the database file's mode)."""
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o600))
+    _owner_only(path)
+    return path
+
+
+def _owner_only(path: Path) -> None:
+    mode = path.stat().st_mode & 0o7777
+    if mode & 0o077:
+        path.chmod(mode & 0o700)

@@ -26,19 +26,18 @@ from typing import Any
 
 import psutil
 
-from orchestrator import templating
+from orchestrator import outputs, templating
+from orchestrator.jobuser import RunAs, clean_environment, fetch_as, hand_over, job_folder
 from orchestrator.paths import safe_relative_path
 from plugins.worker import gpu_devices, is_stale, job_processes, signal_group
 from storage import Storage, is_storage_failure, layout
 
 STATUS_TOPIC = "orchestrator-status"
-OUTPUTS_FILE = "outputs.json"
 RETURN_FILE = "return.pkl"
 STOP_GRACE_S = 2.0
 ANNOUNCE_INTERVAL_S = 0.1
-MAX_OUTPUTS_BYTES = 1 * 2**20
-MAX_OUTPUTS_DEPTH = 32
-TASK_KEY_VARIABLE = "ORCHESTRATOR_TASK_KEY"
+TASK_KEY_VARIABLE = "JOB_TASK_KEY"  # the marker that finds a job's escaped processes
+LEGACY_VARIABLES = ("ORCHESTRATOR_JOB_ID", "ORCHESTRATOR_TASK_KEY")  # single-user jobs only
 
 
 @dataclass
@@ -64,6 +63,7 @@ class RunSpec:
     variables: dict[str, Any] | None = None  # a sweep run's values
     gpus: int = 0  # devices lent to the run from the worker's own
     shell_template: str | None = None  # a sweep's shell line, made into `command` per run
+    run_as: dict[str, Any] | None = None  # the job owner's OS identity (multi-user mode)
 
     @classmethod
     def from_dict(cls, fields: dict[str, Any]) -> RunSpec:
@@ -91,13 +91,48 @@ class Outcome:
         return dict(vars(self))  # shallow: dataclasses.asdict's deep copy costs per run
 
 
-def run_job(spec_dict: dict[str, Any]) -> dict[str, Any]:
-    """The Dask task of a single job."""
-    with Scratch() as scratch:
-        return execute(RunSpec.from_dict(spec_dict), announce=True, scratch=scratch).as_dict()
+class Sealed:
+    """A task argument whose repr never shows what it holds.
+
+    Dask prints a failed task's arguments in its logs ("Compute Failed") and on its
+    dashboard; a run spec holds the job's opened secret environment.
+    """
+
+    __slots__ = ("content",)
+
+    def __init__(self, content: Any):
+        self.content = content
+
+    def __repr__(self) -> str:
+        return "<orchestrator run spec>"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> tuple[Any, tuple[Any]]:
+        return Sealed, (self.content,)
 
 
-def run_batch(batch: dict[str, Any] | str) -> str:
+def _unsealed(value: Any) -> Any:
+    return value.content if isinstance(value, Sealed) else value
+
+
+def run_job(spec_dict: Sealed | dict[str, Any]) -> dict[str, Any]:
+    """The Dask task of a single job. It never raises: an exception escaping a task would
+    have Dask log it with its arguments, so every failure becomes the job's outcome."""
+    try:
+        with Scratch() as scratch:
+            return execute(RunSpec.from_dict(_unsealed(spec_dict)), announce=True, scratch=scratch).as_dict()
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - RecursionError, MemoryError in a parse...
+        return _unexpected(exc).as_dict()
+
+
+def _unexpected(exc: BaseException) -> Outcome:
+    """An error of the runner itself (not of the job's command) as a failed outcome."""
+    kind = "storage error" if is_storage_failure(exc) else "runner error"
+    return Outcome("FAILED", f"{kind}: {_describe(exc)}", worker=_worker_address())
+
+
+def run_batch(batch: Sealed | dict[str, Any] | str) -> str:
     """The Dask task of several sweep runs, one after another, sharing one template.
 
     Cheap runs are batched so Dask's per-task cost is paid once per batch. A run starting
@@ -105,6 +140,7 @@ def run_batch(batch: dict[str, Any] | str) -> str:
     recorded as RUNNING with their real start time when the batch reports. One run's
     unexpected error fails that run only. Answers the outcomes as JSON text.
     """
+    batch = _unsealed(batch)
     batch = json.loads(batch) if isinstance(batch, str) else batch
     template = batch["template"]
     budget = batch.get("failure_budget")  # the sweep's max_failures, less failures so far
@@ -123,7 +159,7 @@ def run_batch(batch: dict[str, Any] | str) -> str:
             try:
                 outcome = execute(spec, announce, scratch)
             except (Exception, SystemExit) as exc:  # one run's failure never loses the batch
-                outcome = Outcome("FAILED", f"runner error: {_describe(exc)}", worker=_worker_address())
+                outcome = _unexpected(exc)
             if budget is not None and outcome.status == "FAILED" and last_try:
                 budget -= 1
             outcomes.append(outcome.as_dict())
@@ -134,7 +170,8 @@ class Scratch:
     """A working folder and log files on the worker, emptied between the runs of a batch.
 
     Reused rather than made per run: creating and removing folders costs as much as
-    starting a short process on some filesystems.
+    starting a short process on some filesystems. A run under its owner's identity gets a
+    fresh folder instead: one the worker stages into while no job can enter it.
     """
 
     def __enter__(self) -> Scratch:
@@ -142,6 +179,19 @@ class Scratch:
         self.workdir = Path(tempfile.mkdtemp(dir=root))
         self.logs = {stream: root / "logs" / f"{self.workdir.name}.{stream}" for stream in layout.LOG_STREAMS}
         return self
+
+    @contextlib.contextmanager
+    def folder(self, run_as: RunAs | None) -> Iterator[Path]:
+        """The working folder of one run, emptied (or removed) when it ends."""
+        if run_as is not None:
+            run_as.check_possible()
+            with job_folder() as folder:
+                yield folder
+            return
+        try:
+            yield self.workdir
+        finally:
+            self.empty()
 
     def empty(self) -> None:
         for entry in os.scandir(self.workdir):
@@ -165,25 +215,26 @@ def execute(spec: RunSpec, announce: bool, scratch: Scratch) -> Outcome:
     storage = _storage(spec.storage_url)
     if spec.callable_key:
         return _call(storage, spec, worker, announce)
+    run_as = RunAs.from_spec(spec.run_as)
     try:
-        with gpu_devices().lend(spec.gpus) as devices:
+        with gpu_devices().lend(spec.gpus) as devices, scratch.folder(run_as) as workdir:
             if devices:
                 visible = ",".join(devices)
                 spec.env = {**spec.env, "CUDA_VISIBLE_DEVICES": visible, "NVIDIA_VISIBLE_DEVICES": visible}
-            return _run_in(scratch.workdir, scratch.logs, spec, storage, worker, announce)
+            return _run_in(workdir, scratch.logs, spec, storage, worker, announce)
     finally:
         job_processes().unregister(spec.key)
-        scratch.empty()
 
 
 def _run_in(
     workdir: Path, log_paths: dict[str, Path], spec: RunSpec, storage: Storage,
     worker: str | None, announce: bool,
 ) -> Outcome:
+    run_as = RunAs.from_spec(spec.run_as)
     if spec.attempt > 1:
         _forget_earlier_attempt(storage, spec.job_id)
     try:
-        staged = _stage_inputs(storage, spec.inputs, workdir, spec.variables or {})
+        staged = _stage_inputs(storage, spec.inputs, workdir, spec.variables or {}, run_as)
     except Exception as exc:  # noqa: BLE001 - any staging failure fails the job with its reason
         return Outcome("FAILED", _step_failed("staging inputs", exc), worker=worker)
     started = time.time()
@@ -196,12 +247,12 @@ def _run_in(
         return outcome
     try:
         outcome.log_bytes = _ship_final_logs(storage, spec.job_id, log_paths)
-        outcome.files = _upload_outputs(storage, spec.job_id, workdir, staged)
+        outcome.files = outputs.upload(storage, spec.job_id, workdir, staged, run_as and run_as.uid)
     except Exception as exc:  # noqa: BLE001 - nothing unstored may be recorded as stored
         outcome.status = "FAILED"
         outcome.reason = _step_failed("storing logs and outputs", exc)
         outcome.files = []
-    _read_outputs_json(workdir, outcome)
+    outcome.outputs, outcome.error = outputs.read_outputs_json(workdir, run_as and run_as.uid)
     outcome.finished_at = time.time()
     return outcome
 
@@ -212,14 +263,13 @@ def _run_in(
 def _run_command(
     workdir: Path, log_paths: dict[str, Path], spec: RunSpec, storage: Storage, worker: str | None
 ) -> Outcome:
-    extra = {**spec.env, "ORCHESTRATOR_JOB_ID": spec.job_id, TASK_KEY_VARIABLE: spec.key}
-    env = {**_base_environment(), **{os.fsencode(k): os.fsencode(v) for k, v in extra.items()}}
+    run_as = RunAs.from_spec(spec.run_as)
     argv = ["/bin/sh", "-c", spec.command] if isinstance(spec.command, str) else list(spec.command)
     with open(log_paths["stdout"], "wb") as out, open(log_paths["stderr"], "wb") as err:
         try:
             process = subprocess.Popen(
-                argv, cwd=workdir, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-                start_new_session=True,
+                argv, cwd=workdir, env=_job_environment(spec, workdir, run_as), stdin=subprocess.DEVNULL,
+                stdout=out, stderr=err, start_new_session=True, **(run_as.popen_options() if run_as else {}),
             )
         except OSError as exc:
             err.write(f"cannot start {argv[0]}: {exc}\n".encode())
@@ -281,6 +331,16 @@ def _exit_waiter(process: subprocess.Popen) -> Iterator[Callable[[float], bool]]
     finally:
         if descriptor is not None:
             os.close(descriptor)
+
+
+def _job_environment(spec: RunSpec, workdir: Path, run_as: RunAs | None) -> dict[bytes, bytes] | dict[str, str]:
+    """A multi-user job's environment is built from scratch; a single-user job's extends the
+    worker's own (that user owns the machine), as it always has."""
+    promised = {**spec.env, "JOB_ID": spec.job_id, "OUTPUT_DIR": str(workdir), TASK_KEY_VARIABLE: spec.key}
+    if run_as is not None:
+        return clean_environment(run_as, workdir, promised)
+    extra = {**promised, LEGACY_VARIABLES[0]: spec.job_id, LEGACY_VARIABLES[1]: spec.key}
+    return {**_base_environment(), **{os.fsencode(k): os.fsencode(v) for k, v in extra.items()}}
 
 
 @lru_cache(maxsize=1)
@@ -422,12 +482,12 @@ def _call(storage: Storage, spec: RunSpec, worker: str | None, announce: bool) -
     else:
         outcome = Outcome("COMPLETED", None, 0, worker=worker)
         try:
-            if len(json.dumps(value)) > MAX_OUTPUTS_BYTES or _too_big(value, MAX_OUTPUTS_DEPTH):
+            if outputs.too_big(value) or len(json.dumps(value)) > outputs.MAX_OUTPUTS_BYTES:
                 raise ValueError("too large for the ledger")
             outcome.value = value
             if isinstance(value, dict):
-                _set_outputs(outcome, value)
-        except (TypeError, ValueError):
+                outcome.outputs, outcome.error = outputs.checked_outputs(value)
+        except (TypeError, ValueError, RecursionError):
             stored = storage.put_bytes(layout.output_key(spec.job_id, RETURN_FILE), cloudpickle.dumps(value))
             outcome.files = [{"path": RETURN_FILE, "size": stored.size, "sha256": stored.sha256}]
             outcome.value = repr(value)[:1000]
@@ -457,29 +517,54 @@ def _load_callable(storage: Storage, key: str) -> tuple[Any, tuple, dict]:
 
 
 def _stage_inputs(
-    storage: Storage, inputs: list[StagedInput], workdir: Path, variables: dict[str, Any]
-) -> dict[str, tuple[int, int]]:
-    """Copy inputs in; returns path -> (size, mtime_ns) so unchanged inputs are not outputs."""
+    storage: Storage, inputs: list[StagedInput], workdir: Path, variables: dict[str, Any],
+    run_as: RunAs | None = None,
+) -> outputs.Staged:
+    """Copy inputs in; returns path -> (size, mtime_ns) so unchanged inputs are not outputs.
+
+    Stored inputs come first, with the worker's rights, into a folder no job can enter yet;
+    under a job identity the folder is then handed over and URLs are fetched as that uid.
+    """
+    staged: outputs.Staged = {}
+    stored = [item for item in inputs if item.url is None]
+    for item in stored:
+        _stage_stored(storage, item, workdir, variables)
+    if run_as is not None:
+        hand_over(workdir, run_as)
+    for item in inputs:
+        if item.url is not None:
+            _stage_url(item, workdir, run_as)
+    for item in inputs:
+        info = os.lstat(workdir / safe_relative_path(item.path))
+        staged[safe_relative_path(item.path)] = (info.st_size, info.st_mtime_ns)
+    return staged
+
+
+def _stage_stored(storage: Storage, item: StagedInput, workdir: Path, variables: dict[str, Any]) -> None:
+    target = workdir / safe_relative_path(item.path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if item.template:
+        text = _read_template(storage, item.key)
+        target.write_text(templating.render(text, variables), encoding="utf-8")
+    else:
+        storage.get_file(item.key, str(target))
+    if item.executable:
+        target.chmod(0o755)
+
+
+def _stage_url(item: StagedInput, workdir: Path, run_as: RunAs | None) -> None:
+    relative = safe_relative_path(item.path)
+    if run_as is not None:
+        fetch_as(run_as, item.url, relative, workdir, item.executable)
+        return
     import fsspec
 
-    staged: dict[str, tuple[int, int]] = {}
-    for item in inputs:
-        relative = safe_relative_path(item.path)
-        target = workdir / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if item.template:
-            text = _read_template(storage, item.key)
-            target.write_text(templating.render(text, variables), encoding="utf-8")
-        elif item.key is not None:
-            storage.get_file(item.key, str(target))
-        else:
-            with fsspec.open(item.url, "rb") as source, open(target, "wb") as out:
-                shutil.copyfileobj(source, out, 4 * 2**20)
-        if item.executable:
-            target.chmod(0o755)
-        stat = target.stat()
-        staged[relative] = (stat.st_size, stat.st_mtime_ns)
-    return staged
+    target = workdir / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with fsspec.open(item.url, "rb") as source, open(target, "wb") as out:
+        shutil.copyfileobj(source, out, 4 * 2**20)
+    if item.executable:
+        target.chmod(0o755)
 
 
 @lru_cache(maxsize=32)
@@ -487,62 +572,6 @@ def _read_template(storage: Storage, key: str) -> str:
     """Template sources never change under their key, so a batch reads each once."""
     with storage.open(key) as source:
         return source.read().decode("utf-8")
-
-
-def _upload_outputs(
-    storage: Storage, job_id: str, workdir: Path, staged: dict[str, tuple[int, int]]
-) -> list[dict[str, Any]]:
-    files = []
-    for root, dirs, names in os.walk(workdir, followlinks=False):
-        dirs.sort()
-        for name in sorted(names):
-            path = Path(root) / name
-            relative = path.relative_to(workdir).as_posix()
-            if path.is_symlink() or not path.is_file():
-                continue  # a link could point anywhere on the worker
-            stat = path.stat()
-            if staged.get(relative) == (stat.st_size, stat.st_mtime_ns):
-                continue
-            stored = storage.put_file(str(path), layout.output_key(job_id, relative))
-            files.append({"path": relative, "size": stored.size, "sha256": stored.sha256})
-    return files
-
-
-def _read_outputs_json(workdir: Path, outcome: Outcome) -> None:
-    path = workdir / OUTPUTS_FILE
-    if not path.is_file() or path.is_symlink():
-        return
-    try:
-        data = json.loads(path.read_text())
-    except (ValueError, OSError) as exc:
-        outcome.error = f"{OUTPUTS_FILE} is not valid JSON: {exc}"
-        return
-    if not isinstance(data, dict):
-        outcome.error = f"{OUTPUTS_FILE} must hold a JSON object"
-        return
-    _set_outputs(outcome, data)
-
-
-def _set_outputs(outcome: Outcome, data: dict[str, Any]) -> None:
-    """Scalar outputs are kept in the ledger: refuse what would bloat or break it."""
-    problem = _too_big(data, MAX_OUTPUTS_DEPTH)
-    if problem is None and len(json.dumps(data)) > MAX_OUTPUTS_BYTES:
-        problem = f"more than {MAX_OUTPUTS_BYTES} bytes"
-    if problem:
-        outcome.error = f"outputs not recorded: {problem}"
-        return
-    outcome.outputs = data
-
-
-def _too_big(value: Any, depth: int) -> str | None:
-    if depth < 0:
-        return f"nested deeper than {MAX_OUTPUTS_DEPTH} levels"
-    children = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
-    for child in children:
-        problem = _too_big(child, depth - 1)
-        if problem:
-            return problem
-    return None
 
 
 def _forget_earlier_attempt(storage: Storage, job_id: str) -> None:

@@ -165,6 +165,7 @@ class SweepService:
         if request.dry_run:
             _check_preview_size(request, table, templates)
             return await asyncio.to_thread(_preview, request, table, templates)
+        await self.engine.check_may_run(creator)
         waiting = await self.engine.placement(request.resources)
         queued_reason = f"run of sweep {sweep_id}" + (f"; {waiting}" if waiting else "")
         runs = await asyncio.to_thread(
