@@ -22,6 +22,7 @@ from typing import Any
 from distributed import Client, Future
 from distributed.client import ClosedClientError, FutureCancelledError
 
+from orchestrator import failures
 from orchestrator.auth import Principal
 from orchestrator.binaries import BinaryRef
 from orchestrator.connection import ClientFactory, SchedulerLink
@@ -39,8 +40,8 @@ from orchestrator.models import (
 from orchestrator.runner import STATUS_TOPIC, RunSpec, Sealed, StagedInput, run_batch, run_job
 from orchestrator.secrets import Sealer, SecretsUnreadable
 from orchestrator.store import StatusUpdate, Store
-from plugins.worker import OrchestratorWorkerPlugin, request_stop, stale_attempt
-from storage import is_storage_failure, layout
+from plugins.worker import OrchestratorWorkerPlugin, end_orphans, request_stop, stale_attempt
+from storage import layout
 
 logger = logging.getLogger(__name__)
 
@@ -114,6 +115,7 @@ class Engine:
         await self.link.wait_online()
 
     async def start(self) -> None:
+        self._stop_requests.update(self.store.stop_requests())  # wishes a crash interrupted
         await self.link.start(self._attach, self._reconnected)
         await self.recover()
 
@@ -332,8 +334,8 @@ class Engine:
                 else:
                     report.failed += 1
                 continue
-            if status is None:  # its task was cancelled (a lost connection): run it again
-                updates.append(StatusUpdate(job.id, JobStatus.QUEUED, self._cancelled_reason(outcome, state[0]),
+            if status is None:  # cancelled, or cut off (a lost connection): run it again
+                updates.append(StatusUpdate(job.id, JobStatus.QUEUED, reason or self._cancelled_reason(outcome, state[0]),
                                             utcnow(), ACTIVE, {"worker": None}))
                 self._stale_keys.append(task_key(job, attempt))  # in case its batch still runs
                 report.requeued.append(job.model_copy(update={"attempt": attempt}))
@@ -369,9 +371,7 @@ class Engine:
 
     def connection_problem(self, exc: BaseException) -> bool:
         """Whether a failure to send work came from the scheduler being away."""
-        from distributed.comm import CommClosedError
-
-        return not self.online or isinstance(exc, (ClosedClientError, CommClosedError, OSError))
+        return not self.online or failures.classify(exc) != failures.Failure.INTERNAL
 
     async def requeue(self, jobs: list[JobRecord], reason: str) -> list[JobRecord]:
         """Active sweep runs whose batches were lost with us go back to QUEUED, saying so.
@@ -421,6 +421,7 @@ class Engine:
                    for job in jobs if job.status == JobStatus.CREATED]
         live = [job for job in jobs if job.status != JobStatus.CREATED]
         states = self.store.job_states([job.id for job in live])
+        self.store.request_stops([job.id for job in live], reason)
         for job in live:
             self._stop_requests[job.id] = reason
         keys = [task_key(job, states[job.id][1]) for job in live if job.id in states]
@@ -551,7 +552,10 @@ class Engine:
             return  # deleted, superseded by a newer attempt, or already stopped
         status, reason = self._judge(job, outcome)
         if status is None:
-            return
+            if reason is not None and self.online:  # a lost connection: a new attempt now
+                self._spawn(self._flag_on_workers([key], stale_attempt("connection lost")))
+                self.submit(job, reason=reason)
+            return  # retracted on purpose, or sent again once the scheduler is back
         if status == JobStatus.FAILED and _failures(job) <= job.retries:
             self.submit(job, reason=f"{reason}, retry {_failures(job)}/{job.retries}")
             return
@@ -560,7 +564,8 @@ class Engine:
     def _judge(
         self, job: JobRecord, outcome: dict[str, Any] | BaseException
     ) -> tuple[JobStatus | None, str | None]:
-        """The status an outcome earns; None when a retracted attempt needs no record."""
+        """The status an outcome earns. None: the attempt ends with no outcome of its own,
+        either retracted on purpose (no reason) or cut off from us (the reason to run again)."""
         stopper = self._stop_requests.get(job.id)
         if isinstance(outcome, dict):
             status, reason = JobStatus(outcome["status"]), outcome["reason"]
@@ -568,8 +573,12 @@ class Engine:
             if stopper is None:
                 return None, None  # retracted on purpose; a new attempt follows
             status, reason = JobStatus.STOPPED, stopper
+        elif failures.runs_again(outcome):
+            if stopper is not None:
+                return JobStatus.STOPPED, stopper
+            return None, f"{failures.describe(outcome)}; queued again"
         else:
-            status, reason = JobStatus.FAILED, _describe_failure(outcome)
+            status, reason = JobStatus.FAILED, failures.describe(outcome)
         if stopper is not None and status == JobStatus.FAILED:
             status, reason = JobStatus.STOPPED, f"{stopper}; {reason}"
         return status, reason
@@ -712,10 +721,9 @@ class Engine:
         for job in self.store.jobs_with_status(list(ACTIVE)):
             if job.sweep_id is not None or self._holds(job):
                 continue
-            if job.id in self._stop_requests:
-                self._apply([StatusUpdate(job.id, JobStatus.STOPPED, self._stop_requests.pop(job.id),
-                                          utcnow(), ACTIVE, {"finished_at": utcnow()})])
-            elif self._unsent.pop(job.id, None) == job.attempt and job.status == JobStatus.QUEUED:
+            if self._settle_stop_request(job):
+                continue
+            if self._unsent.pop(job.id, None) == job.attempt and job.status == JobStatus.QUEUED:
                 self._send(job)
             else:
                 if job.attempt > 0:
@@ -730,12 +738,31 @@ class Engine:
         return future is not None and not future.cancelled() and future.key == task_key(job)
 
     async def recover(self) -> None:
-        """Resubmit what the store says should be running: the futures died with us."""
-        for job in self.store.jobs_with_status([JobStatus.QUEUED, JobStatus.RUNNING]):
-            if job.id in self._futures or job.sweep_id is not None:
+        """Reconcile what the store says is active with what the user wants: a job asked to
+        stop ends STOPPED, the rest is resubmitted (the futures died with us). Processes an
+        earlier life left behind (a job runs in its own session, so it outlives a worker
+        killed with us) are ended first, found by their marker."""
+        active = self.store.jobs_with_status([JobStatus.QUEUED, JobStatus.RUNNING])
+        await self._end_orphans([task_key(job) for job in active if job.attempt > 0])
+        for job in active:
+            if job.id in self._futures or self._settle_stop_request(job) or job.sweep_id is not None:
                 continue  # sweep runs are resumed by their sweep's dispatcher
             was = f" (was RUNNING on {job.worker})" if job.status == JobStatus.RUNNING else ""
             self.submit(job, reason=f"resubmitted after orchestrator restart{was}")
+
+    def _settle_stop_request(self, job: JobRecord) -> bool:
+        """A job whose stop was asked for and whose attempt is gone ends STOPPED now."""
+        reason = self._stop_requests.pop(job.id, None)
+        if reason is None:
+            return False
+        self._apply([StatusUpdate(job.id, JobStatus.STOPPED, reason, utcnow(), ACTIVE,
+                                  {"finished_at": utcnow()})])
+        return True
+
+    async def _end_orphans(self, keys: list[str]) -> None:
+        if keys and self.online:
+            with contextlib.suppress(Exception):
+                await self.client.run(end_orphans, keys, on_error="ignore")
 
     # ---- helpers ----------------------------------------------------------------------
 
@@ -781,16 +808,6 @@ def binary_input(ref: str, owner: str) -> StagedInput:
         return StagedInput(path=name, url=ref, executable=True)
     pinned = BinaryRef.parse(ref, owner)
     return StagedInput(path=pinned.name, key=pinned.key, executable=True)
-
-
-def _describe_failure(exc: BaseException) -> str:
-    from distributed.scheduler import KilledWorker
-
-    if isinstance(exc, KilledWorker):
-        return f"worker lost: {exc}"
-    if is_storage_failure(exc):
-        return f"storage error: {type(exc).__name__}: {exc}"[:2000]
-    return f"error: {type(exc).__name__}: {exc}"[:2000]
 
 
 def _result_from(outcome: dict[str, Any] | None) -> JobResult:

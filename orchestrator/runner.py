@@ -29,14 +29,13 @@ import psutil
 from orchestrator import outputs, templating
 from orchestrator.jobuser import RunAs, clean_environment, fetch_as, hand_over, job_folder
 from orchestrator.paths import safe_relative_path
-from plugins.worker import gpu_devices, is_stale, job_processes, signal_group
+from plugins.worker import TASK_KEY_VARIABLE, gpu_devices, is_stale, job_processes, signal_group
 from storage import Storage, is_storage_failure, layout
 
 STATUS_TOPIC = "orchestrator-status"
 RETURN_FILE = "return.pkl"
 STOP_GRACE_S = 2.0
 ANNOUNCE_INTERVAL_S = 0.1
-TASK_KEY_VARIABLE = "JOB_TASK_KEY"  # the marker that finds a job's escaped processes
 LEGACY_VARIABLES = ("ORCHESTRATOR_JOB_ID", "ORCHESTRATOR_TASK_KEY")  # single-user jobs only
 
 

@@ -25,6 +25,7 @@ from orchestrator.models import (
     JobStatus,
     StatusChange,
 )
+from orchestrator.paths import private_file, private_folder
 from orchestrator.secrets import masked
 
 SCHEMA = """
@@ -51,7 +52,8 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at TEXT,
     finished_at TEXT,
     result TEXT,
-    delete_when_done INTEGER NOT NULL DEFAULT 0
+    delete_when_done INTEGER NOT NULL DEFAULT 0,
+    stop_requested TEXT  -- what the user wants (a stop, with its reason) beside what is
 );
 CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, seq);
 -- narrow: counts and deep-page offsets walk it instead of the 1 KB rows
@@ -100,6 +102,13 @@ CREATE TABLE IF NOT EXISTS tokens (
     created_at TEXT NOT NULL,
     revoked_at TEXT
 );
+-- explicit `orchestrator auth enable/disable` choices, newest last; none: tokens decide
+CREATE TABLE IF NOT EXISTS auth_changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    required INTEGER NOT NULL,
+    changed_by TEXT NOT NULL,
+    changed_at TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS binaries (
     owner TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -130,6 +139,7 @@ ADDED_COLUMNS = [
     ("jobs", "input_bytes", "INTEGER NOT NULL DEFAULT 0"),  # stored with the job at creation
     ("jobs", "storage_bytes", "INTEGER NOT NULL DEFAULT 0"),  # inputs + latest outputs and logs
     ("sweeps", "input_bytes", "INTEGER NOT NULL DEFAULT 0"),  # files shared by its runs
+    ("jobs", "stop_requested", "TEXT"),  # a stop survives a crash before the worker reports
 ]
 
 # Fields kept together as JSON: they are read with the job, never filtered on.
@@ -158,7 +168,8 @@ class Store:
 
     def __init__(self, path: Path | str):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_folder(self.path.parent)
+        private_file(self.path)  # the ledger holds token hashes and sealed secrets
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.row_factory = sqlite3.Row
         self._lock = threading.RLock()
@@ -388,6 +399,19 @@ class Store:
     def marked_for_deletion(self, job_id: str) -> bool:
         rows = self._query("SELECT delete_when_done FROM jobs WHERE id = ?", (job_id,))
         return bool(rows and rows[0][0])
+
+    def request_stops(self, job_ids: list[str], reason: str) -> None:
+        """Record the wish first: a crash before the worker reports must not undo it."""
+        with self.transaction() as db:
+            for chunk in _chunks(job_ids):
+                db.execute(f"UPDATE jobs SET stop_requested = ? WHERE id IN ({','.join('?' * len(chunk))})",
+                           (reason, *chunk))
+
+    def stop_requests(self) -> dict[str, str]:
+        """Active jobs a user asked to stop: job id -> the stop's reason."""
+        rows = self._query("SELECT id, stop_requested FROM jobs WHERE stop_requested IS NOT NULL"
+                           " AND status IN ('QUEUED', 'RUNNING')")
+        return {row[0]: row[1] for row in rows}
 
     def jobs_to_delete(self) -> list[JobRecord]:
         rows = self._query("SELECT * FROM jobs WHERE delete_when_done = 1")
@@ -636,6 +660,23 @@ class Store:
     def active_token_count(self) -> int:
         return self._query("SELECT COUNT(*) FROM tokens WHERE revoked_at IS NULL")[0][0]
 
+    def auth_required(self) -> bool:
+        """The last explicit choice, or else whether any token was ever created (revoked ones
+        too: revoking the last token locks the API rather than opening it). Asked per request."""
+        return bool(self._query(
+            "SELECT COALESCE((SELECT required FROM auth_changes ORDER BY seq DESC LIMIT 1), "
+            "EXISTS (SELECT 1 FROM tokens))"
+        )[0][0])
+
+    def record_auth_change(self, required: bool, by: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO auth_changes (required, changed_by, changed_at) VALUES (?,?,?)",
+                       (int(required), by, _ts(datetime.now(timezone.utc))))
+
+    def last_auth_change(self) -> dict[str, Any] | None:
+        rows = self._query("SELECT required, changed_by, changed_at FROM auth_changes ORDER BY seq DESC LIMIT 1")
+        return dict(rows[0]) if rows else None
+
     def list_tokens(self) -> list[dict[str, Any]]:
         """Who holds tokens, never the hashes."""
         rows = self._query("SELECT seq AS id, user, admin, created_at, revoked_at FROM tokens ORDER BY seq")
@@ -795,7 +836,7 @@ def _job_from_row(row: sqlite3.Row) -> JobRecord:
     fields.update(json.loads(fields.pop("spec")))
     fields["index"] = fields.pop("idx")
     fields["variables"] = json.loads(fields["variables"]) if fields["variables"] else None
-    del fields["seq"], fields["delete_when_done"], fields["input_bytes"]
+    del fields["seq"], fields["delete_when_done"], fields["input_bytes"], fields["stop_requested"]
     if fields["result"]:
         fields["result"] = json.loads(fields["result"])
     return JobRecord.model_validate(fields)

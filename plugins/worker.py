@@ -196,6 +196,26 @@ def request_stop(keys: str | list[str], requested_by: str) -> list[str]:
     return [_processes.request_stop(key, requested_by) for key in keys]
 
 
+def end_orphans(keys: list[str]) -> list[int]:
+    """Run on every worker after a restart: kill the processes of these attempts that no
+    runner of this worker owns. A job runs in its own session, so one whose worker was
+    killed (with the server, or alone) lives on; its marker variable names its attempt.
+    Returns the pids killed."""
+    import psutil
+
+    wanted = set(keys) - set(_processes.running_keys())
+    killed = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get(TASK_KEY_VARIABLE) in wanted:
+                proc.kill()
+                killed.append(proc.pid)
+    return killed
+
+
+TASK_KEY_VARIABLE = "JOB_TASK_KEY"  # set in every job's environment by the runner
+
+
 class OrchestratorWorkerPlugin(WorkerPlugin):
     """Kills job processes when a worker closes. The engine registers it on every worker;
     `dask worker --preload plugins.worker` (what `orchestrator worker` runs) has it in place

@@ -36,7 +36,7 @@ def test_kill_9_and_restart_keeps_every_job_and_resubmits_active_ones(tmp_path):
         history = api.get(f"/jobs/{blocker['id']}/statuses").json()
         assert history[-1]["status"] in ("QUEUED", "RUNNING")
         reasons = [h["reason"] or "" for h in history]
-        assert any(r.startswith("resubmitted after orchestrator restart (was RUNNING on tcp://")
+        assert any(r.startswith("resubmitted after orchestrator restart (was RUNNING on tls://")
                    for r in reasons), reasons
         api.post(f"/jobs/{blocker['id']}/stop")
         for job in queued:
@@ -120,3 +120,44 @@ def _wait_counts(api: httpx.Client, sweep_id: str, predicate) -> None:
     while not predicate(api.get(f"/sweeps/{sweep_id}").json()["counts"]):
         assert time.monotonic() < deadline, "the sweep never got that far"
         time.sleep(0.1)
+
+
+def _processes_of(job_id: str) -> list[int]:
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get("JOB_ID") == job_id:
+                found.append(proc.pid)
+    return found
+
+
+def test_a_stop_survives_a_crash_right_after_it_is_accepted(tmp_path):
+    """The stop is a wish kept in the ledger: the restarted server ends the job STOPPED, never
+    runs its command again, and ends the process its previous life left (the job ignores
+    SIGTERM and runs in its own session, so it outlives the killed embedded worker)."""
+    import time
+
+    data_dir, port, url, api = _place(tmp_path)
+    runs = tmp_path / "runs.txt"
+    command = f"trap '' TERM; echo run >> {runs}; while true; do sleep 0.2; done"
+    with serving(data_dir, port, url) as server:
+        job = api.post("/jobs", json={"command": command}).json()
+        _wait_status(api, job["id"], "RUNNING")
+        assert api.post(f"/jobs/{job['id']}/stop").status_code == 202
+        accepted = time.monotonic()
+        kill_session(server)  # the whole process group, embedded cluster included, at once
+        if time.monotonic() - accepted < 1.5:  # within the runner's 2 s grace before SIGKILL
+            assert _processes_of(job["id"]), "the job outlived its killed worker, as it can"
+
+    with serving(data_dir, port, url) as server, contextlib.closing(api):
+        done = api.get(f"/jobs/{job['id']}", params={"wait": 60}, timeout=90).json()
+        assert done["status"] == "STOPPED" and done["status_reason"].startswith("stop requested"), done
+        deadline = time.monotonic() + 20
+        while _processes_of(job["id"]):
+            assert time.monotonic() < deadline, "the previous life's job process was never ended"
+            time.sleep(0.2)
+        time.sleep(1)  # a resubmitted attempt would have written its line by now
+        assert runs.read_text() == "run\n"
+        stop_cleanly(server)
