@@ -9,6 +9,7 @@ its keyword arguments. Dask's own deployment projects already are factories, e.g
 from __future__ import annotations
 
 from distributed import LocalCluster
+from distributed.security import Security
 
 
 def adaptive_local_cluster(
@@ -17,12 +18,14 @@ def adaptive_local_cluster(
     """Worker processes that start when work waits and stop when idle: a cluster that grows.
 
     Each worker declares `cores` CPU (and `gpus` GPU), so the orchestrator places jobs on it
-    by the same resources as on any other cluster.
+    by the same resources as on any other cluster. Its comms use TLS with certificates made
+    for it alone (the orchestrator's client takes them from `cluster.security`): without
+    them, whoever reaches the scheduler's port could run code in it.
     """
     resources = {"CPU": float(cores), **({"GPU": float(gpus)} if gpus else {})}
     cluster = LocalCluster(
         n_workers=minimum, threads_per_worker=cores, processes=True, host="127.0.0.1",
-        dashboard_address="127.0.0.1:0", resources=resources,
+        dashboard_address="127.0.0.1:0", resources=resources, security=Security.temporary(),
     )
     cluster.adapt(minimum=minimum, maximum=maximum)
     return cluster

@@ -2,8 +2,12 @@
 
 A token is 32 random bytes, so a plain sha256 is enough to store it (there is nothing to
 brute-force the way a password can be); the stored hash is compared in constant time.
-Authentication is required whenever any token exists, and a server that binds a
-non-loopback address refuses to start without one.
+
+Authentication fails closed: once a ledger has ever held a token it is required (multi-user
+mode) until an admin turns it off with `orchestrator auth disable`, which the ledger records
+with who and when. Revoking the last token therefore locks the API instead of opening it, and
+a server that binds a non-loopback address refuses to start unless authentication is required
+and some token is active.
 """
 
 from __future__ import annotations
@@ -13,9 +17,13 @@ import hmac
 import ipaddress
 import secrets
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from orchestrator.paths import safe_name
-from orchestrator.store import Store
+
+if TYPE_CHECKING:
+    from orchestrator.store import Store
 
 TOKEN_PREFIX = "orch_"
 SCHEMES = ("token", "bearer")
@@ -61,9 +69,62 @@ def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def host_name(host: str) -> str:
+    """A bare host name as the Host header check compares it: lower case, no brackets around
+    an IPv6 address, no trailing dot; refused if it carries a scheme, port or path."""
+    name = host.strip().lower().rstrip(".")
+    bare = name[1:-1] if name.startswith("[") and name.endswith("]") else name
+    if not bare or any(ch in bare for ch in "/@?#[] ") or (":" in bare and not _is_ip(bare)):
+        raise ValueError(f"{host!r} is not a host name (give a name or address, without scheme or port)")
+    return bare
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
+
+
+def split_host(netloc: str) -> tuple[str, int | None]:
+    """(name, port) of a Host header or URL authority; ValueError when malformed."""
+    parts = urlsplit("//" + netloc)
+    if parts.username is not None or parts.password is not None or parts.path:
+        raise ValueError(f"not a host: {netloc!r}")
+    return host_name(parts.hostname or ""), parts.port
+
+
+@dataclass(frozen=True)
+class AuthState:
+    """Whether the ledger requires tokens, why, and whether anyone could present one."""
+
+    required: bool
+    changed_by: str | None  # who ran `orchestrator auth enable/disable` last; None: never
+    changed_at: str | None
+    active_tokens: int
+
+    @property
+    def locked(self) -> bool:
+        """Required with no active token: every route but /health answers 401."""
+        return self.required and self.active_tokens == 0
+
+    def describe(self) -> str:
+        if self.changed_by is not None:
+            how = "enabled" if self.required else "disabled"
+            reason = f"{how} by {self.changed_by} at {self.changed_at}"
+        elif self.required:
+            reason = "since the first token was created"
+        else:
+            reason = "no token was ever created: a one-user machine"
+        state = "required" if self.required else "off"
+        lock = "; LOCKED: no token is active, create one" if self.locked else ""
+        return f"authentication {state} ({reason}); {self.active_tokens} active token(s){lock}"
 
 
 class Tokens:
@@ -85,9 +146,28 @@ class Tokens:
         return self.store.revoke_tokens(user)
 
     def required(self) -> bool:
-        """Asked on every request (a count on a tiny table), so a first token created by the
-        CLI beside a running server is required from the next request on."""
-        return self.store.active_token_count() > 0
+        """Whether requests need a token. Asked on every request (one lookup on tiny tables),
+        so a change made by the CLI beside a running server holds from the next request on."""
+        return self.store.auth_required()
+
+    def multi_user(self) -> bool:
+        """Multi-user mode is exactly 'authentication required': work then belongs to the
+        token's user, and nobody is the default admin owner."""
+        return self.required()
+
+    def state(self) -> AuthState:
+        change = self.store.last_auth_change()
+        return AuthState(
+            required=self.required(),
+            changed_by=change["changed_by"] if change else None,
+            changed_at=change["changed_at"] if change else None,
+            active_tokens=self.store.active_token_count(),
+        )
+
+    def set_required(self, required: bool, by: str) -> AuthState:
+        """`orchestrator auth enable/disable`: an explicit choice, recorded with who made it."""
+        self.store.record_auth_change(required, by)
+        return self.state()
 
     def authenticate(self, header: str | None) -> Principal | None:
         token = parse_authorization(header)

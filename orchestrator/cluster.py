@@ -2,6 +2,11 @@
 (`module:callable`, e.g. dask_jobqueue:SLURMCluster), or an existing scheduler.
 
 Only what this module started is closed at shutdown: an external scheduler keeps running.
+
+Every Dask connection made or started here can use TLS with certificates: the embedded cluster
+makes its own (in memory: Dask hands them to its worker processes as arguments, never through
+their environment), and an external one uses the tls_* settings or Dask's own TLS configuration.
+Without them, whoever reaches the scheduler's port can run code in it (`run_on_scheduler`).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 import dask
 from distributed import Client, LocalCluster, Nanny
 from distributed.deploy import Cluster
+from distributed.security import Security
 
 from orchestrator.config import Settings, machine_resources
 from plugins.worker import GPU_DEVICES_VARIABLE
@@ -36,15 +42,23 @@ class ClusterConnection:
     client: Client
     cluster: Cluster | None  # one we started, closed with us
     dashboard_link: str | None
+    security: Security  # every client of ours presents it, a reconnection's too
     address: str = field(init=False)  # the scheduler's, kept for a new client
 
     def __post_init__(self) -> None:
         self.address = self.client.scheduler.address
 
+    @property
+    def authenticated(self) -> bool:
+        """Whether only holders of a certificate the cluster's CA signed can reach the
+        scheduler: Dask's TLS listeners require one from every peer. False on tcp://, where
+        anyone reaching the port can run code in the scheduler."""
+        return self.address.startswith("tls://") and bool(self.security.require_encryption)
+
     async def reconnect(self) -> Client:
         """A new client to the same scheduler, once Dask's own gave up waiting for it (after
         `distributed.comm.timeouts.connect`); raises OSError while it is still away."""
-        self.client = await Client(self.address, asynchronous=True)
+        self.client = await Client(self.address, security=self.security, asynchronous=True)
         return self.client
 
     async def close(self) -> None:
@@ -61,17 +75,70 @@ async def connect(settings: Settings) -> ClusterConnection:
     """Start the embedded cluster, build one with `settings.cluster`, or join `settings.scheduler`."""
     import plugins.dashboard  # noqa: F401 - adds the Jobs page to schedulers started here
 
+    configured = configured_security(settings)  # checked first: no cluster is left running
     if settings.scheduler:
-        client = await Client(settings.scheduler, asynchronous=True)
-        return ClusterConnection(client, None, client.dashboard_link)
+        security = configured or Security()  # Security(): Dask's own TLS configuration
+        client = await Client(settings.scheduler, security=security, asynchronous=True)
+        return _connected(ClusterConnection(client, None, await served_dashboard(client), security))
     if settings.cluster:
         cluster = await build_cluster(settings.cluster, settings.cluster_options)
-        client = await Client(cluster.scheduler_address, asynchronous=True)
-        return ClusterConnection(client, cluster, cluster.dashboard_link)
+        # a Dask cluster object carries its own security (Dask's TLS config unless told otherwise)
+        security = configured or getattr(cluster, "security", None) or Security()
+        client = await Client(cluster.scheduler_address, security=security, asynchronous=True)
+        return _connected(ClusterConnection(client, cluster, cluster.dashboard_link, security))
+    options = embedded_cluster_options(settings)
     with dask.config.set(DASK_CONFIG):
-        cluster = await LocalCluster(**embedded_cluster_options(settings), asynchronous=True)
-    client = await Client(cluster, asynchronous=True)
-    return ClusterConnection(client, cluster, cluster.dashboard_link)
+        cluster = await LocalCluster(**options, asynchronous=True)
+    client = await Client(cluster, security=options["security"], asynchronous=True)
+    return _connected(ClusterConnection(client, cluster, cluster.dashboard_link, options["security"]))
+
+
+async def served_dashboard(client: Client) -> str | None:
+    """The dashboard the scheduler really serves, or None when it serves none (Dask's own
+    `dashboard_link` then names port 8787 all the same)."""
+    from urllib.parse import urlsplit
+
+    from distributed.utils import format_dashboard_link
+
+    identity = await client.scheduler.identity(n_workers=0)
+    port = identity.get("services", {}).get("dashboard")  # the HTTP server's, dashboard or not
+    if not port:
+        return None
+    link = format_dashboard_link(urlsplit(client.scheduler.address).hostname, port)
+    return link if await _answers(link) else None
+
+
+async def _answers(url: str) -> bool:
+    from tornado.httpclient import AsyncHTTPClient
+
+    try:
+        response = await AsyncHTTPClient().fetch(url, request_timeout=10, raise_error=False)
+    except OSError:
+        return False
+    return response.code == 200
+
+
+def configured_security(settings: Settings) -> Security | None:
+    """The client side of an external cluster's TLS from the tls_* settings; None when none is
+    given, so that Dask's own configuration (distributed.comm.tls.*) decides."""
+    if not (settings.tls_ca_file or settings.tls_cert or settings.tls_key):
+        return None
+    if not (settings.tls_ca_file and settings.tls_cert):
+        raise ValueError("TLS needs both tls_ca_file and tls_cert (and tls_key unless the "
+                         "certificate file holds the key)")
+    return Security(
+        require_encryption=True, tls_ca_file=str(settings.tls_ca_file),
+        tls_client_cert=str(settings.tls_cert),
+        tls_client_key=str(settings.tls_key) if settings.tls_key else None,
+    )
+
+
+def _connected(connection: ClusterConnection) -> ClusterConnection:
+    if not connection.authenticated:
+        logger.warning("the Dask scheduler at %s does not authenticate its peers: anyone who can "
+                       "reach it can run code in it; use tls:// with certificates",
+                       connection.address)
+    return connection
 
 
 async def build_cluster(factory_path: str, options: dict[str, Any]) -> Cluster:
@@ -107,7 +174,12 @@ def load_factory(path: str) -> Any:
 
 def embedded_cluster_options(settings: Settings, machine: dict[str, float] | None = None) -> dict[str, Any]:
     """Worker processes that together declare what this machine has; each owns its own
-    share of the GPU devices (device ids by worker name, see DeviceSharingNanny)."""
+    share of the GPU devices (device ids by worker name, see DeviceSharingNanny).
+
+    Every listener (scheduler, nannies, workers) speaks TLS with a certificate made for this
+    cluster alone and held in memory: a Nanny hands it to its worker process as a pickled
+    argument, not through the environment a job inherits (Dask writes it to a private
+    temporary folder only for the moment it loads it)."""
     machine = machine or machine_resources()
     workers = settings.workers
     per_worker = {name: amount / workers for name, amount in machine.items()}
@@ -127,8 +199,10 @@ def embedded_cluster_options(settings: Settings, machine: dict[str, float] | Non
         "threads_per_worker": threads,
         "processes": True,
         "resources": per_worker,
-        "dashboard_address": settings.dashboard_address,
+        "dashboard_address": settings.dashboard_address,  # plain HTTP, on 127.0.0.1 by default
         "host": "127.0.0.1",
+        "protocol": "tls://",
+        "security": Security.temporary(),
         **options,
     }
 

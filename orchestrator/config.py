@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from orchestrator.auth import host_name
 from orchestrator.paths import safe_name
 
 
@@ -41,6 +42,18 @@ class Settings(BaseSettings):
         description="whether the cluster adds workers on demand, so work no worker fits yet "
         "waits instead of being refused (default: true with a cluster factory)",
     )
+    tls_ca_file: Path | None = Field(
+        None, description="CA certificate (PEM) of an external cluster's TLS "
+        "(default: Dask's distributed.comm.tls.ca-file); the embedded cluster makes its own"
+    )
+    tls_cert: Path | None = Field(
+        None, description="client certificate (PEM) for an external cluster's TLS "
+        "(default: Dask's distributed.comm.tls.client.cert)"
+    )
+    tls_key: Path | None = Field(
+        None, description="private key (PEM) of tls_cert, unless the cert file holds it "
+        "(default: Dask's distributed.comm.tls.client.key)"
+    )
     worker_loss_retries: int = Field(
         3, ge=0, le=100, description="re-runs of a job whose worker died under it"
     )
@@ -62,11 +75,51 @@ class Settings(BaseSettings):
         10_000, ge=1, description="most QUEUED jobs one user may have (sweep runs count per sweep)"
     )
     default_owner: str = Field("anonymous", description="owner of work when auth is off")
+    trusted_users: bool = Field(
+        False, description="with tokens in use, accept every user's jobs even where they would "
+        "run with the orchestrator's own identity (no TLS to the scheduler, or workers not root)",
+    )
+    job_uid_range: tuple[int, int] = Field(
+        (200_000, 299_999), description="uids given to users' jobs in multi-user mode, one per "
+        "user (first,last as JSON [first, last]); keep it clear of real accounts",
+    )
+    job_accounts: dict[str, str] = Field(
+        default_factory=dict, description="users whose jobs run as an existing OS account "
+        "instead of a uid from the range, as JSON {\"alice\": \"alice\"}",
+    )
+    allowed_hosts: list[str] = Field(
+        default_factory=list,
+        description="more names the API answers to in the Host header, e.g. a DNS or proxy "
+        'name, as JSON (["orch.example.com"]); loopback names and the bound address always are',
+    )
+    max_upload_parts: int = Field(
+        1000, ge=1, le=1_000_000, description="most parts (files and fields) of one multipart body"
+    )
+    body_idle_timeout_s: float = Field(
+        120.0, gt=0, description="a request body that sends nothing for this long is closed (408)"
+    )
+    stream_heartbeat_s: float = Field(
+        15.0, gt=0, le=3600,
+        description="interval of /events keep-alives; open streams re-check their access as often",
+    )
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _hosts_are_names(cls, hosts: list[str]) -> list[str]:
+        return [host_name(host) for host in hosts]
 
     @field_validator("default_owner")
     @classmethod
     def _owner_is_a_name(cls, value: str) -> str:
         return safe_name(value)  # owners name storage folders (binaries/<owner>/...)
+
+    @field_validator("job_uid_range")
+    @classmethod
+    def _unprivileged_range(cls, value: tuple[int, int]) -> tuple[int, int]:
+        first, last = value
+        if not 1000 <= first <= last < 2**31:
+            raise ValueError("must be [first, last] with 1000 <= first <= last < 2**31")
+        return value
 
     @model_validator(mode="after")
     def _one_cluster(self) -> Settings:

@@ -123,4 +123,5 @@ class SchedulerLink:
         return self._current_comm()
 
     async def _new_client(self) -> Client:
-        return await Client(self.address, asynchronous=True)
+        """With the same certificates as the client it replaces (a TLS scheduler wants them)."""
+        return await Client(self.address, security=self.client.security, asynchronous=True)

@@ -6,6 +6,8 @@ The REST server and the embedded Python API each run one of these on an event lo
 from __future__ import annotations
 
 import logging
+import os
+from pathlib import Path
 
 from orchestrator import cluster
 from orchestrator.auth import Tokens
@@ -14,8 +16,10 @@ from orchestrator.board import BoardFeed
 from orchestrator.config import Settings
 from orchestrator.engine import Engine
 from orchestrator.events import EventHub
+from orchestrator.isolation import Isolation, JobIdentities
 from orchestrator.jobs import JobService
 from orchestrator.metrics import Metrics
+from orchestrator.paths import private_folder
 from orchestrator.secrets import Sealer
 from orchestrator.store import Store
 from orchestrator.sweeps import SweepService
@@ -41,17 +45,18 @@ class Service:
 
     async def start(self) -> Service:
         settings = self.settings
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        private_folder(settings.data_dir)  # ledger, secret.key and local storage: no job may read them
         self.store = Store(settings.database_path)
         self.tokens = Tokens(self.store)
         self.sealer = Sealer.for_data_dir(settings.data_dir)
         self.storage = Storage(settings.storage_url, **settings.storage_options)
-        self.storage.root  # noqa: B018 - creates a local storage folder now, not mid-request
+        if os.path.isabs(self.storage.root):  # a local folder (made now, not mid-request)
+            private_folder(Path(self.storage.root))
         self.connection = await cluster.connect(settings)
         self.engine = Engine(
             self.connection.client, self.store, settings.storage_url,
             can_grow=settings.can_grow, worker_loss_retries=settings.worker_loss_retries,
-            sealer=self.sealer, reconnect=self.connection.reconnect,
+            sealer=self.sealer, reconnect=self.connection.reconnect, isolation=self._isolation(),
         )
         self.binaries = BinaryService(self.store, self.storage)
         self.jobs = JobService(
@@ -70,9 +75,29 @@ class Service:
         await self.jobs.finish_pending_deletes()
         return self
 
+    def _isolation(self) -> Isolation:
+        """Multi-user mode (tokens in use) runs each user's jobs under their own uid."""
+        settings = self.settings
+        identities = JobIdentities(self.store, settings.job_uid_range, settings.job_accounts)
+        return Isolation(
+            identities, self.tokens.required, trusted_users=settings.trusted_users,
+            cluster_authenticated=lambda: self.connection.authenticated,
+            is_admin=self._is_admin,
+        )
+
+    def _is_admin(self, user: str) -> bool:
+        return any(row["user"] == user and row["admin"] and not row["revoked_at"]
+                   for row in self.store.list_tokens())
+
     @property
     def dashboard_link(self) -> str | None:
         return self.connection.dashboard_link
+
+    @property
+    def cluster_authenticated(self) -> bool:
+        """Whether the Dask scheduler admits only holders of the cluster's certificates (TLS).
+        When False, anyone who reaches it, a job included, can run code in it."""
+        return self.connection.authenticated
 
     async def close(self) -> None:
         await self.board.close()

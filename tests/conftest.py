@@ -14,11 +14,13 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import psutil
 import pytest
-from distributed import LocalCluster
+from distributed import Client, LocalCluster
+from distributed.security import Security
 
 from orchestrator.config import Settings
 from orchestrator.loop_thread import LoopThread
@@ -80,17 +82,74 @@ def s3() -> Iterator[S3Server]:
     server.stop()
 
 
+@dataclass(frozen=True)
+class TlsFiles:
+    """A cluster's TLS as a user deploys it: PEM files, here one self-signed certificate that
+    is its own CA and that every party (scheduler, workers, clients) presents."""
+
+    ca_file: Path
+    cert: Path
+    key: Path
+
+    @property
+    def settings(self) -> dict[str, Path]:
+        return {"tls_ca_file": self.ca_file, "tls_cert": self.cert, "tls_key": self.key}
+
+    @property
+    def flags(self) -> list[str]:
+        """The same as `dask scheduler`, `dask worker`, `orchestrator serve` and `worker` flags."""
+        return [arg for name, path in self.settings.items()
+                for arg in ("--" + name.replace("_", "-"), str(path))]
+
+    def security(self) -> Security:
+        paths = {"tls_ca_file": str(self.ca_file)}
+        for role in ("client", "scheduler", "worker"):
+            paths |= {f"tls_{role}_cert": str(self.cert), f"tls_{role}_key": str(self.key)}
+        return Security(require_encryption=True, **paths)
+
+
+def write_tls_files(folder: Path) -> TlsFiles:
+    """A new certificate and key written 0600 into a new 0700 folder."""
+    made = Security.temporary()
+    folder.mkdir(mode=0o700)
+    files = TlsFiles(folder / "ca.pem", folder / "cert.pem", folder / "key.pem")
+    for path, text in [(files.ca_file, made.tls_ca_file), (files.cert, made.tls_client_cert),
+                       (files.key, made.tls_client_key)]:
+        path.touch(mode=0o600)
+        path.write_text(text)
+    return files
+
+
 @pytest.fixture(scope="session")
-def scheduler_address(s3: S3Server) -> Iterator[str]:
-    """One real cluster for the suite: 1 worker process, 2 threads, declaring CPU=2. Its
-    worker reaches the test S3 server through fsspec's own configuration (FSSPEC_S3), as a
-    remote worker would: credentials never travel with tasks."""
+def tls_files(tmp_path_factory: pytest.TempPathFactory) -> TlsFiles:
+    return write_tls_files(tmp_path_factory.mktemp("tls") / "certs")
+
+
+@dataclass(frozen=True)
+class SessionCluster:
+    address: str
+    tls: TlsFiles
+
+    @property
+    def settings(self) -> dict[str, Any]:
+        """Settings (or Orchestrator) keywords that reach this cluster."""
+        return {"scheduler": self.address, **self.tls.settings}
+
+    def client(self, **kwargs: Any) -> Client:
+        return Client(self.address, security=self.tls.security(), **kwargs)
+
+
+@pytest.fixture(scope="session")
+def dask_cluster(s3: S3Server, tls_files: TlsFiles) -> Iterator[SessionCluster]:
+    """One real cluster for the suite, on TLS with certificate files: 1 worker process, 2
+    threads, declaring CPU=2. Its worker reaches the test S3 server through fsspec's own
+    configuration (FSSPEC_S3), as a remote worker would: credentials never travel with tasks."""
     with LocalCluster(
-        n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1",
-        dashboard_address=None, resources={"CPU": 2, "MEMORY": 8 * 2**30},
-        env={"FSSPEC_S3": json.dumps(s3.options)},
+        n_workers=1, threads_per_worker=2, processes=True, host="127.0.0.1", protocol="tls://",
+        security=tls_files.security(), dashboard_address=None,
+        resources={"CPU": 2, "MEMORY": 8 * 2**30}, env={"FSSPEC_S3": json.dumps(s3.options)},
     ) as cluster:
-        yield cluster.scheduler_address
+        yield SessionCluster(cluster.scheduler_address, tls_files)
 
 
 @dataclass
@@ -153,13 +212,13 @@ def stop_test_server(server: Server) -> None:
 
 
 @pytest.fixture
-def make_server(tmp_path: Path, scheduler_address: str):
+def make_server(tmp_path: Path, dask_cluster: SessionCluster):
     servers: list[Server] = []
 
     def make(**overrides) -> Server:
         options = {
             "data_dir": tmp_path / f"data{len(servers)}", "port": 0,
-            "scheduler": scheduler_address, **overrides,
+            **dask_cluster.settings, **overrides,
         }
         server = start_test_server(Settings(**options))
         servers.append(server)
@@ -191,22 +250,33 @@ def free_port() -> int:
 
 
 def serve_subprocess(data_dir: Path, port: int, *extra: str) -> subprocess.Popen:
-    """`orchestrator serve` as a user runs it, from this checkout."""
+    """`orchestrator serve` as a user runs it, from this checkout. Its output (a line per
+    request) goes to a file beside the data folder, never to a pipe nobody drains: a full
+    pipe would stall the server. `server_output(process)` reads it."""
     env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1",
            "ORCHESTRATOR_DASHBOARD_ADDRESS": "127.0.0.1:0"}
-    return subprocess.Popen(
-        [sys.executable, "-m", "orchestrator.cli", "serve", "--data-dir", str(data_dir),
-         "--port", str(port), *extra],
-        env=env, cwd=data_dir.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
+    log_path = data_dir.parent / f"serve-{port}-{uuid.uuid4().hex[:6]}.log"
+    with open(log_path, "wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "orchestrator.cli", "serve", "--data-dir", str(data_dir),
+             "--port", str(port), *extra],
+            env=env, cwd=data_dir.parent, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    process.log_path = log_path  # type: ignore[attr-defined]
+    return process
+
+
+def server_output(process: subprocess.Popen) -> str:
+    """What `serve_subprocess`'s server has printed so far."""
+    return process.log_path.read_text(errors="replace")  # type: ignore[attr-defined]
 
 
 def wait_until_serving(url: str, process: subprocess.Popen, timeout: float = 90) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
-            raise AssertionError(f"server exited: {process.stdout.read().decode()}")
+            raise AssertionError(f"server exited: {server_output(process)}")
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{url}/api/v1/health", timeout=2).status_code == 200:
                 return

@@ -65,11 +65,11 @@ def address(server: Server) -> tuple[str, int]:
 
 def request(
     method: str, target: str | bytes, headers: Iterable[tuple[str, str | bytes]] = (),
-    body: bytes = b"", length: int | None = None, auth: str | None = None,
+    body: bytes = b"", length: int | None = None, auth: str | None = None, host: str = "127.0.0.1",
 ) -> bytes:
     """One HTTP/1.1 request, byte for byte as given (nothing is normalised or re-encoded)."""
     target_bytes = target if isinstance(target, bytes) else target.encode("latin-1")
-    lines = [method.encode() + b" " + target_bytes + b" HTTP/1.1", b"Host: 127.0.0.1",
+    lines = [method.encode() + b" " + target_bytes + b" HTTP/1.1", b"Host: " + host.encode("latin-1"),
              b"Connection: close"]
     names = set()
     for name, value in headers:
@@ -228,8 +228,12 @@ def names_field(error: dict, prefix: str) -> bool:
 
 
 @contextlib.contextmanager
-def bystander(server: Server, path: str = "/jobs?page_size=1", token: str | None = None) -> Iterator[list]:
-    """Another client asking `path` all along: every answer must come, and be a 200."""
+def bystander(
+    server: Server, path: str = "/jobs?page_size=1", token: str | None = None,
+    timings: list[float] | None = None, pause: float = 0.2,
+) -> Iterator[list]:
+    """Another client asking `path` all along: every answer must come, and be a 200. With
+    `timings`, the seconds each answer took are appended to it."""
     stop = threading.Event()
     answered: list[int] = []
     problems: list[str] = []
@@ -239,11 +243,14 @@ def bystander(server: Server, path: str = "/jobs?page_size=1", token: str | None
         with httpx.Client(base_url=server.url + "/api/v1", timeout=HANG_S, headers=headers) as client:
             while not stop.is_set():
                 try:
+                    started = time.monotonic()
                     response = client.get(path)
+                    if timings is not None:
+                        timings.append(time.monotonic() - started)
                     (answered if response.status_code == 200 else problems).append(response.status_code)
                 except httpx.HTTPError as exc:
                     problems.append(repr(exc))
-                stop.wait(0.2)
+                stop.wait(pause)
 
     thread = threading.Thread(target=ask, daemon=True)
     thread.start()
@@ -316,10 +323,10 @@ class Target:
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory, scheduler_address) -> Iterator[Target]:
+def target(tmp_path_factory, dask_cluster) -> Iterator[Target]:
     root = tmp_path_factory.mktemp("attacks")
     data_dir = root / "data"
-    settings = Settings(data_dir=data_dir, port=0, scheduler=scheduler_address,
+    settings = Settings(data_dir=data_dir, port=0, **dask_cluster.settings,
                         max_upload_bytes=UPLOAD_LIMIT, max_json_bytes=JSON_LIMIT)
     server = start_test_server(settings)
     storage_root = Path(server.running.service.storage.root)
@@ -1202,10 +1209,9 @@ class Tenants:
         return done.json()
 
 
-@pytest.fixture(scope="module")
-def tenants(tmp_path_factory, scheduler_address) -> Iterator[Tenants]:
-    settings = Settings(data_dir=tmp_path_factory.mktemp("tenants") / "data", port=0,
-                        scheduler=scheduler_address)
+@contextlib.contextmanager
+def tenants_on(settings: Settings) -> Iterator[Tenants]:
+    """A server with three token holders: alice and bob (users) and root (an admin)."""
     server = start_test_server(settings)
     tokens_service = server.running.service.tokens
     tokens = {"alice": tokens_service.create("alice"), "bob": tokens_service.create("bob"),
@@ -1213,10 +1219,19 @@ def tenants(tmp_path_factory, scheduler_address) -> Iterator[Tenants]:
     clients = {user: httpx.Client(base_url=server.url + "/api/v1", timeout=HANG_S,
                                   headers={"Authorization": f"Token {token}"})
                for user, token in tokens.items()}
-    yield Tenants(server, tokens, clients)
-    for client in clients.values():
-        client.close()
-    stop_test_server(server)
+    try:
+        yield Tenants(server, tokens, clients)
+    finally:
+        for client in clients.values():
+            client.close()
+        stop_test_server(server)
+
+
+@pytest.fixture(scope="module")
+def tenants(tmp_path_factory, dask_cluster) -> Iterator[Tenants]:
+    with tenants_on(Settings(data_dir=tmp_path_factory.mktemp("tenants") / "data", port=0,
+                             **dask_cluster.settings)) as tenants:
+        yield tenants
 
 
 def _near_misses(token: str) -> list[str]:

@@ -103,7 +103,7 @@ def test_oversized_upload_is_413_before_the_body_is_read(make_server):
     host, port = server.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as sock:
         sock.sendall(
-            b"POST /api/v1/binaries/big HTTP/1.1\r\nHost: x\r\n"
+            b"POST /api/v1/binaries/big HTTP/1.1\r\nHost: 127.0.0.1\r\n"
             b"Content-Type: application/octet-stream\r\nContent-Length: 50000000000\r\n\r\n"
             + b"x" * 1000
         )

@@ -1,5 +1,5 @@
-"""An existing cluster of real processes: `dask scheduler` and two `orchestrator worker`s on
-127.0.0.1, one owning (fake) GPU devices 0 and 1, one with none."""
+"""An existing cluster of real processes on TLS with certificate files: `dask scheduler` and two
+`orchestrator worker`s on 127.0.0.1, one owning (fake) GPU devices 0 and 1, one with none."""
 
 from __future__ import annotations
 
@@ -19,34 +19,35 @@ from distributed import Client, LocalCluster
 from orchestrator import Orchestrator, Settings, assigned_gpus
 from orchestrator.cluster import embedded_cluster_options
 from plugins.worker import GPU_DEVICES_VARIABLE, GpuDevices
-from tests.conftest import REPO, free_port, kill_session
+from tests.conftest import REPO, TlsFiles, free_port, kill_session
 
 
 @contextlib.contextmanager
 def real_cluster(
-    workers: dict[str, list[str]], scheduler_flags: Sequence[str] = ("--no-dashboard",)
+    workers: dict[str, list[str]], tls: TlsFiles, scheduler_flags: Sequence[str] = ("--no-dashboard",)
 ) -> Iterator[tuple[str, dict[str, str], dict[str, subprocess.Popen]]]:
-    """A `dask scheduler` and one worker per name, each in its own session. A worker is
-    `orchestrator worker` with the flags given, or the module and flags after `-m` when the
-    flags start with "-m". Yields the scheduler address, worker addresses and processes."""
+    """A `dask scheduler` and one worker per name, each in its own session, all given the TLS
+    files as flags. A worker is `orchestrator worker` with the flags given, or the module and
+    flags after `-m` when the flags start with "-m". Yields the scheduler address, worker
+    addresses and processes."""
     port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
+    address = f"tls://127.0.0.1:{port}"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     scheduler = subprocess.Popen(
         [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-         "--port", str(port), *scheduler_flags],
+         "--port", str(port), "--protocol", "tls", *tls.flags, *scheduler_flags],
         env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )
     processes = {
         name: subprocess.Popen(
             [sys.executable, *(flags[:2] if flags[0] == "-m" else ["-m", "orchestrator.cli", "worker"]),
-             address, *(flags[2:] if flags[0] == "-m" else flags), "--name", name],
+             address, *(flags[2:] if flags[0] == "-m" else flags), *tls.flags, "--name", name],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
         for name, flags in workers.items()
     }
     try:
-        with Client(address, timeout=60) as client:
+        with Client(address, security=tls.security(), timeout=60) as client:
             client.wait_for_workers(len(workers), timeout=90)
             addresses = {info["name"]: addr for addr, info in client.scheduler_info()["workers"].items()}
         yield address, addresses, processes
@@ -56,14 +57,14 @@ def real_cluster(
 
 
 @pytest.fixture(scope="module")
-def external_cluster():
+def external_cluster(tls_files: TlsFiles):
     """The GPU worker is `orchestrator worker`; the other a plain `dask worker` with the plugin
     preloaded; the scheduler serves the dashboard with the Jobs page preloaded."""
     plain_worker = ["-m", "distributed.cli.dask_worker", "--resources", "CPU=2",
                     "--nthreads", "2", "--no-dashboard", "--preload", "plugins.worker"]
     dashboard = ["--dashboard-address", f"127.0.0.1:{free_port()}", "--preload", "plugins.dashboard"]
     with real_cluster({"gpu-worker": ["--gpu-devices", "0,1", "--cores", "2"], "cpu-worker": plain_worker},
-                      scheduler_flags=dashboard) as (address, workers, _):
+                      tls_files, scheduler_flags=dashboard) as (address, workers, _):
         yield address, workers
 
 
@@ -167,11 +168,11 @@ def test_a_worker_lends_each_device_to_one_job_at_a_time(monkeypatch):
         pass
 
 
-def test_a_job_whose_worker_dies_runs_again_elsewhere_then_fails_when_retries_are_spent(make_server):
+def test_a_job_whose_worker_dies_runs_again_elsewhere_then_fails_when_retries_are_spent(make_server, tls_files):
     """Kill the worker (nanny and all, as a machine loss) running a job: it is rerun on the
     other worker as a new attempt; when that one dies too, with worker_loss_retries=1, it fails."""
     flags = ["--gpus", "0", "--cores", "1"]
-    with real_cluster({"first": flags, "second": flags}) as (address, workers, processes), \
+    with real_cluster({"first": flags, "second": flags}, tls_files) as (address, workers, processes), \
             orphans_killed("sleep 41"):
         server = make_server(scheduler=address, worker_loss_retries=1)
         job = server.submit(command="sleep 41; echo done", resources={"cores": 1})
@@ -190,9 +191,9 @@ def test_a_job_whose_worker_dies_runs_again_elsewhere_then_fails_when_retries_ar
         assert "no retries left (1/1)" in failed["status_reason"]
 
 
-def test_a_sweep_run_whose_worker_dies_runs_again_elsewhere(make_server):
+def test_a_sweep_run_whose_worker_dies_runs_again_elsewhere(make_server, tls_files):
     flags = ["--gpus", "0", "--cores", "1"]
-    with real_cluster({"first": flags, "second": flags}) as (address, workers, processes), \
+    with real_cluster({"first": flags, "second": flags}, tls_files) as (address, workers, processes), \
             orphans_killed("sleep 42"):
         server = make_server(scheduler=address)
         created = server.http.post("/sweeps", json={
@@ -242,10 +243,10 @@ def _devices_after_a_pause() -> list[str]:
     return assigned_gpus()
 
 
-def test_callables_learn_their_own_devices(external_cluster, tmp_path):
+def test_callables_learn_their_own_devices(external_cluster, tls_files, tmp_path):
     """Callables share their worker's environment, so they ask which devices are theirs."""
     address, _ = external_cluster
-    with Orchestrator(scheduler=address, data_dir=tmp_path, port=0) as orch:
+    with Orchestrator(scheduler=address, **tls_files.settings, data_dir=tmp_path, port=0) as orch:
         jobs = [orch.submit(_devices_after_a_pause, resources={"cores": 1, "gpus": 1}) for _ in range(2)]
         seen = sorted(device for job in jobs for device in job.result(timeout=60))
     assert seen == ["0", "1"]

@@ -19,7 +19,7 @@ import httpx
 import pytest
 from distributed import Client
 
-from tests.conftest import REPO, free_port, kill_session
+from tests.conftest import REPO, TlsFiles, free_port, kill_session
 from tests.test_persistence import _place, kill_9, serving, stop_cleanly
 
 RUNS = 300
@@ -28,19 +28,21 @@ WAIT_S = 300  # whole sweeps on a shared 2-core machine: generous, never a timin
 
 class DaskProcesses:
     """A `dask scheduler` on a fixed port and plain `dask worker`s (no preload: the server must
-    register its worker plugin itself), each in its own session, to kill and start again."""
+    register its worker plugin itself), each in its own session, to kill and start again; all
+    on TLS with the certificate files, so reconnections must present them again."""
 
-    def __init__(self, folder: Path):
+    def __init__(self, folder: Path, tls: TlsFiles):
         self.folder = folder
+        self.tls = tls
         self.port = free_port()
-        self.address = f"tcp://127.0.0.1:{self.port}"
+        self.address = f"tls://127.0.0.1:{self.port}"
         self.scheduler: subprocess.Popen | None = None
         self.workers: dict[str, subprocess.Popen] = {}
         self._logs: list[IO[bytes]] = []  # each process's output, kept to read after a failure
 
     def start_scheduler(self) -> None:
         self.scheduler = self._spawn("distributed.cli.dask_scheduler", "--host", "127.0.0.1",
-                                     "--port", str(self.port), "--no-dashboard")
+                                     "--port", str(self.port), "--protocol", "tls", "--no-dashboard")
 
     def start_workers(self, *names: str) -> dict[str, str]:
         """Start workers (1 thread, CPU=1 each); answers every worker's address by name."""
@@ -48,7 +50,7 @@ class DaskProcesses:
             self.workers[name] = self._spawn(
                 "distributed.cli.dask_worker", self.address, "--name", name, "--nthreads", "1",
                 "--resources", "CPU=1", "--no-dashboard", "--local-directory", str(self.folder / name))
-        with Client(self.address, timeout=60) as client:
+        with self._client() as client:
             client.wait_for_workers(len(self.workers), timeout=90)
             return {info["name"]: a for a, info in client.scheduler_info()["workers"].items()}
 
@@ -67,17 +69,27 @@ class DaskProcesses:
         for log in self._logs:
             log.close()
 
+    @property
+    def serve_flags(self) -> list[str]:
+        """`orchestrator serve` flags that reach this cluster."""
+        return ["--scheduler", self.address, *self.tls.flags]
+
     def on_scheduler(self, function: Callable) -> object:
-        with Client(self.address, timeout=60) as client:
+        with self._client() as client:
             return client.run_on_scheduler(function)
 
     def other_clients(self) -> set[str]:
         """The ids of the clients connected to the scheduler, this question's own left out."""
-        with Client(self.address, timeout=60) as client:
+        with self._client() as client:
             ids = client.run_on_scheduler(lambda dask_scheduler: list(dask_scheduler.clients))
             return set(ids) - {client.id, "fire-and-forget"}
 
+    def _client(self) -> Client:
+        return Client(self.address, security=self.tls.security(), timeout=60)
+
     def _spawn(self, module: str, *args: str) -> subprocess.Popen:
+        """A scheduler or worker given the TLS files."""
+        args = (*args, *self.tls.flags)
         log = (self.folder / f"{module.rsplit('.', 1)[-1]}-{len(self._logs)}.log").open("wb")
         self._logs.append(log)
         return subprocess.Popen(
@@ -93,8 +105,8 @@ def _environ() -> dict[str, str]:
 
 
 @pytest.fixture
-def dask_processes(tmp_path: Path) -> Iterator[DaskProcesses]:
-    processes = DaskProcesses(tmp_path)
+def dask_processes(tmp_path: Path, tls_files: TlsFiles) -> Iterator[DaskProcesses]:
+    processes = DaskProcesses(tmp_path, tls_files)
     try:
         yield processes
     finally:
@@ -203,7 +215,7 @@ def test_a_worker_killed_mid_sweep_loses_and_repeats_nothing(tmp_path, dask_proc
     ledger = tmp_path / "ledger.txt"
     dask_processes.start_scheduler()
     workers = dask_processes.start_workers("w0", "w1")
-    with serving(data_dir, port, url, "--scheduler", dask_processes.address) as server, \
+    with serving(data_dir, port, url, *dask_processes.serve_flags) as server, \
             contextlib.closing(api):
         sweep_id = start_sweep(api, ledger)
         wait_counts(api, sweep_id, lambda c: c.get("COMPLETED", 0) >= 20)
@@ -242,7 +254,7 @@ def test_a_restarted_scheduler_gets_back_every_job_and_run(tmp_path, dask_proces
     ledger = tmp_path / "ledger.txt"
     dask_processes.start_scheduler()
     dask_processes.start_workers("w0", "w1")
-    with serving(data_dir, port, url, "--scheduler", dask_processes.address) as server, \
+    with serving(data_dir, port, url, *dask_processes.serve_flags) as server, \
             contextlib.closing(api):
         clients = dask_processes.other_clients()
         sweep_id = start_sweep(api, ledger)
@@ -264,7 +276,7 @@ def test_a_restarted_scheduler_gets_back_every_job_and_run(tmp_path, dask_proces
         for job_id in singles:
             reasons = [change["reason"] or "" for change in histories[job_id] if change["status"] == "QUEUED"]
             assert any(r.startswith("scheduler connection lost, resubmitted") for r in reasons), histories[job_id]
-        assert any("(was RUNNING on tcp://" in (change["reason"] or "")
+        assert any("(was RUNNING on tls://" in (change["reason"] or "")
                    for job_id in singles for change in histories[job_id]), histories
         assert histories[meanwhile][1]["reason"] == "the Dask scheduler is unreachable; sent when it is back"
         run_histories = check_every_run_completed_once(api, sweep_id, ledger)

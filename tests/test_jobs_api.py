@@ -17,7 +17,7 @@ def test_sync_job_reports_result_outputs_and_history(server):
     assert response.headers["Location"].endswith(response.json()["id"])
     job = response.json()
     assert job["status"] == "COMPLETED"
-    assert job["worker"].startswith("tcp://127.0.0.1")
+    assert job["worker"].startswith("tls://127.0.0.1")
     assert job["attempt"] == 1
     result = server.http.get(f"/jobs/{job['id']}/result").json()
     assert result["exit_code"] == 0

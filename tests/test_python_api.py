@@ -20,8 +20,8 @@ def explode():
 
 
 @pytest.fixture
-def embedded(tmp_path, scheduler_address):
-    with Orchestrator(data_dir=tmp_path / "embedded", scheduler=scheduler_address) as orch:
+def embedded(tmp_path, dask_cluster):
+    with Orchestrator(data_dir=tmp_path / "embedded", **dask_cluster.settings) as orch:
         yield orch
 
 
@@ -44,12 +44,10 @@ def test_embedded_command_job_with_files(embedded, tmp_path):
     assert [j.id for j in embedded.jobs(status="COMPLETED")] == [job.id]
 
 
-def test_embedded_closing_leaves_an_external_cluster_running(tmp_path, scheduler_address):
-    from distributed import Client
-
-    with Orchestrator(data_dir=tmp_path / "e", scheduler=scheduler_address) as orch:
+def test_embedded_closing_leaves_an_external_cluster_running(tmp_path, dask_cluster):
+    with Orchestrator(data_dir=tmp_path / "e", **dask_cluster.settings) as orch:
         orch.submit("true").result(timeout=60)
-    with Client(scheduler_address, timeout=10) as client:
+    with dask_cluster.client(timeout=10) as client:
         assert client.submit(lambda: 42).result(timeout=30) == 42
 
 

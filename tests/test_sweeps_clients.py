@@ -39,8 +39,8 @@ def exit_on_two(i):
 
 
 @pytest.fixture
-def embedded(tmp_path, scheduler_address):
-    with Orchestrator(data_dir=tmp_path / "embedded", scheduler=scheduler_address) as orch:
+def embedded(tmp_path, dask_cluster):
+    with Orchestrator(data_dir=tmp_path / "embedded", **dask_cluster.settings) as orch:
         yield orch
 
 

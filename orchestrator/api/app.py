@@ -5,7 +5,9 @@ from __future__ import annotations
 import tornado.web
 
 from orchestrator.api import binaries, jobs, monitoring, sweeps, system
+from orchestrator.api.access_log import log_request
 from orchestrator.api.base import NotFoundHandler
+from orchestrator.api.origin import HostPolicy
 from orchestrator.service import Service
 
 ID = r"(?P<job_id>[A-Za-z0-9_-]+)"
@@ -43,9 +45,12 @@ ROUTES = [
 
 
 def make_app(service: Service) -> tornado.web.Application:
+    settings = service.settings
     return tornado.web.Application(
         [(PREFIX + pattern, handler) for pattern, handler in ROUTES],
         service=service,
+        host_policy=HostPolicy.for_bind(settings.host, settings.allowed_hosts),
         default_handler_class=NotFoundHandler,
         compress_response=False,
+        log_function=log_request,
     )

@@ -15,6 +15,7 @@ import tornado.web
 from pydantic import BaseModel, ValidationError
 from tornado.iostream import StreamClosedError
 
+from orchestrator.api.origin import HostPolicy
 from orchestrator.auth import Principal
 from orchestrator.errors import (
     ChecksumMismatch,
@@ -84,10 +85,25 @@ class BaseHandler(tornado.web.RequestHandler):
         assert self.principal is not None
         return self.principal.user
 
-    def prepare(self) -> Any:
+    async def prepare(self) -> None:
+        """Before a byte of the body is read: refuse what a browser was tricked into sending,
+        then (for a body) who asks, then set up where the body goes."""
+        self.refuse_foreign()
         if self.has_body:
             self.authenticate()
+            self._watch_body_idle()
+        await self.start_body()
+
+    async def start_body(self) -> None:
+        """Where the body goes; subclasses that stream uploads replace it."""
         self.start_json_body()
+
+    def refuse_foreign(self) -> None:
+        headers = self.request.headers
+        policy: HostPolicy = self.application.settings["host_policy"]
+        policy.check_host(self.request.host)
+        policy.check_origin(self.request.method or "", self.request.host,
+                            headers.get("Origin"), headers.get("Referer"))
 
     @property
     def has_body(self) -> bool:
@@ -111,6 +127,12 @@ class BaseHandler(tornado.web.RequestHandler):
             raise PayloadTooLarge(f"{what} to {limit} bytes; this one declares {declared}")
 
     async def data_received(self, chunk: bytes) -> None:
+        self._body_seen = self._loop_time()
+        await self.receive(chunk)
+        self._body_seen = self._loop_time()  # slow storage is not the client's idleness
+
+    async def receive(self, chunk: bytes) -> None:
+        """One chunk of the body; subclasses that stream uploads replace it."""
         if self._body_problem is not None or self.json_body is None:
             return
         self._received += len(chunk)
@@ -123,20 +145,70 @@ class BaseHandler(tornado.web.RequestHandler):
     def before_method(self) -> None:
         """Run by every HTTP method first: who asks (if prepare could not tell yet), and what
         went wrong while the body streamed in."""
+        self._stop_body_watch()  # the body has all arrived
         if self.principal is None:
             self.authenticate()
         if self._body_problem is not None:
             raise self._body_problem
 
     def authenticate(self) -> None:
-        """Who is asking. A token that is given must be valid; none is needed only while no
-        token exists (then everyone is the default owner, as on a one-user machine)."""
+        self.principal = self._identify()
+
+    def _identify(self) -> Principal:
+        """Who is asking. A token that is given must be valid; none is needed only while
+        authentication is off (then everyone is the default owner, as on a one-user machine)."""
         header = self.request.headers.get("Authorization")
         tokens = self.service.tokens
         principal = tokens.authenticate(header)
         if principal is None and not self.public and (header or tokens.required()):
             raise Unauthorized("a valid API token is required: 'Authorization: Token <token>'")
-        self.principal = principal or Principal(self.service.settings.default_owner, admin=True)
+        return principal or Principal(self.service.settings.default_owner, admin=True)
+
+    def access_revoked(self) -> bool:
+        """Long streams ask this as they go: the token may have been revoked, or
+        authentication turned on, since the request began."""
+        try:
+            return self._identify() != self.principal
+        except Unauthorized:
+            return True
+
+    # ---- an idle body is closed ---------------------------------------------------------
+
+    _body_watch: asyncio.TimerHandle | None = None
+
+    def _loop_time(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def _watch_body_idle(self) -> None:
+        """Close a body that sends nothing for body_idle_timeout_s. Tornado's own body_timeout
+        counts the whole upload, which would cut off a large one on a slow link."""
+        self._body_seen = self._loop_time()
+        self._schedule_body_check(self.service.settings.body_idle_timeout_s)
+
+    def _schedule_body_check(self, delay: float) -> None:
+        self._body_watch = asyncio.get_running_loop().call_later(delay, self._check_body_idle)
+
+    def _check_body_idle(self) -> None:
+        limit = self.service.settings.body_idle_timeout_s
+        idle = self._loop_time() - self._body_seen
+        if idle < limit:
+            return self._schedule_body_check(limit - idle)
+        self._body_watch = None
+        logger.info("closing %s %s: its body sent nothing for %g s", self.request.method,
+                    self.request.path, limit)
+        self.send_error(408, exc_info=(BodyTimeout, BodyTimeout(limit), None))
+
+    def _stop_body_watch(self) -> None:
+        if self._body_watch is not None:
+            self._body_watch.cancel()
+            self._body_watch = None
+
+    def on_connection_close(self) -> None:
+        self._stop_body_watch()
+        super().on_connection_close()
+
+    def on_finish(self) -> None:
+        self._stop_body_watch()
 
     def set_default_headers(self) -> None:
         self.set_header("Content-Type", "application/json")
@@ -338,10 +410,20 @@ class RangeNotSatisfiable(OrchestratorError):
         super().__init__(f"the requested range is outside the {size} bytes available")
 
 
+class BodyTimeout(OrchestratorError):
+    status = 408
+    code = "body_timeout"
+
+    def __init__(self, seconds: float):
+        super().__init__(f"the request body sent nothing for {seconds:g} s (body_idle_timeout_s)",
+                         {"body": "idle"})
+
+
 class NotFoundHandler(BaseHandler):
     """Unknown routes answer the same JSON error as unknown ids."""
 
-    def prepare(self) -> None:
+    async def prepare(self) -> None:
+        self.refuse_foreign()
         raise NotFound(f"no route {self.request.method} {self.request.path}")
 
 

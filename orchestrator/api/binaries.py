@@ -14,6 +14,8 @@ from storage import AtomicWriter, layout
 class BinariesHandler(StreamingBodyHandler):
     """POST /binaries/{name} (or POST /binaries with a multipart file part) and GET /binaries."""
 
+    commit_parts = False  # one file part, written to its version's key and committed with its record
+
     openapi = {
         "get": Operation("List your binaries (an admin: everyone's), the latest version of each",
                          response=Page[BinaryRecord],

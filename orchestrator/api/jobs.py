@@ -12,7 +12,7 @@ from tornado.iostream import StreamClosedError
 
 from orchestrator.api.base import BaseHandler, Operation
 from orchestrator.api.uploads import StreamingBodyHandler
-from orchestrator.errors import Conflict, ValidationFailed, validation_failed
+from orchestrator.errors import Conflict, NotFound, ValidationFailed, validation_failed
 from orchestrator.jobs import new_job_id
 from orchestrator.models import (
     FileEntry,
@@ -65,20 +65,22 @@ class JobsHandler(StreamingBodyHandler):
         path = self.claim_file(field_name, filename)
         return self.service.storage.writer(layout.input_key(self.job_id, path))
 
+    def upload_prefix(self) -> str:
+        return layout.job_prefix(self.job_id)  # a new id: nothing else lives there yet
+
     async def post(self) -> None:
         await self.finish_body()
         sync = self.query_bool("sync")  # a bad query refuses the job before it exists
         timeout = self.query_float("timeout", 60.0, 0, MAX_WAIT_S)
         request = self._job_request()
-        writers = [writer for _, _, writer in self.multipart.files] if self.multipart else []
         try:
-            await asyncio.to_thread(lambda: [w.commit() for w in writers])
             job = await self.service.jobs.create(
                 request, self.principal, job_id=self.job_id, files=sorted(self.file_paths)
             )
         except BaseException:
             await asyncio.to_thread(self.service.storage.delete_prefix, layout.job_prefix(self.job_id))
             raise
+        self.keep_upload()
         status = 201
         if sync:
             job = await self.service.jobs.wait(job.id, timeout, self.principal)
@@ -228,10 +230,13 @@ class JobLogsHandler(BaseHandler):
         await self._follow(job_id, stream, offset, data)
 
     async def _follow(self, job_id: str, stream: str, offset: int, data: bytes) -> None:
-        """Write as the log grows; after the job ends, one last read takes the tail."""
+        """Write as the log grows; after the job ends, one last read takes the tail. Before
+        each write and each poll (at least once a heartbeat) the caller's access is asked
+        again: a revoked token or an unshared job ends the stream."""
         jobs, pause = self.service.jobs, 0.1
+        longest_pause = min(1.0, self.service.settings.stream_heartbeat_s)
         try:
-            while True:
+            while (job := self._visible_job(job_id)) is not None:
                 if data:
                     self.write(data)
                     await self.flush()
@@ -239,17 +244,27 @@ class JobLogsHandler(BaseHandler):
                     pause = 0.1
                     data = await jobs.read_log(job_id, stream, offset, 4 * 2**20)
                     continue
-                if jobs.get(job_id).status.is_terminal:
+                if job.status.is_terminal:
                     data = await jobs.read_log(job_id, stream, offset, 16 * 2**20)
                     if not data:
                         break
                     continue
                 await asyncio.sleep(pause)
-                pause = min(pause * 1.5, 1.0)
+                pause = min(pause * 1.5, longest_pause)
                 data = await jobs.read_log(job_id, stream, offset, 4 * 2**20)
         except StreamClosedError:
             return
         self.finish()
+
+    def _visible_job(self, job_id: str) -> JobRecord | None:
+        """The job while the caller may still read it; None once their token is revoked or
+        the job is no longer theirs to see (unshared, deleted)."""
+        if self.access_revoked():
+            return None
+        try:
+            return self.service.jobs.get(job_id, self.principal)
+        except NotFound:
+            return None
 
 
 class JobFilesHandler(BaseHandler):

@@ -10,9 +10,9 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from tornado.iostream import StreamClosedError
 
 from orchestrator.api.base import BaseHandler, Operation
+from orchestrator.errors import NotFound
 from orchestrator.events import LAGGED
 
-HEARTBEAT_S = 15.0
 CLOSED = {"event": "closed"}
 
 
@@ -27,9 +27,10 @@ class EventsHandler(BaseHandler):
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
-        job_id = self.get_query_argument("job_id", None)
-        sweep_id = self.get_query_argument("sweep_id", None)
-        self.subscription = self.service.events.subscribe(job_id, sweep_id, self._owner_heard(job_id, sweep_id))
+        self.job_id = self.get_query_argument("job_id", None)
+        self.sweep_id = self.get_query_argument("sweep_id", None)
+        owner = self._owner_heard(self.job_id, self.sweep_id)
+        self.subscription = self.service.events.subscribe(self.job_id, self.sweep_id, owner)
         try:
             self.write(": stream open\n\n")
             await self.flush()
@@ -49,16 +50,31 @@ class EventsHandler(BaseHandler):
             self.service.sweeps.get(sweep_id, self.principal.scope)
         return self.principal.scope
 
+    def _still_allowed(self, heartbeat: bool = False) -> bool:
+        """Asked before each event and at each heartbeat: a revoked token, or a job (at a
+        heartbeat also a sweep, a costlier read) no longer visible to the caller, ends the
+        stream."""
+        if self.access_revoked():
+            return False
+        try:
+            self._owner_heard(self.job_id, self.sweep_id if heartbeat else None)
+        except NotFound:
+            return False
+        return True
+
     async def _pump(self) -> None:
         queue = self.subscription.queue
+        heartbeat = self.service.settings.stream_heartbeat_s
         while True:
             try:
-                event = await asyncio.wait_for(queue.get(), HEARTBEAT_S)
+                event = await asyncio.wait_for(queue.get(), heartbeat)
             except asyncio.TimeoutError:
+                if not self._still_allowed(heartbeat=True):
+                    return
                 self.write(": keep-alive\n\n")  # also how a vanished client is noticed
                 await self.flush()
                 continue
-            if event is CLOSED:
+            if event is CLOSED or not self._still_allowed():
                 return
             self.write(f"id: {event.get('id', '')}\nevent: {event['event']}\ndata: {json.dumps(event)}\n\n")
             await self.flush()
@@ -66,6 +82,7 @@ class EventsHandler(BaseHandler):
                 return
 
     def on_connection_close(self) -> None:
+        super().on_connection_close()
         subscription = getattr(self, "subscription", None)
         if subscription is not None:
             with contextlib.suppress(asyncio.QueueFull):

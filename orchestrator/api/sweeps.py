@@ -52,12 +52,13 @@ class SweepsHandler(StreamingBodyHandler):
         path = self.claim_file(field_name, filename)
         return storage.writer(layout.sweep_input_key(self.sweep_id, path))
 
+    def upload_prefix(self) -> str:
+        return layout.sweep_prefix(self.sweep_id)  # a new id: nothing else lives there yet
+
     async def post(self) -> None:
         await self.finish_body()
-        writers = [writer for _, _, writer in self.multipart.files] if self.multipart else []
         storage = self.service.storage
         try:
-            await asyncio.to_thread(lambda: [w.commit() for w in writers])
             request = await self._request()
             outcome = await self.service.sweeps.create(
                 request, self.principal, sweep_id=self.sweep_id, uploaded=sorted(self.file_paths)
@@ -69,6 +70,7 @@ class SweepsHandler(StreamingBodyHandler):
             await asyncio.to_thread(storage.delete_prefix, layout.sweep_prefix(self.sweep_id))
             self.send_json(outcome)
             return
+        self.keep_upload()
         self.set_header("Location", f"/api/v1/sweeps/{outcome.id}")
         self.send_json(outcome, 201)
 
