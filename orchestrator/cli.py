@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import json
 import os
 import signal
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,10 +37,25 @@ def cmd_serve(args: argparse.Namespace) -> int:
         "workers": args.workers, "cluster": args.cluster, "cluster_options": args.cluster_options,
         "cluster_can_grow": args.cluster_can_grow, "worker_loss_retries": args.worker_loss_retries,
         "max_queued_per_user": args.max_queued_per_user, "max_sweep_runs": args.max_sweep_runs,
+        "trusted_users": args.trusted_users or None,
+        "allowed_hosts": args.allowed_host, "max_upload_parts": args.max_upload_parts,
+        "body_idle_timeout_s": args.body_idle_timeout_s,
+        **{name: getattr(args, name) for name in TLS_OPTIONS},
     }
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})
+    os.umask(0o077)  # the ledger, storage and workers' folders: never readable by others
+    _configure_logging(args.log_level)
     asyncio.run(_serve(settings))
     return 0
+
+
+def _configure_logging(level: str) -> None:
+    """The orchestrator's own records (one line per request at INFO) at `level`; other
+    libraries' at WARNING, so Dask's chatter does not bury them."""
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("orchestrator").setLevel(level.upper())
 
 
 async def _serve(settings: Any) -> None:
@@ -46,7 +63,8 @@ async def _serve(settings: Any) -> None:
 
     server = await start_server(settings)
     print(f"orchestrator API: {server.url}/api/v1", flush=True)
-    print(f"Dask dashboard:   {server.service.dashboard_link}", flush=True)
+    dashboard = server.service.dashboard_link or "none (the scheduler serves no dashboard)"
+    print(f"Dask dashboard:   {dashboard}", flush=True)
     print(f"data: {settings.data_dir.resolve()}  storage: {settings.storage_url}", flush=True)
     stopped = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -61,8 +79,32 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Become a `dask worker` that declares this machine's resources (or those given)."""
     argv, env = worker_command(args)
     print("starting:", " ".join(argv), file=sys.stderr, flush=True)
+    os.umask(0o077)  # the worker's folders: job folders get their own modes (orchestrator.jobuser)
     os.execve(sys.executable, argv, env)
     return 0  # not reached
+
+
+TLS_OPTIONS = ("tls_ca_file", "tls_cert", "tls_key")  # settings, and flags of serve and worker
+
+
+def _flag(option: str) -> str:
+    return "--" + option.replace("_", "-")
+
+
+def add_tls_flags(parser: argparse.ArgumentParser, whose: str) -> None:
+    """--tls-ca-file, --tls-cert, --tls-key: a cluster's TLS, as `dask worker` names them."""
+    helps = ("CA certificate (PEM) that signed the cluster's certificates",
+             f"{whose} certificate (PEM)", f"private key (PEM) of {whose} certificate, unless "
+             "the certificate file holds it")
+    for option, text in zip(TLS_OPTIONS, helps, strict=True):
+        parser.add_argument(_flag(option), metavar="PATH",
+                            help=f"{text} (default: Dask's distributed.comm.tls configuration)")
+
+
+def tls_argv(args: argparse.Namespace) -> list[str]:
+    """The TLS flags given, as `dask worker` takes them (the same names)."""
+    return [arg for name in TLS_OPTIONS if getattr(args, name)
+            for arg in (_flag(name), getattr(args, name))]
 
 
 def worker_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
@@ -85,6 +127,7 @@ def worker_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]
             "--preload", "plugins.worker"]
     if args.name:
         argv += ["--name", args.name]
+    argv += tls_argv(args)
     env = {**os.environ, GPU_DEVICES_VARIABLE: ",".join(devices)}
     return argv, env
 
@@ -101,23 +144,34 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_token(args: argparse.Namespace) -> int:
-    """Tokens are managed beside the ledger, like `gc`: no server needs to run."""
+@contextlib.contextmanager
+def _ledger_tokens(data_dir: str | None) -> Iterator[Any]:
+    """The tokens of the ledger in `data_dir` (default ORCHESTRATOR_DATA_DIR), opened beside
+    any running server: it reads changes from its next request on."""
     from orchestrator.auth import Tokens
     from orchestrator.config import Settings
     from orchestrator.store import Store
 
+    store = Store(Settings(**({"data_dir": data_dir} if data_dir else {})).database_path)
+    try:
+        yield Tokens(store)
+    finally:
+        store.close()
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Tokens are managed beside the ledger, like `gc`: no server needs to run."""
     if args.action != "list" and not args.user:
         raise ValueError(f"token {args.action} needs the USER")
-    overrides = {"data_dir": args.data_dir} if args.data_dir else {}
-    store = Store(Settings(**overrides).database_path)
-    try:
-        tokens = Tokens(store)
+    with _ledger_tokens(args.data_dir) as tokens:
+        store = tokens.store
         if args.action == "create":
             role = "admin" if args.admin else "user"
             print(f"token for {args.user} ({role}), shown only now: {tokens.create(args.user, args.admin)}")
+            _warn_if_open(tokens.state())
         elif args.action == "revoke":
             print(f"revoked {tokens.revoke(args.user)} token(s) of {args.user}")
+            _warn_if_locked(tokens.state())
         else:
             rows = store.list_tokens()
             if args.json:
@@ -126,9 +180,47 @@ def cmd_token(args: argparse.Namespace) -> int:
                 _print_table(["id", "user", "admin", "created", "revoked"],
                              [[r["id"], r["user"], bool(r["admin"]), r["created_at"], r["revoked_at"] or ""]
                               for r in rows])
-    finally:
-        store.close()
     return 0
+
+
+def cmd_auth(args: argparse.Namespace) -> int:
+    """Whether the API requires tokens: on once a token was ever created, until an admin turns
+    it off here; each choice is recorded in the ledger with the OS user who made it."""
+    with _ledger_tokens(args.data_dir) as tokens:
+        if args.action == "status":
+            state = tokens.state()
+        else:
+            state = tokens.set_required(args.action == "enable", _os_user())
+        if args.json:
+            _print_json({**dataclasses.asdict(state), "locked": state.locked})
+            return 0
+        print(state.describe())
+        if args.action == "disable":
+            print("warning: a request without a token now runs as the admin 'anonymous'; a "
+                  "server on a non-loopback address refuses to start", file=sys.stderr)
+    return 0
+
+
+def _os_user() -> str:
+    """The account running this command: its uid's name, not $USER, which anyone can set."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:
+        return f"uid {os.getuid()}"
+
+
+def _warn_if_locked(state: Any) -> None:
+    if state.locked:
+        print("note: no token is active: the API answers 401 to all but /health until one is "
+              "created (orchestrator token create USER --admin)", file=sys.stderr)
+
+
+def _warn_if_open(state: Any) -> None:
+    if not state.required:
+        print(f"note: {state.describe()}; tokens are not required until "
+              "`orchestrator auth enable`", file=sys.stderr)
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
@@ -469,10 +561,24 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-queued-per-user", type=int,
                        help="most QUEUED jobs one user may have (default 10000; 429 beyond)")
     serve.add_argument("--max-sweep-runs", type=int, help="most runs in one sweep (default 1000000)")
+    serve.add_argument("--allowed-host", action="append", metavar="NAME",
+                       help="another name clients use for this server (a DNS or proxy name), "
+                            "accepted in the Host header; repeatable")
+    serve.add_argument("--max-upload-parts", type=int,
+                       help="most parts of one multipart body (default 1000; 413 beyond)")
+    serve.add_argument("--body-idle-timeout-s", type=float,
+                       help="close a request body that sends nothing for this long (default 120)")
+    serve.add_argument("--log-level", default="INFO", type=str.upper,
+                       choices=["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"],
+                       help="the server's log level; INFO logs one line per request (default)")
+    serve.add_argument("--trusted-users", action="store_true",
+                       help="with tokens in use, run every user's jobs even where they would "
+                       "have the orchestrator's own identity (workers not root, or no TLS)")
+    add_tls_flags(serve, "the server's client")
     serve.set_defaults(func=cmd_serve)
 
     worker = sub.add_parser("worker", help="run a Dask worker that declares its CPU, GPU, MEMORY")
-    worker.add_argument("scheduler", help="address of the Dask scheduler, e.g. tcp://HOST:8786")
+    worker.add_argument("scheduler", help="address of the Dask scheduler, e.g. tls://HOST:8786")
     gpus = worker.add_mutually_exclusive_group()
     gpus.add_argument("--gpus", type=int, help="own devices 0..N-1 (default: the devices found)")
     gpus.add_argument("--gpu-devices", help="own these device ids, e.g. 0,2")
@@ -480,6 +586,7 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--memory", help="memory to declare, e.g. 64GiB (default: all)")
     worker.add_argument("--nthreads", type=int, help="job slots (default: the cores)")
     worker.add_argument("--name", help="worker name")
+    add_tls_flags(worker, "this worker's")
     worker.set_defaults(func=cmd_worker)
 
     token = sub.add_parser("token", help="create, revoke or list API tokens (stored as hashes)")
@@ -489,6 +596,13 @@ def build_parser() -> argparse.ArgumentParser:
     token.add_argument("--data-dir", help="folder of the job store (default: ORCHESTRATOR_DATA_DIR)")
     token.add_argument("--json", action="store_true")
     token.set_defaults(func=cmd_token)
+
+    auth = sub.add_parser("auth", help="require API tokens (enable), stop requiring them "
+                                       "(disable), or show which and who chose it (status)")
+    auth.add_argument("action", choices=["status", "enable", "disable"])
+    auth.add_argument("--data-dir", help="folder of the job store (default: ORCHESTRATOR_DATA_DIR)")
+    auth.add_argument("--json", action="store_true")
+    auth.set_defaults(func=cmd_auth)
 
     config = sub.add_parser("config", help="print the effective settings")
     config.add_argument("--json", action="store_true")

@@ -53,6 +53,7 @@ StatusListener = Callable[[JobRecord, StatusChange], None]
 ACTIVE = (JobStatus.QUEUED, JobStatus.RUNNING)
 CONNECTION_LOST = "scheduler connection lost, resubmitted"
 OFFLINE = "the Dask scheduler is unreachable; sent when it is back"
+NO_WORKER = "waiting for a worker: none is connected to the scheduler"
 LOST_CONNECTION_REASON = "scheduler-connection-lost"  # why Dask's client cancels its futures
 
 
@@ -159,6 +160,8 @@ class Engine:
             most = "no worker is connected" if not offers else ", ".join(
                 f"the most any worker offers is {best[r]:g} {r}" for r in missing)
             return f"waiting for a worker offering {asked} ({most}; the cluster can grow)"
+        if not offers:  # e.g. a restarted scheduler whose workers have not come back yet
+            return NO_WORKER
         fields = {
             f"resources.{RESOURCE_FIELDS[r]}": f"no worker offers {wanted[r]:g} {r}; the most is {best[r]:g}"
             for r in missing if best[r] < wanted[r]
@@ -472,8 +475,13 @@ class Engine:
 
     def _on_cluster_event(self, event: tuple[float, dict[str, Any]]) -> None:
         _, message = event
-        if message.get("action") == "remove-worker" and message.get("processing-tasks"):
-            self._spawn(self._worker_lost(message["worker"], set(message["processing-tasks"])))
+        if message.get("action") != "remove-worker":
+            return
+        # Results computed there but not yet collected are lost too, and Dask would compute
+        # them again under the same key: the same attempt would run twice, unrecorded.
+        keys = {*message.get("processing-tasks", ()), *message.get("lost-computed-tasks", ())}
+        if keys:
+            self._spawn(self._worker_lost(message["worker"], keys))
 
     async def _worker_lost(self, worker: str, keys: set[str]) -> None:
         """Work that was running on a worker that left is run again as a new attempt.

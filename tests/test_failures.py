@@ -4,7 +4,9 @@ attempt, never FAILED (a CI run once lost five sweep runs to 'storage error: Com
 
 from __future__ import annotations
 
+import asyncio
 import errno
+import time
 
 import pytest
 from distributed.client import ClosedClientError
@@ -13,7 +15,9 @@ from distributed.scheduler import KilledWorker
 from tornado.iostream import StreamClosedError
 
 from orchestrator import failures
+from orchestrator.engine import NO_WORKER
 from orchestrator.failures import Failure
+
 
 class WorkerAddress:
     """What KilledWorker names its last worker by (a WorkerState on the scheduler)."""
@@ -88,3 +92,40 @@ def test_a_sweep_batch_whose_result_is_reset_requeues_its_runs(server):
 
 async def _record_batch(engine, records, exc: BaseException):
     return engine._record_batch(records, [job.attempt for job in records], exc)
+
+
+def test_a_result_lost_with_its_worker_runs_as_a_new_attempt(server):
+    """A worker that dies after computing a task but before its result is collected: Dask
+    would compute it again under the same key, running the same attempt twice unrecorded."""
+    job = server.submit(command="sleep 30")
+    running = server.wait_for_status(job["id"], "RUNNING")
+    engine = server.running.service.engine
+    key = engine._futures[job["id"]].key
+    event = {"action": "remove-worker", "worker": "tls://127.0.0.1:1", "processing-tasks": [],
+             "lost-computed-tasks": [key]}
+    server.loop.run(_cluster_event(engine, event))
+    deadline = time.monotonic() + 30
+    while server.http.get(f"/jobs/{job['id']}").json()["attempt"] == running["attempt"]:
+        assert time.monotonic() < deadline, "no new attempt"
+        time.sleep(0.05)
+    reasons = [reason for status, reason in _history(server, job["id"]) if status == "QUEUED"]
+    assert reasons[-1] == "worker lost (tls://127.0.0.1:1), retry 1/3", reasons
+    server.http.post(f"/jobs/{job['id']}/stop")
+
+
+async def _cluster_event(engine, message: dict) -> None:
+    engine._on_cluster_event((time.time(), message))
+    await asyncio.sleep(0.5)
+
+
+def test_work_waits_queued_while_no_worker_is_connected(make_server):
+    """E.g. right after a scheduler restart, before its workers are back: never a 400."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=0, processes=False, protocol="tcp://", host="127.0.0.1",
+                      dashboard_address=":0", resources={"CPU": 2}) as cluster:
+        server = make_server(scheduler=cluster.scheduler_address, tls_ca_file=None, tls_cert=None, tls_key=None)
+        job = server.submit(command="echo hi")
+        assert job["status"] == "QUEUED" and job["status_reason"] == NO_WORKER, job
+        cluster.scale(1)
+        assert server.wait(job["id"])["status"] == "COMPLETED"

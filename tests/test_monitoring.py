@@ -12,6 +12,7 @@ import threading
 from datetime import datetime, timezone
 
 import httpx
+import pytest
 from dask.utils import key_split
 from hypothesis import assume, given
 from hypothesis import strategies as st
@@ -71,8 +72,8 @@ def test_python_api_events_remote(server):
         assert _statuses_until_done(stream, job["id"]) == ["QUEUED", "RUNNING", "COMPLETED"]
 
 
-def test_python_api_events_embedded(tmp_path, scheduler_address):
-    with Orchestrator(data_dir=tmp_path, scheduler=scheduler_address) as orch, orch.events() as stream:
+def test_python_api_events_embedded(tmp_path, dask_cluster):
+    with Orchestrator(data_dir=tmp_path, **dask_cluster.settings) as orch, orch.events() as stream:
         job = orch.submit("true")
         assert _statuses_until_done(stream, job.id) == ["QUEUED", "RUNNING", "COMPLETED"]
 
@@ -166,3 +167,25 @@ def test_serve_refuses_two_clusters_and_an_unloadable_factory(tmp_path):
     )
     assert missing.returncode == 2
     assert "cluster factory 'no_such_module:make' cannot be loaded" in missing.stderr
+
+
+@pytest.mark.parametrize("dashboard", [False, True], ids=["no-dashboard", "dashboard"])
+def test_cluster_reports_the_dashboard_the_scheduler_really_serves(make_server, dashboard):
+    """An external scheduler without a dashboard has none: not Dask's default :8787 link."""
+    from tests.conftest import free_port, kill_session
+
+    port, dashboard_port = free_port(), free_port()
+    served = ["--dashboard-address", f"127.0.0.1:{dashboard_port}"] if dashboard else ["--no-dashboard"]
+    scheduler = subprocess.Popen(
+        [sys.executable, "-m", "distributed.cli.dask_scheduler", "--host", "127.0.0.1", "--port", str(port),
+         *served], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        server = make_server(scheduler=f"tcp://127.0.0.1:{port}", tls_ca_file=None, tls_cert=None, tls_key=None)
+        reported = server.http.get("/cluster").json()
+        if dashboard:
+            assert reported["dashboard_link"] == f"http://127.0.0.1:{dashboard_port}/status", reported
+            assert httpx.get(reported["dashboard_link"], timeout=30).status_code == 200
+        else:
+            assert reported["dashboard_link"] is None and reported["jobs_page"] is None, reported
+    finally:
+        kill_session(scheduler)
