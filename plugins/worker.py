@@ -227,7 +227,13 @@ class OrchestratorWorkerPlugin(WorkerPlugin):
         logger.debug("orchestrator plugin set up on %s", worker.address)
 
     def teardown(self, worker) -> None:
-        _processes.kill_all()
+        """Only a closing worker kills its jobs. The engine registers this plugin again each
+        time it attaches to a scheduler, and Dask tears the old instance down on workers that
+        keep running (a fresh worker that preloaded it, too): their jobs must live on."""
+        from distributed.core import Status
+
+        if worker.status in (Status.closing, Status.closing_gracefully, Status.closed, Status.failed):
+            _processes.kill_all()
 
 
 async def dask_setup(worker) -> None:

@@ -129,3 +129,21 @@ def test_work_waits_queued_while_no_worker_is_connected(make_server):
         assert job["status"] == "QUEUED" and job["status_reason"] == NO_WORKER, job
         cluster.scale(1)
         assert server.wait(job["id"])["status"] == "COMPLETED"
+
+
+def test_registering_the_worker_plugin_again_leaves_running_jobs_alone(server):
+    """The engine registers its plugin on every attach (a restarted scheduler, a new worker
+    that preloaded it); the old instance's teardown once SIGKILLed the worker's jobs."""
+    from plugins.worker import OrchestratorWorkerPlugin
+
+    job = server.submit(command="sleep 2; echo survived")
+    server.wait_for_status(job["id"], "RUNNING")
+    engine = server.running.service.engine
+    server.loop.run(_register(engine.client, OrchestratorWorkerPlugin()))
+    done = server.wait(job["id"])
+    assert done["status"] == "COMPLETED", done
+    assert server.http.get(f"/jobs/{job['id']}/logs").text == "survived\n"
+
+
+async def _register(client, plugin) -> None:
+    await client.register_plugin(plugin)
