@@ -2,7 +2,7 @@
 
 Everything runs as real processes on 127.0.0.1 (free ports) in a temporary folder: an
 external `dask scheduler` on TLS (certificates made here with
-`distributed.security.Security.temporary()`, written to 0600 files), 3 `orchestrator worker`
+`orchestrator.certs`, 0600 files), 3 `orchestrator worker`
 processes (`--cores 2 --nthreads 2`) and `orchestrator serve --scheduler ...` on its own data
 folder. Each process runs in its own session, so a kill takes its whole group (a worker's
 nanny and worker process together).
@@ -69,7 +69,9 @@ from typing import Any
 import httpx
 import psutil
 from distributed import Client
-from distributed.security import Security
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+from orchestrator.certs import TlsFiles, write_tls_files  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 HOST = "127.0.0.1"
@@ -89,37 +91,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """One self-signed certificate that is its own CA, presented by every party."""
-
-    ca_file: Path
-    cert: Path
-    key: Path
-
-    @property
-    def flags(self) -> list[str]:
-        """`dask scheduler`, `orchestrator worker` and `orchestrator serve` take the same."""
-        return ["--tls-ca-file", str(self.ca_file), "--tls-cert", str(self.cert), "--tls-key", str(self.key)]
-
-    def security(self) -> Security:
-        paths = {"tls_ca_file": str(self.ca_file)}
-        for role in ("client", "scheduler", "worker"):
-            paths |= {f"tls_{role}_cert": str(self.cert), f"tls_{role}_key": str(self.key)}
-        return Security(require_encryption=True, **paths)
-
-
-def write_tls_files(folder: Path) -> TlsFiles:
-    made = Security.temporary()
-    folder.mkdir(mode=0o700)
-    files = TlsFiles(folder / "ca.pem", folder / "cert.pem", folder / "key.pem")
-    for path, text in [(files.ca_file, made.tls_ca_file), (files.cert, made.tls_client_cert),
-                       (files.key, made.tls_client_key)]:
-        path.touch(mode=0o600)
-        path.write_text(text)
-    return files
 
 
 def kill_group(process: subprocess.Popen, timeout: float = 15.0) -> None:

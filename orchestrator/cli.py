@@ -132,6 +132,16 @@ def worker_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]
     return argv, env
 
 
+def cmd_certs(args: argparse.Namespace) -> int:
+    """Write a self-signed certificate for a cluster's TLS (see orchestrator.certs)."""
+    from orchestrator.certs import write_tls_files
+
+    files = write_tls_files(Path(args.folder))
+    print(f"wrote {files.ca_file}, {files.cert} and {files.key} (mode 0600, folder 0700)")
+    print("give dask scheduler, orchestrator worker and orchestrator serve:", " ".join(files.flags))
+    return 0
+
+
 def cmd_config(args: argparse.Namespace) -> int:
     from orchestrator.config import Settings
 
@@ -576,6 +586,10 @@ def build_parser() -> argparse.ArgumentParser:
                        "have the orchestrator's own identity (workers not root, or no TLS)")
     add_tls_flags(serve, "the server's client")
     serve.set_defaults(func=cmd_serve)
+
+    certs = sub.add_parser("certs", help="write a self-signed certificate for a cluster's TLS")
+    certs.add_argument("folder", help="a new folder for ca.pem, cert.pem and key.pem")
+    certs.set_defaults(func=cmd_certs)
 
     worker = sub.add_parser("worker", help="run a Dask worker that declares its CPU, GPU, MEMORY")
     worker.add_argument("scheduler", help="address of the Dask scheduler, e.g. tls://HOST:8786")

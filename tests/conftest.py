@@ -20,8 +20,8 @@ import httpx
 import psutil
 import pytest
 from distributed import Client, LocalCluster
-from distributed.security import Security
 
+from orchestrator.certs import TlsFiles, write_tls_files
 from orchestrator.config import Settings
 from orchestrator.loop_thread import LoopThread
 from orchestrator.server import RunningServer, start_server
@@ -80,44 +80,6 @@ def s3() -> Iterator[S3Server]:
     server = S3Server()
     yield server
     server.stop()
-
-
-@dataclass(frozen=True)
-class TlsFiles:
-    """A cluster's TLS as a user deploys it: PEM files, here one self-signed certificate that
-    is its own CA and that every party (scheduler, workers, clients) presents."""
-
-    ca_file: Path
-    cert: Path
-    key: Path
-
-    @property
-    def settings(self) -> dict[str, Path]:
-        return {"tls_ca_file": self.ca_file, "tls_cert": self.cert, "tls_key": self.key}
-
-    @property
-    def flags(self) -> list[str]:
-        """The same as `dask scheduler`, `dask worker`, `orchestrator serve` and `worker` flags."""
-        return [arg for name, path in self.settings.items()
-                for arg in ("--" + name.replace("_", "-"), str(path))]
-
-    def security(self) -> Security:
-        paths = {"tls_ca_file": str(self.ca_file)}
-        for role in ("client", "scheduler", "worker"):
-            paths |= {f"tls_{role}_cert": str(self.cert), f"tls_{role}_key": str(self.key)}
-        return Security(require_encryption=True, **paths)
-
-
-def write_tls_files(folder: Path) -> TlsFiles:
-    """A new certificate and key written 0600 into a new 0700 folder."""
-    made = Security.temporary()
-    folder.mkdir(mode=0o700)
-    files = TlsFiles(folder / "ca.pem", folder / "cert.pem", folder / "key.pem")
-    for path, text in [(files.ca_file, made.tls_ca_file), (files.cert, made.tls_client_cert),
-                       (files.key, made.tls_client_key)]:
-        path.touch(mode=0o600)
-        path.write_text(text)
-    return files
 
 
 @pytest.fixture(scope="session")

@@ -21,6 +21,7 @@ import pytest
 
 from orchestrator.config import Settings
 from tests.conftest import Server, start_test_server, stop_test_server
+from tests.test_attacks import tenants_on
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="running jobs as other users needs root")
 
@@ -55,17 +56,8 @@ class Users:
 @pytest.fixture(scope="module")
 def users(tmp_path_factory, dask_cluster) -> Iterator[Users]:
     settings = Settings(data_dir=tmp_path_factory.mktemp("isolation") / "data", port=0, **dask_cluster.settings)
-    server = start_test_server(settings)
-    tokens = server.running.service.tokens
-    made = {"alice": tokens.create("alice"), "bob": tokens.create("bob"),
-            "root": tokens.create("root", admin=True)}
-    clients = {user: httpx.Client(base_url=server.url + "/api/v1", timeout=WAIT_S,
-                                  headers={"Authorization": f"Token {token}"})
-               for user, token in made.items()}
-    yield Users(server, clients)
-    for client in clients.values():
-        client.close()
-    stop_test_server(server)
+    with tenants_on(settings) as tenants:
+        yield Users(tenants.server, tenants.clients)
 
 
 def test_each_user_runs_under_their_own_uid(users):

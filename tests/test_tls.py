@@ -272,3 +272,20 @@ def test_tls_settings_need_a_ca_and_a_certificate(tmp_path: Path):
     assert security.tls_client_cert == str(files.cert) and security.tls_ca_file == str(files.ca_file)
     with pytest.raises(ValueError, match="tls_ca_file and tls_cert"):
         configured_security(Settings(data_dir=tmp_path, tls_cert=files.cert))
+
+
+def test_orchestrator_certs_writes_a_certificate_a_cluster_runs_on(tmp_path: Path):
+    from distributed import LocalCluster
+
+    from orchestrator.certs import TlsFiles
+    from orchestrator.cli import main
+
+    folder = tmp_path / "certs"
+    assert main(["certs", str(folder)]) == 0
+    files = TlsFiles(folder / "ca.pem", folder / "cert.pem", folder / "key.pem")
+    assert oct(folder.stat().st_mode & 0o777) == "0o700"
+    assert all(oct(path.stat().st_mode & 0o777) == "0o600" for path in files.settings.values())
+    with LocalCluster(n_workers=1, processes=False, protocol="tls://", host="127.0.0.1",
+                      security=files.security(), dashboard_address=":0") as cluster, \
+            Client(cluster.scheduler_address, security=files.security(), timeout=30) as client:
+        assert client.submit(sum, [1, 2]).result(timeout=30) == 3
