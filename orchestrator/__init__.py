@@ -1,48 +1,52 @@
-"""dask-orchestrator: jobs and parameter sweeps on a Dask cluster, over REST, Python and a CLI."""
+"""dask-orchestrator: jobs and parameter sweeps on a Dask cluster, over REST, Python and a CLI.
 
-from orchestrator.client import Job, Orchestrator
-from orchestrator.config import Settings
-from orchestrator.doe import frange, linspace, lognormal, normal, triangular, uniform, values
-from orchestrator.errors import (
-    ChecksumMismatch,
-    Conflict,
-    JobFailed,
-    NotFound,
-    OrchestratorError,
-    PayloadTooLarge,
-    StorageUnavailable,
-    ValidationFailed,
-)
-from orchestrator.models import JobRecord, JobResult, JobStatus, Resources
-from orchestrator.sweep_client import Sweep
-from orchestrator.sweeps import DryRun, SweepRecord
-from plugins.worker import assigned_gpus
+Public names load on first use (PEP 562): a worker that unpickles a task imports
+`orchestrator.runner`, and must not pay for the API, the ledger and the engine with it.
+"""
 
-__all__ = [
-    "assigned_gpus",
-    "ChecksumMismatch",
-    "Conflict",
-    "DryRun",
-    "Sweep",
-    "SweepRecord",
-    "frange",
-    "linspace",
-    "lognormal",
-    "normal",
-    "triangular",
-    "uniform",
-    "values",
-    "Job",
-    "JobFailed",
-    "JobRecord",
-    "JobResult",
-    "JobStatus",
-    "NotFound",
-    "Orchestrator",
-    "OrchestratorError",
-    "PayloadTooLarge",
-    "Resources",
-    "Settings",
-    "StorageUnavailable",
-    "ValidationFailed",
-]
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
+from typing import Any
+
+_SOURCES = {
+    "Job": "orchestrator.client", "Orchestrator": "orchestrator.client",
+    "Settings": "orchestrator.config",
+    "frange": "orchestrator.doe", "linspace": "orchestrator.doe", "lognormal": "orchestrator.doe",
+    "normal": "orchestrator.doe", "triangular": "orchestrator.doe", "uniform": "orchestrator.doe",
+    "values": "orchestrator.doe",
+    "ChecksumMismatch": "orchestrator.errors", "Conflict": "orchestrator.errors",
+    "JobFailed": "orchestrator.errors", "NotFound": "orchestrator.errors",
+    "OrchestratorError": "orchestrator.errors", "PayloadTooLarge": "orchestrator.errors",
+    "StorageUnavailable": "orchestrator.errors", "ValidationFailed": "orchestrator.errors",
+    "JobRecord": "orchestrator.models", "JobResult": "orchestrator.models",
+    "JobStatus": "orchestrator.models", "Resources": "orchestrator.models",
+    "Sweep": "orchestrator.sweep_client",
+    "DryRun": "orchestrator.sweeps", "SweepRecord": "orchestrator.sweeps",
+    "assigned_gpus": "orchestrator.plugins.worker",
+}
+__all__ = sorted(_SOURCES)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _SOURCES:
+        raise AttributeError(f"module 'orchestrator' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_SOURCES[name]), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})
+
+
+def _from_a_checkout() -> None:
+    """Installed, storage/ and plugins/ live inside this package (pyproject's package-dir);
+    run from a checkout (the tests, `python -m orchestrator.cli`), they are found beside it."""
+    root = Path(__file__).resolve().parent.parent
+    if (root / "pyproject.toml").is_file() and (root / "storage" / "__init__.py").is_file():
+        __path__.append(str(root))  # noqa: F821 - the package's own __path__
+
+
+_from_a_checkout()

@@ -15,8 +15,8 @@ from orchestrator.auth import Principal
 from orchestrator.errors import NotFound, ValidationFailed
 from orchestrator.models import MAX_VERSION, BinaryRecord, utcnow
 from orchestrator.paths import safe_name
+from orchestrator.storage import AtomicWriter, Storage, layout
 from orchestrator.store import Store
-from storage import AtomicWriter, Storage, layout
 
 
 @dataclass(frozen=True)

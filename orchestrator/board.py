@@ -31,13 +31,13 @@ from typing import Any
 
 from orchestrator.engine import Engine
 from orchestrator.models import TERMINAL_STATUSES, JobStatus
+from orchestrator.plugins.dashboard import publish
 from orchestrator.store import StatusUpdate, Store
-from plugins.dashboard import publish
 
 logger = logging.getLogger(__name__)
 
 INTERVAL_S = 1.0
-RETRY_S = 30.0  # after the scheduler refused (e.g. started without plugins.dashboard)
+RETRY_S = 30.0  # after the scheduler refused (e.g. started without orchestrator.plugins.dashboard)
 SWEEPS_SHOWN = 20
 RUNNING_SHOWN = 200
 RECOUNT_S = 60.0  # full count of ended jobs at most this often...

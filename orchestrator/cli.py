@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from orchestrator.client import Orchestrator
 from orchestrator.errors import JobFailed, OrchestratorError
-from plugins.worker import GPU_DEVICES_VARIABLE
+from orchestrator.plugins.worker import GPU_DEVICES_VARIABLE
 
 DEFAULT_URL = "http://127.0.0.1:8080"
 
@@ -124,7 +124,7 @@ def worker_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]
     argv = [sys.executable, "-m", "distributed.cli.dask_worker", args.scheduler,
             "--resources", ",".join(f"{k}={v:g}" for k, v in resources.items()),
             "--nthreads", str(args.nthreads or max(1, int(cores))), "--no-dashboard",
-            "--preload", "plugins.worker"]
+            "--preload", "orchestrator.plugins.worker"]
     if args.name:
         argv += ["--name", args.name]
     argv += tls_argv(args)
@@ -237,8 +237,8 @@ def cmd_gc(args: argparse.Namespace) -> int:
     """Remove storage objects no ledger row owns (see orchestrator.gc); safe beside a server."""
     from orchestrator.config import Settings
     from orchestrator.gc import find_garbage, remove
+    from orchestrator.storage import Storage
     from orchestrator.store import Store
-    from storage import Storage
 
     overrides = {"data_dir": args.data_dir, "storage": args.storage}
     settings = Settings(**{k: v for k, v in overrides.items() if v is not None})

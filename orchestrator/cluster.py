@@ -27,8 +27,8 @@ from distributed.deploy import Cluster
 from distributed.security import Security
 
 from orchestrator.config import Settings, machine_resources
-from plugins.worker import GPU_DEVICES_VARIABLE
-from storage.fsstore import OPTIONS_VARIABLE
+from orchestrator.plugins.worker import GPU_DEVICES_VARIABLE
+from orchestrator.storage.fsstore import OPTIONS_VARIABLE
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,7 @@ class ClusterConnection:
 
 async def connect(settings: Settings) -> ClusterConnection:
     """Start the embedded cluster, build one with `settings.cluster`, or join `settings.scheduler`."""
-    import plugins.dashboard  # noqa: F401 - adds the Jobs page to schedulers started here
+    import orchestrator.plugins.dashboard  # noqa: F401 - adds the Jobs page to schedulers started here
 
     configured = configured_security(settings)  # checked first: no cluster is left running
     if settings.scheduler:

@@ -24,7 +24,7 @@ from orchestrator.models import (
 )
 from orchestrator.runner import RETURN_FILE
 from orchestrator.service import Service
-from storage import layout
+from orchestrator.storage import layout
 
 LOG_READ_LIMIT = 16 * 2**20
 

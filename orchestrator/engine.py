@@ -37,11 +37,16 @@ from orchestrator.models import (
     StatusChange,
     utcnow,
 )
+from orchestrator.plugins.worker import (
+    OrchestratorWorkerPlugin,
+    end_orphans,
+    request_stop,
+    stale_attempt,
+)
 from orchestrator.runner import STATUS_TOPIC, RunSpec, Sealed, StagedInput, run_batch, run_job
 from orchestrator.secrets import Sealer, SecretsUnreadable
+from orchestrator.storage import layout
 from orchestrator.store import StatusUpdate, Store
-from plugins.worker import OrchestratorWorkerPlugin, end_orphans, request_stop, stale_attempt
-from storage import layout
 
 logger = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 from enum import Enum
 
-from storage import is_storage_failure
+from orchestrator.storage import is_storage_failure
 
 MAX_REASON = 2000
 

@@ -27,8 +27,8 @@ from orchestrator.models import (
     utcnow,
 )
 from orchestrator.secrets import Sealer, masked
+from orchestrator.storage import Storage, layout
 from orchestrator.store import Store
-from storage import Storage, layout
 
 MAX_LOG_CHUNK = 16 * 2**20
 

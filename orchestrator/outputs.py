@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from storage import Storage, layout
+from orchestrator.storage import Storage, layout
 
 OUTPUTS_FILE = "outputs.json"
 MAX_OUTPUTS_BYTES = 1 * 2**20

@@ -29,8 +29,14 @@ import psutil
 from orchestrator import outputs, templating
 from orchestrator.jobuser import RunAs, clean_environment, fetch_as, hand_over, job_folder
 from orchestrator.paths import safe_relative_path
-from plugins.worker import TASK_KEY_VARIABLE, gpu_devices, is_stale, job_processes, signal_group
-from storage import Storage, is_storage_failure, layout
+from orchestrator.plugins.worker import (
+    TASK_KEY_VARIABLE,
+    gpu_devices,
+    is_stale,
+    job_processes,
+    signal_group,
+)
+from orchestrator.storage import Storage, is_storage_failure, layout
 
 STATUS_TOPIC = "orchestrator-status"
 RETURN_FILE = "return.pkl"

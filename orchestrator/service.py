@@ -21,9 +21,9 @@ from orchestrator.jobs import JobService
 from orchestrator.metrics import Metrics
 from orchestrator.paths import private_folder
 from orchestrator.secrets import Sealer
+from orchestrator.storage import Storage
 from orchestrator.store import Store
 from orchestrator.sweeps import SweepService
-from storage import Storage
 
 logger = logging.getLogger(__name__)
 

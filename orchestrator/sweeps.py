@@ -38,8 +38,8 @@ from orchestrator.models import (
 from orchestrator.paths import safe_relative_path
 from orchestrator.runner import StagedInput
 from orchestrator.secrets import Sealer, masked
+from orchestrator.storage import Storage, layout
 from orchestrator.store import Store
-from storage import Storage, layout
 
 RESULT_COLUMNS = ("index", "job_id", "status", "exit_code", "duration_s")
 MAX_TEMPLATE_BYTES = 4 * 2**20

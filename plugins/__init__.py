@@ -1,5 +1,5 @@
 """Dask scheduler and worker plugins of the orchestrator."""
 
-from plugins.worker import OrchestratorWorkerPlugin, job_processes, request_stop
+from orchestrator.plugins.worker import OrchestratorWorkerPlugin, job_processes, request_stop
 
 __all__ = ["OrchestratorWorkerPlugin", "job_processes", "request_stop"]

@@ -1,7 +1,7 @@
 """The "Jobs" page of the Dask dashboard: runs per sweep by status, and the running jobs.
 
 The scheduler may run anywhere (embedded, built by a cluster factory, or started with
-`dask scheduler --preload plugins.dashboard` on another machine) and never reads the
+`dask scheduler --preload orchestrator.plugins.dashboard` on another machine) and never reads the
 orchestrator's ledger. The orchestrator sends it a summary whenever work changes (`publish`,
 run on the scheduler); the page draws the last summary the scheduler holds.
 

@@ -218,7 +218,7 @@ TASK_KEY_VARIABLE = "JOB_TASK_KEY"  # set in every job's environment by the runn
 
 class OrchestratorWorkerPlugin(WorkerPlugin):
     """Kills job processes when a worker closes. The engine registers it on every worker;
-    `dask worker --preload plugins.worker` (what `orchestrator worker` runs) has it in place
+    `dask worker --preload orchestrator.plugins.worker` (what `orchestrator worker` runs) has it in place
     from the worker's start."""
 
     name = "orchestrator"
@@ -237,5 +237,5 @@ class OrchestratorWorkerPlugin(WorkerPlugin):
 
 
 async def dask_setup(worker) -> None:
-    """The preload hook: `dask worker --preload plugins.worker`."""
+    """The preload hook: `dask worker --preload orchestrator.plugins.worker`."""
     await worker.plugin_add(OrchestratorWorkerPlugin())

@@ -1,5 +1,5 @@
 """fsspec-backed storage of binaries, inputs, logs and outputs."""
 
-from storage.fsstore import AtomicWriter, Storage, StoredObject, is_storage_failure
+from orchestrator.storage.fsstore import AtomicWriter, Storage, StoredObject, is_storage_failure
 
 __all__ = ["AtomicWriter", "Storage", "StoredObject", "is_storage_failure"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import posixpath
 
-from storage.fsstore import Storage
+from orchestrator.storage.fsstore import Storage
 
 LOG_STREAMS = ("stdout", "stderr")
 OFFSET_DIGITS = 15

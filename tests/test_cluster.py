@@ -18,7 +18,7 @@ from distributed import Client, LocalCluster
 
 from orchestrator import Orchestrator, Settings, assigned_gpus
 from orchestrator.cluster import embedded_cluster_options
-from plugins.worker import GPU_DEVICES_VARIABLE, GpuDevices
+from orchestrator.plugins.worker import GPU_DEVICES_VARIABLE, GpuDevices
 from tests.conftest import REPO, TlsFiles, free_port, kill_session
 
 
@@ -61,8 +61,8 @@ def external_cluster(tls_files: TlsFiles):
     """The GPU worker is `orchestrator worker`; the other a plain `dask worker` with the plugin
     preloaded; the scheduler serves the dashboard with the Jobs page preloaded."""
     plain_worker = ["-m", "distributed.cli.dask_worker", "--resources", "CPU=2",
-                    "--nthreads", "2", "--no-dashboard", "--preload", "plugins.worker"]
-    dashboard = ["--dashboard-address", f"127.0.0.1:{free_port()}", "--preload", "plugins.dashboard"]
+                    "--nthreads", "2", "--no-dashboard", "--preload", "orchestrator.plugins.worker"]
+    dashboard = ["--dashboard-address", f"127.0.0.1:{free_port()}", "--preload", "orchestrator.plugins.dashboard"]
     with real_cluster({"gpu-worker": ["--gpu-devices", "0,1", "--cores", "2"], "cpu-worker": plain_worker},
                       tls_files, scheduler_flags=dashboard) as (address, workers, _):
         yield address, workers

@@ -134,7 +134,7 @@ def test_work_waits_queued_while_no_worker_is_connected(make_server):
 def test_registering_the_worker_plugin_again_leaves_running_jobs_alone(server):
     """The engine registers its plugin on every attach (a restarted scheduler, a new worker
     that preloaded it); the old instance's teardown once SIGKILLed the worker's jobs."""
-    from plugins.worker import OrchestratorWorkerPlugin
+    from orchestrator.plugins.worker import OrchestratorWorkerPlugin
 
     job = server.submit(command="sleep 2; echo survived")
     server.wait_for_status(job["id"], "RUNNING")

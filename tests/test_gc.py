@@ -17,8 +17,8 @@ import pytest
 from orchestrator.cli import main
 from orchestrator.gc import Garbage, find_garbage, modified_time, remove
 from orchestrator.models import BinaryRecord, JobRecord, JobStatus, Resources, StatusChange
+from orchestrator.storage import Storage
 from orchestrator.store import Store
-from storage import Storage
 
 REPO = Path(__file__).resolve().parent.parent
 HOUR = 3600

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.runner import Sealed, run_batch, run_job
-from storage import Storage, layout
+from orchestrator.storage import Storage, layout
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switching a job to another uid needs root")
 

@@ -7,9 +7,9 @@ import threading
 import time
 import uuid
 
+from orchestrator.plugins.worker import job_processes, request_stop, stale_attempt
 from orchestrator.runner import run_job
-from plugins.worker import job_processes, request_stop, stale_attempt
-from storage import Storage, layout
+from orchestrator.storage import Storage, layout
 
 
 def _spec(tmp_path, key: str) -> dict:

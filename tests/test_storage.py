@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from storage import Storage, layout
+from orchestrator.storage import Storage, layout
 
 
 @pytest.fixture(params=["local", "memory", "s3"])

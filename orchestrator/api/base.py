@@ -28,7 +28,7 @@ from orchestrator.errors import (
     validation_failed,
 )
 from orchestrator.service import Service
-from storage import Storage, is_storage_failure
+from orchestrator.storage import Storage, is_storage_failure
 
 logger = logging.getLogger(__name__)
 

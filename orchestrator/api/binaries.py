@@ -8,7 +8,7 @@ from orchestrator.api.base import BaseHandler, Operation
 from orchestrator.api.uploads import StreamingBodyHandler
 from orchestrator.errors import ValidationFailed
 from orchestrator.models import BinaryRecord, Page
-from storage import AtomicWriter, layout
+from orchestrator.storage import AtomicWriter, layout
 
 
 class BinariesHandler(StreamingBodyHandler):

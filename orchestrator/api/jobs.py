@@ -27,7 +27,7 @@ from orchestrator.models import (
     Page,
     StatusChange,
 )
-from storage import AtomicWriter, layout
+from orchestrator.storage import AtomicWriter, layout
 
 MAX_WAIT_S = 3600.0
 LIST_QUERY = {

@@ -11,6 +11,7 @@ from orchestrator.api.base import BaseHandler, Operation
 from orchestrator.api.uploads import StreamingBodyHandler
 from orchestrator.errors import PayloadTooLarge, ValidationFailed, validation_failed
 from orchestrator.models import JobRecord, JobStatus, Page
+from orchestrator.storage import AtomicWriter, layout
 from orchestrator.sweeps import (
     DryRun,
     FinishedRuns,
@@ -20,7 +21,6 @@ from orchestrator.sweeps import (
     new_sweep_id,
     results_csv,
 )
-from storage import AtomicWriter, layout
 
 MAX_WAIT_S = 3600.0
 MAX_CASES_BYTES = 256 * 2**20

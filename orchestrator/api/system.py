@@ -8,7 +8,7 @@ from orchestrator.api.base import BaseHandler, Operation
 from orchestrator.cluster import worker_states
 from orchestrator.errors import SchedulerUnavailable
 from orchestrator.models import JobStatus
-from plugins.dashboard import JOBS_PAGE
+from orchestrator.plugins.dashboard import JOBS_PAGE
 
 
 class HealthHandler(BaseHandler):

@@ -24,7 +24,7 @@ from python_multipart.multipart import MultipartParser
 from orchestrator.api.base import BODY_SLACK, BaseHandler
 from orchestrator.errors import OrchestratorError, PayloadTooLarge, ValidationFailed
 from orchestrator.paths import safe_relative_path
-from storage import AtomicWriter
+from orchestrator.storage import AtomicWriter
 
 logger = logging.getLogger(__name__)
 
