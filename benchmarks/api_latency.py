@@ -51,7 +51,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import urlencode
 
-from orchestrator.store import Store
+from orchestrator.ledger import Store
 
 API = "/api/v1"
 OWNERS = {  # owner -> share of the single jobs and sweeps

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 from orchestrator.paths import safe_name
 
 if TYPE_CHECKING:
-    from orchestrator.store import Store
+    from orchestrator.ledger import Store
 
 TOKEN_PREFIX = "orch_"
 SCHEMES = ("token", "bearer")

@@ -13,10 +13,10 @@ from dataclasses import dataclass
 
 from orchestrator.auth import Principal
 from orchestrator.errors import NotFound, ValidationFailed
+from orchestrator.ledger import Store
 from orchestrator.models import MAX_VERSION, BinaryRecord, utcnow
 from orchestrator.paths import safe_name
 from orchestrator.storage import AtomicWriter, Storage, layout
-from orchestrator.store import Store
 
 
 @dataclass(frozen=True)

@@ -29,10 +29,11 @@ import time
 from collections import Counter
 from typing import Any
 
+from orchestrator.decisions import UNFINISHED  # CREATED, QUEUED, RUNNING: not ended yet
 from orchestrator.engine import Engine
+from orchestrator.ledger import StatusUpdate, Store
 from orchestrator.models import TERMINAL_STATUSES, JobStatus
 from orchestrator.plugins.dashboard import publish
-from orchestrator.store import StatusUpdate, Store
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +43,6 @@ SWEEPS_SHOWN = 20
 RUNNING_SHOWN = 200
 RECOUNT_S = 60.0  # full count of ended jobs at most this often...
 LOAD_FACTOR = 20  # ...and a summary (or recount) that took t waits LOAD_FACTOR * t before the next
-ACTIVE = (JobStatus.CREATED, JobStatus.QUEUED, JobStatus.RUNNING)
 ENDED = tuple(status for status in JobStatus if status in TERMINAL_STATUSES)
 
 
@@ -120,7 +120,7 @@ class Board:
         names = {sweep["id"]: sweep["name"] for sweep in sweeps}
         running_count, running = store.list_jobs(status=JobStatus.RUNNING, limit=RUNNING_SHOWN)
         totals = {JobStatus.RUNNING.value: running_count, **ended}
-        for status in ACTIVE:
+        for status in UNFINISHED:
             if status != JobStatus.RUNNING:
                 totals[status.value] = store.list_jobs(status=status, limit=0)[0]
         return {
@@ -152,7 +152,7 @@ class Board:
         counts = self._ended_sweeps.get(sweep_id)
         if counts is None:
             counts = self.store.sweep_counts(sweep_id)
-            if counts and not any(counts.get(status.value) for status in ACTIVE):
+            if counts and not any(counts.get(status.value) for status in UNFINISHED):
                 self._ended_sweeps[sweep_id] = counts
         return counts
 

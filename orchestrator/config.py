@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from orchestrator.auth import host_name
@@ -75,6 +75,10 @@ class Settings(BaseSettings):
         10_000, ge=1, description="most QUEUED jobs one user may have (sweep runs count per sweep)"
     )
     default_owner: str = Field("anonymous", description="owner of work when auth is off")
+    secret_key: SecretStr | None = Field(
+        None, description="key sealing secret environments (default: <data_dir>/secret.key, "
+        "made on first use); an environment variable only, never a flag",
+    )
     trusted_users: bool = Field(
         False, description="with tokens in use, accept every user's jobs even where they would "
         "run with the orchestrator's own identity (no TLS to the scheduler, or workers not root)",

@@ -117,10 +117,10 @@ class EmbeddedBackend:
         return files
 
     def download(self, job_id: str, path: str, dest: Path, verify: bool) -> None:
-        from orchestrator.client import _save_stream
+        from orchestrator.backend import save_stream
 
         entry, key = self._sync(self.service.jobs.file, job_id, path)
-        _save_stream(self.service.storage.iter_chunks(key), dest, entry.sha256 if verify else None)
+        save_stream(self.service.storage.iter_chunks(key), dest, entry.sha256 if verify else None)
 
     def return_value(self, job_id: str) -> Any:
         record = self.get_job(job_id)

@@ -44,6 +44,18 @@ class Forbidden(OrchestratorError):
     code = "forbidden"
 
 
+class ForbiddenHost(Forbidden):
+    """The Host header names another server (DNS rebinding)."""
+
+    code = "forbidden_host"
+
+
+class CrossOrigin(Forbidden):
+    """A state-changing request a browser sent from another origin."""
+
+    code = "cross_origin"
+
+
 class IsolationUnavailable(OrchestratorError):
     """Multi-user mode where a user's jobs would run with the orchestrator's own identity."""
 
@@ -59,6 +71,23 @@ class NotFound(OrchestratorError, LookupError):
 class Conflict(OrchestratorError):
     status = 409
     code = "conflict"
+
+
+class BodyTimeout(OrchestratorError):
+    status = 408
+    code = "body_timeout"
+
+    def __init__(self, seconds: float):
+        super().__init__(f"the request body sent nothing for {seconds:g} s (body_idle_timeout_s)",
+                         {"body": "idle"})
+
+
+class RangeNotSatisfiable(OrchestratorError):
+    status = 416
+    code = "range_not_satisfiable"
+
+    def __init__(self, size: int):
+        super().__init__(f"the requested range is outside the {size} bytes available")
 
 
 class PayloadTooLarge(OrchestratorError):
@@ -92,6 +121,14 @@ class SchedulerUnavailable(OrchestratorError):
     code = "scheduler_unavailable"
 
 
+class SecretsUnreadable(OrchestratorError):
+    """A secret environment sealed with another key: the key file was replaced or
+    ORCHESTRATOR_SECRET_KEY changed. The server's configuration, not the request, is at fault."""
+
+    status = 500
+    code = "secrets_unreadable"
+
+
 class JobFailed(Exception):
     """Raised by `Job.result()` when the job ended in FAILED or STOPPED."""
 
@@ -100,14 +137,24 @@ class JobFailed(Exception):
         super().__init__(f"job {job.id} {job.status.value}: {job.status_reason or ''}".rstrip(": "))
 
 
-_BY_CODE = {cls.code: cls for cls in OrchestratorError.__subclasses__()}
+def _by_code() -> dict[str, type[OrchestratorError]]:
+    """Every class of the family by its code, however deep; a subclass that keeps its
+    parent's code does not take the code over."""
+    found: dict[str, type[OrchestratorError]] = {}
+    level: list[type[OrchestratorError]] = [OrchestratorError]
+    while level:
+        level = [sub for cls in level for sub in cls.__subclasses__()]
+        for cls in level:
+            found.setdefault(cls.code, cls)
+    return found
 
 
 def from_json(status: int, body: Any) -> OrchestratorError:
     """Rebuild the exception a server answered with."""
     error = body.get("error", {}) if isinstance(body, dict) else {}
-    cls = _BY_CODE.get(error.get("code"), OrchestratorError)
-    exc = cls(error.get("message") or f"HTTP {status}", error.get("fields"))
+    cls = _by_code().get(error.get("code"), OrchestratorError)
+    exc = cls.__new__(cls)  # past any __init__ of its own: the server already wrote the message
+    OrchestratorError.__init__(exc, error.get("message") or f"HTTP {status}", error.get("fields"))
     exc.status = status
     return exc
 

@@ -22,9 +22,9 @@ from typing import Any
 
 import fsspec
 
+from orchestrator.ledger import Store
 from orchestrator.storage import Storage
 from orchestrator.storage.fsstore import TEMP_PREFIX
-from orchestrator.store import Store
 
 # Fields of an fsspec listing entry telling when an object was last written, by backend:
 # local folders 'mtime', s3fs 'LastModified', adlfs 'last_modified', gcsfs 'updated', memory

@@ -19,9 +19,8 @@ from typing import Any
 from orchestrator.auth import Principal
 from orchestrator.errors import IsolationUnavailable
 from orchestrator.jobuser import can_switch_identity
-from orchestrator.store import Store
+from orchestrator.ledger import Store
 
-UID_TABLE = "CREATE TABLE IF NOT EXISTS job_uids (user TEXT PRIMARY KEY, uid INTEGER NOT NULL UNIQUE)"
 WORKER_CHECK_S = 10.0
 Identity = dict[str, Any]  # {"uid", "gid", "user"}: what a run spec's `run_as` holds
 
@@ -34,8 +33,6 @@ class JobIdentities:
         self.low, self.high = uid_range
         self.accounts = accounts
         self._known: dict[str, Identity] = {}
-        with store.transaction() as db:
-            db.execute(UID_TABLE)
         for user in accounts:
             self.for_user(user)  # a mapping to a missing account fails at start, not per job
 
@@ -56,13 +53,7 @@ class JobIdentities:
 
     def _allocated(self, user: str) -> Identity:
         """The user's uid from the range, handed out on their first job (gid = uid)."""
-        with self.store.transaction() as db:
-            row = db.execute("SELECT uid FROM job_uids WHERE user = ?", (user,)).fetchone()
-            if row is None:
-                uid = self._next_free(db.execute("SELECT MAX(uid) FROM job_uids").fetchone()[0])
-                db.execute("INSERT INTO job_uids (user, uid) VALUES (?, ?)", (user, uid))
-            else:
-                uid = row[0]
+        uid = self.store.job_uid(user, self._next_free)
         return {"uid": uid, "gid": uid, "user": user}
 
     def _next_free(self, highest: int | None) -> int:

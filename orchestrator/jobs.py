@@ -15,6 +15,7 @@ from orchestrator.auth import Principal
 from orchestrator.binaries import BinaryService
 from orchestrator.engine import Engine
 from orchestrator.errors import Conflict, Forbidden, NotFound, QuotaExceeded, ValidationFailed
+from orchestrator.ledger import Store
 from orchestrator.models import (
     FileEntry,
     JobCreate,
@@ -28,7 +29,6 @@ from orchestrator.models import (
 )
 from orchestrator.secrets import Sealer, masked
 from orchestrator.storage import Storage, layout
-from orchestrator.store import Store
 
 MAX_LOG_CHUNK = 16 * 2**20
 

@@ -11,8 +11,8 @@ from prometheus_client.core import GaugeMetricFamily
 
 from orchestrator.cluster import worker_states
 from orchestrator.engine import Engine
+from orchestrator.ledger import StatusUpdate, Store
 from orchestrator.models import JobStatus
-from orchestrator.store import StatusUpdate, Store
 
 DURATION_BUCKETS = (0.01, 0.1, 0.5, 1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 24 * 3600)
 

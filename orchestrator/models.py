@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime, timezone
 from enum import Enum
-from typing import Annotated, Any, Generic, TypeVar
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from dask.utils import parse_bytes
 from pydantic import (
@@ -13,15 +13,36 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
+from orchestrator.paths import _NAME as SAFE_NAME
 from orchestrator.paths import safe_name
 
 MAX_VERSION = 2**31  # binary versions: far past any real count, inside SQLite's integers
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
-_JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$")
+NO_NUL = r"^[^\x00]*$"
+COMMAND_LINE = r"^[^\x00]*\S[^\x00]*$"  # what _non_empty_command takes as a line
+
+# ---- constraints of query parameters, each declared once ---------------------------------
+
+MAX_WAIT_S = 3600.0  # the longest a request may wait for a job or sweep to end
+MAX_PAGE_SIZE = 1000
+MAX_QUERY_INT = 2**62  # any integer the API takes stays inside SQLite's 64-bit integers
+MAX_LOG_BYTES = 16 * 2**20  # one read of a log
+
+PageNumber = Annotated[int, Field(ge=1, le=10**9, description="1-based")]
+PageSize = Annotated[int, Field(ge=1, le=MAX_PAGE_SIZE, description=f"1-{MAX_PAGE_SIZE}")]
+WaitSeconds = Annotated[float, Field(ge=0, le=MAX_WAIT_S, allow_inf_nan=False)]
+Position = Annotated[int, Field(ge=0, le=MAX_QUERY_INT)]  # byte offsets, cursors
+VersionNumber = Annotated[int, Field(ge=1, le=MAX_QUERY_INT, description="a version number (default latest)")]
+LogBytes = Annotated[int, Field(ge=1, le=MAX_LOG_BYTES, description="most bytes to return")]
+SafeName = Annotated[
+    str, AfterValidator(safe_name), WithJsonSchema({"type": "string", "pattern": SAFE_NAME.pattern})
+]
 
 
 def utcnow() -> datetime:
@@ -78,14 +99,30 @@ class Resources(Request):
 
 
 def _check_job_name(value: str) -> str:
-    if not _JOB_NAME.fullmatch(value):
+    if not JOB_NAME.fullmatch(value):
         raise ValueError(
             "must be 1-128 letters, digits, spaces, '.', '_' or '-', starting with a letter or digit"
         )
     return value
 
 
-JobName = Annotated[str, AfterValidator(_check_job_name)]
+JobName = Annotated[
+    str, AfterValidator(_check_job_name), WithJsonSchema({"type": "string", "pattern": JOB_NAME.pattern})
+]
+# What the validators of JobTemplate check, as JSON Schema (pydantic cannot derive it).
+_LINE = {"type": "string", "pattern": COMMAND_LINE}
+_ARGS = {"type": "array", "minItems": 1, "prefixItems": [_LINE], "items": {"type": "string", "pattern": NO_NUL}}
+COMMAND_SCHEMA: dict[str, Any] = {"anyOf": [_LINE, _ARGS]}
+ENV_SCHEMA: dict[str, Any] = {
+    "propertyNames": {"pattern": ENV_NAME.pattern},
+    "additionalProperties": {"type": "string", "pattern": NO_NUL},
+}
+_NAME_PART = SAFE_NAME.pattern.removeprefix("^").removesuffix("$")
+BINARY_REFS_SCHEMA: dict[str, Any] = {"items": {
+    "type": "string",
+    "description": "'name', 'name@version', an admin's 'owner/name[@version]', or an fsspec URL",
+    "pattern": rf"^(({_NAME_PART})/)?{_NAME_PART}(@[0-9]+)?$|://",
+}}
 
 
 class JobTemplate(Request):
@@ -93,17 +130,20 @@ class JobTemplate(Request):
 
     name: JobName | None = Field(None, description="shown in lists and in Dask task keys")
     command: str | list[str] | None = Field(
-        ..., description="a shell command line, or an argument list run without a shell"
+        ..., description="a shell command line, or an argument list run without a shell",
+        json_schema_extra={"anyOf": [*COMMAND_SCHEMA["anyOf"], {"type": "null"}]},
     )
     binaries: list[str] = Field(
         default_factory=list,
         description="uploaded binaries ('name' or 'name@version'; admins also 'owner/name') "
         "or fsspec URLs to stage",
+        json_schema_extra=BINARY_REFS_SCHEMA,
     )
-    env: dict[str, str] = Field(default_factory=dict)
+    env: dict[str, str] = Field(default_factory=dict, json_schema_extra=ENV_SCHEMA)
     secret_env: dict[str, str] = Field(
         default_factory=dict,
         description="environment passed to the process but stored encrypted and shown as '****'",
+        json_schema_extra=ENV_SCHEMA,
     )
     resources: Resources = Field(default_factory=Resources)
     timeout_s: float | None = Field(None, gt=0, le=30 * 24 * 3600)
@@ -131,7 +171,7 @@ class JobTemplate(Request):
     @classmethod
     def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
         for name, item in value.items():
-            if not _ENV_NAME.fullmatch(name):
+            if not ENV_NAME.fullmatch(name):
                 raise ValueError(f"invalid variable name {name!r}")
             if "\x00" in item:
                 raise ValueError(f"value of {name} contains NUL")
@@ -155,12 +195,18 @@ class JobTemplate(Request):
 
 class JobCreate(JobTemplate):
     command: str | list[str] = Field(
-        ..., description="a shell command line, or an argument list run without a shell"
+        ..., description="a shell command line, or an argument list run without a shell",
+        json_schema_extra=COMMAND_SCHEMA,
     )
     submit: bool = Field(True, description="false saves the job as CREATED")
 
 
 class JobPatch(Request):
+    model_config = ConfigDict(json_schema_extra={"anyOf": [  # what _something asks
+        {"required": ["name"], "properties": {"name": {"type": "string"}}},
+        {"required": ["priority"], "properties": {"priority": {"type": "integer"}}},
+    ]})
+
     name: JobName | None = None
     priority: int | None = Field(None, ge=-1_000_000, le=1_000_000)
 
@@ -174,7 +220,7 @@ class JobPatch(Request):
 class JobShare(Request):
     """Read-only access to a job for named users: they can see it, its logs and outputs."""
 
-    users: list[Annotated[str, AfterValidator(safe_name)]] = Field(..., min_length=1, max_length=1000)
+    users: list[SafeName] = Field(..., min_length=1, max_length=1000)
 
 
 class JobShares(BaseModel):
@@ -184,6 +230,12 @@ class JobShares(BaseModel):
 
 class JobSelection(Request):
     """Bulk stop and delete: explicit ids, or filters; never everything by accident."""
+
+    model_config = ConfigDict(json_schema_extra={"anyOf": [  # what _something asks
+        {"required": ["ids"], "properties": {"ids": {"type": "array", "minItems": 1}}},
+        {"required": ["status"], "properties": {"status": {"not": {"type": "null"}}}},
+        {"required": ["sweep_id"], "properties": {"sweep_id": {"type": "string"}}},
+    ]})
 
     ids: list[str] | None = Field(None, max_length=10_000)
     status: JobStatus | None = None
@@ -280,3 +332,50 @@ class ErrorBody(BaseModel):
 class ErrorResponse(BaseModel):
     error: ErrorBody
 
+
+
+# ---- answers that are not records -----------------------------------------------------
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class JobsDeleted(BaseModel):
+    deleted: list[str]
+    deleting: list[str] = Field(description="stopping; deleted once stopped")
+    skipped_active: list[str]
+
+
+class JobsStopping(BaseModel):
+    stopping: list[str]
+
+
+class BinaryDetail(BinaryRecord):
+    versions: list[int] = Field(description="every version, oldest first")
+
+
+class WorkerState(BaseModel):
+    address: str
+    name: str
+    nthreads: int
+    memory_limit: int | None = None
+    declared: dict[str, float]
+    used: dict[str, float]
+    free: dict[str, float]
+    running_jobs: list[str] = Field(default_factory=list, description="your running jobs there")
+
+
+class ClusterState(BaseModel):
+    scheduler: str
+    dashboard_link: str | None
+    jobs_page: str | None
+    can_grow: bool
+    workers: list[WorkerState]
+
+
+class OpenAPIDocument(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    openapi: str
+    paths: dict[str, Any]

@@ -15,13 +15,13 @@ from pathlib import Path
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from orchestrator.errors import SecretsUnreadable
+
+__all__ = ["MASK", "Sealer", "SecretsUnreadable", "masked"]
+
 MASK = "****"
 KEY_ENV = "ORCHESTRATOR_SECRET_KEY"
 KEY_FILE = "secret.key"
-
-
-class SecretsUnreadable(Exception):
-    """Sealed with another key: the key file was replaced or ORCHESTRATOR_SECRET_KEY changed."""
 
 
 def masked(env: dict[str, str]) -> dict[str, str]:
@@ -33,8 +33,9 @@ class Sealer:
         self._fernet = Fernet(key)
 
     @classmethod
-    def for_data_dir(cls, data_dir: Path) -> Sealer:
-        key = os.environ.get(KEY_ENV)
+    def for_data_dir(cls, data_dir: Path, key: str | None = None) -> Sealer:
+        """With `key` (the secret_key setting, ORCHESTRATOR_SECRET_KEY), else the data
+        folder's key file."""
         return cls(key.encode() if key else _key_file(data_dir / KEY_FILE))
 
     def seal(self, env: dict[str, str]) -> bytes | None:

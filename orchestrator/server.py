@@ -15,8 +15,8 @@ from orchestrator.api.app import make_app
 from orchestrator.api.uploads import READ_CHUNK_SIZE
 from orchestrator.auth import AuthState, Tokens, is_loopback
 from orchestrator.config import Settings
+from orchestrator.ledger import Store
 from orchestrator.service import Service
-from orchestrator.store import Store
 
 
 @dataclass

@@ -18,11 +18,11 @@ from orchestrator.engine import Engine
 from orchestrator.events import EventHub
 from orchestrator.isolation import Isolation, JobIdentities
 from orchestrator.jobs import JobService
+from orchestrator.ledger import Store
 from orchestrator.metrics import Metrics
 from orchestrator.paths import private_folder
 from orchestrator.secrets import Sealer
 from orchestrator.storage import Storage
-from orchestrator.store import Store
 from orchestrator.sweeps import SweepService
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ class Service:
         private_folder(settings.data_dir)  # ledger, secret.key and local storage: no job may read them
         self.store = Store(settings.database_path)
         self.tokens = Tokens(self.store)
-        self.sealer = Sealer.for_data_dir(settings.data_dir)
+        key = settings.secret_key.get_secret_value() if settings.secret_key else None
+        self.sealer = Sealer.for_data_dir(settings.data_dir, key)
         self.storage = Storage(settings.storage_url, **settings.storage_options)
         if os.path.isabs(self.storage.root):  # a local folder (made now, not mid-request)
             private_folder(Path(self.storage.root))

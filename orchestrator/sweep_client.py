@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from orchestrator.backend import Job
 from orchestrator.errors import validation_failed
 from orchestrator.handle import LiveHandle
 from orchestrator.models import JobStatus
@@ -22,8 +23,6 @@ from orchestrator.sweeps import SweepCreate, SweepRecord
 
 if TYPE_CHECKING:
     import pandas
-
-    from orchestrator.client import Job
 
 DESIGNS = ("full_factorial", "monte_carlo", "latin_hypercube", "sobol")
 POLL_S = (0.05, 1.0)  # first and longest pause between polls for finished runs
@@ -155,7 +154,6 @@ class Sweep(LiveHandle[SweepRecord]):
 
     def as_completed(self, timeout: float | None = None) -> Iterator[Job]:
         """Yield each run as it ends (in the order they end), until all have ended."""
-        from orchestrator.client import Job
 
         deadline = None if timeout is None else time.monotonic() + timeout
         cursor, pause, ended = 0, POLL_S[0], False
@@ -179,7 +177,6 @@ class Sweep(LiveHandle[SweepRecord]):
             pause = min(pause * 1.5, POLL_S[1])
 
     def runs(self, status: JobStatus | str | None = None) -> list[Job]:
-        from orchestrator.client import Job
 
         return [Job(self._backend, r) for r in self._backend.sweep_runs(self.id, status)]
 

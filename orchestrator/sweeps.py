@@ -18,7 +18,7 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from orchestrator import doe, templating
 from orchestrator.auth import Principal
@@ -27,7 +27,9 @@ from orchestrator.dispatch import SweepDispatcher
 from orchestrator.engine import ACTIVE, Engine, binary_input
 from orchestrator.errors import NotFound, ValidationFailed
 from orchestrator.jobs import default_name
+from orchestrator.ledger import Store, SweepRow
 from orchestrator.models import (
+    COMMAND_SCHEMA,
     JobRecord,
     JobStatus,
     JobTemplate,
@@ -39,7 +41,6 @@ from orchestrator.paths import safe_relative_path
 from orchestrator.runner import StagedInput
 from orchestrator.secrets import Sealer, masked
 from orchestrator.storage import Storage, layout
-from orchestrator.store import Store
 
 RESULT_COLUMNS = ("index", "job_id", "status", "exit_code", "duration_s")
 MAX_TEMPLATE_BYTES = 4 * 2**20
@@ -59,9 +60,18 @@ class TemplateFile(Request):
         return safe_relative_path(value)
 
 
+def _rest_needs_command(schema: dict[str, Any]) -> None:
+    """Optional only for the Python API's callables: a sweep over REST runs a command."""
+    schema["required"] = sorted({*schema.get("required", []), "command"})
+    schema["properties"]["command"].pop("default", None)
+
+
 class SweepCreate(JobTemplate):
+    model_config = ConfigDict(json_schema_extra=_rest_needs_command)
+
     command: str | list[str] | None = Field(
-        None, description="with ${variable} placeholders; a shell line gets each value as one word"
+        None, description="with ${variable} placeholders; a shell line gets each value as one word",
+        json_schema_extra=COMMAND_SCHEMA,
     )
     files: list[str] | None = Field(
         None, description="uploaded files to stage in every run (default: all uploaded)"
@@ -171,12 +181,12 @@ class SweepService:
         runs = await asyncio.to_thread(
             self._runs, request, creator, sweep_id, kind, table, staged, queued_reason
         )
-        sweep = {
-            "id": sweep_id, "name": runs[0].name, "owner": owner, "kind": kind,
-            "names": table.names, "seed": table.seed, "created_at": runs[0].created_at,
-            "input_bytes": await asyncio.to_thread(self.storage.prefix_bytes, layout.sweep_prefix(sweep_id)),
-            "spec": self._recorded_spec(request, table, runs[0], staged, templates, sweep_id, kind),
-        }
+        sweep = SweepRow(
+            id=sweep_id, name=runs[0].name, owner=owner, kind=kind,
+            names=table.names, seed=table.seed, created_at=runs[0].created_at,
+            input_bytes=await asyncio.to_thread(self.storage.prefix_bytes, layout.sweep_prefix(sweep_id)),
+            spec=self._recorded_spec(request, table, runs[0], staged, templates, sweep_id, kind),
+        )
         history = [StatusChange(status=JobStatus.CREATED, at=runs[0].created_at),
                    StatusChange(status=JobStatus.QUEUED, at=runs[0].created_at, reason=queued_reason)]
         sealed = self.sealer.seal(request.secret_env)
@@ -298,7 +308,8 @@ class SweepService:
 
     def _dispatch(self, sweep_id: str, runs: list[JobRecord], failed: int) -> None:
         sweep = self.store.get_sweep(sweep_id)
-        spec = sweep["spec"]
+        assert sweep is not None  # its runs are dispatched only once its row is recorded
+        spec = sweep.spec
         dispatcher = SweepDispatcher(
             self.engine, sweep_id, spec["runtime"], runs,
             max_parallel=spec.get("max_parallel"), max_failures=spec.get("max_failures"),
@@ -318,8 +329,8 @@ class SweepService:
             if sweep is None:
                 continue
             _, active = self.store.list_jobs(sweep_id=sweep_id, statuses=list(ACTIVE), limit=None)
-            if sweep["stop_reason"]:
-                await self.engine.stop_many(active, "the orchestrator", sweep["stop_reason"])
+            if sweep.stop_reason:
+                await self.engine.stop_many(active, "the orchestrator", sweep.stop_reason)
                 continue
             requeued = await self.engine.requeue(active, "resubmitted after orchestrator restart")
             failed = self.store.sweep_counts(sweep_id).get(JobStatus.FAILED.value, 0)
@@ -366,7 +377,7 @@ class SweepService:
 
     def get(self, sweep_id: str, owner: str | None = None) -> SweepRecord:
         sweep = self.store.get_sweep(sweep_id)
-        if sweep is None or (owner is not None and sweep["owner"] != owner):
+        if sweep is None or (owner is not None and sweep.owner != owner):
             raise NotFound(f"no sweep {sweep_id}")
         return self._record(sweep)
 
@@ -374,22 +385,22 @@ class SweepService:
         count, sweeps = self.store.list_sweeps(owner, offset, limit)
         return count, [self._record(sweep) for sweep in sweeps]
 
-    def _record(self, sweep: dict[str, Any]) -> SweepRecord:
-        counts = self.store.sweep_counts(sweep["id"])
+    def _record(self, sweep: SweepRow) -> SweepRecord:
+        counts = self.store.sweep_counts(sweep.id)
         total = sum(counts.values())
         done = sum(n for status, n in counts.items() if JobStatus(status).is_terminal)
-        status, reason = _sweep_status(counts, sweep["stop_reason"])
-        spec = {k: v for k, v in sweep["spec"].items() if k != "runtime"}
+        status, reason = _sweep_status(counts, sweep.stop_reason)
+        spec = {k: v for k, v in sweep.spec.items() if k != "runtime"}
         design = spec.get("design", {}).get("type") if spec.get("variables") else None
         return SweepRecord(
-            id=sweep["id"], name=sweep["name"], owner=sweep["owner"], kind=sweep["kind"],
+            id=sweep.id, name=sweep.name, owner=sweep.owner, kind=sweep.kind,
             status=status, status_reason=reason, runs=total, counts=counts,
-            progress=round(done / total, 6) if total else 1.0, variables=sweep["names"],
+            progress=round(done / total, 6) if total else 1.0, variables=sweep.names,
             design=design or ("full_factorial" if spec.get("variables") else None),
-            seed=sweep["seed"], max_parallel=spec.get("max_parallel"),
-            storage_bytes=sweep["input_bytes"] + self.store.sweep_storage_bytes(sweep["id"]),
-            max_failures=spec.get("max_failures"), created_at=sweep["created_at"],
-            finished_at=self.store.sweep_last_finish(sweep["id"]) if status.is_terminal else None,
+            seed=sweep.seed, max_parallel=spec.get("max_parallel"),
+            storage_bytes=sweep.input_bytes + self.store.sweep_storage_bytes(sweep.id),
+            max_failures=spec.get("max_failures"), created_at=sweep.created_at,
+            finished_at=self.store.sweep_last_finish(sweep.id) if status.is_terminal else None,
             spec=spec,
         )
 
@@ -407,9 +418,9 @@ class SweepService:
     def results(self, sweep_id: str, owner: str | None = None) -> ResultsTable:
         """One row per run: its variables and scalar outputs; unfinished runs have blanks."""
         sweep = self.store.get_sweep(sweep_id)
-        if sweep is None or (owner is not None and sweep["owner"] != owner):
+        if sweep is None or (owner is not None and sweep.owner != owner):
             raise NotFound(f"no sweep {sweep_id}")
-        names = sweep["names"]
+        names = sweep.names
         runs = self.store.sweep_rows(sweep_id)
         output_keys: dict[str, None] = {}
         for *_, result in runs:

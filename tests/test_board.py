@@ -9,8 +9,8 @@ from datetime import datetime, timezone
 import pytest
 
 from orchestrator import board
+from orchestrator.ledger import Store, SweepRow
 from orchestrator.models import JobRecord, JobStatus, StatusChange
-from orchestrator.store import Store
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 
@@ -31,8 +31,8 @@ def store(tmp_path):
     store = Store(tmp_path / "jobs.db")
     store.insert_jobs([job(f"q{i}", JobStatus.QUEUED) for i in range(3)]
                       + [job("c0", JobStatus.CREATED)], [StatusChange(status="QUEUED", at=NOW)])
-    sweep = {"id": "s1", "name": "sw", "owner": "o", "kind": "command", "spec": {}, "names": ["x"],
-             "seed": None, "created_at": NOW}
+    sweep = SweepRow(id="s1", name="sw", owner="o", kind="command", spec={}, names=["x"],
+                     seed=None, created_at=NOW)
     store.insert_sweep(sweep, [job(f"r{i}", JobStatus.QUEUED, "s1", i) for i in range(4)],
                        [StatusChange(status="QUEUED", at=NOW)])
     yield store

@@ -16,9 +16,9 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.gc import Garbage, find_garbage, modified_time, remove
+from orchestrator.ledger import Store, SweepRow
 from orchestrator.models import BinaryRecord, JobRecord, JobStatus, Resources, StatusChange
 from orchestrator.storage import Storage
-from orchestrator.store import Store
 
 REPO = Path(__file__).resolve().parent.parent
 HOUR = 3600
@@ -32,8 +32,8 @@ def add_job(store: Store, job_id: str) -> None:
 
 
 def add_sweep(store: Store, sweep_id: str) -> None:
-    sweep = {"id": sweep_id, "name": sweep_id, "owner": "me", "kind": "command", "spec": {},
-             "names": [], "seed": None, "created_at": datetime.now(timezone.utc)}
+    sweep = SweepRow(id=sweep_id, name=sweep_id, owner="me", kind="command", spec={}, names=[],
+                     seed=None, created_at=datetime.now(timezone.utc))
     store.insert_sweep(sweep, [], [])
 
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import threading
 from datetime import datetime, timezone
 
+from orchestrator.ledger import INSERT_CHUNK, Store, SweepRow
 from orchestrator.models import JobRecord, JobStatus, Resources, StatusChange
-from orchestrator.store import INSERT_CHUNK, Store
 
 
 def runs(sweep_id: str, count: int) -> list[JobRecord]:
@@ -17,9 +17,9 @@ def runs(sweep_id: str, count: int) -> list[JobRecord]:
             for i in range(count)]
 
 
-def sweep_row(sweep_id: str) -> dict:
-    return {"id": sweep_id, "name": "r", "owner": "me", "kind": "command", "spec": {},
-            "names": ["x"], "seed": None, "created_at": datetime.now(timezone.utc)}
+def sweep_row(sweep_id: str) -> SweepRow:
+    return SweepRow(id=sweep_id, name="r", owner="me", kind="command", spec={}, names=["x"],
+                    seed=None, created_at=datetime.now(timezone.utc))
 
 
 def test_runs_of_a_sweep_whose_row_never_landed_are_dropped_on_open(tmp_path):

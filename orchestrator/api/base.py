@@ -12,41 +12,70 @@ from typing import Any, TypeVar
 from urllib.parse import urlencode
 
 import tornado.web
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 from tornado.iostream import StreamClosedError
 
 from orchestrator.api.origin import HostPolicy
 from orchestrator.auth import Principal
 from orchestrator.errors import (
+    BodyTimeout,
     ChecksumMismatch,
     NotFound,
     OrchestratorError,
     PayloadTooLarge,
+    RangeNotSatisfiable,
     StorageUnavailable,
     Unauthorized,
     ValidationFailed,
     validation_failed,
 )
+from orchestrator.models import PageNumber, PageSize
 from orchestrator.service import Service
 from orchestrator.storage import Storage, is_storage_failure
 
 logger = logging.getLogger(__name__)
 
 M = TypeVar("M", bound=BaseModel)
-MAX_PAGE_SIZE = 1000
+
+
+class Query(BaseModel):
+    """The query parameters of one route; unknown ones are ignored, an empty one is absent."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class Paged(Query):
+    page: PageNumber = 1
+    page_size: PageSize = 100
+
+
+@dataclass(frozen=True)
+class Answer:
+    """An answer besides an operation's main one."""
+
+    status: int
+    model: Any
+    description: str
 
 
 @dataclass
 class Operation:
-    """OpenAPI description of one method of a handler."""
+    """One method of a handler: what it reads and answers. The handler reads its query through
+    `query` (BaseHandler.query_args) and its JSON body through `body`; the OpenAPI document
+    (api/openapi.py) is generated from these declarations."""
 
     summary: str
-    body: type[BaseModel] | None = None
-    response: Any = None
+    body: type[BaseModel] | None = None  # a JSON body
+    query: type[Query] | None = None
+    response: Any = None  # the main answer's JSON model
     status: int = 200
-    query: dict[str, str] = field(default_factory=dict)
-    content_types: tuple[str, ...] = ("application/json",)
-    raw_response: str | None = None
+    answers: tuple[Answer, ...] = ()  # other statuses it answers
+    form: type[BaseModel] | None = None  # a multipart body: fields as text, files as parts
+    raw_body: bool = False  # an application/octet-stream body
+    body_required: bool = True
+    raw_response: str | None = None  # a media type answered as bytes
+    also_as: dict[str, Any] = field(default_factory=dict)  # the main answer in other media types
+    ranges: bool = False  # a download: 206 to a Range request
 
 
 HTTP_METHODS = ("get", "post", "patch", "put", "delete")
@@ -64,6 +93,7 @@ class BaseHandler(tornado.web.RequestHandler):
     """
 
     openapi: dict[str, Operation] = {}
+    path_model: type[BaseModel] | None = None  # what the path parameters must be, beyond the route's regex
     public = False  # answers without a token (liveness only)
     principal: Principal | None = None
     json_body: bytearray | None = None
@@ -281,62 +311,21 @@ class BaseHandler(tornado.web.RequestHandler):
         except ValidationError as exc:
             raise validation_failed(exc) from None
 
-    def query_int(self, name: str, default: int, low: int, high: int = 2**62) -> int:
-        """An integer query argument within bounds; the default ceiling keeps any value inside
-        SQLite's 64-bit integers."""
-        raw = self.get_query_argument(name, None)
-        if raw is None or raw == "":
-            return default
+    def query_args(self) -> Any:
+        """The query, validated by the model this method declares (a 400 names each field)."""
+        operation = self.openapi[(self.request.method or "").lower()]
+        assert operation.query is not None, "declare the query model in openapi"
+        values = {name: self.get_query_argument(name) for name in self.request.query_arguments}
         try:
-            value = int(raw)
-        except ValueError:
-            raise ValidationFailed(f"{name} must be an integer", {name: "must be an integer"}) from None
-        if not low <= value <= high:
-            bounds = f">= {low} and <= {high}"
-            raise ValidationFailed(f"{name} must be {bounds}", {name: f"must be {bounds}"})
-        return value
-
-    def query_float(self, name: str, default: float | None, low: float, high: float) -> float | None:
-        raw = self.get_query_argument(name, None)
-        if raw is None or raw == "":
-            return default
-        try:
-            value = float(raw)
-        except ValueError:
-            raise ValidationFailed(f"{name} must be a number", {name: "must be a number"}) from None
-        if not low <= value <= high:
-            raise ValidationFailed(f"{name} out of range", {name: f"must be between {low:g} and {high:g}"})
-        return value
-
-    def query_bool(self, name: str, default: bool = False) -> bool:
-        raw = self.get_query_argument(name, None)
-        if raw is None or raw == "":
-            return default
-        if raw.lower() in ("1", "true", "yes", "on"):
-            return True
-        if raw.lower() in ("0", "false", "no", "off"):
-            return False
-        raise ValidationFailed(f"{name} must be true or false", {name: "must be true or false"})
-
-    def query_choice(self, name: str, model_field: Any, choices: type) -> Any:
-        raw = self.get_query_argument(name, None)
-        if raw is None or raw == "":
-            return model_field
-        try:
-            return choices(raw)
-        except ValueError:
-            allowed = ", ".join(c.value for c in choices)
-            raise ValidationFailed(f"unknown {name} {raw!r}", {name: f"must be one of {allowed}"}) from None
-
-    def pagination(self) -> tuple[int, int]:
-        page = self.query_int("page", 1, 1, 10**9)
-        page_size = self.query_int("page_size", 100, 1, MAX_PAGE_SIZE)
-        return page, page_size
+            return operation.query.model_validate({k: v for k, v in values.items() if v != ""})
+        except ValidationError as exc:
+            raise validation_failed(exc) from None
 
     # ---- downloads --------------------------------------------------------------------
 
     async def send_stored(
-        self, storage: Storage, key: str, size: int, sha256: str, content_type: str, filename: str
+        self, storage: Storage, key: str, size: int, sha256: str, content_type: str, filename: str,
+        verify: bool = False,
     ) -> None:
         """Stream a stored object in chunks, honouring a single HTTP Range.
 
@@ -344,7 +333,7 @@ class BaseHandler(tornado.web.RequestHandler):
         and sha256 first, so a mismatch is a clear 409 rather than a broken stream.
         """
         start, end = self._byte_range(size)
-        if self.query_bool("verify"):
+        if verify:
             await verify_stored(storage, key, size, sha256)
         partial = (start, end) != (0, size)
         self.set_status(206 if partial else 200)
@@ -400,23 +389,6 @@ async def verify_stored(storage: Storage, key: str, size: int, sha256: str) -> N
             f"stored bytes ({actual.size} bytes, sha256 {actual.sha256}) do not match the "
             f"recorded {size} bytes, sha256 {sha256}"
         )
-
-
-class RangeNotSatisfiable(OrchestratorError):
-    status = 416
-    code = "range_not_satisfiable"
-
-    def __init__(self, size: int):
-        super().__init__(f"the requested range is outside the {size} bytes available")
-
-
-class BodyTimeout(OrchestratorError):
-    status = 408
-    code = "body_timeout"
-
-    def __init__(self, seconds: float):
-        super().__init__(f"the request body sent nothing for {seconds:g} s (body_idle_timeout_s)",
-                         {"body": "idle"})
 
 
 class NotFoundHandler(BaseHandler):

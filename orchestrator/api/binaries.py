@@ -4,11 +4,43 @@ from __future__ import annotations
 
 import asyncio
 
-from orchestrator.api.base import BaseHandler, Operation
+from pydantic import Field
+
+from orchestrator.api.base import BaseHandler, Operation, Paged, Query
 from orchestrator.api.uploads import StreamingBodyHandler
 from orchestrator.errors import ValidationFailed
-from orchestrator.models import BinaryRecord, Page
+from orchestrator.models import BinaryDetail, BinaryRecord, Page, Request, SafeName, VersionNumber
 from orchestrator.storage import AtomicWriter, layout
+
+
+class BinaryPath(Request):
+    name: SafeName
+
+
+class BinaryForm(Request):
+    """A binary as multipart/form-data: one file part."""
+
+    file: bytes
+
+
+class ListQuery(Paged):
+    search: str | None = Field(None, description="part of the name")
+
+
+class UploadQuery(Query):
+    name: str | None = Field(None, description="the binary's name, for a raw body (multipart: the file name)")
+
+
+class OwnerQuery(Query):
+    owner: str | None = Field(None, description="another user's binary (admins)")
+
+
+class VersionQuery(OwnerQuery):
+    version: VersionNumber | None = None
+
+
+class DownloadQuery(VersionQuery):
+    verify: bool = Field(False, description="check the stored bytes against their sha256 first")
 
 
 class BinariesHandler(StreamingBodyHandler):
@@ -18,11 +50,10 @@ class BinariesHandler(StreamingBodyHandler):
 
     openapi = {
         "get": Operation("List your binaries (an admin: everyone's), the latest version of each",
-                         response=Page[BinaryRecord],
-                         query={"search": "part of the name", "page": "1-based", "page_size": "1-1000"}),
+                         query=ListQuery, response=Page[BinaryRecord]),
         "post": Operation("Upload a binary; re-uploading a name makes a new version",
-                          response=BinaryRecord, status=201,
-                          content_types=("application/octet-stream", "multipart/form-data")),
+                          query=UploadQuery, raw_body=True, form=BinaryForm,
+                          response=BinaryRecord, status=201),
     }
 
     def open_raw(self) -> AtomicWriter | None:
@@ -35,7 +66,7 @@ class BinariesHandler(StreamingBodyHandler):
         return self.service.binaries.begin_upload(self._part_name, self.user)
 
     def _name_from_path(self) -> str:
-        name = self.path_kwargs.get("name") or self.get_query_argument("name", None)
+        name = self.path_kwargs.get("name") or self.query_args().name
         if not name:
             raise ValidationFailed("name the binary in the path", {"name": "missing"})
         return self.service.binaries.check_name(name)
@@ -58,54 +89,49 @@ class BinariesHandler(StreamingBodyHandler):
         self.send_created(record, f"/api/v1/binaries/{record.name}")
 
     async def get(self) -> None:
-        page, size = self.pagination()
-        count, records = self.service.binaries.list(
-            self.principal, self.get_query_argument("search", None), (page - 1) * size, size
-        )
+        query = self.query_args()
+        page, size = query.page, query.page_size
+        count, records = self.service.binaries.list(self.principal, query.search, (page - 1) * size, size)
         self.send_page(count, records, page, size)
 
 
 class BinaryHandler(BinariesHandler):
     """/binaries/{name}: upload a version (inherited), show, delete."""
 
+    path_model = BinaryPath
+
     openapi = {
-        "get": Operation("Show a binary: its latest version and every version",
-                         query={"version": "a version number (default latest)",
-                                "owner": "another user's binary (admins)"}),
-        "delete": Operation("Delete a binary with all its versions", status=204,
-                            query={"owner": "another user's binary (admins)"}),
-        "post": Operation("Upload a new version of this binary", response=BinaryRecord, status=201,
-                          content_types=("application/octet-stream", "multipart/form-data")),
+        "get": Operation("Show a binary: its latest version and every version", query=VersionQuery,
+                         response=BinaryDetail),
+        "delete": Operation("Delete a binary with all its versions", query=OwnerQuery, status=204),
+        "post": Operation("Upload a new version of this binary", raw_body=True, form=BinaryForm,
+                          response=BinaryRecord, status=201),
     }
 
     async def get(self, name: str) -> None:  # type: ignore[override]
         binaries = self.service.binaries
-        version = self.query_int("version", 0, 1) or None
-        record = binaries.get(name, self.principal, version, self.get_query_argument("owner", None))
-        body = record.model_dump(mode="json")
-        body["versions"] = [v.version for v in binaries.versions(record)]
-        self.send_json(body)
+        query = self.query_args()
+        record = binaries.get(name, self.principal, query.version, query.owner)
+        versions = [v.version for v in binaries.versions(record)]
+        self.send_json(BinaryDetail(**record.model_dump(), versions=versions))
 
     async def delete(self, name: str) -> None:
-        await self.service.binaries.delete(name, self.principal, self.get_query_argument("owner", None))
+        await self.service.binaries.delete(name, self.principal, self.query_args().owner)
         self.set_status(204)
         self.finish()
 
 
 class BinaryContentHandler(BaseHandler):
+    path_model = BinaryPath
     openapi = {
         "get": Operation("Download a binary's bytes (Range supported; ?verify=true checks its sha256 first)",
-                         query={"version": "a version number (default latest)",
-                                "owner": "another user's binary (admins)"},
-                         raw_response="application/octet-stream"),
+                         query=DownloadQuery, raw_response="application/octet-stream", ranges=True),
     }
 
     async def get(self, name: str) -> None:
-        version = self.query_int("version", 0, 1) or None
-        record = self.service.binaries.get(
-            name, self.principal, version, self.get_query_argument("owner", None)
-        )
+        query = self.query_args()
+        record = self.service.binaries.get(name, self.principal, query.version, query.owner)
         await self.send_stored(
             self.service.storage, layout.binary_key(record.owner, record.name, record.version), record.size,
-            record.sha256, record.content_type, record.name,
+            record.sha256, record.content_type, record.name, query.verify,
         )

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import Any, Literal
 
-from pydantic import ValidationError
+from pydantic import Field, ValidationError
 from tornado.iostream import StreamClosedError
 
-from orchestrator.api.base import BaseHandler, Operation
+from orchestrator.api.base import Answer, BaseHandler, Operation, Paged, Query
 from orchestrator.api.uploads import StreamingBodyHandler
 from orchestrator.errors import Conflict, NotFound, ValidationFailed, validation_failed
 from orchestrator.jobs import new_job_id
@@ -20,39 +20,61 @@ from orchestrator.models import (
     JobPatch,
     JobRecord,
     JobResult,
+    JobsDeleted,
     JobSelection,
     JobShare,
     JobShares,
+    JobsStopping,
     JobStatus,
+    LogBytes,
     Page,
+    Position,
     StatusChange,
+    WaitSeconds,
 )
 from orchestrator.storage import AtomicWriter, layout
 
-MAX_WAIT_S = 3600.0
-LIST_QUERY = {
-    "status": "CREATED, QUEUED, RUNNING, COMPLETED, FAILED or STOPPED",
-    "search": "part of the name",
-    "sweep_id": "runs of one sweep",
-    "owner": "jobs of one owner (admins; others see only their own)",
-    "shared": "true: jobs shared with you instead of your own",
-    "page": "1-based",
-    "page_size": "1-1000",
-}
+
+class JobForm(JobCreate):
+    """A job as multipart/form-data: JobCreate's fields as text (structured ones as JSON
+    text, `binaries` also one part each), and input files."""
+
+    files: list[bytes] = Field(default_factory=list, alias="file[]",
+                               description="input files; each part's file name is its path")
+
+
+class CreateQuery(Query):
+    sync: bool = Field(False, description="wait for the job to finish")
+    timeout: WaitSeconds = Field(60.0, description="seconds to wait with sync")
+
+
+class ListQuery(Paged):
+    status: JobStatus | None = None
+    search: str | None = Field(None, description="part of the name")
+    sweep_id: str | None = Field(None, description="runs of one sweep")
+    owner: str | None = Field(None, description="jobs of one owner (admins; others see only their own)")
+    shared: bool = Field(False, description="true: jobs shared with you instead of your own")
+
+
+class DeleteManyQuery(Query):
+    stop: bool = Field(False, description="stop active jobs and delete them once stopped")
+    ids: str | None = Field(None, description="comma-separated job ids (without a JSON body)")
+    status: str | None = Field(None, description="jobs with this status (without a JSON body)")
+    sweep_id: str | None = Field(None, description="runs of one sweep (without a JSON body)")
 
 
 class JobsHandler(StreamingBodyHandler):
     openapi = {
         "post": Operation(
             "Create a job (and submit it unless submit is false); multipart adds files",
-            body=JobCreate, response=JobRecord, status=201,
-            query={"sync": "wait for the job to finish", "timeout": "seconds to wait with sync"},
-            content_types=("application/json", "multipart/form-data"),
+            body=JobCreate, form=JobForm, query=CreateQuery, response=JobRecord, status=201,
+            answers=(Answer(202, JobRecord, "with sync: the job had not ended in time"),),
         ),
-        "get": Operation("List jobs", response=Page[JobRecord], query=LIST_QUERY),
+        "get": Operation("List jobs", query=ListQuery, response=Page[JobRecord]),
         "delete": Operation(
-            "Delete jobs by ids or filters",
-            body=JobSelection, query={"stop": "stop active jobs and delete them once stopped"},
+            "Delete jobs by ids or filters", body=JobSelection, body_required=False,
+            query=DeleteManyQuery, response=JobsDeleted,
+            answers=(Answer(202, JobsDeleted, "some jobs are stopping and are deleted once stopped"),),
         ),
     }
     body_methods = ("POST", "DELETE")
@@ -70,8 +92,7 @@ class JobsHandler(StreamingBodyHandler):
 
     async def post(self) -> None:
         await self.finish_body()
-        sync = self.query_bool("sync")  # a bad query refuses the job before it exists
-        timeout = self.query_float("timeout", 60.0, 0, MAX_WAIT_S)
+        query = self.query_args()  # a bad query refuses the job before it exists
         request = self._job_request()
         try:
             job = await self.service.jobs.create(
@@ -82,8 +103,8 @@ class JobsHandler(StreamingBodyHandler):
             raise
         self.keep_upload()
         status = 201
-        if sync:
-            job = await self.service.jobs.wait(job.id, timeout, self.principal)
+        if query.sync:
+            job = await self.service.jobs.wait(job.id, query.timeout, self.principal)
             status = 201 if job.status.is_terminal else 202
         self.set_header("Location", f"/api/v1/jobs/{job.id}")
         self.send_json(job, status)
@@ -102,14 +123,15 @@ class JobsHandler(StreamingBodyHandler):
             raise validation_failed(exc) from None
 
     async def get(self) -> None:
-        page, size = self.pagination()
+        query = self.query_args()
+        page, size = query.page, query.page_size
         count, jobs = self.service.jobs.list(
             self.principal,
-            shared=self.query_bool("shared"),
-            status=self.query_choice("status", None, JobStatus),
-            search=self.get_query_argument("search", None),
-            sweep_id=self.get_query_argument("sweep_id", None),
-            owner=self.get_query_argument("owner", None),
+            shared=query.shared,
+            status=query.status,
+            search=query.search,
+            sweep_id=query.sweep_id,
+            owner=query.owner,
             offset=(page - 1) * size,
             limit=size,
         )
@@ -117,48 +139,56 @@ class JobsHandler(StreamingBodyHandler):
 
     async def delete(self) -> None:
         await self.finish_body()
-        selection = self._selection()
-        result = await self.service.jobs.delete_many(
-            selection, self.user, self.principal.scope, stop=self.query_bool("stop")
-        )
-        self.send_json(result, 202 if result["deleting"] else 200)
+        query = self.query_args()
+        selection = self._selection(query)
+        result = JobsDeleted(**await self.service.jobs.delete_many(
+            selection, self.user, self.principal.scope, stop=query.stop
+        ))
+        self.send_json(result, 202 if result.deleting else 200)
 
-    def _selection(self) -> JobSelection:
+    def _selection(self, query: DeleteManyQuery) -> JobSelection:
         if self.json_body:
             return self.parse_body(JobSelection, bytes(self.json_body))
-        ids = self.get_query_argument("ids", None)
-        query: dict[str, Any] = {
-            "ids": [i for i in ids.split(",") if i] if ids else None,
-            "status": self.get_query_argument("status", None),
-            "sweep_id": self.get_query_argument("sweep_id", None),
+        chosen: dict[str, Any] = {
+            "ids": [i for i in query.ids.split(",") if i] if query.ids else None,
+            "status": query.status,
+            "sweep_id": query.sweep_id,
         }
         try:
-            return JobSelection.model_validate({k: v for k, v in query.items() if v is not None})
+            return JobSelection.model_validate({k: v for k, v in chosen.items() if v is not None})
         except ValidationError as exc:
             raise validation_failed(exc) from None
 
 
 class JobsStopHandler(BaseHandler):
-    openapi = {"post": Operation("Stop jobs by ids or filters", body=JobSelection, status=202)}
+    openapi = {"post": Operation("Stop jobs by ids or filters", body=JobSelection,
+                                 response=JobsStopping, status=202)}
 
     async def post(self) -> None:
         selection = self.parse_body(JobSelection)
         stopped = await self.service.jobs.stop_many(selection, self.user, self.principal.scope)
-        self.send_json({"stopping": stopped}, 202)
+        self.send_json(JobsStopping(stopping=stopped), 202)
+
+
+class WaitQuery(Query):
+    wait: WaitSeconds | None = Field(None, description="seconds to wait for it to end first")
+
+
+class StopQuery(Query):
+    stop: bool = Field(False, description="stop it first if running (answers 202)")
 
 
 class JobHandler(BaseHandler):
     openapi = {
-        "get": Operation("Show a job", response=JobRecord,
-                         query={"wait": "seconds to wait for the job to finish first"}),
+        "get": Operation("Show a job", query=WaitQuery, response=JobRecord),
         "patch": Operation("Edit name or priority while CREATED or QUEUED", body=JobPatch,
                            response=JobRecord),
-        "delete": Operation("Delete a finished job and its files", status=204,
-                            query={"stop": "stop it first if running (answers 202)"}),
+        "delete": Operation("Delete a finished job and its files", query=StopQuery, status=204,
+                            answers=(Answer(202, JobRecord, "with stop: stopping; deleted once stopped"),)),
     }
 
     async def get(self, job_id: str) -> None:
-        wait = self.query_float("wait", None, 0, MAX_WAIT_S)
+        wait = self.query_args().wait
         if wait:
             job = await self.service.jobs.wait(job_id, wait, self.principal)
         else:
@@ -171,7 +201,7 @@ class JobHandler(BaseHandler):
 
     async def delete(self, job_id: str) -> None:
         deleted = await self.service.jobs.delete(
-            job_id, stop=self.query_bool("stop"), requested_by=self.user, viewer=self.principal
+            job_id, stop=self.query_args().stop, requested_by=self.user, viewer=self.principal
         )
         if deleted:
             self.set_status(204)
@@ -203,22 +233,25 @@ class JobStatusesHandler(BaseHandler):
         self.send_json([h.model_dump(mode="json") for h in history])
 
 
+class LogQuery(Query):
+    stream: Literal["stdout", "stderr"] = "stdout"
+    offset: Position = Field(0, description="byte offset")
+    limit: LogBytes = 4 * 2**20
+    follow: bool = Field(False, description="stream until the job ends")
+
+
 class JobLogsHandler(BaseHandler):
     openapi = {
         "get": Operation(
             "stdout or stderr from a byte offset; follow streams until the job ends",
-            query={"stream": "stdout (default) or stderr", "offset": "byte offset",
-                   "limit": "most bytes to return", "follow": "stream until the job ends"},
-            raw_response="text/plain",
+            query=LogQuery, raw_response="text/plain",
         )
     }
 
     async def get(self, job_id: str) -> None:
         jobs = self.service.jobs
-        stream = self.get_query_argument("stream", "stdout")
-        offset = self.query_int("offset", 0, 0)
-        limit = self.query_int("limit", 4 * 2**20, 1, 16 * 2**20)
-        follow = self.query_bool("follow")
+        query = self.query_args()
+        stream, offset, limit, follow = query.stream, query.offset, query.limit, query.follow
         job = jobs.get(job_id, self.principal)
         data = await jobs.read_log(job_id, stream, offset, limit)
         self.set_header("Content-Type", "text/plain; charset=utf-8")
@@ -267,27 +300,37 @@ class JobLogsHandler(BaseHandler):
             return None
 
 
+class FilesQuery(Paged):
+    search: str | None = Field(None, description="part of the path")
+
+
+class DownloadQuery(Query):
+    verify: bool = Field(False, description="check the stored bytes against their sha256 first")
+
+
 class JobFilesHandler(BaseHandler):
-    openapi = {"get": Operation("List output files", response=Page[FileEntry],
-                                query={"search": "part of the path", "page": "1-based",
-                                       "page_size": "1-1000"})}
+    openapi = {"get": Operation("List output files", query=FilesQuery, response=Page[FileEntry])}
 
     async def get(self, job_id: str) -> None:
-        page, size = self.pagination()
+        query = self.query_args()
+        page, size = query.page, query.page_size
         count, files = self.service.jobs.list_files(
-            job_id, self.get_query_argument("search", None), (page - 1) * size, size, self.principal
+            job_id, query.search, (page - 1) * size, size, self.principal
         )
         self.send_page(count, files, page, size)
 
 
 class JobFileHandler(BaseHandler):
     openapi = {"get": Operation("Download an output file (Range supported; ?verify=true checks its sha256 first)",
-                                raw_response="application/octet-stream")}
+                                query=DownloadQuery, raw_response="application/octet-stream",
+                                ranges=True)}
 
     async def get(self, job_id: str, path: str) -> None:
+        verify = self.query_args().verify
         entry, key = self.service.jobs.file(job_id, path, self.principal)
         await self.send_stored(
-            self.service.storage, key, entry.size, entry.sha256, "application/octet-stream", entry.path
+            self.service.storage, key, entry.size, entry.sha256, "application/octet-stream", entry.path,
+            verify,
         )
 
 

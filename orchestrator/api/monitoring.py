@@ -7,28 +7,33 @@ import contextlib
 import json
 
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import Field
 from tornado.iostream import StreamClosedError
 
-from orchestrator.api.base import BaseHandler, Operation
+from orchestrator.api.base import BaseHandler, Operation, Query
 from orchestrator.errors import NotFound
 from orchestrator.events import LAGGED
 
 CLOSED = {"event": "closed"}
 
 
+class EventsQuery(Query):
+    job_id: str | None = Field(None, description="only this job")
+    sweep_id: str | None = Field(None, description="only this sweep's runs")
+
+
 class EventsHandler(BaseHandler):
     openapi = {"get": Operation(
         "A Server-Sent Events stream of status changes as they happen",
-        query={"job_id": "only this job", "sweep_id": "only this sweep's runs"},
-        raw_response="text/event-stream",
+        query=EventsQuery, raw_response="text/event-stream",
     )}
 
     async def get(self) -> None:
+        query = self.query_args()
         self.set_header("Content-Type", "text/event-stream")
         self.set_header("Cache-Control", "no-cache")
         self.set_header("X-Accel-Buffering", "no")
-        self.job_id = self.get_query_argument("job_id", None)
-        self.sweep_id = self.get_query_argument("sweep_id", None)
+        self.job_id, self.sweep_id = query.job_id, query.sweep_id
         owner = self._owner_heard(self.job_id, self.sweep_id)
         self.subscription = self.service.events.subscribe(self.job_id, self.sweep_id, owner)
         try:

@@ -1,9 +1,8 @@
-"""The OpenAPI 3.1 document, built from the routes and the pydantic models they name.
-
-The `Operation` declarations of the handlers give each route's summary, body, main response
-and query names; what they cannot say (the type of each query parameter, the other statuses
-a route answers, multipart bodies, schemas of untyped answers) is filled in here, so that the
-document describes every answer the server gives (tests/test_fuzz.py holds it to that).
+"""The OpenAPI 3.1 document, generated from the routes table (api/app.py ROUTES) and the
+`Operation` each handler declares per method: its query model, JSON or multipart body model,
+main answer and other answers. Nothing here restates a bound or a field: parameters, bodies
+and answers are the JSON Schema of those pydantic models (tests/test_fuzz.py holds the
+server to the document).
 """
 
 from __future__ import annotations
@@ -11,191 +10,31 @@ from __future__ import annotations
 import re
 from typing import Any
 
-import tornado.web
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
-from orchestrator.api.base import MAX_PAGE_SIZE, BaseHandler, Operation
-from orchestrator.models import (
-    _ENV_NAME,
-    _JOB_NAME,
-    BinaryRecord,
-    ErrorResponse,
-    JobCreate,
-    JobRecord,
-    JobStatus,
-)
-from orchestrator.paths import _NAME
-from orchestrator.sweeps import DryRun
+from orchestrator.api.base import BaseHandler, Operation
+from orchestrator.models import ErrorResponse
 
 REF = "#/components/schemas/{model}"
-PREFIX = "/api/v1"
-MAX_WAIT_S = 3600
-MAX_LOG_LIMIT = 16 * 2**20
-MAX_QUERY_INT = 2**62  # BaseHandler.query_int's default ceiling (inside SQLite's integers)
-
-# Query parameters by name: the handlers read them with query_int/query_bool/... and these bounds.
-QUERY_SCHEMAS: dict[str, dict[str, Any]] = {
-    "page": {"type": "integer", "minimum": 1, "maximum": 10**9},
-    "page_size": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_SIZE},
-    "offset": {"type": "integer", "minimum": 0, "maximum": MAX_QUERY_INT},
-    "limit": {"type": "integer", "minimum": 1, "maximum": MAX_QUERY_INT},
-    "after": {"type": "integer", "minimum": 0, "maximum": MAX_QUERY_INT},
-    "version": {"type": "integer", "minimum": 1, "maximum": MAX_QUERY_INT},
-    "wait": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S},
-    "timeout": {"type": "number", "minimum": 0, "maximum": MAX_WAIT_S},
-    "sync": {"type": "boolean"},
-    "follow": {"type": "boolean"},
-    "stop": {"type": "boolean"},
-    "verify": {"type": "boolean"},
-    "status": {"type": "string", "enum": [s.value for s in JobStatus]},
-    "stream": {"type": "string", "enum": ["stdout", "stderr"]},
-    "format": {"type": "string", "enum": ["json", "csv"]},
-}
-# ... and where one route bounds a name differently.
-QUERY_OVERRIDES: dict[tuple[str, str], dict[str, Any]] = {
-    ("/jobs/{job_id}/logs", "limit"): {"maximum": MAX_LOG_LIMIT},
-    ("/sweeps/{sweep_id}/finished", "limit"): {"maximum": 1000},
-}
-
-_ERROR = {"$ref": REF.format(model="ErrorResponse")}
-_STRING_LIST = {"type": "array", "items": {"type": "string"}}
 _BINARY = {"type": "string", "format": "binary"}
-
-
-def _model(name: str) -> dict[str, Any]:
-    return {"$ref": REF.format(model=name)}
-
-
-def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-# What the handlers answer besides their main status, by (path, method).
-EXTRA_RESPONSES: dict[tuple[str, str], dict[str, Any]] = {
-    ("/jobs", "post"): {"202": _json(_model("JobRecord"), "with sync: the job had not ended in time")},
-    ("/jobs", "delete"): {"202": _json(_model("JobsDeleted"), "some jobs are stopping and are deleted once stopped")},
-    ("/jobs/{job_id}", "delete"): {"202": _json(_model("JobRecord"), "with stop: stopping; deleted once stopped")},
-    ("/sweeps", "post"): {"200": _json(_model("DryRun"), "with dry_run: the rendered run table")},
-}
-# Downloads answer 206 to a Range request.
-PARTIAL = {("/jobs/{job_id}/files/{path}", "get"), ("/binaries/{name}/content", "get")}
-# Answers whose model the handler does not name.
-RESPONSE_SCHEMAS: dict[tuple[str, str], dict[str, Any]] = {
-    ("/health", "get"): {
-        "type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}},
-    },
-    ("/openapi.json", "get"): {"type": "object", "required": ["openapi", "paths"]},
-    ("/cluster", "get"): {
-        "type": "object",
-        "required": ["scheduler", "dashboard_link", "jobs_page", "can_grow", "workers"],
-        "properties": {
-            "scheduler": {"type": "string"},
-            "dashboard_link": {"type": ["string", "null"]},
-            "jobs_page": {"type": ["string", "null"]},
-            "can_grow": {"type": "boolean"},
-            "workers": {"type": "array", "items": {
-                "type": "object",
-                "required": ["address", "declared", "used", "free", "running_jobs"],
-                "properties": {
-                    "address": {"type": "string"},
-                    "running_jobs": _STRING_LIST,
-                    "declared": {"type": "object", "additionalProperties": {"type": "number"}},
-                    "used": {"type": "object", "additionalProperties": {"type": "number"}},
-                    "free": {"type": "object", "additionalProperties": {"type": "number"}},
-                },
-            }},
-        },
-    },
-    ("/binaries/{name}", "get"): {
-        "allOf": [_model("BinaryRecord")],
-        "type": "object",
-        "required": ["versions"],
-        "properties": {"versions": {"type": "array", "items": {"type": "integer"}}},
-    },
-    ("/jobs", "delete"): _model("JobsDeleted"),
-    ("/jobs/stop", "post"): {
-        "type": "object", "required": ["stopping"], "properties": {"stopping": _STRING_LIST},
-    },
-}
-# Other media types of an answer, e.g. the results table as CSV.
-EXTRA_CONTENT: dict[tuple[str, str], dict[str, Any]] = {
-    ("/sweeps/{sweep_id}/results", "get"): {"text/csv": {"schema": {"type": "string"}}},
-}
-# Query parameters a handler reads that its declaration leaves out.
-EXTRA_QUERY: dict[tuple[str, str], dict[str, str]] = {
-    ("/binaries", "post"): {"name": "the binary's name, for a raw body (multipart: the file name)"},
-    ("/jobs", "delete"): {
-        "ids": "comma-separated job ids (without a JSON body)",
-        "status": "jobs with this status (without a JSON body)",
-        "sweep_id": "runs of one sweep (without a JSON body)",
-    },
-}
-# Bodies that may be left out: the selection can come from the query instead.
-OPTIONAL_BODY = {("/jobs", "delete")}
-# Multipart request bodies; their form fields carry text, structured values as JSON text.
-_FILES = {"type": "array", "items": _BINARY}
 _JSON_TEXT = {"type": "string", "contentMediaType": "application/json"}
-_ONE_FILE = {"type": "object", "required": ["file"], "properties": {"file": _BINARY}}
+_SCALARS = ("string", "integer", "number", "boolean")
 
 
-def _multipart_bodies() -> dict[tuple[str, str], dict[str, Any]]:
-    job_fields: dict[str, Any] = {name: _JSON_TEXT for name in JobCreate.model_fields}
-    job_fields.update({
-        "name": {"type": "string", "pattern": _JOB_NAME.pattern},
-        "command": {**_COMMAND_LINE, "description": "a command line, or an argument list as JSON"},
-        "binaries": {"type": "array", "items": _BINARY_REF, "description": "one part per binary"},
-        "timeout_s": {"type": "number", "exclusiveMinimum": 0, "maximum": 30 * 24 * 3600},
-        "retries": {"type": "integer", "minimum": 0, "maximum": 10},
-        "priority": {"type": "integer", "minimum": -1_000_000, "maximum": 1_000_000},
-        "submit": {"type": "boolean"},
-        "file[]": {**_FILES, "description": "input files; each part's file name is its path"},
-    })
-    return {
-        ("/jobs", "post"): {
-            "type": "object", "required": ["command"], "properties": job_fields,
-            "additionalProperties": False,
-        },
-        ("/sweeps", "post"): {
-            "type": "object",
-            "required": ["spec"],
-            "properties": {
-                "spec": {**_JSON_TEXT, "description": "the sweep as JSON (SweepCreate)"},
-                "file[]": {**_FILES, "description": "shared input files; each part's file name is its path"},
-                "cases": {**_BINARY, "description": "rows as CSV (header = variable names)"},
-            },
-            "additionalProperties": False,
-        },
-        ("/binaries", "post"): _ONE_FILE,
-        ("/binaries/{name}", "post"): _ONE_FILE,
-    }
-
-
-def build_spec(app: tornado.web.Application) -> dict[str, Any]:
+def build_spec(routes: list[tuple[str, type]], prefix: str = "") -> dict[str, Any]:
     schemas: dict[str, Any] = {}
     paths: dict[str, Any] = {}
-    for rule in app.wildcard_router.rules:
-        handler = rule.target
+    for pattern, handler in routes:
         if not (isinstance(handler, type) and issubclass(handler, BaseHandler)):
             continue
-        path, params = _openapi_path(rule.matcher.regex.pattern)
-        if path is None:
-            continue
+        path, params = _openapi_path(prefix + pattern)
         operations = {
-            method: _operation(op, method, path, params, schemas, public=handler.public)
+            method: _operation(op, _path_parameters(params, handler.path_model), handler.public, schemas)
             for method, op in handler.openapi.items()
         }
         if operations:
             paths.setdefault(path, {}).update(operations)
-    schemas["ErrorResponse"] = _schema(ErrorResponse, schemas)
-    schemas.setdefault("JobRecord", _schema(JobRecord, schemas))
-    schemas.setdefault("BinaryRecord", _schema(BinaryRecord, schemas))
-    schemas.setdefault("DryRun", _schema(DryRun, schemas))
-    schemas["JobsDeleted"] = {
-        "type": "object",
-        "required": ["deleted", "deleting", "skipped_active"],
-        "properties": {"deleted": _STRING_LIST, "deleting": _STRING_LIST, "skipped_active": _STRING_LIST},
-    }
-    _refine_requests(schemas)
+    _ref(ErrorResponse, schemas, "serialization")
     return {
         "openapi": "3.1.0",
         "info": {"title": "dask-orchestrator", "version": "1"},
@@ -213,143 +52,137 @@ def build_spec(app: tornado.web.Application) -> dict[str, Any]:
     }
 
 
-def _openapi_path(regex: str) -> tuple[str | None, dict[str, str]]:
+def _openapi_path(regex: str) -> tuple[str, dict[str, str]]:
     """The OpenAPI path of a route, and the regex each of its parameters must match."""
     params = dict(re.findall(r"\(\?P<(\w+)>([^)]*)\)", regex))
-    path = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", regex).rstrip("$")
-    if "(" in path or "\\" in path.replace("\\.", ""):
-        return None, {}
-    return path.replace("\\.", "."), params
+    path = re.sub(r"\(\?P<(\w+)>[^)]*\)", r"{\1}", regex).rstrip("$").replace("\\.", ".")
+    if "(" in path or "\\" in path:
+        raise ValueError(f"route {regex!r} has a group that is not a named parameter")
+    return path, params
 
 
-def _schema(annotation: Any, schemas: dict[str, Any]) -> dict[str, Any]:
-    schema = TypeAdapter(annotation).json_schema(ref_template=REF, mode="serialization")
+def _schema(annotation: Any, schemas: dict[str, Any], mode: str) -> dict[str, Any]:
+    """The JSON Schema of a type; models (also nested ones) go to the components."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel) and "[" not in annotation.__name__:
+        return _ref(annotation, schemas, mode)
+    schema = TypeAdapter(annotation).json_schema(ref_template=REF, mode=mode)  # type: ignore[arg-type]
     schemas.update(schema.pop("$defs", {}))
     return schema
 
 
-def _path_schema(name: str, pattern: str) -> dict[str, Any]:
-    """What the route matches; a binary's name must also be a safe name."""
-    if name == "name":
-        return {"type": "string", "pattern": _NAME.pattern}
-    return {"type": "string", "pattern": f"^{pattern}$"}
+def _ref(model: type[BaseModel], schemas: dict[str, Any], mode: str) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template=REF, mode=mode)  # type: ignore[arg-type]
+    schemas.update(schema.pop("$defs", {}))
+    schemas[model.__name__] = schema
+    return {"$ref": REF.format(model=model.__name__)}
 
 
-def _query_schema(route: str, name: str) -> dict[str, Any]:
-    schema = dict(QUERY_SCHEMAS.get(name, {"type": "string"}))
-    schema.update(QUERY_OVERRIDES.get((route, name), {}))
-    return schema
+def _json(schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": schema}}}
+
+
+def _path_parameters(params: dict[str, str], model: type[BaseModel] | None) -> list[dict[str, Any]]:
+    """What the route's regex matches, or what the handler's path model takes of it."""
+    declared = model.model_json_schema(ref_template=REF)["properties"] if model else {}
+    return [
+        {"name": name, "in": "path", "required": True,
+         "schema": declared.get(name, {"type": "string", "pattern": f"^{pattern}$"})}
+        for name, pattern in params.items()
+    ]
 
 
 def _operation(
-    op: Operation, method: str, path: str, params: dict[str, str], schemas: dict[str, Any],
-    public: bool,
+    op: Operation, path_parameters: list[dict[str, Any]], public: bool, schemas: dict[str, Any]
 ) -> dict[str, Any]:
-    route = path.removeprefix(PREFIX)
-    key = (route, method)
     spec: dict[str, Any] = {"summary": op.summary}
     if public:
         spec["security"] = []
-    parameters = [
-        {"name": name, "in": "path", "required": True, "schema": _path_schema(name, pattern)}
-        for name, pattern in params.items()
-    ]
-    query = {**op.query, **EXTRA_QUERY.get(key, {})}
-    parameters += [
-        {"name": name, "in": "query", "required": False, "description": text,
-         "schema": _query_schema(route, name)}
-        for name, text in query.items()
-    ]
+    parameters = list(path_parameters)
+    if op.query is not None:
+        parameters += _query_parameters(op.query)
     if parameters:
         spec["parameters"] = parameters
     content: dict[str, Any] = {}
     if op.body is not None:
-        body_schema = TypeAdapter(op.body).json_schema(ref_template=REF)
-        schemas.update(body_schema.pop("$defs", {}))
-        schemas[op.body.__name__] = body_schema
-        content["application/json"] = {"schema": {"$ref": REF.format(model=op.body.__name__)}}
-    if "application/octet-stream" in op.content_types:
+        content["application/json"] = {"schema": _ref(op.body, schemas, "validation")}
+    if op.raw_body:
         content["application/octet-stream"] = {"schema": _BINARY}
-    if "multipart/form-data" in op.content_types:
-        content["multipart/form-data"] = {"schema": _multipart_bodies().get(key, _BINARY)}
+    if op.form is not None:
+        content["multipart/form-data"] = {"schema": _form_schema(op.form, schemas)}
     if content:
-        spec["requestBody"] = {"required": key not in OPTIONAL_BODY, "content": content}
+        spec["requestBody"] = {"required": op.body_required, "content": content}
     success: dict[str, Any] = {"description": "success"}
     if op.raw_response:
         success["content"] = {op.raw_response: {"schema": {"type": "string"}}}
     elif op.response is not None:
-        success["content"] = {"application/json": {"schema": _schema(op.response, schemas)}}
-    elif key in RESPONSE_SCHEMAS:
-        success["content"] = {"application/json": {"schema": RESPONSE_SCHEMAS[key]}}
-    if key in EXTRA_CONTENT:
-        success.setdefault("content", {}).update(EXTRA_CONTENT[key])
+        success["content"] = {"application/json": {"schema": _schema(op.response, schemas, "serialization")}}
+    for media, annotation in op.also_as.items():
+        success.setdefault("content", {})[media] = {"schema": _schema(annotation, schemas, "serialization")}
     responses: dict[str, Any] = {str(op.status): success}
-    if key in PARTIAL:
+    if op.ranges:
         responses["206"] = {**success, "description": "the requested byte range"}
-    responses.update(EXTRA_RESPONSES.get(key, {}))
-    responses["4XX"] = _json(_ERROR, "error")
-    responses["503"] = _json(_ERROR, "storage unavailable")
+    for answer in op.answers:
+        responses[str(answer.status)] = _json(_schema(answer.model, schemas, "serialization"), answer.description)
+    error = {"$ref": REF.format(model=ErrorResponse.__name__)}
+    responses["4XX"] = _json(error, "error")
+    responses["503"] = _json(error, "storage unavailable")
     spec["responses"] = responses
     return spec
 
 
-# What the request models check in validators, which pydantic cannot put in their schemas.
-_NO_NUL = r"^[^\x00]*$"
-_COMMAND_LINE = {"type": "string", "pattern": r"^[^\x00]*\S[^\x00]*$"}
-_COMMAND_ARGS = {
-    "type": "array", "minItems": 1,
-    "prefixItems": [_COMMAND_LINE], "items": {"type": "string", "pattern": _NO_NUL},
-}
-_ENV = {
-    "type": "object",
-    "propertyNames": {"pattern": _ENV_NAME.pattern},
-    "additionalProperties": {"type": "string", "pattern": _NO_NUL},
-}
-_NAME_PART = _NAME.pattern.removeprefix("^").removesuffix("$")
-_BINARY_REF = {
-    "type": "string",
-    "description": "'name', 'name@version', an admin's 'owner/name[@version]', or an fsspec URL",
-    "pattern": rf"^(({_NAME_PART})/)?{_NAME_PART}(@[0-9]+)?$|://",
-}
+def _query_parameters(model: type[BaseModel]) -> list[dict[str, Any]]:
+    schema = _fix_bounds(model.model_json_schema(ref_template=REF))
+    defs = schema.get("$defs", {})
+    parameters = []
+    for name, field in schema.get("properties", {}).items():
+        field = _inline(_without_null(field), defs)
+        description = field.pop("description", None) or defs.get(name, {}).get("description")
+        field.pop("title", None)
+        parameter = {"name": name, "in": "query", "required": name in schema.get("required", []),
+                     "schema": field}
+        if description:
+            parameter["description"] = description
+        parameters.append(parameter)
+    return parameters
 
 
-def _refine_requests(schemas: dict[str, Any]) -> None:
-    for model in ("JobCreate", "SweepCreate", "JobPatch"):
-        properties = schemas.get(model, {}).get("properties", {})
-        if "name" in properties:
-            properties["name"] = _nullable(properties["name"], {"type": "string", "pattern": _JOB_NAME.pattern})
-        if "command" in properties:
-            properties["command"] = _nullable(properties["command"], {"anyOf": [_COMMAND_LINE, _COMMAND_ARGS]})
-        for field_name in ("env", "secret_env"):
-            if field_name in properties:
-                properties[field_name] = {**properties[field_name], **_ENV}
-        if "binaries" in properties:
-            properties["binaries"] = {**properties["binaries"], "items": _BINARY_REF}
-    if "JobSelection" in schemas:  # ids, status or sweep_id: never everything by accident
-        schemas["JobSelection"]["anyOf"] = [
-            {"required": ["ids"], "properties": {"ids": {"type": "array", "minItems": 1}}},
-            {"required": ["status"], "properties": {"status": {"not": {"type": "null"}}}},
-            {"required": ["sweep_id"], "properties": {"sweep_id": {"type": "string"}}},
-        ]
-    if "JobPatch" in schemas:
-        schemas["JobPatch"]["anyOf"] = [
-            {"required": ["name"], "properties": {"name": {"type": "string"}}},
-            {"required": ["priority"], "properties": {"priority": {"type": "integer"}}},
-        ]
-    sweep = schemas.get("SweepCreate")
-    if sweep and "command" in sweep.get("properties", {}):
-        # optional only for the Python API's callables: a sweep over REST runs a command
-        sweep["properties"]["command"] = {"anyOf": [_COMMAND_LINE, _COMMAND_ARGS]}
-        sweep["required"] = sorted({*sweep.get("required", []), "command"})
+def _form_schema(model: type[BaseModel], schemas: dict[str, Any]) -> dict[str, Any]:
+    """A multipart body: scalar fields as text, lists of them one part each, files as parts,
+    structured fields as JSON text."""
+    schema = _fix_bounds(model.model_json_schema(ref_template=REF, mode="validation"))
+    schemas.update(schema.pop("$defs", {}))
+    schema["properties"] = {name: _form_field(field) for name, field in schema.get("properties", {}).items()}
+    schema.pop("title", None)
+    return schema
 
 
-def _nullable(old: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """`new` in place of `old`, still taking null where `old` did; descriptions kept."""
-    kept = {k: v for k, v in old.items() if k in ("description", "title", "default")}
-    takes_null = any(branch.get("type") == "null" for branch in old.get("anyOf", []))
-    if takes_null:
-        return {**kept, "anyOf": [new, {"type": "null"}]}
-    return {**kept, **new}
+def _form_field(field: dict[str, Any]) -> dict[str, Any]:
+    kept = {k: v for k, v in field.items() if k in ("description", "title")}
+    branches = [branch for branch in field.get("anyOf", [field]) if branch.get("type") in _SCALARS]
+    if branches:
+        return {**kept, **branches[0]} if len(branches) == 1 else {**kept, "anyOf": branches}
+    if field.get("type") == "array" and field.get("items", {}).get("type") in _SCALARS:
+        return {k: v for k, v in field.items() if k != "default"}
+    return {**kept, **_JSON_TEXT}
+
+
+def _without_null(schema: dict[str, Any]) -> dict[str, Any]:
+    """A query parameter is absent, never null."""
+    schema = {k: v for k, v in schema.items() if not (k == "default" and v is None)}
+    branches = [b for b in schema.get("anyOf", []) if b.get("type") != "null"]
+    if "anyOf" in schema and len(branches) == 1:
+        rest = {k: v for k, v in schema.items() if k != "anyOf"}
+        return {**branches[0], **rest}
+    return schema
+
+
+def _inline(schema: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    ref = schema.pop("$ref", None)
+    if ref is None:
+        return schema
+    target = dict(defs[ref.rsplit("/", 1)[-1]])
+    target.pop("title", None)
+    return {**target, **schema}
 
 
 _BOUNDS = {"gt": "exclusiveMinimum", "ge": "minimum", "lt": "exclusiveMaximum", "le": "maximum"}

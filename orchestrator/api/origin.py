@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from orchestrator.auth import is_loopback, split_host
-from orchestrator.errors import Forbidden
+from orchestrator.errors import CrossOrigin, ForbiddenHost
 
 LOOPBACK_NAMES = frozenset({"localhost", "127.0.0.1", "::1"})
 WILDCARDS = frozenset({"", "0.0.0.0", "::"})
@@ -26,12 +26,7 @@ STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
-class ForbiddenHost(Forbidden):
-    code = "forbidden_host"
-
-
-class CrossOrigin(Forbidden):
-    code = "cross_origin"
+__all__ = ["CrossOrigin", "ForbiddenHost", "HostPolicy"]
 
 
 @dataclass(frozen=True)

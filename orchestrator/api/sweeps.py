@@ -4,13 +4,14 @@ show with counts and progress, runs, runs finished since a cursor, results table
 from __future__ import annotations
 
 import asyncio
+from typing import Literal
 
-from pydantic import ValidationError
+from pydantic import Field, Json, ValidationError
 
-from orchestrator.api.base import BaseHandler, Operation
+from orchestrator.api.base import Answer, BaseHandler, Operation, Paged, Query
 from orchestrator.api.uploads import StreamingBodyHandler
 from orchestrator.errors import PayloadTooLarge, ValidationFailed, validation_failed
-from orchestrator.models import JobRecord, JobStatus, Page
+from orchestrator.models import JobRecord, JobStatus, Page, Position, Request, WaitSeconds
 from orchestrator.storage import AtomicWriter, layout
 from orchestrator.sweeps import (
     DryRun,
@@ -22,9 +23,17 @@ from orchestrator.sweeps import (
     results_csv,
 )
 
-MAX_WAIT_S = 3600.0
 MAX_CASES_BYTES = 256 * 2**20
 CASES_FIELD = "cases"
+
+
+class SweepForm(Request):
+    """A sweep as multipart/form-data."""
+
+    spec: Json[SweepCreate] = Field(description="the sweep as JSON (SweepCreate)")
+    files: list[bytes] = Field(default_factory=list, alias="file[]",
+                               description="shared input files; each part's file name is its path")
+    cases: bytes = Field(b"", description="rows as CSV (header = variable names)")
 
 
 class SweepsHandler(StreamingBodyHandler):
@@ -32,11 +41,10 @@ class SweepsHandler(StreamingBodyHandler):
         "post": Operation(
             "Create a sweep, or with dry_run answer its rendered run table. Multipart: the spec "
             "as JSON in the 'spec' field, files in 'file[]', a cases CSV in 'cases'",
-            body=SweepCreate, response=SweepRecord, status=201,
-            content_types=("application/json", "multipart/form-data"),
+            body=SweepCreate, form=SweepForm, response=SweepRecord, status=201,
+            answers=(Answer(200, DryRun, "with dry_run: the rendered run table"),),
         ),
-        "get": Operation("List sweeps", response=Page[SweepRecord],
-                         query={"page": "1-based", "page_size": "1-1000"}),
+        "get": Operation("List sweeps", query=Paged, response=Page[SweepRecord]),
     }
 
     async def prepare(self) -> None:
@@ -98,17 +106,35 @@ class SweepsHandler(StreamingBodyHandler):
         return request
 
     async def get(self) -> None:
-        page, size = self.pagination()
+        query = self.query_args()
+        page, size = query.page, query.page_size
         count, sweeps = self.service.sweeps.list(self.principal.scope, (page - 1) * size, size)
         self.send_page(count, sweeps, page, size)
 
 
+class WaitQuery(Query):
+    wait: WaitSeconds | None = Field(None, description="seconds to wait for every run to end first")
+
+
+class RunsQuery(Paged):
+    status: JobStatus | None = Field(None, description="only runs with this status")
+
+
+class FinishedQuery(Query):
+    after: Position = Field(0, description="cursor from the last answer (0 at first)")
+    limit: int = Field(1000, ge=1, le=1000)
+
+
+class ResultsQuery(Query):
+    format: Literal["json", "csv"] = "json"
+
+
 class SweepHandler(BaseHandler):
-    openapi = {"get": Operation("Show a sweep: status, counts per status, progress", response=SweepRecord,
-                                query={"wait": "seconds to wait for every run to end first"})}
+    openapi = {"get": Operation("Show a sweep: status, counts per status, progress", query=WaitQuery,
+                                response=SweepRecord)}
 
     async def get(self, sweep_id: str) -> None:
-        wait = self.query_float("wait", None, 0, MAX_WAIT_S)
+        wait = self.query_args().wait
         if wait:
             self.send_json(await self.service.sweeps.wait(sweep_id, wait, self.principal.scope))
         else:
@@ -116,15 +142,14 @@ class SweepHandler(BaseHandler):
 
 
 class SweepRunsHandler(BaseHandler):
-    openapi = {"get": Operation("A sweep's runs in index order", response=Page[JobRecord],
-                                query={"status": "only runs with this status", "page": "1-based",
-                                       "page_size": "1-1000"})}
+    openapi = {"get": Operation("A sweep's runs in index order", query=RunsQuery,
+                                response=Page[JobRecord])}
 
     async def get(self, sweep_id: str) -> None:
-        page, size = self.pagination()
-        status = self.query_choice("status", None, JobStatus)
+        query = self.query_args()
+        page, size = query.page, query.page_size
         count, runs = self.service.sweeps.runs(
-            sweep_id, status, (page - 1) * size, size, self.principal.scope
+            sweep_id, query.status, (page - 1) * size, size, self.principal.scope
         )
         self.send_page(count, runs, page, size)
 
@@ -132,26 +157,22 @@ class SweepRunsHandler(BaseHandler):
 class SweepFinishedHandler(BaseHandler):
     openapi = {"get": Operation(
         "Runs that finished after a cursor, in the order they finished (for as_completed)",
-        response=FinishedRuns, query={"after": "cursor from the last answer (0 at first)",
-                                      "limit": "1-1000"},
+        query=FinishedQuery, response=FinishedRuns,
     )}
 
     async def get(self, sweep_id: str) -> None:
-        after = self.query_int("after", 0, 0, 2**62)
-        limit = self.query_int("limit", 1000, 1, 1000)
-        self.send_json(self.service.sweeps.finished(sweep_id, after, limit, self.principal.scope))
+        query = self.query_args()
+        self.send_json(self.service.sweeps.finished(sweep_id, query.after, query.limit, self.principal.scope))
 
 
 class SweepResultsHandler(BaseHandler):
     openapi = {"get": Operation(
         "One row per run: index, job id, status, exit code, variables, scalar outputs",
-        response=ResultsTable, query={"format": "json (default) or csv"},
+        query=ResultsQuery, response=ResultsTable, also_as={"text/csv": str},
     )}
 
     async def get(self, sweep_id: str) -> None:
-        fmt = self.get_query_argument("format", "json")
-        if fmt not in ("json", "csv"):
-            raise ValidationFailed(f"unknown format {fmt!r}", {"format": "must be json or csv"})
+        fmt = self.query_args().format
         table = await asyncio.to_thread(self.service.sweeps.results, sweep_id, self.principal.scope)
         if fmt == "json":
             self.send_json(table)

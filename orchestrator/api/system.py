@@ -7,22 +7,23 @@ from collections import defaultdict
 from orchestrator.api.base import BaseHandler, Operation
 from orchestrator.cluster import worker_states
 from orchestrator.errors import SchedulerUnavailable
-from orchestrator.models import JobStatus
+from orchestrator.models import ClusterState, Health, JobStatus, OpenAPIDocument
 from orchestrator.plugins.dashboard import JOBS_PAGE
 
 
 class HealthHandler(BaseHandler):
-    openapi = {"get": Operation("Liveness: the API answers and the store is readable")}
+    openapi = {"get": Operation("Liveness: the API answers and the store is readable", response=Health)}
     public = True
 
     async def get(self) -> None:
         self.service.store.ping()
-        self.send_json({"status": "ok"})
+        self.send_json(Health())
 
 
 class ClusterHandler(BaseHandler):
     openapi = {"get": Operation("Workers with their resources (declared, used by running tasks, "
-                                "free) and running jobs; the scheduler and its dashboard link")}
+                                "free) and running jobs; the scheduler and its dashboard link",
+                                response=ClusterState)}
 
     async def get(self) -> None:
         if not self.service.engine.online:
@@ -36,13 +37,13 @@ class ClusterHandler(BaseHandler):
                 running[job.worker or ""].append(job.id)
         for worker in workers:
             worker["running_jobs"] = running.get(worker["address"], [])
-        self.send_json({
-            "scheduler": client.scheduler.address,
-            "dashboard_link": self.service.dashboard_link,
-            "jobs_page": _jobs_page(self.service.dashboard_link),
-            "can_grow": self.service.engine.can_grow,
-            "workers": sorted(workers, key=lambda w: w["address"]),
-        })
+        self.send_json(ClusterState(
+            scheduler=client.scheduler.address,
+            dashboard_link=self.service.dashboard_link,
+            jobs_page=_jobs_page(self.service.dashboard_link),
+            can_grow=self.service.engine.can_grow,
+            workers=sorted(workers, key=lambda w: w["address"]),
+        ))
 
 
 def _jobs_page(dashboard_link: str | None) -> str | None:
@@ -53,9 +54,10 @@ def _jobs_page(dashboard_link: str | None) -> str | None:
 
 
 class OpenAPIHandler(BaseHandler):
-    openapi = {"get": Operation("This document")}
+    openapi = {"get": Operation("This document", response=OpenAPIDocument)}
 
     async def get(self) -> None:
+        from orchestrator.api.app import PREFIX, ROUTES
         from orchestrator.api.openapi import build_spec
 
-        self.send_json(build_spec(self.application))
+        self.send_json(build_spec(ROUTES, PREFIX))

@@ -1,0 +1,219 @@
+"""The ledger's schema as numbered migrations, counted by SQLite's `PRAGMA user_version`.
+
+Migration 1 is the schema of the oldest ledger this version still opens: the one the tenancy
+release (issue 6: per-owner binaries, sharing, secrets) wrote. Each later step is what was added
+since, in order. Opening a ledger applies the steps it lacks, each in its own transaction with
+the new version number, so a crash mid-way leaves a ledger at one version or the next.
+
+Ledgers written before numbering (user_version 0) may be at any state between migration 1 and
+the last unnumbered one, so every step is idempotent (IF NOT EXISTS, a column added only if it
+is missing) and such a ledger simply walks all of them.
+
+A new step goes at the end of MIGRATIONS; never edit or reorder a shipped one.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Migration:
+    summary: str
+    statements: tuple[str, ...] = ()
+    columns: tuple[tuple[str, str, str], ...] = ()  # (table, column, declaration) to add
+
+    def apply(self, db: sqlite3.Connection) -> None:
+        for statement in self.statements:
+            db.execute(statement)
+        for table, column, declaration in self.columns:
+            present = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+            if column not in present:
+                db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {declaration}")
+
+
+TENANCY_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS jobs (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    status TEXT NOT NULL,
+    status_reason TEXT,
+    spec TEXT NOT NULL,
+    priority INTEGER NOT NULL DEFAULT 0,
+    attempt INTEGER NOT NULL DEFAULT 0,
+    worker_losses INTEGER NOT NULL DEFAULT 0,
+    input_bytes INTEGER NOT NULL DEFAULT 0,
+    storage_bytes INTEGER NOT NULL DEFAULT 0,
+    worker TEXT,
+    sweep_id TEXT,
+    idx INTEGER,
+    variables TEXT,
+    created_at TEXT NOT NULL,
+    submitted_at TEXT,
+    started_at TEXT,
+    finished_at TEXT,
+    result TEXT,
+    delete_when_done INTEGER NOT NULL DEFAULT 0
+)""",
+    "CREATE INDEX IF NOT EXISTS jobs_status ON jobs(status, seq)",
+    "CREATE INDEX IF NOT EXISTS jobs_sweep ON jobs(sweep_id, idx)",
+    "CREATE INDEX IF NOT EXISTS jobs_sweep_status ON jobs(sweep_id, status)",
+    "CREATE INDEX IF NOT EXISTS jobs_owner ON jobs(owner, seq)",
+    "CREATE INDEX IF NOT EXISTS jobs_owner_status ON jobs(owner, status, sweep_id)",
+    """CREATE TABLE IF NOT EXISTS job_statuses (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    job_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    at TEXT NOT NULL,
+    reason TEXT,
+    attempt INTEGER NOT NULL DEFAULT 0
+)""",
+    "CREATE INDEX IF NOT EXISTS job_statuses_job ON job_statuses(job_id)",
+    """CREATE TABLE IF NOT EXISTS job_files (
+    job_id TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    PRIMARY KEY (job_id, path)
+)""",
+    """CREATE TABLE IF NOT EXISTS sweeps (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    id TEXT NOT NULL UNIQUE,
+    name TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    spec TEXT NOT NULL,
+    names TEXT NOT NULL,
+    seed INTEGER,
+    input_bytes INTEGER NOT NULL DEFAULT 0,
+    stop_reason TEXT,
+    created_at TEXT NOT NULL
+)""",
+    "CREATE INDEX IF NOT EXISTS sweeps_owner ON sweeps(owner, seq)",
+    """CREATE TABLE IF NOT EXISTS tokens (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    user TEXT NOT NULL,
+    hash TEXT NOT NULL UNIQUE,
+    admin INTEGER NOT NULL DEFAULT 0,
+    created_at TEXT NOT NULL,
+    revoked_at TEXT
+)""",
+    """CREATE TABLE IF NOT EXISTS binaries (
+    owner TEXT NOT NULL,
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    sha256 TEXT NOT NULL,
+    content_type TEXT NOT NULL,
+    uploaded_at TEXT NOT NULL,
+    PRIMARY KEY (owner, name, version)
+)""",
+    """CREATE TABLE IF NOT EXISTS job_shares (
+    job_id TEXT NOT NULL,
+    user TEXT NOT NULL,
+    shared_by TEXT NOT NULL,
+    shared_at TEXT NOT NULL,
+    PRIMARY KEY (job_id, user)
+)""",
+    "CREATE INDEX IF NOT EXISTS job_shares_user ON job_shares(user, job_id)",
+    """CREATE TABLE IF NOT EXISTS secrets (
+    holder TEXT PRIMARY KEY,  -- a job id, or a sweep id (shared by its runs)
+    sealed BLOB NOT NULL
+)""",
+)
+
+MIGRATIONS: tuple[Migration, ...] = (
+    # 1
+    Migration(
+        "the tenancy release's schema (per-owner binaries, shares, secrets); the columns "
+        "earlier releases added with ALTER TABLE (jobs.worker_losses, jobs.input_bytes, "
+        "jobs.storage_bytes, sweeps.input_bytes) are part of it",
+        TENANCY_SCHEMA,
+        columns=(  # a ledger at this state always has them; kept so a v0 one surely does
+            ("jobs", "worker_losses", "INTEGER NOT NULL DEFAULT 0"),
+            ("jobs", "input_bytes", "INTEGER NOT NULL DEFAULT 0"),
+            ("jobs", "storage_bytes", "INTEGER NOT NULL DEFAULT 0"),
+            ("sweeps", "input_bytes", "INTEGER NOT NULL DEFAULT 0"),
+        ),
+    ),
+    # 2
+    Migration(
+        "a sweep's counts, bytes and last finish read from one covering index, which "
+        "replaces jobs_sweep_status",
+        (
+            "CREATE INDEX IF NOT EXISTS jobs_sweep_stats"
+            " ON jobs(sweep_id, status, finished_at, storage_bytes)",
+            "DROP INDEX IF EXISTS jobs_sweep_status",
+        ),
+    ),
+    # 3
+    Migration(
+        "a narrow index on jobs.seq: counts and deep-page offsets walk it, not the 1 KB rows",
+        ("CREATE INDEX IF NOT EXISTS jobs_seq ON jobs(seq)",),
+    ),
+    # 4
+    Migration(
+        "job_uids: each user's OS uid for their jobs, handed out once (multi-user isolation)",
+        ("CREATE TABLE IF NOT EXISTS job_uids (user TEXT PRIMARY KEY, uid INTEGER NOT NULL UNIQUE)",),
+    ),
+    # 5
+    Migration(
+        "auth_changes: explicit `orchestrator auth enable/disable` choices, newest last",
+        (
+            """CREATE TABLE IF NOT EXISTS auth_changes (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    required INTEGER NOT NULL,
+    changed_by TEXT NOT NULL,
+    changed_at TEXT NOT NULL
+)""",
+        ),
+    ),
+    # 6
+    Migration(
+        "jobs.stop_requested: a user's stop (its reason) survives a crash before the worker reports",
+        columns=(("jobs", "stop_requested", "TEXT"),),
+    ),
+)
+LATEST = len(MIGRATIONS)
+
+
+def user_version(db: sqlite3.Connection) -> int:
+    return int(db.execute("PRAGMA user_version").fetchone()[0])
+
+
+def migrate(db: sqlite3.Connection, path: Path) -> None:
+    """Bring the ledger (a connection in autocommit mode) up to LATEST, a step per transaction."""
+    refuse_pre_tenancy_binaries(db, path)
+    if user_version(db) > LATEST:
+        raise RuntimeError(
+            f"{path}: this ledger is at schema version {user_version(db)}, newer than this "
+            f"orchestrator knows ({LATEST}); run the version that wrote it"
+        )
+    for number, step in enumerate(MIGRATIONS, start=1):
+        if user_version(db) >= number:
+            continue
+        db.execute("BEGIN IMMEDIATE")
+        try:
+            if user_version(db) < number:  # read inside the transaction: another opener may be first
+                step.apply(db)
+                db.execute(f"PRAGMA user_version = {number}")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
+
+
+def refuse_pre_tenancy_binaries(db: sqlite3.Connection, path: Path) -> None:
+    """Binary names became per owner (and their storage keys binaries/<owner>/...);
+    a ledger from before would silently show one user's binaries to all, so refuse it."""
+    columns = [row[1] for row in db.execute("PRAGMA table_info(binaries)")]
+    if columns and columns[0] != "owner":
+        raise RuntimeError(
+            f"{path}: its binaries table predates per-user binary names; "
+            "re-upload binaries into a fresh data folder"
+        )
