@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from orchestrator.errors import ChecksumMismatch, JobFailed
+from orchestrator.executors import JobKind
 from orchestrator.handle import EventStream, LiveHandle
 from orchestrator.models import (
     BinaryRecord,
@@ -76,7 +77,7 @@ class Job(LiveHandle[JobRecord]):
             raise TimeoutError(f"job {self.id} is still {record.status.value}")
         if record.status != JobStatus.COMPLETED:
             raise JobFailed(record)
-        if record.kind == "callable":
+        if record.kind == JobKind.CALLABLE:
             return self._backend.return_value(self.id)
         return record.result or JobResult()
 

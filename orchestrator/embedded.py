@@ -13,6 +13,7 @@ from typing import Any
 
 from orchestrator.auth import Principal
 from orchestrator.config import Settings
+from orchestrator.executors import JobKind
 from orchestrator.handle import EventStream
 from orchestrator.loop_thread import LoopThread
 from orchestrator.models import (
@@ -83,7 +84,7 @@ class EmbeddedBackend:
             layout.callable_key(job_id), cloudpickle.dumps((function, args, kwargs))
         )
         return self._run(
-            self.service.jobs.create(request, self._principal, job_id=job_id, kind="callable")
+            self.service.jobs.create(request, self._principal, job_id=job_id, kind=JobKind.CALLABLE)
         )
 
     def get_job(self, job_id: str) -> JobRecord:
@@ -171,7 +172,7 @@ class EmbeddedBackend:
                 storage.put_bytes(layout.sweep_callable_key(sweep_id), cloudpickle.dumps((function, (), {})))
             outcome = self._run(self.service.sweeps.create(
                 request, self._principal, sweep_id=sweep_id, uploaded=uploaded,
-                kind="callable" if function is not None else "command",
+                kind=JobKind.CALLABLE if function is not None else JobKind.COMMAND,
             ))
         except BaseException:
             storage.delete_prefix(layout.sweep_prefix(sweep_id))

@@ -15,6 +15,7 @@ from orchestrator.auth import Principal
 from orchestrator.binaries import BinaryService
 from orchestrator.engine import Engine
 from orchestrator.errors import Conflict, Forbidden, NotFound, QuotaExceeded, ValidationFailed
+from orchestrator.executors import JobKind
 from orchestrator.ledger import Store
 from orchestrator.models import (
     FileEntry,
@@ -64,7 +65,7 @@ class JobService:
         *,
         job_id: str | None = None,
         files: list[str] | None = None,
-        kind: str = "command",
+        kind: JobKind = JobKind.COMMAND,
     ) -> JobRecord:
         """Record a job whose input files are already stored under its id, and submit it."""
         owner = creator.user
@@ -74,7 +75,7 @@ class JobService:
         now = utcnow()
         job_id = job_id or new_job_id()
         stored = 0
-        if files or kind == "callable":
+        if files or kind == JobKind.CALLABLE:
             stored = await asyncio.to_thread(self.storage.prefix_bytes, layout.job_prefix(job_id))
         job = JobRecord(
             id=job_id,
@@ -83,7 +84,7 @@ class JobService:
             owner=owner,
             kind=kind,
             status=JobStatus.CREATED,
-            command=request.command if kind == "command" else None,
+            command=request.command if kind == JobKind.COMMAND else None,
             binaries=self.binaries.pin(request.binaries, owner, creator.admin),
             files=sorted(files or []),
             env=request.env,

@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from orchestrator.executors import JobKind
 from orchestrator.paths import _NAME as SAFE_NAME
 from orchestrator.paths import safe_name
 
@@ -277,7 +278,7 @@ class JobRecord(BaseModel):
     id: str
     name: str
     owner: str
-    kind: str = Field("command", description="'command' or 'callable'")
+    kind: JobKind = Field(JobKind.COMMAND, description="'command' or 'callable'")
     status: JobStatus
     status_reason: str | None = None
     command: str | list[str] | None = None

@@ -17,7 +17,6 @@ import signal
 import subprocess
 import tempfile
 import time
-import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -27,6 +26,7 @@ from typing import Any
 import psutil
 
 from orchestrator import outputs, templating
+from orchestrator.executors import Executor, JobKind, RunContext, executor_for
 from orchestrator.jobuser import RunAs, clean_environment, fetch_as, hand_over, job_folder
 from orchestrator.paths import safe_relative_path
 from orchestrator.plugins.worker import (
@@ -65,6 +65,7 @@ class RunSpec:
     inputs: list[StagedInput] = field(default_factory=list)
     timeout_s: float | None = None
     callable_key: str | None = None
+    kind: str = JobKind.COMMAND.value  # which Executor runs it (orchestrator.executors)
     variables: dict[str, Any] | None = None  # a sweep run's values
     gpus: int = 0  # devices lent to the run from the worker's own
     shell_template: str | None = None  # a sweep's shell line, made into `command` per run
@@ -134,7 +135,7 @@ def run_job(spec_dict: Sealed | dict[str, Any]) -> dict[str, Any]:
 def _unexpected(exc: BaseException) -> Outcome:
     """An error of the runner itself (not of the job's command) as a failed outcome."""
     kind = "storage error" if is_storage_failure(exc) else "runner error"
-    return Outcome("FAILED", f"{kind}: {_describe(exc)}", worker=_worker_address())
+    return Outcome("FAILED", f"{kind}: {describe_error(exc)}", worker=_worker_address())
 
 
 def run_batch(batch: Sealed | dict[str, Any] | str) -> str:
@@ -217,18 +218,27 @@ def execute(spec: RunSpec, announce: bool, scratch: Scratch) -> Outcome:
     stopper = job_processes().stop_requested(spec.key)
     if stopper:
         return Outcome("STOPPED", f"stop requested by {stopper}", worker=worker)
-    storage = _storage(spec.storage_url)
-    if spec.callable_key:
-        return _call(storage, spec, worker, announce)
-    run_as = RunAs.from_spec(spec.run_as)
-    try:
-        with gpu_devices().lend(spec.gpus) as devices, scratch.folder(run_as) as workdir:
-            if devices:
-                visible = ",".join(devices)
-                spec.env = {**spec.env, "CUDA_VISIBLE_DEVICES": visible, "NVIDIA_VISIBLE_DEVICES": visible}
-            return _run_in(workdir, scratch.logs, spec, storage, worker, announce)
-    finally:
-        job_processes().unregister(spec.key)
+    context = RunContext(_storage(spec.storage_url), worker, announce, scratch)
+    return executor_for(spec.kind).run(spec, context)
+
+
+class CommandExecutor(Executor):
+    """A command in its own process group, in a working folder, under the job owner's
+    identity in multi-user mode."""
+
+    kind = JobKind.COMMAND
+
+    def run(self, spec: RunSpec, context: RunContext) -> Outcome:
+        run_as = RunAs.from_spec(spec.run_as)
+        try:
+            with gpu_devices().lend(spec.gpus) as devices, context.scratch.folder(run_as) as workdir:
+                if devices:
+                    visible = ",".join(devices)
+                    spec.env = {**spec.env, "CUDA_VISIBLE_DEVICES": visible, "NVIDIA_VISIBLE_DEVICES": visible}
+                return _run_in(workdir, context.scratch.logs, spec, context.storage, context.worker,
+                               context.announce)
+        finally:
+            job_processes().unregister(spec.key)
 
 
 def _run_in(
@@ -237,14 +247,14 @@ def _run_in(
 ) -> Outcome:
     run_as = RunAs.from_spec(spec.run_as)
     if spec.attempt > 1:
-        _forget_earlier_attempt(storage, spec.job_id)
+        forget_earlier_attempt(storage, spec.job_id)
     try:
         staged = _stage_inputs(storage, spec.inputs, workdir, spec.variables or {}, run_as)
     except Exception as exc:  # noqa: BLE001 - any staging failure fails the job with its reason
         return Outcome("FAILED", _step_failed("staging inputs", exc), worker=worker)
     started = time.time()
     if announce:
-        _announce_running(spec, worker, started)
+        announce_running(spec, worker, started)
     outcome = _run_command(workdir, log_paths, spec, storage, worker)
     outcome.started_at = started
     if is_stale(spec.key):  # replaced while it ran: the newer attempt owns the job's files
@@ -461,63 +471,6 @@ def _ship_final_logs(storage: Storage, job_id: str, paths: dict[str, Path]) -> i
     return stored
 
 
-# ---- Python callables -------------------------------------------------------------------
-
-
-def _call(storage: Storage, spec: RunSpec, worker: str | None, announce: bool) -> Outcome:
-    """A Python callable, in this worker thread; no working folder, no process.
-
-    A sweep's variables are keyword arguments. A returned dict of JSON values is also the
-    run's outputs; a value JSON cannot hold is pickled into the outputs as return.pkl.
-    """
-    import cloudpickle
-
-    if spec.attempt > 1:
-        _forget_earlier_attempt(storage, spec.job_id)
-    started = time.time()
-    if announce:
-        _announce_running(spec, worker, started)
-    function, args, kwargs = _load_callable(storage, spec.callable_key)
-    try:
-        with gpu_devices().lend(spec.gpus):  # the callable asks assigned_gpus() which
-            value = function(*args, **{**kwargs, **(spec.variables or {})})
-    except (Exception, SystemExit) as exc:  # the job's own exception (or exit) is its failure
-        stderr = storage.put_bytes(layout.log_key(spec.job_id, "stderr"), traceback.format_exc().encode())
-        outcome = Outcome("FAILED", _describe(exc), worker=worker, error=_describe(exc), log_bytes=stderr.size)
-    else:
-        outcome = Outcome("COMPLETED", None, 0, worker=worker)
-        try:
-            if outputs.too_big(value) or len(json.dumps(value)) > outputs.MAX_OUTPUTS_BYTES:
-                raise ValueError("too large for the ledger")
-            outcome.value = value
-            if isinstance(value, dict):
-                outcome.outputs, outcome.error = outputs.checked_outputs(value)
-        except (TypeError, ValueError, RecursionError):
-            stored = storage.put_bytes(layout.output_key(spec.job_id, RETURN_FILE), cloudpickle.dumps(value))
-            outcome.files = [{"path": RETURN_FILE, "size": stored.size, "sha256": stored.sha256}]
-            outcome.value = repr(value)[:1000]
-    outcome.started_at, outcome.finished_at = started, time.time()
-    return outcome
-
-
-@lru_cache(maxsize=8)
-def _load_callable_cached(storage: Storage, key: str) -> tuple[Any, tuple, dict]:
-    import cloudpickle
-
-    with storage.open(key) as source:
-        return cloudpickle.loads(source.read())
-
-
-def _load_callable(storage: Storage, key: str) -> tuple[Any, tuple, dict]:
-    """A sweep's runs share one pickled callable: load it once per worker, not per run."""
-    if key.startswith("sweeps/"):
-        return _load_callable_cached(storage, key)
-    with storage.open(key) as source:
-        import cloudpickle
-
-        return cloudpickle.loads(source.read())
-
-
 # ---- inputs and outputs -----------------------------------------------------------------
 
 
@@ -579,7 +532,7 @@ def _read_template(storage: Storage, key: str) -> str:
         return source.read().decode("utf-8")
 
 
-def _forget_earlier_attempt(storage: Storage, job_id: str) -> None:
+def forget_earlier_attempt(storage: Storage, job_id: str) -> None:
     """A retry starts clean: no outputs or logs of the attempt before it remain."""
     storage.delete_prefix(layout.outputs_prefix(job_id))
     storage.delete_prefix(layout.logs_prefix(job_id))
@@ -615,7 +568,7 @@ def _scratch_root() -> Path:
     return _scratch_root_in(worker.local_directory if worker else tempfile.gettempdir())
 
 
-def _announce_running(spec: RunSpec, worker_address: str | None, started: float) -> None:
+def announce_running(spec: RunSpec, worker_address: str | None, started: float) -> None:
     worker = _worker()
     if worker is not None:
         worker.log_event(
@@ -632,9 +585,9 @@ def _storage(url: str) -> Storage:
 
 def _step_failed(step: str, exc: BaseException) -> str:
     if is_storage_failure(exc):
-        return f"storage error while {step}: {_describe(exc)}"
-    return f"{step} failed: {_describe(exc)}"
+        return f"storage error while {step}: {describe_error(exc)}"
+    return f"{step} failed: {describe_error(exc)}"
 
 
-def _describe(exc: BaseException) -> str:
+def describe_error(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"[:2000]

@@ -8,6 +8,7 @@ from typing import Any
 
 from orchestrator.binaries import BinaryRef
 from orchestrator.decisions import own_failures, task_key
+from orchestrator.executors import JobKind
 from orchestrator.isolation import Isolation
 from orchestrator.ledger import Store
 from orchestrator.models import JobRecord
@@ -48,9 +49,10 @@ def run_spec(job: JobRecord, storage_url: str, secrets: dict[str, str], isolatio
         env={**job.env, **secrets},
         inputs=inputs,
         timeout_s=job.timeout_s,
-        callable_key=layout.callable_key(job.id) if job.kind == "callable" else None,
+        callable_key=layout.callable_key(job.id) if job.kind == JobKind.CALLABLE else None,
+        kind=job.kind.value,
         gpus=job.resources.gpus,
-        run_as=isolation.run_as(job.owner) if job.kind == "command" else None,
+        run_as=isolation.run_as(job.owner) if job.kind == JobKind.COMMAND else None,
     )
     return asdict(spec)
 
@@ -67,6 +69,7 @@ def batch_spec(
          **({} if template.get("shell_template") else {"command": job.command})}
         for job, attempt in zip(jobs, attempts, strict=True)
     ]
-    run_as = isolation.run_as(jobs[0].owner) if jobs[0].kind == "command" else None
-    return {"template": {**template, "storage_url": storage_url, "run_as": run_as},
+    kind = jobs[0].kind  # the runs of one sweep are of one kind
+    run_as = isolation.run_as(jobs[0].owner) if kind == JobKind.COMMAND else None
+    return {"template": {**template, "storage_url": storage_url, "run_as": run_as, "kind": kind.value},
             "runs": runs, "failure_budget": failure_budget}

@@ -26,6 +26,7 @@ from orchestrator.binaries import BinaryRef, BinaryService
 from orchestrator.dispatch import SweepDispatcher
 from orchestrator.engine import ACTIVE, Engine, binary_input
 from orchestrator.errors import NotFound, ValidationFailed
+from orchestrator.executors import JobKind
 from orchestrator.jobs import default_name
 from orchestrator.ledger import Store, SweepRow
 from orchestrator.models import (
@@ -159,13 +160,13 @@ class SweepService:
         *,
         sweep_id: str,
         uploaded: list[str] | None = None,
-        kind: str = "command",
+        kind: JobKind = JobKind.COMMAND,
     ) -> SweepRecord | DryRun:
         """Plan the sweep; a dry run answers the rendered table, otherwise every run is queued.
 
         Files (and a callable) are already stored under the sweep's id.
         """
-        if kind == "command" and request.command is None:
+        if kind == JobKind.COMMAND and request.command is None:
             raise ValidationFailed("a sweep needs a command", {"command": "required"})
         owner = creator.user
         table = await asyncio.to_thread(self._table, request)
@@ -300,7 +301,7 @@ class SweepService:
             "inputs": [vars(item) for item in inputs],
             "timeout_s": request.timeout_s,
             "gpus": request.resources.gpus,
-            "callable_key": layout.sweep_callable_key(sweep_id) if kind == "callable" else None,
+            "callable_key": layout.sweep_callable_key(sweep_id) if kind == JobKind.CALLABLE else None,
         }
         return spec
 
