@@ -145,13 +145,13 @@ class Server:
         return record
 
     def wait_for_status(self, job_id: str, status: str, timeout: float = 30) -> dict:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        from tests.support import wait_until
+
+        def reached() -> dict | None:
             job = self.http.get(f"/jobs/{job_id}").json()
-            if job["status"] == status:
-                return job
-            time.sleep(0.05)
-        raise AssertionError(f"job {job_id} never reached {status}: {job}")
+            return job if job["status"] == status else None
+
+        return wait_until(reached, timeout, f"job {job_id} {status}", every=0.05)
 
 
 def start_test_server(settings: Settings) -> Server:

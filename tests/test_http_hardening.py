@@ -37,10 +37,10 @@ from tests.conftest import (
     stop_test_server,
     wait_until_serving,
 )
-from tests.test_attacks import (
+from tests.support import wait_until
+from tests.support.raw_http import (
     HANG_S,
     Reply,
-    Tenants,
     address,
     bystander,
     exchange,
@@ -48,9 +48,8 @@ from tests.test_attacks import (
     read_reply,
     refused,
     request,
-    tenants_on,
-    wait_until,
 )
+from tests.support.tenants import Tenants, tenants_on
 from tests.test_auth import create_token
 
 HEARTBEAT_S = 1.0  # streams re-check access this often in these tests (15 s by default)

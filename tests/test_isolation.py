@@ -21,7 +21,8 @@ import pytest
 
 from orchestrator.config import Settings
 from tests.conftest import Server, start_test_server, stop_test_server
-from tests.test_attacks import tenants_on
+from tests.support import wait_until
+from tests.support.tenants import tenants_on
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="running jobs as other users needs root")
 
@@ -140,18 +141,15 @@ def test_a_job_cannot_read_another_users_running_job_environment(users):
 
 
 def _wait_for_process_with(marker: str, timeout: float = WAIT_S) -> None:
-    import time
+    wait_until(lambda: any(marker in _environ(proc).get("TOKEN", "") for proc in psutil.process_iter()),
+               timeout, "alice's job started")
 
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        for proc in psutil.process_iter():
-            try:
-                if marker in proc.environ().get("TOKEN", ""):
-                    return
-            except psutil.Error:
-                continue
-        time.sleep(0.2)
-    raise AssertionError("alice's job never started")
+
+def _environ(proc: psutil.Process) -> dict[str, str]:
+    try:
+        return proc.environ()
+    except psutil.Error:
+        return {}
 
 
 def test_file_urls_of_the_servers_data_are_not_staged(users):

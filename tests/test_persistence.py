@@ -11,6 +11,7 @@ from collections.abc import Iterator
 import httpx
 
 from tests.conftest import free_port, kill_session, serve_subprocess, wait_until_serving
+from tests.support import wait_until
 
 
 def test_kill_9_and_restart_keeps_every_job_and_resubmits_active_ones(tmp_path):
@@ -81,12 +82,7 @@ def _place(tmp_path) -> tuple:
 
 
 def _wait_status(api: httpx.Client, job_id: str, status: str) -> None:
-    import time
-
-    deadline = time.monotonic() + 30
-    while api.get(f"/jobs/{job_id}").json()["status"] != status:
-        assert time.monotonic() < deadline, f"{job_id} never {status}"
-        time.sleep(0.1)
+    wait_until(lambda: api.get(f"/jobs/{job_id}").json()["status"] == status, 30, f"{job_id} {status}")
 
 
 def test_kill_9_mid_sweep_and_restart_finishes_every_run_once(tmp_path):
@@ -114,12 +110,7 @@ def test_kill_9_mid_sweep_and_restart_finishes_every_run_once(tmp_path):
 
 
 def _wait_counts(api: httpx.Client, sweep_id: str, predicate) -> None:
-    import time
-
-    deadline = time.monotonic() + 60
-    while not predicate(api.get(f"/sweeps/{sweep_id}").json()["counts"]):
-        assert time.monotonic() < deadline, "the sweep never got that far"
-        time.sleep(0.1)
+    wait_until(lambda: predicate(api.get(f"/sweeps/{sweep_id}").json()["counts"]), 60, "the sweep that far")
 
 
 def _processes_of(job_id: str) -> list[int]:
@@ -154,10 +145,7 @@ def test_a_stop_survives_a_crash_right_after_it_is_accepted(tmp_path):
     with serving(data_dir, port, url) as server, contextlib.closing(api):
         done = api.get(f"/jobs/{job['id']}", params={"wait": 60}, timeout=90).json()
         assert done["status"] == "STOPPED" and done["status_reason"].startswith("stop requested"), done
-        deadline = time.monotonic() + 20
-        while _processes_of(job["id"]):
-            assert time.monotonic() < deadline, "the previous life's job process was never ended"
-            time.sleep(0.2)
+        wait_until(lambda: not _processes_of(job["id"]), 20, "the previous life's job process ended")
         time.sleep(1)  # a resubmitted attempt would have written its line by now
         assert runs.read_text() == "run\n"
         stop_cleanly(server)

@@ -10,6 +10,7 @@ import uuid
 from orchestrator.plugins.worker import job_processes, request_stop, stale_attempt
 from orchestrator.runner import run_job
 from orchestrator.storage import Storage, layout
+from tests.support import wait_until
 
 
 def _spec(tmp_path, key: str) -> dict:
@@ -19,10 +20,7 @@ def _spec(tmp_path, key: str) -> dict:
 
 
 def _wait_running(key: str) -> None:
-    deadline = time.monotonic() + 20
-    while key not in job_processes().running_keys():
-        assert time.monotonic() < deadline, "the command never started"
-        time.sleep(0.02)
+    wait_until(lambda: key in job_processes().running_keys(), 20, "the command started", every=0.02)
 
 
 def _run_then_stop(tmp_path, requested_by: str) -> tuple[dict, dict, Storage]:
