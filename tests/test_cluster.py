@@ -20,6 +20,7 @@ from orchestrator import Orchestrator, Settings, assigned_gpus
 from orchestrator.cluster import embedded_cluster_options
 from orchestrator.plugins.worker import GPU_DEVICES_VARIABLE, GpuDevices
 from tests.conftest import REPO, TlsFiles, free_port, kill_session
+from tests.support import wait_until
 
 
 @contextlib.contextmanager
@@ -213,12 +214,11 @@ def test_a_sweep_run_whose_worker_dies_runs_again_elsewhere(make_server, tls_fil
 
 def _rerun_on(server, job_id: str, worker: str, lost: str, retry: str) -> dict:
     """Wait until the job runs again on `worker`, and check the history says why."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def running_there() -> dict | None:
         record = server.http.get(f"/jobs/{job_id}").json()
-        if record["status"] == "RUNNING" and record["worker"] == worker:
-            break
-        time.sleep(0.1)
+        return record if record["status"] == "RUNNING" and record["worker"] == worker else None
+
+    record = wait_until(running_there, 60, f"job {job_id} RUNNING on {worker}")
     assert record["status"] == "RUNNING" and record["worker"] == worker and record["attempt"] == 2, record
     history = server.http.get(f"/jobs/{job_id}/statuses").json()
     reasons = [h["reason"] for h in history if h["status"] == "QUEUED" and "worker lost" in (h["reason"] or "")]

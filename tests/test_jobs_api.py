@@ -6,7 +6,10 @@ import hashlib
 import json
 import time
 
+import httpx
 import psutil
+
+from tests.support import wait_until
 
 
 def test_sync_job_reports_result_outputs_and_history(server):
@@ -103,13 +106,13 @@ def test_multipart_files_are_staged_and_not_returned_as_outputs(server):
 def test_logs_can_be_tailed_by_offset_while_running(server):
     job = server.submit(command="echo first; sleep 2; echo second")
     server.wait_for_status(job["id"], "RUNNING")
-    deadline = time.monotonic() + 10
-    text = ""
-    while "first" not in text and time.monotonic() < deadline:
+
+    def first_line_logged() -> httpx.Response | None:
         response = server.http.get(f"/jobs/{job['id']}/logs")
-        text = response.text
-        time.sleep(0.1)
-    assert text == "first\n"
+        return response if "first" in response.text else None
+
+    response = wait_until(first_line_logged, 10, "the first line logged")
+    assert response.text == "first\n"
     offset = int(response.headers["X-Log-Offset"])
     server.wait(job["id"])
     rest = server.http.get(f"/jobs/{job['id']}/logs", params={"offset": offset})
@@ -192,10 +195,8 @@ def test_delete_refuses_running_jobs_and_removes_finished_ones(server):
     assert refused.json()["error"]["code"] == "conflict"
     accepted = server.http.delete(f"/jobs/{running['id']}", params={"stop": "true"})
     assert accepted.status_code == 202
-    deadline = time.monotonic() + 10
-    while server.http.get(f"/jobs/{running['id']}").status_code != 404:
-        assert time.monotonic() < deadline, "job was not deleted after stopping"
-        time.sleep(0.1)
+    wait_until(lambda: server.http.get(f"/jobs/{running['id']}").status_code == 404, 10,
+               "the job deleted after stopping")
     done = server.wait(server.submit(command="echo x > out.txt")["id"])
     storage = server.running.service.storage
     assert storage.exists(f"jobs/{done['id']}/outputs/out.txt")

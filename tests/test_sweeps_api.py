@@ -11,6 +11,8 @@ import time
 import psutil
 import pytest
 
+from tests.support import wait_until
+
 SIM = """\
 import argparse, json
 parser = argparse.ArgumentParser()
@@ -38,13 +40,11 @@ def wait_sweep(server, sweep_id: str, timeout: float = 60) -> dict:
 
 
 def wait_for_counts(server, sweep_id: str, predicate, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    def matched() -> dict | None:
         sweep = server.http.get(f"/sweeps/{sweep_id}").json()
-        if predicate(sweep["counts"]):
-            return sweep
-        time.sleep(0.05)
-    raise AssertionError(f"counts never matched: {sweep}")
+        return sweep if predicate(sweep["counts"]) else None
+
+    return wait_until(matched, timeout, f"counts of sweep {sweep_id} matching", every=0.05)
 
 
 def test_factorial_sweep_results_match_what_each_run_computed(server):

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 
 import httpx
 import pytest
+
+from tests.support import wait_until
 
 CANARY = "s3cr3t-canary-7f1d"
 
@@ -228,10 +229,8 @@ def test_queued_jobs_per_user_are_capped(make_server):
     server = make_server(max_queued_per_user=2)
     alice, bob = User(server, "alice"), User(server, "bob")
     blocker = alice.job(command="sleep 60", resources={"cores": 2})
-    deadline = time.monotonic() + 30
-    while alice.http.get(f"/jobs/{blocker['id']}").json()["status"] != "RUNNING":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    wait_until(lambda: alice.http.get(f"/jobs/{blocker['id']}").json()["status"] == "RUNNING", 30,
+               "the blocker RUNNING", every=0.05)
     queued = [alice.job(command="true", resources={"cores": 2}) for _ in range(2)]
     refused = alice.http.post("/jobs", json={"command": "true"})
     assert refused.status_code == 429
