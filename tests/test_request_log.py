@@ -17,6 +17,7 @@ from tests.conftest import (
     server_output,
     wait_until_serving,
 )
+from tests.support import wait_until
 
 SECRET = "request-log-secret-3b9e"
 
@@ -39,6 +40,8 @@ def test_each_request_is_logged_once_without_tokens_or_secrets(tmp_path):
         assert httpx.get(f"{url}/jobs/{job['id']}", headers=headers).status_code == 200
         assert httpx.get(f"{url}/jobs/missing", headers=headers).status_code == 404
         assert httpx.get(f"{url}/jobs", params={"search": token}).status_code == 401
+        # a request is logged once it has been answered: wait for the last line before the kill
+        wait_until(lambda: "GET /api/v1/jobs 401" in server_output(server), 10, "the last request logged")
     finally:
         kill_session(server)
     log = server_output(server)
