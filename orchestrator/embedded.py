@@ -60,17 +60,14 @@ class EmbeddedBackend:
         from orchestrator.paths import safe_relative_path
 
         job_id = new_job_id()
-        storage = self.service.storage
-        paths = []
+        paths = [safe_relative_path(dest) for dest in files]
         try:
-            for dest, source in files.items():
-                path = safe_relative_path(dest)
-                storage.put_file(str(source), layout.input_key(job_id, path))
-                paths.append(path)
-            return self._run(self.service.jobs.create(request, self._principal, job_id=job_id, files=paths))
+            for path, source in zip(paths, files.values(), strict=True):
+                self.service.storage.put_file(str(source), layout.input_key(job_id, path))
         except BaseException:
-            storage.delete_prefix(layout.job_prefix(job_id))
+            self.service.storage.delete_prefix(layout.job_prefix(job_id))
             raise
+        return self._run(self.service.jobs.create_from_upload(request, self._principal, job_id=job_id, files=paths))
 
     def create_callable(
         self, request: JobCreate, function: Callable, args: tuple, kwargs: dict
@@ -83,9 +80,8 @@ class EmbeddedBackend:
         self.service.storage.put_bytes(
             layout.callable_key(job_id), cloudpickle.dumps((function, args, kwargs))
         )
-        return self._run(
-            self.service.jobs.create(request, self._principal, job_id=job_id, kind=JobKind.CALLABLE)
-        )
+        return self._run(self.service.jobs.create_from_upload(
+            request, self._principal, job_id=job_id, kind=JobKind.CALLABLE))
 
     def get_job(self, job_id: str) -> JobRecord:
         return self._sync(self.service.jobs.get, job_id)
@@ -158,28 +154,22 @@ class EmbeddedBackend:
         import cloudpickle
 
         from orchestrator.paths import safe_relative_path
-        from orchestrator.sweeps import DryRun, new_sweep_id
+        from orchestrator.sweeps import new_sweep_id
 
         sweep_id = new_sweep_id()
         storage = self.service.storage
+        uploaded = [safe_relative_path(dest) for dest in files]
         try:
-            uploaded = []
-            for dest, source in files.items():
-                path = safe_relative_path(dest)
+            for path, source in zip(uploaded, files.values(), strict=True):
                 storage.put_file(str(source), layout.sweep_input_key(sweep_id, path))
-                uploaded.append(path)
             if function is not None:
                 storage.put_bytes(layout.sweep_callable_key(sweep_id), cloudpickle.dumps((function, (), {})))
-            outcome = self._run(self.service.sweeps.create(
-                request, self._principal, sweep_id=sweep_id, uploaded=uploaded,
-                kind=JobKind.CALLABLE if function is not None else JobKind.COMMAND,
-            ))
         except BaseException:
             storage.delete_prefix(layout.sweep_prefix(sweep_id))
             raise
-        if isinstance(outcome, DryRun):
-            storage.delete_prefix(layout.sweep_prefix(sweep_id))
-        return outcome
+        return self._run(self.service.sweeps.create_from_upload(
+            request, self._principal, sweep_id=sweep_id, uploaded=uploaded,
+            kind=JobKind.CALLABLE if function is not None else JobKind.COMMAND))
 
     def get_sweep(self, sweep_id: str) -> Any:
         return self._sync(self.service.sweeps.get, sweep_id)

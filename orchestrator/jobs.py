@@ -101,6 +101,18 @@ class JobService:
         )
         return self.engine.submit(job, reason=waiting) if request.submit else job
 
+    async def create_from_upload(
+        self, request: JobCreate, creator: Principal, *, job_id: str, files: list[str] | None = None,
+        kind: JobKind = JobKind.COMMAND,
+    ) -> JobRecord:
+        """`create` for a job whose inputs were stored under its new id first (uploaded parts,
+        local files, a pickled callable): a refused job takes its inputs with it."""
+        try:
+            return await self.create(request, creator, job_id=job_id, files=files, kind=kind)
+        except BaseException:
+            await asyncio.to_thread(self.storage.delete_prefix, layout.job_prefix(job_id))
+            raise
+
     def check_queue_quota(self, owner: str, adding: int = 1) -> None:
         """Refuse work past the owner's cap on queued jobs (sweep runs are bounded by the
         sweep size limit instead), so one user cannot bury the queue for everyone."""

@@ -153,6 +153,21 @@ class SweepService:
 
     # ---- creating ---------------------------------------------------------------------
 
+    async def create_from_upload(
+        self, request: SweepCreate, creator: Principal, *, sweep_id: str, uploaded: list[str] | None = None,
+        kind: JobKind = JobKind.COMMAND,
+    ) -> SweepRecord | DryRun:
+        """`create` for a sweep whose files were stored under its new id first: they go again
+        when it is refused, and after a dry run (nothing will ever read them)."""
+        try:
+            outcome = await self.create(request, creator, sweep_id=sweep_id, uploaded=uploaded, kind=kind)
+        except BaseException:
+            await asyncio.to_thread(self.storage.delete_prefix, layout.sweep_prefix(sweep_id))
+            raise
+        if isinstance(outcome, DryRun):
+            await asyncio.to_thread(self.storage.delete_prefix, layout.sweep_prefix(sweep_id))
+        return outcome
+
     async def create(
         self,
         request: SweepCreate,

@@ -94,13 +94,8 @@ class JobsHandler(StreamingBodyHandler):
         await self.finish_body()
         query = self.query_args()  # a bad query refuses the job before it exists
         request = self._job_request()
-        try:
-            job = await self.service.jobs.create(
-                request, self.principal, job_id=self.job_id, files=sorted(self.file_paths)
-            )
-        except BaseException:
-            await asyncio.to_thread(self.service.storage.delete_prefix, layout.job_prefix(self.job_id))
-            raise
+        job = await self.service.jobs.create_from_upload(
+            request, self.principal, job_id=self.job_id, files=sorted(self.file_paths))
         self.keep_upload()
         status = 201
         if query.sync:

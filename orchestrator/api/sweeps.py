@@ -65,20 +65,13 @@ class SweepsHandler(StreamingBodyHandler):
 
     async def post(self) -> None:
         await self.finish_body()
-        storage = self.service.storage
-        try:
-            request = await self._request()
-            outcome = await self.service.sweeps.create(
-                request, self.principal, sweep_id=self.sweep_id, uploaded=sorted(self.file_paths)
-            )
-        except BaseException:
-            await asyncio.to_thread(storage.delete_prefix, layout.sweep_prefix(self.sweep_id))
-            raise
+        request = await self._request()  # refused: the handler discards the upload (4xx)
+        outcome = await self.service.sweeps.create_from_upload(
+            request, self.principal, sweep_id=self.sweep_id, uploaded=sorted(self.file_paths))
+        self.keep_upload()  # created, or a dry run whose files the service removed already
         if isinstance(outcome, DryRun):
-            await asyncio.to_thread(storage.delete_prefix, layout.sweep_prefix(self.sweep_id))
             self.send_json(outcome)
             return
-        self.keep_upload()
         self.set_header("Location", f"/api/v1/sweeps/{outcome.id}")
         self.send_json(outcome, 201)
 
