@@ -112,12 +112,12 @@ class Board:
         ended = self._ended_totals()
         store = self.store
         _, sweeps = store.list_sweeps(limit=SWEEPS_SHOWN, newest_first=True)
-        groups = [{"label": f"{sweep['name']} ({sweep['id']})", "counts": self._sweep_counts(sweep["id"])}
+        groups = [{"label": f"{sweep.name} ({sweep.id})", "counts": self._sweep_counts(sweep.id)}
                   for sweep in reversed(sweeps)]
         singles = store.sweep_counts(None)
         if singles:
             groups.append({"label": "single jobs", "counts": singles})
-        names = {sweep["id"]: sweep["name"] for sweep in sweeps}
+        names = {sweep.id: sweep.name for sweep in sweeps}
         running_count, running = store.list_jobs(status=JobStatus.RUNNING, limit=RUNNING_SHOWN)
         totals = {JobStatus.RUNNING.value: running_count, **ended}
         for status in UNFINISHED:

@@ -321,20 +321,12 @@ def add_admin_commands(sub: Any) -> None:
     add_tls_flags(worker, "this worker's")
     worker.set_defaults(func=cmd_worker)
 
-    token = sub.add_parser("token", help="create, revoke or list API tokens (stored as hashes)")
-    token.add_argument("action", choices=["create", "revoke", "list"])
+    token = _ledger_command(sub, "token", "create, revoke or list API tokens (stored as hashes)",
+                            cmd_token, ["create", "revoke", "list"])
     token.add_argument("user", nargs="?", help="who the token is for (create, revoke)")
     token.add_argument("--admin", action="store_true", help="the token may see and stop everyone's work")
-    token.add_argument("--data-dir", help="folder of the job store (default: ORCHESTRATOR_DATA_DIR)")
-    token.add_argument("--json", action="store_true")
-    token.set_defaults(func=cmd_token)
-
-    auth = sub.add_parser("auth", help="require API tokens (enable), stop requiring them "
-                                       "(disable), or show which and who chose it (status)")
-    auth.add_argument("action", choices=["status", "enable", "disable"])
-    auth.add_argument("--data-dir", help="folder of the job store (default: ORCHESTRATOR_DATA_DIR)")
-    auth.add_argument("--json", action="store_true")
-    auth.set_defaults(func=cmd_auth)
+    _ledger_command(sub, "auth", "require API tokens (enable), stop requiring them (disable), or "
+                    "show which and who chose it (status)", cmd_auth, ["status", "enable", "disable"])
 
     config = sub.add_parser("config", help="print the effective settings")
     config.add_argument("--json", action="store_true")
@@ -350,6 +342,16 @@ def add_admin_commands(sub: Any) -> None:
     gc.add_argument("--json", action="store_true", help="print JSON")
     gc.set_defaults(func=cmd_gc)
 
+
+
+def _ledger_command(sub: Any, name: str, help_text: str, func: Callable, actions: list[str]) -> Any:
+    """A command run beside the ledger (no server needed): an action, --data-dir, --json."""
+    command = sub.add_parser(name, help=help_text)
+    command.add_argument("action", choices=actions)
+    command.add_argument("--data-dir", help="folder of the job store (default: ORCHESTRATOR_DATA_DIR)")
+    command.add_argument("--json", action="store_true")
+    command.set_defaults(func=func)
+    return command
 
 
 # ---- output ------------------------------------------------------------------------------

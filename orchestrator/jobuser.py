@@ -30,7 +30,9 @@ FETCH_TIMEOUT_S = 3600.0
 # A local file is read by the job's own identity (so only what that uid may read); other
 # URLs never carry the worker's credentials: http(s) has none, s3 is read anonymously.
 REMOTE_PROTOCOLS = {"http": {}, "https": {}, "s3": {"anon": True}}
-_CAT_AS_JOB = 'mkdir -p -- "$(dirname -- "$2")" && cat -- "$1" > "$2"'
+# Run by the job's identity, in its folder: $1 the source, $2 the target path inside it.
+_COPY = 'mkdir -p -- "$(dirname -- "$2")" && cat -- "$1" > "$2"'
+_CREATE = 'mkdir -p -- "$(dirname -- "$2")" && : > "$2"'  # an empty target the job owns
 
 
 class IdentityUnavailable(RuntimeError):
@@ -134,34 +136,31 @@ def fetch_as(run_as: RunAs, url: str, relative: str, folder: Path, executable: b
             f"cannot fetch {url}: inputs of multi-user jobs are file://, http(s):// or s3:// URLs "
             "(s3 read anonymously)")
     if not has_protocol or protocol == "file":
-        _copy_as(run_as, path if has_protocol else url, relative, folder)
+        source = path if has_protocol else url
+        _as_job(run_as, folder, _COPY, source, relative, f"cannot read {source}")
     else:
         _download(url, REMOTE_PROTOCOLS[protocol], folder, relative, run_as)
     if executable:
         os.chmod(os.path.join(folder, relative), 0o755, follow_symlinks=False)
 
 
-def _copy_as(run_as: RunAs, source: str, relative: str, folder: Path) -> None:
+def _as_job(run_as: RunAs, folder: Path, script: str, source: str, target: str, failure: str) -> None:
+    """A shell step of staging, with the job's identity and clean environment."""
     done = subprocess.run(
-        ["/bin/sh", "-c", _CAT_AS_JOB, "fetch", source, relative],
+        ["/bin/sh", "-c", script, "stage", source, target],
         cwd=folder, env=clean_environment(run_as, folder, {}), stdin=subprocess.DEVNULL,
         capture_output=True, timeout=FETCH_TIMEOUT_S, check=False, **run_as.popen_options(),
     )
     if done.returncode != 0:
         lines = done.stderr.decode(errors="replace").strip().splitlines()
-        raise FetchFailed(f"cannot read {source} as uid {run_as.uid}: {lines[-1] if lines else done.returncode}")
+        raise FetchFailed(f"{failure} as uid {run_as.uid}: {lines[-1] if lines else done.returncode}")
 
 
 def _download(url: str, options: dict[str, Any], folder: Path, relative: str, run_as: RunAs) -> None:
-    """Into a new file of the job's folder, created without following links the job made."""
+    """Into a file the job's identity made in its folder (opened without following links)."""
     import fsspec
 
-    parent = os.path.dirname(relative)
-    if parent:
-        _copy_as(run_as, "/dev/null", f"{parent}/.keep", folder)  # parents made as the job
-        os.unlink(os.path.join(folder, parent, ".keep"))
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
-    fd = os.open(os.path.join(folder, relative), flags, 0o600)
-    os.fchown(fd, run_as.uid, run_as.gid)
+    _as_job(run_as, folder, _CREATE, url, relative, f"cannot create {relative}")
+    fd = os.open(os.path.join(folder, relative), os.O_WRONLY | os.O_TRUNC | os.O_NOFOLLOW)
     with fsspec.open(url, "rb", **options) as source, os.fdopen(fd, "wb") as out:
         shutil.copyfileobj(source, out, 4 * 2**20)

@@ -492,9 +492,9 @@ def _stage_inputs(
     for item in inputs:
         if item.url is not None:
             _stage_url(item, workdir, run_as)
-    for item in inputs:
-        info = os.lstat(workdir / safe_relative_path(item.path))
-        staged[safe_relative_path(item.path)] = (info.st_size, info.st_mtime_ns)
+    for relative in map(safe_relative_path, (item.path for item in inputs)):
+        info = os.lstat(workdir / relative)
+        staged[relative] = (info.st_size, info.st_mtime_ns)
     return staged
 
 

@@ -271,3 +271,17 @@ def test_sweep_runs_run_under_their_owners_uid(users):
     runs = users["bob"].get(f"/sweeps/{sweep['id']}/runs").json()["results"]
     seen = sorted(users["bob"].get(f"/jobs/{run['id']}/files/uid.txt").text for run in runs)
     assert seen == [f"{bob_uid}\n{u}\n" for u in (1, 2, 3)]
+
+
+def test_a_user_mapped_to_an_os_account_runs_as_that_account(tmp_path, dask_cluster):
+    import pwd
+
+    nobody = pwd.getpwnam("nobody")
+    settings = Settings(data_dir=tmp_path / "data", port=0, **dask_cluster.settings,
+                        job_accounts={"alice": "nobody"})
+    with tenants_on(settings) as tenants:
+        users = Users(tenants.server, tenants.clients)
+        _, out, _ = users.run("alice", "id -u; id -g; echo $USER")
+        assert out.split() == [str(nobody.pw_uid), str(nobody.pw_gid), "nobody"], out
+        _, out, _ = users.run("bob", "id -u")
+        assert out.strip() not in ("0", str(nobody.pw_uid)), out  # bob keeps a uid of the range

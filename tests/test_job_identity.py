@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import tempfile
 import uuid
 from pathlib import Path
 
@@ -103,3 +104,24 @@ def test_a_batch_of_runs_gets_a_fresh_folder_each(tmp_path):
     for i, (run, outcome) in enumerate(zip(runs, outcomes, strict=True)):
         assert [f["path"] for f in outcome["files"]] == [f"out{i}.txt"]
         assert _stdout(run | template).split() == [str(JOB_UID)]  # no earlier run's file seen
+
+
+@pytest.mark.parametrize("url", ["memory://worker/secret", "simplecache::file:///etc/hostname",
+                                 "zip://a::file:///tmp/x.zip"])
+def test_urls_that_could_reach_the_workers_own_state_are_refused(tmp_path, url):
+    outcome = run_job(Sealed(_spec(tmp_path, "true", inputs=[{"path": "in", "url": url}])))
+    assert outcome["status"] == "FAILED" and "inputs of multi-user jobs are file://" in outcome["reason"], outcome
+
+
+def test_a_readable_file_url_is_staged_into_a_subfolder_as_the_job(tmp_path):
+    with tempfile.TemporaryDirectory() as public:  # pytest's own folders are root's alone
+        os.chmod(public, 0o755)
+        source = Path(public) / "public.txt"
+        source.write_text("shared")
+        source.chmod(0o644)
+        spec = _spec(tmp_path, "stat -c %u deep/er/in.txt; cat deep/er/in.txt",
+                     inputs=[{"path": "deep/er/in.txt", "url": f"file://{source}"}])
+        outcome = run_job(Sealed(spec))
+    assert outcome["status"] == "COMPLETED", outcome
+    assert _stdout(spec) == f"{JOB_UID}\nshared"
+    assert outcome["files"] == []  # an unchanged input is no output

@@ -6,6 +6,8 @@ from __future__ import annotations
 import threading
 from datetime import datetime, timezone
 
+import pytest
+
 from orchestrator.ledger import INSERT_CHUNK, Store, SweepRow
 from orchestrator.models import JobRecord, JobStatus, Resources, StatusChange
 
@@ -57,3 +59,23 @@ def test_reads_answer_while_a_write_transaction_is_open(tmp_path):
     release.set()
     writer.join(10)
     assert not blocked and answered == [3]
+
+
+def test_job_uids_skip_real_accounts_stay_per_user_and_survive_a_reopen(tmp_path):
+    import pwd
+
+    from orchestrator.errors import IsolationUnavailable
+    from orchestrator.isolation import JobIdentities
+
+    nobody = pwd.getpwnam("nobody").pw_uid  # a real account inside the range
+    uid_range = (nobody, nobody + 2)
+    store = Store(tmp_path / "jobs.db")
+    identities = JobIdentities(store, uid_range, {})
+    alice, bob = identities.for_user("alice"), identities.for_user("bob")
+    assert [alice["uid"], bob["uid"]] == [nobody + 1, nobody + 2]
+    assert alice["gid"] == alice["uid"] and alice["user"] == "alice"
+    with pytest.raises(IsolationUnavailable, match="no free uid"):  # the range is spent
+        identities.for_user("carol")
+    store.close()
+    reopened = JobIdentities(Store(tmp_path / "jobs.db"), uid_range, {})
+    assert reopened.for_user("bob")["uid"] == nobody + 2

@@ -32,10 +32,6 @@ class SweepRow:
     input_bytes: int = 0  # files shared by its runs
     stop_reason: str | None = field(default=None)  # why it was stopped; the first reason wins
 
-    def __getitem__(self, key: str) -> Any:
-        """`sweep["name"]` for callers that still read sweeps as mappings (board.py)."""
-        return getattr(self, key)
-
 
 class SweepsTable(Connection):
     def insert_sweep(
