@@ -51,7 +51,7 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from urllib.parse import urlencode
 
-from orchestrator.ledger import Store
+from orchestrator.server.ledger import Store
 
 API = "/api/v1"
 OWNERS = {  # owner -> share of the single jobs and sweeps

@@ -36,7 +36,7 @@ from schemathesis import GenerationMode  # noqa: E402
 
 from orchestrator.config import Settings  # noqa: E402
 from orchestrator.loop_thread import LoopThread  # noqa: E402
-from orchestrator.server import start_server  # noqa: E402
+from orchestrator.server.running import start_server  # noqa: E402
 from tests.fuzzing import CI_CHECKS, EXCLUDED, all_checks, fuzz, load_schema, make_seeds  # noqa: E402
 
 

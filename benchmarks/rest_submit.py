@@ -35,7 +35,7 @@ from distributed import Client
 
 from orchestrator.config import Settings
 from orchestrator.loop_thread import LoopThread
-from orchestrator.server import RunningServer, start_server
+from orchestrator.server.running import RunningServer, start_server
 
 TERMINAL = ("COMPLETED", "FAILED", "STOPPED")
 POLL_INTERVAL_S = 0.2

@@ -36,7 +36,7 @@ import dask
 from distributed import Client, LocalCluster
 
 from orchestrator import Orchestrator, Settings, values
-from orchestrator.cluster import DASK_CONFIG
+from orchestrator.server.cluster import DASK_CONFIG
 
 BARE_PROCESSES = 2
 

@@ -1,7 +1,7 @@
 """dask-orchestrator: jobs and parameter sweeps on a Dask cluster, over REST, Python and a CLI.
 
 Public names load on first use (PEP 562): a worker that unpickles a task imports
-`orchestrator.runner`, and must not pay for the API, the ledger and the engine with it.
+`orchestrator.worker.runner`, and must not pay for the API, the ledger and the engine with it.
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ _SOURCES = {
     "StorageUnavailable": "orchestrator.errors", "ValidationFailed": "orchestrator.errors",
     "JobRecord": "orchestrator.models", "JobResult": "orchestrator.models",
     "JobStatus": "orchestrator.models", "Resources": "orchestrator.models",
-    "Sweep": "orchestrator.sweep_client",
-    "DryRun": "orchestrator.sweeps", "SweepRecord": "orchestrator.sweeps",
+    "Sweep": "orchestrator.client.sweeps",
+    "DryRun": "orchestrator.sweep_models", "SweepRecord": "orchestrator.sweep_models",
     "assigned_gpus": "orchestrator.plugins.worker",
 }
 __all__ = sorted(_SOURCES)

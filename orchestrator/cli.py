@@ -153,7 +153,7 @@ def cmd_upload(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from orchestrator.sweep_client import load_spec_file
+    from orchestrator.client.sweeps import load_spec_file
 
     spec, files = load_spec_file(args.spec)
     if args.dry_run:

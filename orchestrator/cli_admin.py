@@ -82,7 +82,7 @@ def _configure_logging(level: str) -> None:
 
 
 async def _serve(settings: Any) -> None:
-    from orchestrator.server import start_server
+    from orchestrator.server.running import start_server
 
     server = await start_server(settings)
     print(f"orchestrator API: {server.url}/api/v1", flush=True)
@@ -102,7 +102,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Become a `dask worker` that declares this machine's resources (or those given)."""
     argv, env = worker_command(args)
     print("starting:", " ".join(argv), file=sys.stderr, flush=True)
-    os.umask(0o077)  # the worker's folders: job folders get their own modes (orchestrator.jobuser)
+    os.umask(0o077)  # the worker's folders: job folders get their own modes (orchestrator.worker.jobuser)
     os.execve(sys.executable, argv, env)
     return 0  # not reached
 
@@ -181,9 +181,9 @@ def cmd_config(args: argparse.Namespace) -> int:
 def _ledger_tokens(data_dir: str | None) -> Iterator[Any]:
     """The tokens of the ledger in `data_dir` (default ORCHESTRATOR_DATA_DIR), opened beside
     any running server: it reads changes from its next request on."""
-    from orchestrator.auth import Tokens
     from orchestrator.config import Settings
-    from orchestrator.ledger import Store
+    from orchestrator.server.auth import Tokens
+    from orchestrator.server.ledger import Store
 
     store = Store(Settings(**({"data_dir": data_dir} if data_dir else {})).database_path)
     try:
@@ -257,10 +257,10 @@ def _warn_if_open(state: Any) -> None:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    """Remove storage objects no ledger row owns (see orchestrator.gc); safe beside a server."""
+    """Remove storage objects no ledger row owns (see orchestrator.server.gc); safe beside a server."""
     from orchestrator.config import Settings
-    from orchestrator.gc import find_garbage, remove
-    from orchestrator.ledger import Store
+    from orchestrator.server.gc import find_garbage, remove
+    from orchestrator.server.ledger import Store
     from orchestrator.storage import Storage
 
     overrides = {"data_dir": args.data_dir, "storage": args.storage}

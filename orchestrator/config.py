@@ -9,8 +9,8 @@ from typing import Any
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from orchestrator.auth import host_name
 from orchestrator.paths import safe_name
+from orchestrator.server.auth import host_name
 
 
 class Settings(BaseSettings):

@@ -18,7 +18,6 @@ from pydantic import (
     model_validator,
 )
 
-from orchestrator.executors import JobKind
 from orchestrator.paths import _NAME as SAFE_NAME
 from orchestrator.paths import safe_name
 
@@ -48,6 +47,13 @@ SafeName = Annotated[
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
+
+
+class JobKind(str, Enum):
+    """What a job runs: a shell command (or program and arguments), or a Python callable."""
+
+    COMMAND = "command"
+    CALLABLE = "callable"
 
 
 class JobStatus(str, Enum):

@@ -24,7 +24,7 @@ from distributed import Client, LocalCluster
 from orchestrator.certs import TlsFiles, write_tls_files
 from orchestrator.config import Settings
 from orchestrator.loop_thread import LoopThread
-from orchestrator.server import RunningServer, start_server
+from orchestrator.server.running import RunningServer, start_server
 
 REPO = Path(__file__).resolve().parent.parent
 TERMINAL = {"COMPLETED", "FAILED", "STOPPED"}

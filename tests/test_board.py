@@ -1,4 +1,4 @@
-"""The dashboard's Jobs page summary (orchestrator.board) counts right without full scans:
+"""The dashboard's Jobs page summary (orchestrator.server.board) counts right without full scans:
 ended totals follow the engine's changes between recounts, ended sweeps are cached, and a
 recount catches what no hook reports (deletions)."""
 
@@ -8,9 +8,9 @@ from datetime import datetime, timezone
 
 import pytest
 
-from orchestrator import board
-from orchestrator.ledger import Store, SweepRow
 from orchestrator.models import JobRecord, JobStatus, StatusChange
+from orchestrator.server import board
+from orchestrator.server.ledger import Store, SweepRow
 
 NOW = datetime(2026, 1, 1, tzinfo=timezone.utc)
 

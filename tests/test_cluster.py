@@ -17,8 +17,8 @@ import pytest
 from distributed import Client, LocalCluster
 
 from orchestrator import Orchestrator, Settings, assigned_gpus
-from orchestrator.cluster import embedded_cluster_options
 from orchestrator.plugins.worker import GPU_DEVICES_VARIABLE, GpuDevices
+from orchestrator.server.cluster import embedded_cluster_options
 from tests.conftest import REPO, TlsFiles, free_port, kill_session
 from tests.support import wait_until
 

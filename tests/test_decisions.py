@@ -1,5 +1,5 @@
 """The engine's decisions, without Dask or a store: plain records in, updates and
-instructions out (orchestrator.decisions)."""
+instructions out (orchestrator.server.decisions)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pytest
 from distributed.client import FutureCancelledError
 from distributed.comm import CommClosedError
 
-from orchestrator import decisions as d
-from orchestrator.decisions import (
+from orchestrator.models import JobRecord, JobStatus, Resources
+from orchestrator.server import decisions as d
+from orchestrator.server.decisions import (
     ACTIVE,
     CONNECTION_LOST,
     MAY_FOLLOW,
@@ -24,7 +25,6 @@ from orchestrator.decisions import (
     Submit,
     task_key,
 )
-from orchestrator.models import JobRecord, JobStatus, Resources
 
 Q, R, C, F, S = JobStatus.QUEUED, JobStatus.RUNNING, JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.STOPPED
 NOW = datetime(2026, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
@@ -412,7 +412,7 @@ class FakeStore:
 
 
 def test_one_failing_subscriber_does_not_stop_the_others():
-    from orchestrator.recorder import Recorder, StatusBus, Waiters
+    from orchestrator.server.recorder import Recorder, StatusBus, Waiters
 
     spawned, seen = [], []
     bus = StatusBus(spawned.append)
@@ -432,7 +432,7 @@ def test_one_failing_subscriber_does_not_stop_the_others():
 
 
 def test_the_recorder_tells_only_of_what_changed_and_records_the_unrecordable():
-    from orchestrator.recorder import Recorder, StatusBus, Waiters
+    from orchestrator.server.recorder import Recorder, StatusBus, Waiters
 
     seen = []
     bus = StatusBus(lambda coroutine: None)
@@ -457,7 +457,7 @@ def test_the_recorder_tells_only_of_what_changed_and_records_the_unrecordable():
 
 def test_placement_refusals_say_what_is_missing():
     from orchestrator.errors import ValidationFailed
-    from orchestrator.placement import fits_any, refusal
+    from orchestrator.server.placement import fits_any, refusal
 
     offers = [{"CPU": 4, "GPU": 1}, {"CPU": 16}]
     assert fits_any({"CPU": 8}, offers) and not fits_any({"CPU": 8, "GPU": 1}, offers)

@@ -15,8 +15,8 @@ from distributed.scheduler import KilledWorker
 from tornado.iostream import StreamClosedError
 
 from orchestrator import failures
-from orchestrator.engine import NO_WORKER
 from orchestrator.failures import Failure
+from orchestrator.server.engine import NO_WORKER
 from tests.support import wait_until
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import main
-from orchestrator.gc import Garbage, find_garbage, modified_time, remove
-from orchestrator.ledger import Store, SweepRow
 from orchestrator.models import BinaryRecord, JobRecord, JobStatus, Resources, StatusChange
+from orchestrator.server.gc import Garbage, find_garbage, modified_time, remove
+from orchestrator.server.ledger import Store, SweepRow
 from orchestrator.storage import Storage
 
 REPO = Path(__file__).resolve().parent.parent

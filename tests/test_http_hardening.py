@@ -25,7 +25,7 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.config import Settings
-from orchestrator.server import RepeatFilter
+from orchestrator.server.running import RepeatFilter
 from tests.conftest import (
     REPO,
     Server,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.runner import Sealed, run_batch, run_job
 from orchestrator.storage import Storage, layout
+from orchestrator.worker.runner import Sealed, run_batch, run_job
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="switching a job to another uid needs root")
 

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.executors import REGISTRY, JobKind, executor_for
+from orchestrator.models import JobKind
+from orchestrator.worker.executors import REGISTRY, executor_for
 from tests.conftest import REPO
 
 PACKAGES = {"orchestrator": REPO / "orchestrator", "orchestrator.storage": REPO / "storage",

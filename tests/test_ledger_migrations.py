@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.ledger import LATEST, MIGRATIONS, Store
-from orchestrator.ledger.migrations import TENANCY_SCHEMA
 from orchestrator.models import JobRecord, JobStatus, Resources, StatusChange
+from orchestrator.server.ledger import LATEST, MIGRATIONS, Store
+from orchestrator.server.ledger.migrations import TENANCY_SCHEMA
 
 V0_DUMP = Path(__file__).parent / "data" / "ledger_v0.sql"
 

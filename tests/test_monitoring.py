@@ -18,8 +18,8 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 
 from orchestrator import Orchestrator
-from orchestrator.engine import batch_key, key_name, task_key
 from orchestrator.models import JobRecord
+from orchestrator.server.engine import batch_key, key_name, task_key
 from tests.conftest import REPO
 
 

@@ -87,7 +87,7 @@ def test_remote_stop_and_timeout_wait(server):
 
 
 def test_callables_of_any_name_make_valid_job_names():
-    from orchestrator.client import _callable_name
+    from orchestrator.client.facade import _callable_name
 
     def _private() -> None: ...
 

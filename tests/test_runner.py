@@ -8,8 +8,8 @@ import time
 import uuid
 
 from orchestrator.plugins.worker import job_processes, request_stop, stale_attempt
-from orchestrator.runner import run_job
 from orchestrator.storage import Storage, layout
+from orchestrator.worker.runner import run_job
 from tests.support import wait_until
 
 

@@ -12,7 +12,7 @@ import json
 import pytest
 
 from orchestrator import ChecksumMismatch, Orchestrator
-from orchestrator.engine import Engine
+from orchestrator.server.engine import Engine
 
 
 def test_a_job_stages_inputs_and_stores_outputs_and_logs(any_server):

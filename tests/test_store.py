@@ -8,8 +8,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from orchestrator.ledger import INSERT_CHUNK, Store, SweepRow
 from orchestrator.models import JobRecord, JobStatus, Resources, StatusChange
+from orchestrator.server.ledger import INSERT_CHUNK, Store, SweepRow
 
 
 def runs(sweep_id: str, count: int) -> list[JobRecord]:
@@ -65,7 +65,7 @@ def test_job_uids_skip_real_accounts_stay_per_user_and_survive_a_reopen(tmp_path
     import pwd
 
     from orchestrator.errors import IsolationUnavailable
-    from orchestrator.isolation import JobIdentities
+    from orchestrator.server.isolation import JobIdentities
 
     nobody = pwd.getpwnam("nobody").pw_uid  # a real account inside the range
     uid_range = (nobody, nobody + 2)

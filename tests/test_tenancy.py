@@ -210,7 +210,7 @@ def test_a_replaced_key_fails_the_job_clearly(server, users):
     alice, _, _ = users
     from cryptography.fernet import Fernet
 
-    from orchestrator.secrets import Sealer
+    from orchestrator.server.secrets import Sealer
 
     service = server.running.service
     saved = alice.job(command="true", secret_env={"K": "v"}, submit=False)

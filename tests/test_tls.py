@@ -26,9 +26,9 @@ from distributed.core import rpc
 from distributed.security import Security
 
 from orchestrator.cli import build_parser, worker_command
-from orchestrator.cluster import ClusterConnection, configured_security, connect
 from orchestrator.config import Settings
-from orchestrator.connection import SchedulerLink
+from orchestrator.server.cluster import ClusterConnection, configured_security, connect
+from orchestrator.server.connection import SchedulerLink
 from tests.conftest import (
     Server,
     SessionCluster,

@@ -1,0 +1,223 @@
+"""The Python API over REST: the Backend protocol answered through httpx, with the server's
+error bodies raised as the same exception classes the embedded backend raises."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from orchestrator.client.backend import save_stream
+from orchestrator.client.handle import EventStream
+from orchestrator.errors import from_json
+from orchestrator.models import (
+    BinaryRecord,
+    FileEntry,
+    JobCreate,
+    JobRecord,
+    JobStatus,
+    StatusChange,
+)
+from orchestrator.sweep_models import DryRun, FinishedRuns, ResultsTable, SweepCreate, SweepRecord
+
+
+class RemoteBackend:
+    """The REST API through httpx; errors come back as the same exception classes."""
+
+    def __init__(self, url: str, token: str | None, timeout: float):
+        headers = {"Authorization": f"Token {token}"} if token else {}
+        self._http = httpx.Client(base_url=url.rstrip("/") + "/api/v1", headers=headers, timeout=timeout)
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        response = self._http.request(method, path, **kwargs)
+        if response.status_code >= 400:
+            try:
+                body = response.json()
+            except ValueError:
+                body = {}
+            raise from_json(response.status_code, body)
+        return response
+
+    def create_job(self, request: JobCreate, files: dict[str, Path]) -> JobRecord:
+        body = request.model_dump(mode="json", exclude_none=True)
+        if not files:
+            return JobRecord.model_validate(self._call("POST", "/jobs", json=body).json())
+        form = {k: v if isinstance(v, str) else _json(v) for k, v in body.items()}
+        handles = [(dest, open(path, "rb")) for dest, path in files.items()]
+        try:
+            parts = [("file[]", (dest, handle, "application/octet-stream")) for dest, handle in handles]
+            response = self._call("POST", "/jobs", data=form, files=parts)
+        finally:
+            for _, handle in handles:
+                handle.close()
+        return JobRecord.model_validate(response.json())
+
+    def create_callable(self, request, function, args, kwargs) -> JobRecord:
+        raise TypeError("Python callables run only on an embedded Orchestrator(); send a command")
+
+    def get_job(self, job_id: str) -> JobRecord:
+        return JobRecord.model_validate(self._call("GET", f"/jobs/{job_id}").json())
+
+    def list_jobs(self, **filters: Any) -> tuple[int, list[JobRecord]]:
+        params = {k: (v.value if isinstance(v, JobStatus) else v) for k, v in filters.items() if v is not None}
+        records: list[JobRecord] = []
+        page, count = 1, 0
+        while True:
+            body = self._call("GET", "/jobs", params={**params, "page": page, "page_size": 1000}).json()
+            count = body["count"]
+            records += [JobRecord.model_validate(item) for item in body["results"]]
+            if not body["next"]:
+                return count, records
+            page += 1
+
+    def wait(self, job_id: str, timeout: float | None) -> JobRecord:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            remaining = 30.0 if deadline is None else max(0.0, min(30.0, deadline - time.monotonic()))
+            response = self._call(
+                "GET", f"/jobs/{job_id}", params={"wait": remaining} if remaining else {},
+                timeout=remaining + 30,
+            )
+            record = JobRecord.model_validate(response.json())
+            if record.status.is_terminal or (deadline is not None and time.monotonic() >= deadline):
+                return record
+            if record.status == JobStatus.CREATED:
+                time.sleep(min(1.0, remaining))
+
+    def stop(self, job_id: str) -> JobRecord:
+        return JobRecord.model_validate(self._call("POST", f"/jobs/{job_id}/stop").json())
+
+    def share(self, job_id: str, users: list[str], revoke: bool) -> list[str]:
+        method = "DELETE" if revoke else "POST"
+        return self._call(method, f"/jobs/{job_id}/share", json={"users": users}).json()["shared_with"]
+
+    def delete(self, job_id: str, stop: bool) -> None:
+        self._call("DELETE", f"/jobs/{job_id}", params={"stop": "true"} if stop else {})
+
+    def statuses(self, job_id: str) -> list[StatusChange]:
+        return [StatusChange.model_validate(s) for s in self._call("GET", f"/jobs/{job_id}/statuses").json()]
+
+    def read_log(self, job_id: str, stream: str, offset: int) -> bytes:
+        params = {"stream": stream, "offset": offset}
+        return self._call("GET", f"/jobs/{job_id}/logs", params=params).content
+
+    def list_files(self, job_id: str, search: str | None) -> list[FileEntry]:
+        files, page = [], 1
+        while True:
+            params = {"page": page, "page_size": 1000, **({"search": search} if search else {})}
+            body = self._call("GET", f"/jobs/{job_id}/files", params=params).json()
+            files += [FileEntry.model_validate(item) for item in body["results"]]
+            if not body["next"]:
+                return files
+            page += 1
+
+    def download(self, job_id: str, path: str, dest: Path, verify: bool) -> None:
+        params = {"verify": "true"} if verify else {}
+        with self._http.stream("GET", f"/jobs/{job_id}/files/{path}", params=params) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise from_json(response.status_code, response.json())
+            expected = response.headers.get("X-Checksum-Sha256") if verify else None
+            save_stream(response.iter_bytes(), dest, expected)
+
+    def return_value(self, job_id: str) -> Any:
+        record = self.get_job(job_id)
+        return record.result.value if record.result else None
+
+    def upload_binary(self, name: str, source: Path | bytes) -> BinaryRecord:
+        headers = {"Content-Type": "application/octet-stream"}
+        if isinstance(source, bytes):
+            response = self._call("POST", f"/binaries/{name}", content=source, headers=headers)
+        else:
+            with open(source, "rb") as handle:
+                response = self._call("POST", f"/binaries/{name}", content=handle, headers=headers)
+        return BinaryRecord.model_validate(response.json())
+
+    def list_binaries(self) -> list[BinaryRecord]:
+        body = self._call("GET", "/binaries", params={"page_size": 1000}).json()
+        return [BinaryRecord.model_validate(item) for item in body["results"]]
+
+    def create_sweep(self, request: SweepCreate, files: dict[str, Path], function: Callable | None) -> SweepRecord | DryRun:
+        if function is not None:
+            raise TypeError("Python callables run only on an embedded Orchestrator(); send a command")
+        body = request.model_dump(mode="json", exclude_none=True)
+        if not files:
+            response = self._call("POST", "/sweeps", json=body)
+        else:
+            handles = [(dest, open(path, "rb")) for dest, path in files.items()]
+            try:
+                parts = [("file[]", (dest, handle, "application/octet-stream")) for dest, handle in handles]
+                response = self._call("POST", "/sweeps", data={"spec": _json(body)}, files=parts)
+            finally:
+                for _, handle in handles:
+                    handle.close()
+        payload = response.json()
+        return DryRun.model_validate(payload) if payload.get("dry_run") else SweepRecord.model_validate(payload)
+
+    def get_sweep(self, sweep_id: str) -> SweepRecord:
+        return SweepRecord.model_validate(self._call("GET", f"/sweeps/{sweep_id}").json())
+
+    def wait_sweep(self, sweep_id: str, timeout: float) -> SweepRecord:
+        response = self._call("GET", f"/sweeps/{sweep_id}", params={"wait": timeout} if timeout else {},
+                              timeout=timeout + 30)
+        return SweepRecord.model_validate(response.json())
+
+    def list_sweeps(self) -> list[SweepRecord]:
+        return [SweepRecord.model_validate(item) for item in self._pages("/sweeps", {})]
+
+    def events(self, job_id: str | None, sweep_id: str | None) -> EventStream:
+        """Returns once the server's opening comment has arrived: subscribed by then."""
+        params = {k: v for k, v in (("job_id", job_id), ("sweep_id", sweep_id)) if v}
+        request = self._http.build_request("GET", "/events", params=params,
+                                           timeout=httpx.Timeout(60, read=None))
+        response = self._http.send(request, stream=True)
+        if response.status_code >= 400:
+            response.read()
+            response.close()
+            raise from_json(response.status_code, response.json())
+        lines = response.iter_lines()
+        for line in lines:
+            if line.startswith(":"):
+                break  # ": stream open"
+        return EventStream(_sse_events(lines), response.close)
+
+    def sweep_runs(self, sweep_id: str, status: Any) -> list[JobRecord]:
+        status = status.value if isinstance(status, JobStatus) else status
+        return [JobRecord.model_validate(item) for item in
+                self._pages(f"/sweeps/{sweep_id}/runs", {"status": status} if status else {})]
+
+    def sweep_finished(self, sweep_id: str, after: int) -> FinishedRuns:
+        response = self._call("GET", f"/sweeps/{sweep_id}/finished", params={"after": after})
+        return FinishedRuns.model_validate(response.json())
+
+    def sweep_results(self, sweep_id: str) -> ResultsTable:
+        return ResultsTable.model_validate(self._call("GET", f"/sweeps/{sweep_id}/results").json())
+
+    def stop_sweep(self, sweep_id: str) -> SweepRecord:
+        return SweepRecord.model_validate(self._call("POST", f"/sweeps/{sweep_id}/stop").json())
+
+    def _pages(self, path: str, params: dict[str, Any]) -> list[Any]:
+        items, page = [], 1
+        while True:
+            body = self._call("GET", path, params={**params, "page": page, "page_size": 1000}).json()
+            items += body["results"]
+            if not body["next"]:
+                return items
+            page += 1
+
+    def close(self) -> None:
+        self._http.close()
+
+
+def _sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
+    for line in lines:
+        if line.startswith("data: "):
+            yield json.loads(line[6:])
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value)

@@ -1,0 +1,210 @@
+"""Sweeps in the Python API: building a spec from Python values, and the `Sweep` handle.
+
+`Orchestrator.sweep(...)` turns keyword arguments into the same JSON spec the REST API takes
+(so both mean the same), uploads local files and templates, and returns a handle that shows
+progress, yields runs as they finish and gives the results as a pandas DataFrame.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import ValidationError
+
+from orchestrator.client.backend import Job
+from orchestrator.client.handle import LiveHandle
+from orchestrator.errors import validation_failed
+from orchestrator.models import JobStatus
+from orchestrator.sweep_models import SweepCreate, SweepRecord
+
+if TYPE_CHECKING:
+    import pandas
+
+DESIGNS = ("full_factorial", "monte_carlo", "latin_hypercube", "sobol")
+POLL_S = (0.05, 1.0)  # first and longest pause between polls for finished runs
+BAR_REFRESH_S = 0.25
+LONG_POLL_S = 30.0
+
+
+def sweep_spec(
+    command: str | list[str] | None,
+    *,
+    variables: Mapping[str, Any] | None,
+    design: str | dict[str, Any] | None,
+    samples: int | None,
+    seed: int | None,
+    cases: Any,
+    templates: Mapping[str, str | os.PathLike] | None,
+    **fields: Any,
+) -> tuple[dict[str, Any], dict[str, Path]]:
+    """The REST spec of a sweep and the local files it needs uploaded (name -> path)."""
+    spec: dict[str, Any] = {"command": command, **{k: v for k, v in fields.items() if v is not None}}
+    uploads: dict[str, Path] = {}
+    if variables is not None:
+        spec["variables"] = [_variable(name, generator) for name, generator in variables.items()]
+        spec["design"] = _design(design, samples, seed)
+    if cases is not None:
+        spec.update(_cases(cases))
+    if templates:
+        spec["templates"] = []
+        for target, source in templates.items():
+            local = Path(source)
+            if local.is_file():
+                uploads[local.name] = local
+                source = local.name
+            spec["templates"].append({"source": str(source), "target": str(target)})
+    return spec, uploads
+
+
+def _variable(name: str, generator: Any) -> dict[str, Any]:
+    if isinstance(generator, Mapping):
+        return {"name": name, **generator}
+    if isinstance(generator, (list, tuple, range)):
+        return {"name": name, "values": list(generator)}
+    return {"name": name, "values": [generator]}
+
+
+def _design(design: str | dict[str, Any] | None, samples: int | None, seed: int | None) -> dict[str, Any]:
+    if isinstance(design, dict):
+        return design
+    kind = design or ("full_factorial" if samples is None else "monte_carlo")
+    if kind != "full_factorial":
+        return {"type": kind, "samples": samples, **({"seed": seed} if seed is not None else {})}
+    return {"type": kind}
+
+
+def _cases(cases: Any) -> dict[str, Any]:
+    """Rows as a list of dicts, a pandas DataFrame, or a CSV file path."""
+    if isinstance(cases, (str, os.PathLike)):
+        return {"cases_csv": Path(cases).read_text(encoding="utf-8")}
+    if hasattr(cases, "to_dict"):
+        return {"cases": cases.to_dict(orient="records")}
+    return {"cases": list(cases)}
+
+
+def validated(spec: dict[str, Any]) -> SweepCreate:
+    """Checked here, so mistakes raise the same ValidationFailed a server would answer."""
+    try:
+        return SweepCreate.model_validate(spec)
+    except ValidationError as exc:
+        raise validation_failed(exc) from None
+
+
+def load_spec_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Path]]:
+    """A spec.yaml / spec.json as the CLI reads it: files, templates and a cases CSV given as
+    paths relative to the spec file are uploaded with the sweep."""
+    import json
+
+    import yaml
+
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    spec = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if not isinstance(spec, dict):
+        raise ValueError(f"{path}: a sweep spec is a mapping of fields")
+    base = path.parent
+    uploads: dict[str, Path] = {}
+    names = []
+    for name in spec.get("files") or []:
+        local = base / name
+        uploads[Path(name).name] = local
+        names.append(Path(name).name)
+    if "files" in spec:
+        spec["files"] = names
+    for template in spec.get("templates") or []:
+        local = base / template["source"]
+        if local.is_file():
+            uploads[local.name] = local
+            template["source"] = local.name
+    if isinstance(spec.get("cases"), str):
+        spec["cases_csv"] = (base / spec.pop("cases")).read_text(encoding="utf-8")
+    return spec, uploads
+
+
+class Sweep(LiveHandle[SweepRecord]):
+    """A live handle on one sweep; every call reads fresh state."""
+
+    def _fetch(self) -> SweepRecord:
+        return self._backend.get_sweep(self.id)
+
+    def progress(self) -> SweepRecord:
+        """Counts per status and the finished fraction."""
+        return self.refresh()
+
+    def wait(self, timeout: float | None = None, progress: bool = False) -> SweepRecord:
+        """Block until every run has ended (or the timeout runs out); `progress` shows a bar."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        bar = _progress_bar(self.record) if progress else None
+        step = BAR_REFRESH_S if progress else LONG_POLL_S
+        try:
+            while True:
+                left = step if deadline is None else max(0.0, min(step, deadline - time.monotonic()))
+                self.record = self._backend.wait_sweep(self.id, left)
+                if bar is not None:
+                    _update_bar(bar, self.record)
+                if self.record.status.is_terminal or (deadline is not None and time.monotonic() >= deadline):
+                    return self.record
+        finally:
+            if bar is not None:
+                bar.close()
+
+    def as_completed(self, timeout: float | None = None) -> Iterator[Job]:
+        """Yield each run as it ends (in the order they end), until all have ended."""
+
+        deadline = None if timeout is None else time.monotonic() + timeout
+        cursor, pause, ended = 0, POLL_S[0], False
+        while True:
+            page = self._backend.sweep_finished(self.id, cursor)
+            cursor = page.cursor
+            for record in page.results:
+                yield Job(self._backend, record)
+            if page.results:
+                pause = POLL_S[0]
+                continue
+            if ended:
+                return
+            record = self.refresh()
+            if record.status.is_terminal:
+                ended = True  # one more read catches runs that ended meanwhile
+                continue
+            if deadline is not None and time.monotonic() >= deadline:
+                raise TimeoutError(f"sweep {self.id} is still {record.status.value}")
+            time.sleep(pause)
+            pause = min(pause * 1.5, POLL_S[1])
+
+    def runs(self, status: JobStatus | str | None = None) -> list[Job]:
+
+        return [Job(self._backend, r) for r in self._backend.sweep_runs(self.id, status)]
+
+    def stop(self) -> SweepRecord:
+        self.record = self._backend.stop_sweep(self.id)
+        return self.record
+
+    def results(self) -> pandas.DataFrame:
+        """One row per run (indexed by run index): status, exit code, variables, outputs."""
+        import pandas
+
+        table = self._backend.sweep_results(self.id)
+        frame = pandas.DataFrame(table.rows, columns=table.columns)
+        return frame.set_index("index")
+
+    def __repr__(self) -> str:
+        return f"<Sweep {self.id} {self.record.name} {self.record.status.value} {self.record.runs} runs>"
+
+
+def _progress_bar(record: SweepRecord):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=record.runs, desc=f"sweep {record.id}", unit="run")
+
+
+def _update_bar(bar, record: SweepRecord) -> None:
+    done = sum(n for status, n in record.counts.items() if JobStatus(status).is_terminal)
+    bar.total = record.runs
+    bar.update(done - bar.n)
+    bar.set_postfix({status.lower(): n for status, n in sorted(record.counts.items())}, refresh=True)
+

@@ -1,0 +1,164 @@
+"""Feeds one sweep's queued runs to the engine in batches sized to the work.
+
+Runs are sent as Dask tasks of several runs each, so a sweep of cheap runs does not pay
+Dask's per-task cost per run. Batches start at one run; once runs have been timed, a batch
+holds about TARGET_BATCH_S of work, never more than its fair share of what is left (so the
+tail still spreads over every worker) nor MAX_BATCH_RUNS. At most `max_parallel` batches are
+out at once (runs within a batch run one after another), or twice the cluster's threads.
+Near the end batches shrink to spread the last runs, but not below MIN_BATCH_S of work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from orchestrator.models import JobRecord, JobStatus
+from orchestrator.server.engine import BatchReport, Engine, batch_key
+
+logger = logging.getLogger(__name__)
+
+TARGET_BATCH_S = 0.5
+MIN_BATCH_S = 0.05  # the tail's batches stay worth a Dask round trip
+MAX_BATCH_RUNS = 1000
+SMOOTHING = 0.5
+
+LimitReached = Callable[[str, int, int], Awaitable[None]]
+
+
+class SweepDispatcher:
+    def __init__(
+        self,
+        engine: Engine,
+        sweep_id: str,
+        template: dict[str, Any],
+        runs: list[JobRecord],
+        *,
+        max_parallel: int | None,
+        max_failures: int | None,
+        failed: int,
+        on_limit: LimitReached,
+    ):
+        self.engine = engine
+        self.sweep_id = sweep_id
+        self.template = template
+        self.max_parallel = max_parallel
+        self.max_failures = max_failures
+        self.failed = failed
+        self._on_limit = on_limit
+        self._pending: deque[JobRecord] = deque(runs)
+        self._flying: dict[asyncio.Task, list[JobRecord]] = {}
+        self._run_seconds: float | None = None
+        self._batches_sent = 0
+        self._stopped = False
+        self._task: asyncio.Task | None = None
+        self.done = asyncio.Event()
+        self._name = runs[0].name if runs else "sweep"
+
+    def start(self, on_done: Callable[[], None]) -> None:
+        self._task = asyncio.ensure_future(self._feed())
+
+        def finished(_: asyncio.Task) -> None:
+            self.done.set()
+            on_done()
+
+        self._task.add_done_callback(finished)
+
+    async def _feed(self) -> None:
+        try:
+            while True:
+                await self._fill()
+                if not self._flying:
+                    return
+                done, _ = await asyncio.wait(self._flying, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    self._settle(task, self._flying.pop(task))
+                await self._check_failures()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # never leave runs active with nobody feeding them
+            logger.exception("dispatcher of sweep %s failed", self.sweep_id)
+            left = [job.id for job in self._pending] + [j.id for b in self._flying.values() for j in b]
+            self.engine.fail_active(left, "the orchestrator's sweep dispatcher failed; see its log")
+
+    def _settle(self, task: asyncio.Task, batch: list[JobRecord]) -> None:
+        try:
+            self._absorb(task.result())
+        except Exception as exc:
+            if self.engine.connection_problem(exc):  # never sent: the scheduler was away
+                logger.warning("a batch of sweep %s could not be sent (%s); sent again later", self.sweep_id, exc)
+                self._pending.extend(self.engine.still_queued(batch))
+                return
+            logger.exception("a batch of sweep %s failed in the orchestrator", self.sweep_id)
+            self.engine.fail_active([job.id for job in batch], f"the orchestrator failed to run its batch: {exc}"[:500])
+
+    async def _fill(self) -> None:
+        if self._pending and not self._stopped:
+            await self.engine.until_online()  # runs sent while the scheduler is away are lost
+        slots = await self._slots()
+        while self._pending and len(self._flying) < slots and not self._stopped:
+            batch = self._take(self._batch_size(slots))
+            if not batch:
+                continue
+            self._batches_sent += 1
+            key = batch_key(self._name, self._batches_sent, self.sweep_id)
+            budget = None if self.max_failures is None else self.max_failures - self.failed
+            task = asyncio.ensure_future(self.engine.run_batch(batch, key, self.template, budget))
+            self._flying[task] = batch
+
+    async def _slots(self) -> int:
+        if self.max_parallel is not None:
+            return self.max_parallel
+        return max(2 * await self.engine.cluster_threads(), 2)
+
+    def _batch_size(self, slots: int) -> int:
+        if self._run_seconds is None:
+            return 1  # nothing timed yet: learn from single runs first
+        run_s = max(self._run_seconds, 1e-6)
+        fair_share = max(math.ceil(len(self._pending) / slots), int(MIN_BATCH_S / run_s))
+        return max(1, min(int(TARGET_BATCH_S / run_s), fair_share, MAX_BATCH_RUNS))
+
+    def _take(self, size: int) -> list[JobRecord]:
+        """The next runs still QUEUED (a run may have been stopped or deleted meanwhile)."""
+        wanted = [self._pending.popleft() for _ in range(min(size, len(self._pending)))]
+        states = self.engine.store.job_states([job.id for job in wanted])
+        return [
+            job for job in wanted
+            if states.get(job.id) == (JobStatus.QUEUED, job.attempt)
+        ]
+
+    def _absorb(self, report: BatchReport) -> None:
+        self.failed += report.failed
+        self._pending.extend(report.requeued)
+        if report.run_seconds is not None:
+            old = self._run_seconds
+            self._run_seconds = report.run_seconds if old is None else (
+                SMOOTHING * report.run_seconds + (1 - SMOOTHING) * old
+            )
+
+    async def _check_failures(self) -> None:
+        if self.max_failures is not None and self.failed >= self.max_failures and not self._stopped:
+            await self._on_limit(self.sweep_id, self.failed, self.max_failures)
+
+    async def stop(self, reason: str, requested_by: str) -> None:
+        """No more batches; queued runs stop now, running ones as soon as their workers can."""
+        self._stopped = True
+        unsent = [job.id for job in self._pending]
+        self._pending.clear()
+        self.engine.stop_unsent(unsent, reason)
+        flying = [job for batch in self._flying.values() for job in batch]
+        await self.engine.stop_many(flying, requested_by, reason)
+
+    async def cancel(self) -> None:
+        """Service shutdown: the ledger keeps every run's state for the next start."""
+        tasks = [self._task, *self._flying] if self._task else list(self._flying)
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task

@@ -1,0 +1,311 @@
+"""Reconciles the ledger with Dask: submits what should run, records what happened.
+
+The store is the truth. The engine keeps only the live futures in memory; after a restart it
+resubmits every job the store says is QUEUED or RUNNING, so recovery is the ordinary path.
+All methods run on the service's event loop.
+
+What to record and what to do next is decided by the pure rules of orchestrator.server.decisions;
+the engine reads what they need, records their updates through its Recorder and carries out
+their instructions on Dask. Placement (which worker could run what) is orchestrator.server.placement.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Iterable
+from typing import Any
+
+from distributed import Client, Future
+from distributed.client import ClosedClientError
+
+from orchestrator.models import JobRecord, Resources, utcnow
+from orchestrator.plugins.worker import (
+    OrchestratorWorkerPlugin,
+    request_stop,
+    stale_attempt,
+)
+from orchestrator.server import decisions, specs
+from orchestrator.server.auth import Principal
+from orchestrator.server.batches import SweepBatches, outcome_of
+from orchestrator.server.connection import ClientFactory, SchedulerLink
+from orchestrator.server.decisions import (  # noqa: F401 - re-exported: other modules import them from here
+    ACTIVE,
+    CONNECTION_LOST,
+    LOST_CONNECTION_REASON,
+    NO_WORKER,
+    OFFLINE,
+    BatchReport,
+    Cancel,
+    Decision,
+    FlagStale,
+    ForgetStop,
+    MarkStale,
+    Send,
+    Submit,
+    batch_key,
+    key_name,
+    task_key,
+)
+from orchestrator.server.isolation import Isolation
+from orchestrator.server.ledger import StatusUpdate, Store
+from orchestrator.server.placement import RESOURCE_CACHE_S, RESOURCE_FIELDS, Placement  # noqa: F401
+from orchestrator.server.recorder import Recorder, StatusBus, StatusListener, Waiters  # noqa: F401
+from orchestrator.server.recovery import Recovery
+from orchestrator.server.secrets import Sealer, SecretsUnreadable
+from orchestrator.server.specs import binary_input  # noqa: F401 - re-exported
+from orchestrator.worker.runner import STATUS_TOPIC, Sealed, run_job
+
+CLUSTER_TOPIC = "all"  # where the scheduler logs workers joining and leaving
+
+
+class Engine(SweepBatches, Recovery):
+    def __init__(
+        self,
+        client: Client,
+        store: Store,
+        storage_url: str,
+        *,
+        can_grow: bool = False,
+        worker_loss_retries: int = 3,
+        sealer: Sealer,
+        reconnect: ClientFactory | None = None,
+        isolation: Isolation | None = None,
+    ):
+        self.sealer = sealer
+        self.isolation = isolation or Isolation.single_user()
+        self.link = SchedulerLink(client, reconnect)  # `reconnect`: a new client, if Dask's gives up
+        self.store = store
+        self.storage_url = storage_url
+        self.worker_loss_retries = worker_loss_retries
+        self.placer = Placement(self.link, can_grow)
+        self._tasks: set[asyncio.Task] = set()
+        self.bus = StatusBus(self._spawn)
+        self.waiters = Waiters()
+        self.recorder = Recorder(store, self.bus, self.waiters)
+        self._futures: dict[str, Future] = {}  # job id -> future of its current attempt
+        self._batched: dict[str, str] = {}  # job id -> Dask key of the batch running it
+        self._batch_futures: dict[str, tuple[Future, list[str]]] = {}  # batch key -> future, run keys
+        self._lost_batches: dict[str, str] = {}  # batch key -> address of the worker lost under it
+        self._stop_requests: dict[str, str] = {}  # job id -> who asked
+        self._unsent: dict[str, int] = {}  # job id -> attempt queued while the scheduler was away
+        self._stale_keys: list[str] = []  # attempts to stop on the workers once connected again
+
+    # the status bus's channels, as the rest of the service knows them
+    listeners = property(lambda self: self.bus.listeners)  # (record, change): for watchers
+    update_hooks = property(lambda self: self.bus.update_hooks)  # the update only: cheap
+    on_finished = property(lambda self: self.bus.on_finished)  # job ids that ended
+
+    @property
+    def can_grow(self) -> bool:
+        return self.placer.can_grow
+
+    @property
+    def client(self) -> Client:
+        """The current Dask client: a new one replaces a client that gave up reconnecting."""
+        return self.link.client
+
+    @property
+    def online(self) -> bool:
+        """Whether the scheduler is reachable now (while not, nothing waits on it)."""
+        return self.link.online
+
+    async def until_online(self) -> None:
+        await self.link.wait_online()
+
+    async def start(self) -> None:
+        self._stop_requests.update(self.store.stop_requests())  # wishes a crash interrupted
+        await self.link.start(self._attach, self._reconnected)
+        await self.recover()
+
+    async def _attach(self, client: Client) -> None:
+        """What a scheduler must know of us; a new one (or one that dropped us) knows nothing."""
+        await client.register_plugin(OrchestratorWorkerPlugin())
+        await self.isolation.refresh(client)
+        client.subscribe_topic(STATUS_TOPIC, self._on_worker_event)
+        client.subscribe_topic(CLUSTER_TOPIC, self._on_cluster_event)
+
+    async def close(self) -> None:
+        await self.link.close()
+        with contextlib.suppress(Exception):
+            self.client.unsubscribe_topic(STATUS_TOPIC)
+            self.client.unsubscribe_topic(CLUSTER_TOPIC)
+        for task in list(self._tasks):
+            task.cancel()
+        self._futures.clear()
+
+    # ---- submitting -------------------------------------------------------------------
+
+    async def placement(self, resources: Resources) -> str | None:
+        """Refuse work no connected worker could ever run; on a cluster that can grow, the
+        reason it waits instead (None when a worker fits now). See orchestrator.server.placement."""
+        return await self.placer.placement(resources)
+
+    async def cluster_threads(self) -> int:
+        """Worker threads in the cluster now (cached like the resource offers)."""
+        return await self.placer.cluster_threads()
+
+    async def check_may_run(self, principal: Principal | None) -> None:
+        """Refuse a user's work where it would run with the orchestrator's own identity."""
+        await self.isolation.check(principal, self.client)
+
+    def submit(self, job: JobRecord, reason: str | None = None, **recorded: Any) -> JobRecord:
+        """Queue the job's next attempt on Dask, record it as QUEUED and return the record.
+
+        `recorded`: more job fields that change with it (e.g. worker_losses).
+        """
+        online = self.online
+        update, job = decisions.submission(job, reason, online, utcnow(), recorded)
+        self._apply([update])
+        if not online:
+            self._unsent[job.id] = job.attempt  # the record says QUEUED: sent on reconnection
+            return job
+        return self._send(job)
+
+    def _send(self, job: JobRecord) -> JobRecord:
+        """Hand a QUEUED attempt to Dask and follow its future."""
+        try:
+            spec = self._run_spec(job)
+        except SecretsUnreadable as exc:
+            self.fail_active([job.id], str(exc))
+            return self.store.get_job(job.id) or job
+        try:
+            future = self.client.submit(
+                run_job, Sealed(spec), key=spec["key"], resources=job.resources.as_dask() or None,
+                priority=job.priority, pure=False, retries=0,
+            )
+        except ClosedClientError:  # it gave up on the scheduler just now: sent on reconnection
+            self._unsent[job.id] = job.attempt
+            return job
+        self._futures[job.id] = future
+        self._spawn(self._await_outcome(job.id, spec["key"], future))
+        return job
+
+    def _run_spec(self, job: JobRecord) -> dict[str, Any]:
+        return specs.run_spec(job, self.storage_url, self.secret_env(job), self.isolation)
+
+    def secret_env(self, job: JobRecord) -> dict[str, str]:
+        """The opened secret environment of a job (a sweep run: its sweep's), for its task
+        only; records and events keep the masked names."""
+        return specs.secret_env(self.store, self.sealer, job)
+
+    # ---- stopping ---------------------------------------------------------------------
+
+    async def stop(self, job: JobRecord, requested_by: str) -> None:
+        """Stop a job whatever its state; the STOPPED record follows when it is really gone."""
+        await self.stop_many([job], requested_by)
+
+    async def stop_many(self, jobs: list[JobRecord], requested_by: str, reason: str | None = None) -> None:
+        """Stop jobs with one round trip to the workers, however many there are."""
+        reason = decisions.stop_reason(requested_by, reason)
+        jobs = [job for job in jobs if not job.status.is_terminal]
+        if not jobs:
+            return
+        updates = [decisions.stop_saved(job, reason, utcnow()) for job in jobs
+                   if job.status == decisions.CREATED]
+        live = [job for job in jobs if job.status != decisions.CREATED]
+        states = self.store.job_states([job.id for job in live])
+        self.store.request_stops([job.id for job in live], reason)
+        for job in live:
+            self._stop_requests[job.id] = reason
+        keys = [task_key(job, states[job.id][1]) for job in live if job.id in states]
+        if keys:
+            await self._flag_on_workers(keys, requested_by)
+        states = self.store.job_states([job.id for job in live])
+        for job in live:
+            future = self._futures.get(job.id)
+            state = states.get(job.id)
+            decision = decisions.stop_live(job.id, state[0] if state else None, future is not None,
+                                           job.id in self._batched, reason, utcnow())
+            if future is not None and any(isinstance(i, Cancel) for i in decision.instructions):
+                await self._cancel([future])
+            updates += decision.updates
+        self._apply(updates)
+
+    async def retract(self, job: JobRecord) -> None:
+        """Take a queued attempt back from Dask, making sure it never starts."""
+        await self._flag_on_workers([task_key(job)], stale_attempt("retracted"))
+        future = self._futures.pop(job.id, None)
+        self._unsent.pop(job.id, None)
+        if future is not None:
+            await self._cancel([future])
+
+    async def _flag_on_workers(self, keys: list[str], requested_by: str) -> None:
+        """Tell the workers to stop these attempts; while the scheduler is away, on reconnection."""
+        if not self.online:
+            self._stale_keys.extend(keys)
+            return
+        with contextlib.suppress(Exception):
+            await self.client.run(request_stop, keys, requested_by, on_error="ignore")
+
+    async def _cancel(self, futures: Iterable[Future]) -> None:
+        """Dask forgets these futures; without a scheduler they are cancelled already."""
+        if self.online:
+            with contextlib.suppress(ClosedClientError):
+                await self.client.cancel(list(futures))
+
+    # ---- recording --------------------------------------------------------------------
+
+    def _on_worker_event(self, event: tuple[float, dict[str, Any]]) -> None:
+        _, message = event
+        if message.get("status") != "RUNNING":
+            return
+        job = self.store.get_job(message["job_id"])
+        update = decisions.started(job, message, job is not None and job.id in self._batched)
+        if update is not None:
+            self._apply([update])
+
+    async def _await_outcome(self, job_id: str, key: str, future: Future) -> None:
+        try:
+            outcome: dict[str, Any] | BaseException = await outcome_of(future)
+        finally:
+            if self._futures.get(job_id) is future:
+                del self._futures[job_id]
+            future.release()
+        self._record_outcome(job_id, key, outcome)
+
+    def _record_outcome(self, job_id: str, key: str, outcome: dict[str, Any] | BaseException) -> None:
+        self._carry_out(decisions.outcome_of_job(
+            self.store.get_job(job_id), key, outcome, self._stop_requests.get(job_id), self.online, utcnow()))
+
+    def _carry_out(self, decision: Decision, each: bool = False) -> None:
+        """Forget what is settled, record the updates, then act on Dask (Cancel: the caller)."""
+        for instruction in decision.instructions:
+            if isinstance(instruction, ForgetStop):
+                self._stop_requests.pop(instruction.job_id, None)
+            elif isinstance(instruction, MarkStale):
+                self._stale_keys.extend(instruction.keys)
+        (self._apply_each if each else self._apply)(decision.updates)
+        for instruction in decision.instructions:
+            if isinstance(instruction, FlagStale):
+                self._spawn(self._flag_on_workers(instruction.keys, stale_attempt(instruction.why)))
+            elif isinstance(instruction, Submit):
+                self.submit(instruction.job, instruction.reason, **instruction.fields)
+            elif isinstance(instruction, Send):
+                self._send(instruction.job)
+
+    def _apply(self, updates: list[StatusUpdate]) -> list[bool]:
+        """Record status changes in one transaction, then tell whoever waits for them."""
+        return self.recorder.apply(updates)
+
+    def _apply_each(self, updates: list[StatusUpdate]) -> None:
+        """One transaction; if it fails, one job at a time (see Recorder.apply_each)."""
+        self.recorder.apply_each(updates)
+
+    # ---- waiting ----------------------------------------------------------------------
+
+    async def wait(self, job_id: str, timeout: float | None) -> bool:
+        """Wait until the job is terminal; returns False when the timeout ran out first."""
+        job = self.store.get_job(job_id)
+        if job is None or job.status.is_terminal:
+            return True
+        if job.status == decisions.CREATED:
+            return False
+        return await self.waiters.wait(job_id, timeout)
+
+    # ---- helpers ----------------------------------------------------------------------
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,159 @@
+"""Sweeps (`sweeps`) and what is read of their runs as a group."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from orchestrator.models import TERMINAL_STATUSES, JobRecord, JobStatus, StatusChange
+from orchestrator.server.ledger.connection import Connection, marks, ts
+from orchestrator.server.ledger.jobs import insert_job_rows, job_from_row
+from orchestrator.server.ledger.secrets import insert_sealed
+
+INSERT_CHUNK = 10_000  # rows per write transaction when recording a sweep's runs
+TERMINAL_VALUES = tuple(s.value for s in TERMINAL_STATUSES)
+
+
+@dataclass
+class SweepRow:
+    """A sweep as the ledger keeps it; its runs are jobs with its id as their sweep_id."""
+
+    id: str
+    name: str
+    owner: str
+    kind: str
+    spec: dict[str, Any]  # what it was created with, plus the `runtime` its dispatcher needs
+    names: list[str]  # its variables, in column order
+    seed: int | None
+    created_at: datetime
+    input_bytes: int = 0  # files shared by its runs
+    stop_reason: str | None = field(default=None)  # why it was stopped; the first reason wins
+
+
+class SweepsTable(Connection):
+    def insert_sweep(
+        self, sweep: SweepRow, runs: list[JobRecord], history: list[StatusChange],
+        sealed: bytes | None = None,
+    ) -> None:
+        """The sweep's runs, then the sweep with its shared secrets.
+
+        Runs go in chunks of their own transactions, so a million-run sweep never holds the
+        writer for long (status changes of running work interleave). The sweep row comes
+        last: until it exists the runs belong to nothing, nothing dispatches them, and a
+        crash before it leaves runs that the next start removes (`drop_half_created_sweeps`).
+        """
+        for start in range(0, len(runs), INSERT_CHUNK):
+            with self.transaction() as db:
+                insert_job_rows(db, runs[start:start + INSERT_CHUNK], history)
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO sweeps (id, name, owner, kind, spec, names, seed, created_at, input_bytes)"
+                " VALUES (?,?,?,?,?,?,?,?,?)",
+                (
+                    sweep.id, sweep.name, sweep.owner, sweep.kind, json.dumps(sweep.spec),
+                    json.dumps(sweep.names), sweep.seed, ts(sweep.created_at), sweep.input_bytes,
+                ),
+            )
+            insert_sealed(db, sweep.id, sealed)
+
+    def drop_half_created_sweeps(self) -> None:
+        """Runs recorded for a sweep whose own row never followed (a crash while creating it):
+        the client never got an answer, so they are removed rather than run."""
+        orphans = [row[0] for row in self._db.execute(
+            "SELECT DISTINCT sweep_id FROM jobs WHERE sweep_id IS NOT NULL"
+            " AND sweep_id NOT IN (SELECT id FROM sweeps)")]
+        for sweep_id in orphans:
+            with self.transaction() as db:
+                db.execute("DELETE FROM job_statuses WHERE job_id IN"
+                           " (SELECT id FROM jobs WHERE sweep_id = ?)", (sweep_id,))
+                db.execute("DELETE FROM jobs WHERE sweep_id = ?", (sweep_id,))
+
+    def get_sweep(self, sweep_id: str) -> SweepRow | None:
+        rows = self._query("SELECT * FROM sweeps WHERE id = ?", (sweep_id,))
+        return sweep_from_row(rows[0]) if rows else None
+
+    def list_sweeps(
+        self, owner: str | None = None, offset: int = 0, limit: int | None = 100,
+        newest_first: bool = False,
+    ) -> tuple[int, list[SweepRow]]:
+        where, params = ("WHERE owner = ?", [owner]) if owner is not None else ("", [])
+        count = self._query(f"SELECT COUNT(*) FROM sweeps {where}", params)[0][0]
+        page = f" LIMIT {int(limit)} OFFSET {int(offset)}" if limit is not None else ""
+        order = "seq DESC" if newest_first else "seq"
+        rows = self._query(f"SELECT * FROM sweeps {where} ORDER BY {order}{page}", params)
+        return count, [sweep_from_row(row) for row in rows]
+
+    def existing_sweep_ids(self, sweep_ids: list[str]) -> set[str]:
+        """Which of these sweep ids have a row."""
+        return {row[0] for row in self.select_in("SELECT id FROM sweeps WHERE id IN ({})", sweep_ids)}
+
+    def set_sweep_stop_reason(self, sweep_id: str, reason: str) -> bool:
+        """Record why a sweep was stopped; the first reason wins."""
+        with self.transaction() as db:
+            return bool(db.execute(
+                "UPDATE sweeps SET stop_reason = ? WHERE id = ? AND stop_reason IS NULL",
+                (reason, sweep_id),
+            ).rowcount)
+
+    def sweep_counts(self, sweep_id: str | None) -> dict[str, int]:
+        """Runs of a sweep by status; with None, the jobs outside any sweep."""
+        where = "sweep_id = ?" if sweep_id is not None else "sweep_id IS NULL"
+        params = (sweep_id,) if sweep_id is not None else ()
+        rows = self._query(f"SELECT status, COUNT(*) FROM jobs WHERE {where} GROUP BY status", params)
+        return {row[0]: row[1] for row in rows}
+
+    def sweep_storage_bytes(self, sweep_id: str) -> int:
+        """What a sweep's runs keep in storage (its shared inputs are on the sweep)."""
+        rows = self._query("SELECT SUM(storage_bytes) FROM jobs WHERE sweep_id = ?", (sweep_id,))
+        return int(rows[0][0] or 0)
+
+    def sweep_last_finish(self, sweep_id: str) -> str | None:
+        rows = self._query("SELECT MAX(finished_at) FROM jobs WHERE sweep_id = ?", (sweep_id,))
+        return rows[0][0]
+
+    def sweep_rows(self, sweep_id: str) -> list[tuple[int, str, str, dict[str, Any], dict[str, Any] | None]]:
+        """(index, job id, status, variables, result) of every run, in index order.
+
+        Read as plain tuples: a results table of a large sweep need not build a model per run.
+        """
+        rows = self._query(
+            "SELECT idx, id, status, variables, result FROM jobs WHERE sweep_id = ? ORDER BY idx",
+            (sweep_id,),
+        )
+        return [
+            (row[0], row[1], row[2], json.loads(row[3] or "{}"), json.loads(row[4]) if row[4] else None)
+            for row in rows
+        ]
+
+    def finished_runs(self, sweep_id: str, after: int, limit: int) -> tuple[int, list[JobRecord]]:
+        """Runs that ended after the cursor `after`, in the order they ended, and the new cursor."""
+        rows = self._query(
+            "SELECT s.seq, s.job_id FROM job_statuses s JOIN jobs j ON j.id = s.job_id"
+            f" WHERE s.seq > ? AND j.sweep_id = ? AND s.status IN ({marks(len(TERMINAL_VALUES))})"
+            " ORDER BY s.seq LIMIT ?",
+            (after, sweep_id, *TERMINAL_VALUES, limit),
+        )
+        if not rows:
+            return after, []
+        jobs = self.select_in("SELECT * FROM jobs WHERE id IN ({})", list({row[1]: None for row in rows}))
+        by_id = {job.id: job for job in map(job_from_row, jobs)}
+        return rows[-1][0], [by_id[row[1]] for row in rows if row[1] in by_id]
+
+    def active_sweep_ids(self) -> list[str]:
+        rows = self._query(
+            "SELECT DISTINCT sweep_id FROM jobs WHERE sweep_id IS NOT NULL AND status IN (?, ?)",
+            (JobStatus.QUEUED.value, JobStatus.RUNNING.value),
+        )
+        return [row[0] for row in rows]
+
+
+def sweep_from_row(row: sqlite3.Row) -> SweepRow:
+    fields = dict(row)
+    del fields["seq"]
+    fields["spec"] = json.loads(fields["spec"])
+    fields["names"] = json.loads(fields["names"])
+    fields["created_at"] = datetime.fromisoformat(fields["created_at"])
+    return SweepRow(**fields)

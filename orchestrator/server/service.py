@@ -1,0 +1,108 @@
+"""The orchestrator service: store, storage, cluster and engine wired together.
+
+The REST server and the embedded Python API each run one of these on an event loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from orchestrator.config import Settings
+from orchestrator.paths import private_folder
+from orchestrator.server import cluster
+from orchestrator.server.auth import Tokens
+from orchestrator.server.binaries import BinaryService
+from orchestrator.server.board import BoardFeed
+from orchestrator.server.engine import Engine
+from orchestrator.server.events import EventHub
+from orchestrator.server.isolation import Isolation, JobIdentities
+from orchestrator.server.jobs import JobService
+from orchestrator.server.ledger import Store
+from orchestrator.server.metrics import Metrics
+from orchestrator.server.secrets import Sealer
+from orchestrator.server.sweeps import SweepService
+from orchestrator.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+
+class Service:
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.store: Store
+        self.storage: Storage
+        self.connection: cluster.ClusterConnection
+        self.engine: Engine
+        self.binaries: BinaryService
+        self.jobs: JobService
+        self.sweeps: SweepService
+        self.events: EventHub
+        self.metrics: Metrics
+        self.board: BoardFeed
+        self.tokens: Tokens
+
+    async def start(self) -> Service:
+        settings = self.settings
+        private_folder(settings.data_dir)  # ledger, secret.key and local storage: no job may read them
+        self.store = Store(settings.database_path)
+        self.tokens = Tokens(self.store)
+        key = settings.secret_key.get_secret_value() if settings.secret_key else None
+        self.sealer = Sealer.for_data_dir(settings.data_dir, key)
+        self.storage = Storage(settings.storage_url, **settings.storage_options)
+        if os.path.isabs(self.storage.root):  # a local folder (made now, not mid-request)
+            private_folder(Path(self.storage.root))
+        self.connection = await cluster.connect(settings)
+        self.engine = Engine(
+            self.connection.client, self.store, settings.storage_url,
+            can_grow=settings.can_grow, worker_loss_retries=settings.worker_loss_retries,
+            sealer=self.sealer, reconnect=self.connection.reconnect, isolation=self._isolation(),
+        )
+        self.binaries = BinaryService(self.store, self.storage)
+        self.jobs = JobService(
+            self.store, self.storage, self.engine, self.binaries, self.sealer,
+            settings.max_queued_per_user,
+        )
+        self.sweeps = SweepService(
+            self.store, self.storage, self.engine, self.binaries, self.sealer, settings.max_sweep_runs
+        )
+        self.events = EventHub(self.engine)
+        self.metrics = Metrics(self.store, self.engine)
+        self.board = BoardFeed(self.store, self.engine)
+        await self.engine.start()
+        self.board.start()
+        await self.sweeps.resume()
+        await self.jobs.finish_pending_deletes()
+        return self
+
+    def _isolation(self) -> Isolation:
+        """Multi-user mode (tokens in use) runs each user's jobs under their own uid."""
+        settings = self.settings
+        identities = JobIdentities(self.store, settings.job_uid_range, settings.job_accounts)
+        return Isolation(
+            identities, self.tokens.required, trusted_users=settings.trusted_users,
+            cluster_authenticated=lambda: self.connection.authenticated,
+            is_admin=self._is_admin,
+        )
+
+    def _is_admin(self, user: str) -> bool:
+        return any(row["user"] == user and row["admin"] and not row["revoked_at"]
+                   for row in self.store.list_tokens())
+
+    @property
+    def dashboard_link(self) -> str | None:
+        return self.connection.dashboard_link
+
+    @property
+    def cluster_authenticated(self) -> bool:
+        """Whether the Dask scheduler admits only holders of the cluster's certificates (TLS).
+        When False, anyone who reaches it, a job included, can run code in it."""
+        return self.connection.authenticated
+
+    async def close(self) -> None:
+        await self.board.close()
+        await self.sweeps.close()
+        await self.engine.close()
+        await self.connection.close()
+        self.store.close()

@@ -1,0 +1,74 @@
+"""What a worker is given to run: a job's RunSpec, a batch's spec, with the inputs to stage
+and the opened secret environment (for the task only; records keep the masked names)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from orchestrator.models import JobKind, JobRecord
+from orchestrator.server.binaries import BinaryRef
+from orchestrator.server.decisions import own_failures, task_key
+from orchestrator.server.isolation import Isolation
+from orchestrator.server.ledger import Store
+from orchestrator.server.secrets import Sealer, SecretsUnreadable
+from orchestrator.storage import layout
+from orchestrator.worker.runner import RunSpec, StagedInput
+
+
+def binary_input(ref: str, owner: str) -> StagedInput:
+    """A pinned binary (`name@v` of the job's owner, or `other/name@v`) or a URL to stage."""
+    if "://" in ref:
+        name = ref.rstrip("/").rsplit("/", 1)[-1] or "download"
+        return StagedInput(path=name, url=ref, executable=True)
+    pinned = BinaryRef.parse(ref, owner)
+    return StagedInput(path=pinned.name, key=pinned.key, executable=True)
+
+
+def secret_env(store: Store, sealer: Sealer, job: JobRecord) -> dict[str, str]:
+    """The opened secret environment of a job (a sweep run: its sweep's)."""
+    if not job.secret_env:
+        return {}
+    holder = job.sweep_id or job.id
+    sealed = store.sealed_secrets([holder]).get(holder)
+    if sealed is None:
+        raise SecretsUnreadable(f"the secret environment of {holder} is missing from the ledger")
+    return sealer.open(sealed)
+
+
+def run_spec(job: JobRecord, storage_url: str, secrets: dict[str, str], isolation: Isolation) -> dict[str, Any]:
+    inputs = [binary_input(ref, job.owner) for ref in job.binaries]
+    inputs += [StagedInput(path=path, key=layout.input_key(job.id, path)) for path in job.files]
+    spec = RunSpec(
+        job_id=job.id,
+        key=task_key(job),
+        attempt=job.attempt,
+        storage_url=storage_url,
+        command=job.command,
+        env={**job.env, **secrets},
+        inputs=inputs,
+        timeout_s=job.timeout_s,
+        callable_key=layout.callable_key(job.id) if job.kind == JobKind.CALLABLE else None,
+        kind=job.kind.value,
+        gpus=job.resources.gpus,
+        run_as=isolation.run_as(job.owner) if job.kind == JobKind.COMMAND else None,
+    )
+    return asdict(spec)
+
+
+def batch_spec(
+    jobs: list[JobRecord], attempts: list[int], template: dict[str, Any], storage_url: str,
+    secrets: dict[str, str], isolation: Isolation, failure_budget: int | None,
+) -> dict[str, Any]:
+    """Runs of one sweep as one task: `template` holds the RunSpec fields they share."""
+    runs = [
+        {"job_id": job.id, "key": task_key(job, attempt), "attempt": attempt,
+         "env": {**job.env, **secrets}, "variables": job.variables,
+         "last_try": own_failures(job, attempt) > job.retries,
+         **({} if template.get("shell_template") else {"command": job.command})}
+        for job, attempt in zip(jobs, attempts, strict=True)
+    ]
+    kind = jobs[0].kind  # the runs of one sweep are of one kind
+    run_as = isolation.run_as(jobs[0].owner) if kind == JobKind.COMMAND else None
+    return {"template": {**template, "storage_url": storage_url, "run_as": run_as, "kind": kind.value},
+            "runs": runs, "failure_budget": failure_budget}

@@ -1,0 +1,472 @@
+"""Sweeps as users see them: a job template run once per row of a run table.
+
+A sweep is recorded with all its runs (one job each, QUEUED) in one transaction, so a crash
+never leaves half a sweep. Its dispatcher then feeds the runs to Dask in batches. Status,
+progress and the results table are always computed from the runs themselves, so they are
+right while the sweep runs, after a restart, and after single runs are stopped or deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import io
+import math
+import time
+import uuid
+from typing import Any
+
+from orchestrator import doe, templating
+from orchestrator.errors import NotFound, ValidationFailed
+from orchestrator.models import (
+    JobKind,
+    JobRecord,
+    JobStatus,
+    StatusChange,
+    utcnow,
+)
+from orchestrator.server.auth import Principal
+from orchestrator.server.binaries import BinaryRef, BinaryService
+from orchestrator.server.dispatch import SweepDispatcher
+from orchestrator.server.engine import ACTIVE, Engine, binary_input
+from orchestrator.server.jobs import default_name
+from orchestrator.server.ledger import Store, SweepRow
+from orchestrator.server.secrets import Sealer, masked
+from orchestrator.storage import Storage, layout
+from orchestrator.sweep_models import (
+    DryRun,
+    FinishedRuns,
+    ResultsTable,
+    RunPreview,
+    SweepCreate,
+    SweepRecord,
+)
+from orchestrator.worker.runner import StagedInput
+
+RESULT_COLUMNS = ("index", "job_id", "status", "exit_code", "duration_s")
+MAX_TEMPLATE_BYTES = 4 * 2**20
+WAIT_POLL_S = 0.5
+MAX_TABLE_CELLS = 20_000_000  # values in one run table (samples x variables)
+MAX_PREVIEW_BYTES = 64 * 2**20  # rendered text a dry run may answer
+
+
+class SweepService:
+    def __init__(
+        self, store: Store, storage: Storage, engine: Engine, binaries: BinaryService,
+        sealer: Sealer, max_runs: int,
+    ):
+        self.sealer = sealer
+        self.store = store
+        self.storage = storage
+        self.engine = engine
+        self.binaries = binaries
+        self.max_runs = max_runs
+        self._dispatchers: dict[str, SweepDispatcher] = {}
+
+    # ---- creating ---------------------------------------------------------------------
+
+    async def create_from_upload(
+        self, request: SweepCreate, creator: Principal, *, sweep_id: str, uploaded: list[str] | None = None,
+        kind: JobKind = JobKind.COMMAND,
+    ) -> SweepRecord | DryRun:
+        """`create` for a sweep whose files were stored under its new id first: they go again
+        when it is refused, and after a dry run (nothing will ever read them)."""
+        try:
+            outcome = await self.create(request, creator, sweep_id=sweep_id, uploaded=uploaded, kind=kind)
+        except BaseException:
+            await asyncio.to_thread(self.storage.delete_prefix, layout.sweep_prefix(sweep_id))
+            raise
+        if isinstance(outcome, DryRun):
+            await asyncio.to_thread(self.storage.delete_prefix, layout.sweep_prefix(sweep_id))
+        return outcome
+
+    async def create(
+        self,
+        request: SweepCreate,
+        creator: Principal,
+        *,
+        sweep_id: str,
+        uploaded: list[str] | None = None,
+        kind: JobKind = JobKind.COMMAND,
+    ) -> SweepRecord | DryRun:
+        """Plan the sweep; a dry run answers the rendered table, otherwise every run is queued.
+
+        Files (and a callable) are already stored under the sweep's id.
+        """
+        if kind == JobKind.COMMAND and request.command is None:
+            raise ValidationFailed("a sweep needs a command", {"command": "required"})
+        owner = creator.user
+        table = await asyncio.to_thread(self._table, request)
+        staged = self._staged_files(request, uploaded or [])
+        templates = await asyncio.to_thread(self._template_texts, request, sweep_id, uploaded or [], creator)
+        _check_placeholders(request, table.names, templates)
+        if request.dry_run:
+            _check_preview_size(request, table, templates)
+            return await asyncio.to_thread(_preview, request, table, templates)
+        await self.engine.check_may_run(creator)
+        waiting = await self.engine.placement(request.resources)
+        queued_reason = f"run of sweep {sweep_id}" + (f"; {waiting}" if waiting else "")
+        runs = await asyncio.to_thread(
+            self._runs, request, creator, sweep_id, kind, table, staged, queued_reason
+        )
+        sweep = SweepRow(
+            id=sweep_id, name=runs[0].name, owner=owner, kind=kind,
+            names=table.names, seed=table.seed, created_at=runs[0].created_at,
+            input_bytes=await asyncio.to_thread(self.storage.prefix_bytes, layout.sweep_prefix(sweep_id)),
+            spec=self._recorded_spec(request, table, runs[0], staged, templates, sweep_id, kind),
+        )
+        history = [StatusChange(status=JobStatus.CREATED, at=runs[0].created_at),
+                   StatusChange(status=JobStatus.QUEUED, at=runs[0].created_at, reason=queued_reason)]
+        sealed = self.sealer.seal(request.secret_env)
+        await asyncio.to_thread(self.store.insert_sweep, sweep, runs, history, sealed)
+        self._dispatch(sweep_id, runs, failed=0)
+        return self.get(sweep_id)
+
+    def _table(self, request: SweepCreate) -> doe.RunTable:
+        cases = request.cases
+        if request.cases_csv is not None:
+            if cases is not None:
+                raise ValidationFailed("give cases or cases_csv, not both", {"cases_csv": "conflicts with cases"})
+            cases = doe.parse_cases_csv(request.cases_csv, self.max_runs)
+        if cases is not None and (request.variables or request.design):
+            raise ValidationFailed("cases replace variables and design; give one or the other",
+                                   {"cases": "conflicts with variables/design"})
+        design = request.design
+        if isinstance(design, doe.Sampled) and request.variables:
+            cells = design.samples * len(request.variables)
+            if cells > MAX_TABLE_CELLS:
+                raise ValidationFailed(
+                    f"{design.samples} samples x {len(request.variables)} variables is more than "
+                    f"{MAX_TABLE_CELLS} values", {"design.samples": "too many for this many variables"})
+        return doe.build_table(request.variables, design, cases,
+                               include_nominal=request.include_nominal_run, max_runs=self.max_runs)
+
+    def _staged_files(self, request: SweepCreate, uploaded: list[str]) -> list[str]:
+        template_sources = {t.source for t in request.templates}
+        if request.files is None:
+            return sorted(p for p in uploaded if p not in template_sources)
+        missing = [name for name in request.files if name not in uploaded]
+        if missing:
+            raise ValidationFailed(
+                f"files not uploaded with the sweep: {', '.join(missing)}",
+                {f"files.{request.files.index(name)}": f"{name} was not uploaded" for name in missing},
+            )
+        return sorted(set(request.files))
+
+    def _template_texts(
+        self, request: SweepCreate, sweep_id: str, uploaded: list[str], creator: Principal
+    ) -> dict[str, tuple[str, str]]:
+        """target -> (storage key, text) of each template, read now to check it."""
+        texts: dict[str, tuple[str, str]] = {}
+        for i, template in enumerate(request.templates):
+            where = f"templates.{i}.source"
+            if template.source in uploaded:
+                key = layout.sweep_input_key(sweep_id, template.source)
+            elif "://" in template.source:
+                raise ValidationFailed("a template is an uploaded file or a binary, not a URL",
+                                       {where: "upload it with the sweep or as a binary"})
+            else:
+                try:
+                    ref = self.binaries.pin([template.source], creator.user, creator.admin)[0]
+                except (NotFound, ValidationFailed, ValueError) as exc:
+                    raise ValidationFailed(
+                        f"template {template.source!r} is neither an uploaded file nor a binary",
+                        {where: str(exc)},
+                    ) from None
+                key = BinaryRef.parse(ref, creator.user).key
+            if self.storage.size(key) > MAX_TEMPLATE_BYTES:
+                raise ValidationFailed("template too large", {where: f"at most {MAX_TEMPLATE_BYTES} bytes"})
+            try:
+                text = self.storage.read_range(key, 0, MAX_TEMPLATE_BYTES).decode("utf-8")
+            except UnicodeDecodeError:
+                raise ValidationFailed("templates must be UTF-8 text", {where: "not UTF-8 text"}) from None
+            if template.target in texts:
+                raise ValidationFailed("two templates write one target", {f"templates.{i}.target": "duplicate"})
+            texts[template.target] = (key, text)
+        return texts
+
+    def _runs(
+        self, request: SweepCreate, creator: Principal, sweep_id: str, kind: str,
+        table: doe.RunTable, staged: list[str], queued_reason: str,
+    ) -> list[JobRecord]:
+        now = utcnow()
+        prototype = JobRecord(
+            id="-", name=request.name or default_name(request.command), owner=creator.user, kind=kind,
+            status=JobStatus.QUEUED, status_reason=queued_reason,
+            binaries=self.binaries.pin(request.binaries, creator.user, creator.admin), files=staged,
+            secret_env=masked(request.secret_env), resources=request.resources,
+            timeout_s=request.timeout_s, retries=request.retries, priority=request.priority,
+            sweep_id=sweep_id, created_at=now,
+        )
+        runs = []
+        for index, row in table.indexed():
+            env = {**{name: templating.render(value, row) for name, value in request.env.items()},
+                   **templating.environment(row)}
+            command = templating.render_command(request.command, row) if request.command else None
+            runs.append(prototype.model_copy(update={
+                "id": uuid.uuid4().hex[:12], "index": index, "variables": row,
+                "env": env, "command": command,
+            }))
+        return runs
+
+    def _recorded_spec(
+        self, request: SweepCreate, table: doe.RunTable, first: JobRecord, staged: list[str],
+        templates: dict[str, tuple[str, str]], sweep_id: str, kind: str,
+    ) -> dict[str, Any]:
+        """The request as given (seed filled in), and what every run's task needs."""
+        spec = request.model_dump(mode="json", exclude={"cases", "cases_csv", "dry_run"}, exclude_none=True)
+        spec["secret_env"] = masked(request.secret_env)
+        if request.design is not None and table.seed is not None:
+            spec["design"]["seed"] = table.seed
+        inputs = [binary_input(ref, first.owner) for ref in first.binaries]
+        inputs += [StagedInput(path=p, key=layout.sweep_input_key(sweep_id, p)) for p in staged]
+        inputs += [StagedInput(path=target, key=key, template=True)
+                   for target, (key, _) in templates.items()]
+        spec["runtime"] = {
+            # a shell line runs with references to the exported variables, never pasted values
+            "shell_template": request.command if isinstance(request.command, str) else None,
+            "inputs": [vars(item) for item in inputs],
+            "timeout_s": request.timeout_s,
+            "gpus": request.resources.gpus,
+            "callable_key": layout.sweep_callable_key(sweep_id) if kind == JobKind.CALLABLE else None,
+        }
+        return spec
+
+    # ---- running ----------------------------------------------------------------------
+
+    def _dispatch(self, sweep_id: str, runs: list[JobRecord], failed: int) -> None:
+        sweep = self.store.get_sweep(sweep_id)
+        assert sweep is not None  # its runs are dispatched only once its row is recorded
+        spec = sweep.spec
+        dispatcher = SweepDispatcher(
+            self.engine, sweep_id, spec["runtime"], runs,
+            max_parallel=spec.get("max_parallel"), max_failures=spec.get("max_failures"),
+            failed=failed, on_limit=self._failure_limit_reached,
+        )
+        self._dispatchers[sweep_id] = dispatcher
+        dispatcher.start(on_done=lambda: self._dispatchers.pop(sweep_id, None))
+
+    async def _failure_limit_reached(self, sweep_id: str, failed: int, limit: int) -> None:
+        reason = f"max_failures reached ({failed} failed runs, limit {limit})"
+        await self._stop(sweep_id, reason, "sweep max_failures")
+
+    async def resume(self) -> None:
+        """After a restart: feed what each unfinished sweep still has to run."""
+        for sweep_id in self.store.active_sweep_ids():
+            sweep = self.store.get_sweep(sweep_id)
+            if sweep is None:
+                continue
+            _, active = self.store.list_jobs(sweep_id=sweep_id, statuses=list(ACTIVE), limit=None)
+            if sweep.stop_reason:
+                await self.engine.stop_many(active, "the orchestrator", sweep.stop_reason)
+                continue
+            requeued = await self.engine.requeue(active, "resubmitted after orchestrator restart")
+            failed = self.store.sweep_counts(sweep_id).get(JobStatus.FAILED.value, 0)
+            self._dispatch(sweep_id, requeued, failed)
+
+    async def stop(self, sweep_id: str, requested_by: str, owner: str | None = None) -> SweepRecord:
+        """Stop what is queued or running; a sweep that has ended stays as it ended."""
+        if self.get(sweep_id, owner).status.is_terminal:
+            return self.get(sweep_id)
+        await self._stop(sweep_id, f"stop requested by {requested_by}", requested_by)
+        return self.get(sweep_id)
+
+    async def _stop(self, sweep_id: str, reason: str, requested_by: str) -> None:
+        self.store.set_sweep_stop_reason(sweep_id, reason)
+        dispatcher = self._dispatchers.get(sweep_id)
+        if dispatcher is not None:
+            await dispatcher.stop(reason, requested_by)
+            return
+        _, active = self.store.list_jobs(sweep_id=sweep_id, statuses=list(ACTIVE), limit=None)
+        await self.engine.stop_many(active, requested_by, reason)
+
+    async def close(self) -> None:
+        for dispatcher in list(self._dispatchers.values()):
+            await dispatcher.cancel()
+
+    async def wait(self, sweep_id: str, timeout: float | None, owner: str | None = None) -> SweepRecord:
+        """The sweep once all its runs have ended, or as it is when the timeout runs out."""
+        record = self.get(sweep_id, owner)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not record.status.is_terminal:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                break
+            dispatcher = self._dispatchers.get(sweep_id)
+            if dispatcher is not None:  # its end is the sweep's end: wake at once
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(dispatcher.done.wait()), left)
+            else:  # runs stopped by hand as they finish: look again shortly
+                await asyncio.sleep(WAIT_POLL_S if left is None else min(WAIT_POLL_S, left))
+            record = self.get(sweep_id)
+        return record
+
+    # ---- reading ----------------------------------------------------------------------
+
+    def get(self, sweep_id: str, owner: str | None = None) -> SweepRecord:
+        sweep = self.store.get_sweep(sweep_id)
+        if sweep is None or (owner is not None and sweep.owner != owner):
+            raise NotFound(f"no sweep {sweep_id}")
+        return self._record(sweep)
+
+    def list(self, owner: str | None, offset: int, limit: int) -> tuple[int, list[SweepRecord]]:
+        count, sweeps = self.store.list_sweeps(owner, offset, limit)
+        return count, [self._record(sweep) for sweep in sweeps]
+
+    def _record(self, sweep: SweepRow) -> SweepRecord:
+        counts = self.store.sweep_counts(sweep.id)
+        total = sum(counts.values())
+        done = sum(n for status, n in counts.items() if JobStatus(status).is_terminal)
+        status, reason = _sweep_status(counts, sweep.stop_reason)
+        spec = {k: v for k, v in sweep.spec.items() if k != "runtime"}
+        design = spec.get("design", {}).get("type") if spec.get("variables") else None
+        return SweepRecord(
+            id=sweep.id, name=sweep.name, owner=sweep.owner, kind=sweep.kind,
+            status=status, status_reason=reason, runs=total, counts=counts,
+            progress=round(done / total, 6) if total else 1.0, variables=sweep.names,
+            design=design or ("full_factorial" if spec.get("variables") else None),
+            seed=sweep.seed, max_parallel=spec.get("max_parallel"),
+            storage_bytes=sweep.input_bytes + self.store.sweep_storage_bytes(sweep.id),
+            max_failures=spec.get("max_failures"), created_at=sweep.created_at,
+            finished_at=self.store.sweep_last_finish(sweep.id) if status.is_terminal else None,
+            spec=spec,
+        )
+
+    def runs(self, sweep_id: str, status: JobStatus | None, offset: int, limit: int,
+             owner: str | None = None) -> tuple[int, list[JobRecord]]:
+        self.get(sweep_id, owner)
+        return self.store.list_jobs(sweep_id=sweep_id, status=status, offset=offset, limit=limit,
+                                    order="idx")
+
+    def finished(self, sweep_id: str, after: int, limit: int, owner: str | None = None) -> FinishedRuns:
+        self.get(sweep_id, owner)
+        cursor, runs = self.store.finished_runs(sweep_id, after, limit)
+        return FinishedRuns(cursor=cursor, results=runs)
+
+    def results(self, sweep_id: str, owner: str | None = None) -> ResultsTable:
+        """One row per run: its variables and scalar outputs; unfinished runs have blanks."""
+        sweep = self.store.get_sweep(sweep_id)
+        if sweep is None or (owner is not None and sweep.owner != owner):
+            raise NotFound(f"no sweep {sweep_id}")
+        names = sweep.names
+        runs = self.store.sweep_rows(sweep_id)
+        output_keys: dict[str, None] = {}
+        for *_, result in runs:
+            for key, value in ((result or {}).get("outputs") or {}).items():
+                if _is_scalar(value):
+                    output_keys.setdefault(key, None)
+        output_columns = _output_columns(sorted(output_keys), {*RESULT_COLUMNS, *names})
+        rows = []
+        for index, job_id, status, variables, result in runs:
+            result = result or {}
+            outputs = result.get("outputs") or {}
+            row = {"index": index, "job_id": job_id, "status": status,
+                   "exit_code": result.get("exit_code"), "duration_s": result.get("duration_s")}
+            row.update({name: variables.get(name) for name in names})
+            row.update({column: _scalar_or_none(outputs.get(key)) for key, column in output_columns.items()})
+            rows.append(row)
+        return ResultsTable(columns=[*RESULT_COLUMNS, *names, *output_columns.values()], rows=rows)
+
+
+def _output_columns(keys: list[str], taken: set[str]) -> dict[str, str]:
+    """Each output key's column: its own name, or `outputs.<key>` (then a number) if taken."""
+    columns: dict[str, str] = {}
+    used = set(taken) | set(keys)
+    for key in keys:
+        column = key
+        if key in taken:
+            column, n = f"outputs.{key}", 2
+            while column in used:
+                column, n = f"outputs.{key}.{n}", n + 1
+            used.add(column)
+        columns[key] = column
+    return columns
+
+
+def results_csv(table: ResultsTable) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=table.columns)  # \r\n: values with \r get quoted
+    writer.writeheader()
+    for row in table.rows:
+        writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return value
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or (isinstance(value, (bool, int, str)) or
+                             (isinstance(value, float) and math.isfinite(value)))
+
+
+def _scalar_or_none(value: Any) -> Any:
+    return value if _is_scalar(value) else None
+
+
+def _sweep_status(counts: dict[str, int], stop_reason: str | None) -> tuple[JobStatus, str | None]:
+    if counts.get(JobStatus.RUNNING.value):
+        return JobStatus.RUNNING, stop_reason and f"stopping: {stop_reason}"
+    if counts.get(JobStatus.QUEUED.value):
+        return JobStatus.QUEUED, stop_reason and f"stopping: {stop_reason}"
+    if stop_reason:
+        return JobStatus.STOPPED, stop_reason
+    failed, stopped = counts.get(JobStatus.FAILED.value, 0), counts.get(JobStatus.STOPPED.value, 0)
+    if failed:
+        return JobStatus.FAILED, f"{failed} run(s) failed"
+    if stopped:
+        return JobStatus.STOPPED, f"{stopped} run(s) stopped"
+    return JobStatus.COMPLETED, None
+
+
+def _check_placeholders(request: SweepCreate, names: list[str], templates: dict[str, tuple[str, str]]) -> None:
+    """Every `${name}` must be a variable: a typo is a 400, not a run with a literal `${u}`."""
+    command = request.command
+    places: dict[str, list[str]] = {}
+    if command is not None:
+        places["command"] = [command] if isinstance(command, str) else list(command)
+    for name, value in request.env.items():
+        places[f"env.{name}"] = [value]
+    for index, (_, text) in enumerate(templates.values()):
+        places[f"templates.{index}"] = [text]
+    fields = {}
+    for where, texts in places.items():
+        try:
+            templating.check_placeholders(texts, names)
+        except templating.PlaceholderError as exc:
+            fields[where] = str(exc)
+    if fields:
+        raise ValidationFailed(
+            "placeholders without a variable: " + "; ".join(f"{k}: {v}" for k, v in fields.items()),
+            fields,
+        )
+
+
+def _check_preview_size(request: SweepCreate, table: doe.RunTable, templates: dict[str, tuple[str, str]]) -> None:
+    """A dry run answers every run's rendered text: refuse one that would be enormous."""
+    per_run = len(str(request.command or "")) + sum(len(text) for _, text in templates.values()) + 64
+    if per_run * len(table.rows) > MAX_PREVIEW_BYTES:
+        raise ValidationFailed(
+            f"the dry run would answer about {per_run * len(table.rows) // 2**20} MiB of rendered text",
+            {"dry_run": f"at most {MAX_PREVIEW_BYTES // 2**20} MiB: try fewer runs or smaller templates"},
+        )
+
+
+def _preview(request: SweepCreate, table: doe.RunTable, templates: dict[str, tuple[str, str]]) -> DryRun:
+    runs = [
+        RunPreview(
+            index=index, variables=row,
+            command=templating.render_command(request.command, row) if request.command else None,
+            templates={target: templating.render(text, row) for target, (_, text) in templates.items()},
+        )
+        for index, row in table.indexed()
+    ]
+    return DryRun(count=len(runs), variables=table.names, seed=table.seed, runs=runs)

@@ -1,0 +1,103 @@
+"""What a sweep is to its users: the request, the record and the previews, shared by the
+server, the REST API and the Python API (which must not import the server to know them)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from orchestrator import doe
+from orchestrator.models import COMMAND_SCHEMA, JobRecord, JobStatus, JobTemplate, Request
+from orchestrator.paths import safe_relative_path
+
+MAX_VARIABLES = 1000
+
+
+class TemplateFile(Request):
+    source: str = Field(..., description="an uploaded file's name, or a binary ('name' or 'name@version')")
+    target: str = Field(..., description="where the rendered text goes in the run's working folder")
+
+    @field_validator("target")
+    @classmethod
+    def _safe_target(cls, value: str) -> str:
+        return safe_relative_path(value)
+
+
+def _rest_needs_command(schema: dict[str, Any]) -> None:
+    """Optional only for the Python API's callables: a sweep over REST runs a command."""
+    schema["required"] = sorted({*schema.get("required", []), "command"})
+    schema["properties"]["command"].pop("default", None)
+
+
+class SweepCreate(JobTemplate):
+    model_config = ConfigDict(json_schema_extra=_rest_needs_command)
+
+    command: str | list[str] | None = Field(
+        None, description="with ${variable} placeholders; a shell line gets each value as one word",
+        json_schema_extra=COMMAND_SCHEMA,
+    )
+    files: list[str] | None = Field(
+        None, description="uploaded files to stage in every run (default: all uploaded)"
+    )
+    templates: list[TemplateFile] = Field(default_factory=list)
+    variables: list[doe.Variable] | None = Field(None, max_length=MAX_VARIABLES)
+    design: doe.Design | None = None
+    cases: list[dict[str, Any]] | None = Field(None, description="explicit rows instead of variables")
+    cases_csv: str | None = Field(None, description="rows as CSV text (header = variable names)")
+    include_nominal_run: bool = False
+    max_parallel: int | None = Field(None, ge=1, le=1_000_000)
+    max_failures: int | None = Field(None, ge=1, description="stop the rest after this many failed runs")
+    dry_run: bool = False
+
+
+class SweepRecord(BaseModel):
+    id: str
+    name: str
+    owner: str
+    kind: str
+    status: JobStatus
+    status_reason: str | None = None
+    runs: int
+    counts: dict[str, int]
+    progress: float = Field(..., description="finished runs / runs")
+    variables: list[str]
+    design: str | None = None
+    seed: int | None = None
+    max_parallel: int | None = None
+    max_failures: int | None = None
+    storage_bytes: int = Field(0, description="bytes kept in storage: shared inputs and every run's")
+    created_at: datetime
+    finished_at: datetime | None = None
+    spec: dict[str, Any] = Field(..., description="the request as recorded (cases left out)")
+
+
+class RunPreview(BaseModel):
+    index: int
+    variables: dict[str, Any]
+    command: str | list[str] | None = None
+    templates: dict[str, str] = Field(default_factory=dict)
+
+
+class DryRun(BaseModel):
+    dry_run: bool = True
+    count: int
+    variables: list[str]
+    seed: int | None = None
+    runs: list[RunPreview]
+
+
+class ResultsTable(BaseModel):
+    columns: list[str]
+    rows: list[dict[str, Any]]
+
+
+class FinishedRuns(BaseModel):
+    cursor: int = Field(..., description="pass as `after` to get the runs that end later")
+    results: list[JobRecord]
+
+
+def new_sweep_id() -> str:
+    return "s" + uuid.uuid4().hex[:11]

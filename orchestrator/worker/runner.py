@@ -1,0 +1,595 @@
+"""What runs on a Dask worker: stage inputs, run the command, ship logs, collect outputs.
+
+The task carries only a small `RunSpec`; bytes move between the worker and storage directly.
+It returns a small outcome dict, never raising for the job's own failures, so the engine can
+tell a failed command (an outcome) from a broken worker (an exception). Imports no API or
+store code.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from orchestrator import templating
+from orchestrator.models import JobKind
+from orchestrator.paths import safe_relative_path
+from orchestrator.plugins.worker import (
+    TASK_KEY_VARIABLE,
+    gpu_devices,
+    is_stale,
+    job_processes,
+    signal_group,
+)
+from orchestrator.storage import Storage, is_storage_failure, layout
+from orchestrator.worker import outputs
+from orchestrator.worker.executors import Executor, RunContext, executor_for
+from orchestrator.worker.jobuser import RunAs, clean_environment, fetch_as, hand_over, job_folder
+
+STATUS_TOPIC = "orchestrator-status"
+RETURN_FILE = "return.pkl"
+STOP_GRACE_S = 2.0
+ANNOUNCE_INTERVAL_S = 0.1
+LEGACY_VARIABLES = ("ORCHESTRATOR_JOB_ID", "ORCHESTRATOR_TASK_KEY")  # single-user jobs only
+
+
+@dataclass
+class StagedInput:
+    path: str
+    key: str | None = None  # in storage
+    url: str | None = None  # any fsspec URL
+    executable: bool = False
+    template: bool = False  # `${name}` placeholders filled with the run's variables
+
+
+@dataclass
+class RunSpec:
+    job_id: str
+    key: str
+    attempt: int
+    storage_url: str  # options (credentials) come from the worker's own environment
+    command: str | list[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    inputs: list[StagedInput] = field(default_factory=list)
+    timeout_s: float | None = None
+    callable_key: str | None = None
+    kind: str = JobKind.COMMAND.value  # which Executor runs it (orchestrator.worker.executors)
+    variables: dict[str, Any] | None = None  # a sweep run's values
+    gpus: int = 0  # devices lent to the run from the worker's own
+    shell_template: str | None = None  # a sweep's shell line, made into `command` per run
+    run_as: dict[str, Any] | None = None  # the job owner's OS identity (multi-user mode)
+
+    @classmethod
+    def from_dict(cls, fields: dict[str, Any]) -> RunSpec:
+        spec = cls(**{**fields, "inputs": [StagedInput(**i) for i in fields.get("inputs", [])]})
+        if spec.shell_template is not None:
+            spec.command = templating.shell_command(spec.shell_template, spec.variables or {})
+        return spec
+
+
+@dataclass
+class Outcome:
+    status: str
+    reason: str | None = None
+    exit_code: int | None = None
+    started_at: float | None = None
+    finished_at: float | None = None
+    worker: str | None = None
+    files: list[dict[str, Any]] = field(default_factory=list)
+    outputs: dict[str, Any] = field(default_factory=dict)
+    value: Any = None
+    error: str | None = None
+    log_bytes: int = 0  # stored as the attempt's logs
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(vars(self))  # shallow: dataclasses.asdict's deep copy costs per run
+
+
+class Sealed:
+    """A task argument whose repr never shows what it holds.
+
+    Dask prints a failed task's arguments in its logs ("Compute Failed") and on its
+    dashboard; a run spec holds the job's opened secret environment.
+    """
+
+    __slots__ = ("content",)
+
+    def __init__(self, content: Any):
+        self.content = content
+
+    def __repr__(self) -> str:
+        return "<orchestrator run spec>"
+
+    __str__ = __repr__
+
+    def __reduce__(self) -> tuple[Any, tuple[Any]]:
+        return Sealed, (self.content,)
+
+
+def _unsealed(value: Any) -> Any:
+    return value.content if isinstance(value, Sealed) else value
+
+
+def run_job(spec_dict: Sealed | dict[str, Any]) -> dict[str, Any]:
+    """The Dask task of a single job. It never raises: an exception escaping a task would
+    have Dask log it with its arguments, so every failure becomes the job's outcome."""
+    try:
+        with Scratch() as scratch:
+            return execute(RunSpec.from_dict(_unsealed(spec_dict)), announce=True, scratch=scratch).as_dict()
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - RecursionError, MemoryError in a parse...
+        return _unexpected(exc).as_dict()
+
+
+def _unexpected(exc: BaseException) -> Outcome:
+    """An error of the runner itself (not of the job's command) as a failed outcome."""
+    kind = "storage error" if is_storage_failure(exc) else "runner error"
+    return Outcome("FAILED", f"{kind}: {describe_error(exc)}", worker=_worker_address())
+
+
+def run_batch(batch: Sealed | dict[str, Any] | str) -> str:
+    """The Dask task of several sweep runs, one after another, sharing one template.
+
+    Cheap runs are batched so Dask's per-task cost is paid once per batch. A run starting
+    is announced at most every ANNOUNCE_INTERVAL_S; runs that start and end in between are
+    recorded as RUNNING with their real start time when the batch reports. One run's
+    unexpected error fails that run only. Answers the outcomes as JSON text.
+    """
+    batch = _unsealed(batch)
+    batch = json.loads(batch) if isinstance(batch, str) else batch
+    template = batch["template"]
+    budget = batch.get("failure_budget")  # the sweep's max_failures, less failures so far
+    outcomes = []
+    announced_at = float("-inf")
+    with Scratch() as scratch:
+        for run in batch["runs"]:
+            if budget is not None and budget <= 0:
+                outcomes.append(Outcome("STOPPED", "max_failures reached", worker=_worker_address()).as_dict())
+                continue
+            last_try = run.pop("last_try", True)  # a failure now is for good: no retry left
+            spec = RunSpec.from_dict({**template, **run})
+            announce = time.monotonic() - announced_at >= ANNOUNCE_INTERVAL_S
+            if announce:
+                announced_at = time.monotonic()
+            try:
+                outcome = execute(spec, announce, scratch)
+            except (Exception, SystemExit) as exc:  # one run's failure never loses the batch
+                outcome = _unexpected(exc)
+            if budget is not None and outcome.status == "FAILED" and last_try:
+                budget -= 1
+            outcomes.append(outcome.as_dict())
+    return json.dumps(outcomes)  # one string: cheap for the scheduler to pass on
+
+
+class Scratch:
+    """A working folder and log files on the worker, emptied between the runs of a batch.
+
+    Reused rather than made per run: creating and removing folders costs as much as
+    starting a short process on some filesystems. A run under its owner's identity gets a
+    fresh folder instead: one the worker stages into while no job can enter it.
+    """
+
+    def __enter__(self) -> Scratch:
+        root = _scratch_root()
+        self.workdir = Path(tempfile.mkdtemp(dir=root))
+        self.logs = {stream: root / "logs" / f"{self.workdir.name}.{stream}" for stream in layout.LOG_STREAMS}
+        return self
+
+    @contextlib.contextmanager
+    def folder(self, run_as: RunAs | None) -> Iterator[Path]:
+        """The working folder of one run, emptied (or removed) when it ends."""
+        if run_as is not None:
+            run_as.check_possible()
+            with job_folder() as folder:
+                yield folder
+            return
+        try:
+            yield self.workdir
+        finally:
+            self.empty()
+
+    def empty(self) -> None:
+        for entry in os.scandir(self.workdir):
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(entry.path)
+
+    def __exit__(self, *_: Any) -> None:
+        shutil.rmtree(self.workdir, ignore_errors=True)
+        for path in self.logs.values():
+            path.unlink(missing_ok=True)
+
+
+def execute(spec: RunSpec, announce: bool, scratch: Scratch) -> Outcome:
+    worker = _worker_address()
+    stopper = job_processes().stop_requested(spec.key)
+    if stopper:
+        return Outcome("STOPPED", f"stop requested by {stopper}", worker=worker)
+    context = RunContext(_storage(spec.storage_url), worker, announce, scratch)
+    return executor_for(spec.kind).run(spec, context)
+
+
+class CommandExecutor(Executor):
+    """A command in its own process group, in a working folder, under the job owner's
+    identity in multi-user mode."""
+
+    kind = JobKind.COMMAND
+
+    def run(self, spec: RunSpec, context: RunContext) -> Outcome:
+        run_as = RunAs.from_spec(spec.run_as)
+        try:
+            with gpu_devices().lend(spec.gpus) as devices, context.scratch.folder(run_as) as workdir:
+                if devices:
+                    visible = ",".join(devices)
+                    spec.env = {**spec.env, "CUDA_VISIBLE_DEVICES": visible, "NVIDIA_VISIBLE_DEVICES": visible}
+                return _run_in(workdir, context.scratch.logs, spec, context.storage, context.worker,
+                               context.announce)
+        finally:
+            job_processes().unregister(spec.key)
+
+
+def _run_in(
+    workdir: Path, log_paths: dict[str, Path], spec: RunSpec, storage: Storage,
+    worker: str | None, announce: bool,
+) -> Outcome:
+    run_as = RunAs.from_spec(spec.run_as)
+    if spec.attempt > 1:
+        forget_earlier_attempt(storage, spec.job_id)
+    try:
+        staged = _stage_inputs(storage, spec.inputs, workdir, spec.variables or {}, run_as)
+    except Exception as exc:  # noqa: BLE001 - any staging failure fails the job with its reason
+        return Outcome("FAILED", _step_failed("staging inputs", exc), worker=worker)
+    started = time.time()
+    if announce:
+        announce_running(spec, worker, started)
+    outcome = _run_command(workdir, log_paths, spec, storage, worker)
+    outcome.started_at = started
+    if is_stale(spec.key):  # replaced while it ran: the newer attempt owns the job's files
+        outcome.status, outcome.reason = "STOPPED", "replaced by a newer attempt; nothing stored"
+        return outcome
+    try:
+        outcome.log_bytes = _ship_final_logs(storage, spec.job_id, log_paths)
+        outcome.files = outputs.upload(storage, spec.job_id, workdir, staged, run_as and run_as.uid)
+    except Exception as exc:  # noqa: BLE001 - nothing unstored may be recorded as stored
+        outcome.status = "FAILED"
+        outcome.reason = _step_failed("storing logs and outputs", exc)
+        outcome.files = []
+    outcome.outputs, outcome.error = outputs.read_outputs_json(workdir, run_as and run_as.uid)
+    outcome.finished_at = time.time()
+    return outcome
+
+
+# ---- commands ---------------------------------------------------------------------------
+
+
+def _run_command(
+    workdir: Path, log_paths: dict[str, Path], spec: RunSpec, storage: Storage, worker: str | None
+) -> Outcome:
+    run_as = RunAs.from_spec(spec.run_as)
+    argv = ["/bin/sh", "-c", spec.command] if isinstance(spec.command, str) else list(spec.command)
+    with open(log_paths["stdout"], "wb") as out, open(log_paths["stderr"], "wb") as err:
+        try:
+            process = subprocess.Popen(
+                argv, cwd=workdir, env=_job_environment(spec, workdir, run_as), stdin=subprocess.DEVNULL,
+                stdout=out, stderr=err, start_new_session=True, **(run_as.popen_options() if run_as else {}),
+            )
+        except OSError as exc:
+            err.write(f"cannot start {argv[0]}: {exc}\n".encode())
+            return Outcome("FAILED", f"cannot start command: {exc.strerror or exc}", 127, worker=worker)
+        return _supervise(process, spec, worker, LogShipper(storage, spec.job_id, log_paths))
+
+
+def _supervise(
+    process: subprocess.Popen, spec: RunSpec, worker: str | None, shipper: LogShipper
+) -> Outcome:
+    registry = job_processes()
+    registry.register(spec.key, process)
+    deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else None
+    timed_out = False
+    with _exit_waiter(process) as exited:
+        while registry.stop_requested(spec.key) is None:
+            if exited(0.1):
+                break
+            shipper.ship_if_due()
+            if deadline is not None and time.monotonic() > deadline:
+                timed_out = True
+                break
+    stopper = registry.stop_requested(spec.key)
+    if stopper is None and not timed_out:
+        _kill_group_remains(process)
+        if process.returncode == 0:
+            return Outcome("COMPLETED", None, 0, worker=worker)
+        return Outcome("FAILED", _exit_reason(process.returncode), process.returncode, worker=worker)
+    leftovers = _terminate_tree(process, spec.key)
+    if stopper is not None:
+        reason = _with_leftovers(f"stop requested by {stopper}", leftovers)
+        return Outcome("STOPPED", reason, process.returncode, worker=worker)
+    reason = _with_leftovers(f"timeout after {spec.timeout_s:g} s", leftovers)
+    return Outcome("FAILED", reason, process.returncode, worker=worker)
+
+
+@contextlib.contextmanager
+def _exit_waiter(process: subprocess.Popen) -> Iterator[Callable[[float], bool]]:
+    """A wait for the process's exit that wakes the moment it exits.
+
+    `Popen.wait(timeout)` polls with growing sleeps, which costs a short run up to a
+    millisecond for nothing; a pidfd (Linux) is readable as soon as the process ends.
+    """
+    try:
+        descriptor = os.pidfd_open(process.pid)
+    except (AttributeError, OSError):
+        descriptor = None
+
+    def exited(timeout: float) -> bool:
+        if descriptor is not None and process.poll() is None:
+            select.select([descriptor], [], [], timeout)
+        else:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                process.wait(timeout)
+        return process.poll() is not None
+
+    try:
+        yield exited
+    finally:
+        if descriptor is not None:
+            os.close(descriptor)
+
+
+def _job_environment(spec: RunSpec, workdir: Path, run_as: RunAs | None) -> dict[bytes, bytes] | dict[str, str]:
+    """A multi-user job's environment is built from scratch; a single-user job's extends the
+    worker's own (that user owns the machine), as it always has."""
+    promised = {**spec.env, "JOB_ID": spec.job_id, "OUTPUT_DIR": str(workdir), TASK_KEY_VARIABLE: spec.key}
+    if run_as is not None:
+        return clean_environment(run_as, workdir, promised)
+    extra = {**promised, LEGACY_VARIABLES[0]: spec.job_id, LEGACY_VARIABLES[1]: spec.key}
+    return {**_base_environment(), **{os.fsencode(k): os.fsencode(v) for k, v in extra.items()}}
+
+
+@lru_cache(maxsize=1)
+def _base_environment() -> dict[bytes, bytes]:
+    """The worker's environment, read and encoded once (Popen would encode it per run)."""
+    return dict(os.environb)
+
+
+def _exit_reason(exit_code: int) -> str:
+    if exit_code < 0:
+        with contextlib.suppress(ValueError):
+            return f"killed by signal {signal.Signals(-exit_code).name}"
+    return f"exit code {exit_code}"
+
+
+def _terminate_tree(process: subprocess.Popen, key: str) -> list[str]:
+    """SIGTERM the group, SIGKILL what stays, then hunt escaped descendants by their marker.
+
+    Returns descriptions of processes still alive afterwards (there should be none).
+    """
+    signal_group(process, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=STOP_GRACE_S)
+    signal_group(process, signal.SIGKILL)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        process.wait(timeout=STOP_GRACE_S)
+    marked = _marked_processes(key)
+    for proc in marked:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    _, alive = psutil.wait_procs(marked, timeout=1.0)
+    return [f"pid {p.pid} ({_name(p)})" for p in alive]
+
+
+def _kill_group_remains(process: subprocess.Popen) -> None:
+    """Background processes a finished job left in its group do not outlive it."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(process.pid, 0)
+        signal_group(process, signal.SIGKILL)
+
+
+def _marked_processes(key: str) -> list[psutil.Process]:
+    marked = []
+    for proc in psutil.process_iter():
+        with contextlib.suppress(psutil.Error):
+            if proc.environ().get(TASK_KEY_VARIABLE) == key:
+                marked.append(proc)
+    return marked
+
+
+def _name(proc: psutil.Process) -> str:
+    with contextlib.suppress(psutil.Error):
+        return proc.name()
+    return "?"
+
+
+def _with_leftovers(reason: str, leftovers: list[str]) -> str:
+    if not leftovers:
+        return reason
+    return f"{reason}; {len(leftovers)} process(es) survived: {', '.join(leftovers)}"
+
+
+class LogShipper:
+    """Copies what the job writes to its log files into storage as offset-named segments.
+
+    Driven by the supervising loop (no thread per run). Ships soon after the start, then
+    less often, so short jobs cost nothing and long ones do not flood storage with tiny
+    objects.
+    """
+
+    def __init__(self, storage: Storage, job_id: str, paths: dict[str, Path]):
+        self._storage = storage
+        self._job_id = job_id
+        self._paths = paths
+        self._shipped = dict.fromkeys(paths, 0)
+        self._interval = 0.2
+        self._due = time.monotonic() + self._interval
+
+    def ship_if_due(self) -> None:
+        """Best effort: while storage is unreachable the job runs on, and its whole log is
+        stored when it ends (or the job fails saying storage could not take it)."""
+        if time.monotonic() < self._due:
+            return
+        try:
+            self._ship_new_bytes()
+        except Exception as exc:
+            if not is_storage_failure(exc):
+                raise
+        self._interval = min(self._interval * 1.2, 2.0)
+        self._due = time.monotonic() + self._interval
+
+    def _ship_new_bytes(self) -> None:
+        for stream, path in self._paths.items():
+            size = path.stat().st_size
+            start = self._shipped[stream]
+            if size <= start:
+                continue
+            with open(path, "rb") as source:
+                source.seek(start)
+                data = source.read(size - start)
+            self._storage.put_bytes(layout.segment_key(self._job_id, stream, start), data)
+            self._shipped[stream] = start + len(data)
+
+
+def _ship_final_logs(storage: Storage, job_id: str, paths: dict[str, Path]) -> int:
+    """The whole log under its final key, then the segments go: readers prefer the final.
+    Returns the bytes stored."""
+    stored = 0
+    for stream, path in paths.items():
+        if path.exists() and path.stat().st_size:
+            stored += storage.put_file(str(path), layout.log_key(job_id, stream)).size
+            storage.delete_prefix(layout.log_segments_prefix(job_id, stream))
+    return stored
+
+
+# ---- inputs and outputs -----------------------------------------------------------------
+
+
+def _stage_inputs(
+    storage: Storage, inputs: list[StagedInput], workdir: Path, variables: dict[str, Any],
+    run_as: RunAs | None = None,
+) -> outputs.Staged:
+    """Copy inputs in; returns path -> (size, mtime_ns) so unchanged inputs are not outputs.
+
+    Stored inputs come first, with the worker's rights, into a folder no job can enter yet;
+    under a job identity the folder is then handed over and URLs are fetched as that uid.
+    """
+    staged: outputs.Staged = {}
+    stored = [item for item in inputs if item.url is None]
+    for item in stored:
+        _stage_stored(storage, item, workdir, variables)
+    if run_as is not None:
+        hand_over(workdir, run_as)
+    for item in inputs:
+        if item.url is not None:
+            _stage_url(item, workdir, run_as)
+    for relative in map(safe_relative_path, (item.path for item in inputs)):
+        info = os.lstat(workdir / relative)
+        staged[relative] = (info.st_size, info.st_mtime_ns)
+    return staged
+
+
+def _stage_stored(storage: Storage, item: StagedInput, workdir: Path, variables: dict[str, Any]) -> None:
+    target = workdir / safe_relative_path(item.path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if item.template:
+        text = _read_template(storage, item.key)
+        target.write_text(templating.render(text, variables), encoding="utf-8")
+    else:
+        storage.get_file(item.key, str(target))
+    if item.executable:
+        target.chmod(0o755)
+
+
+def _stage_url(item: StagedInput, workdir: Path, run_as: RunAs | None) -> None:
+    relative = safe_relative_path(item.path)
+    if run_as is not None:
+        fetch_as(run_as, item.url, relative, workdir, item.executable)
+        return
+    import fsspec
+
+    target = workdir / relative
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with fsspec.open(item.url, "rb") as source, open(target, "wb") as out:
+        shutil.copyfileobj(source, out, 4 * 2**20)
+    if item.executable:
+        target.chmod(0o755)
+
+
+@lru_cache(maxsize=32)
+def _read_template(storage: Storage, key: str) -> str:
+    """Template sources never change under their key, so a batch reads each once."""
+    with storage.open(key) as source:
+        return source.read().decode("utf-8")
+
+
+def forget_earlier_attempt(storage: Storage, job_id: str) -> None:
+    """A retry starts clean: no outputs or logs of the attempt before it remain."""
+    storage.delete_prefix(layout.outputs_prefix(job_id))
+    storage.delete_prefix(layout.logs_prefix(job_id))
+
+
+# ---- worker context ---------------------------------------------------------------------
+
+
+def _worker():
+    from distributed import get_worker
+
+    try:
+        return get_worker()
+    except ValueError:
+        return None
+
+
+def _worker_address() -> str | None:
+    worker = _worker()
+    return worker.address if worker else None
+
+
+@lru_cache(maxsize=4)
+def _scratch_root_in(base: str) -> Path:
+    """Working folders of runs, and their logs while they run (kept out of the outputs)."""
+    root = Path(base) / "orchestrator-jobs"
+    (root / "logs").mkdir(parents=True, exist_ok=True)
+    return root
+
+
+def _scratch_root() -> Path:
+    worker = _worker()
+    return _scratch_root_in(worker.local_directory if worker else tempfile.gettempdir())
+
+
+def announce_running(spec: RunSpec, worker_address: str | None, started: float) -> None:
+    worker = _worker()
+    if worker is not None:
+        worker.log_event(
+            STATUS_TOPIC,
+            {"job_id": spec.job_id, "key": spec.key, "status": "RUNNING",
+             "worker": worker_address, "at": started},
+        )
+
+
+@lru_cache(maxsize=16)
+def _storage(url: str) -> Storage:
+    return Storage.from_environment(url)
+
+
+def _step_failed(step: str, exc: BaseException) -> str:
+    if is_storage_failure(exc):
+        return f"storage error while {step}: {describe_error(exc)}"
+    return f"{step} failed: {describe_error(exc)}"
+
+
+def describe_error(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"[:2000]
