@@ -6,6 +6,7 @@ to the same classes, so embedded and remote callers catch the same exceptions.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 
@@ -15,16 +16,17 @@ class OrchestratorError(Exception):
     status = 400
     code = "bad_request"
 
-    def __init__(self, message: str, fields: dict[str, str] | None = None):
+    def __init__(self, message: str, fields: dict[str, str] | None = None, details: dict[str, Any] | None = None):
         super().__init__(message)
         self.message = message
         self.fields = fields or {}
+        self.details = details or {}  # more of the error's body (a job type's validation report)
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {"code": self.code, "message": self.message}
         if self.fields:
             body["fields"] = self.fields
-        return {"error": body}
+        return {"error": {**body, **self.details}}
 
 
 class ValidationFailed(OrchestratorError, ValueError):
@@ -154,17 +156,24 @@ def from_json(status: int, body: Any) -> OrchestratorError:
     error = body.get("error", {}) if isinstance(body, dict) else {}
     cls = _by_code().get(error.get("code"), OrchestratorError)
     exc = cls.__new__(cls)  # past any __init__ of its own: the server already wrote the message
-    OrchestratorError.__init__(exc, error.get("message") or f"HTTP {status}", error.get("fields"))
+    details = {k: v for k, v in error.items() if k not in ("code", "message", "fields")}
+    OrchestratorError.__init__(exc, error.get("message") or f"HTTP {status}", error.get("fields"), details)
     exc.status = status
     return exc
+
+
+MODEL_LEVEL = re.compile(r"([a-z_][a-z0-9_.]*): (.+)", re.S)
 
 
 def field_errors(validation_error: Any) -> dict[str, str]:
     """pydantic's error list as {"dotted.field": "message"}."""
     fields: dict[str, str] = {}
     for err in validation_error.errors(include_url=False):
-        location = ".".join(str(part) for part in err.get("loc", ())) or "body"
+        location = ".".join(str(part) for part in err.get("loc", ()))
         message = err.get("msg", "invalid").removeprefix("Value error, ")
+        if not location:  # a model-level check names its field first: "field: message"
+            named = MODEL_LEVEL.fullmatch(message)
+            location, message = (named.group(1), named.group(2)) if named else ("body", message)
         fields.setdefault(location, message)
     return fields
 

@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from orchestrator.jobtypes.manifest import Configuration
 from orchestrator.paths import _NAME as SAFE_NAME
 from orchestrator.paths import safe_name
 
@@ -54,6 +55,7 @@ class JobKind(str, Enum):
 
     COMMAND = "command"
     CALLABLE = "callable"
+    JOB_TYPE = "job_type"
 
 
 class JobStatus(str, Enum):
@@ -200,12 +202,57 @@ class JobTemplate(Request):
         return value
 
 
+JOB_TYPE_REF = r"^[A-Za-z0-9-]{1,128}(@[0-9A-Za-z.+-]{1,64})?$"
+INPUT_SECTIONS = ("files", "json")
+
+
+def _command_or_job_type(schema: dict[str, Any]) -> None:
+    schema["anyOf"] = [{"required": ["command"]}, {"required": ["job_type"]}]
+
+
 class JobCreate(JobTemplate):
-    command: str | list[str] = Field(
-        ..., description="a shell command line, or an argument list run without a shell",
-        json_schema_extra=COMMAND_SCHEMA,
+    model_config = ConfigDict(json_schema_extra=_command_or_job_type)
+
+    command: str | list[str] | None = Field(
+        None, description="a shell command line, or an argument list run without a shell "
+        "(required unless job_type is given)",
+        json_schema_extra={"anyOf": [*COMMAND_SCHEMA["anyOf"], {"type": "null"}]},
     )
+    job_type: str | None = Field(
+        None, pattern=JOB_TYPE_REF,
+        description="run a registered job type: 'name@version', or 'name' for its latest active version")
+    inputs: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="a job type's inputs: {'files': {NAME: [uploaded file, "
+        "'binary@version' or URL, ...]}, 'json': {NAME: value}}")
+    configuration: Configuration | None = Field(None, description="laid over the job type's")
     submit: bool = Field(True, description="false saves the job as CREATED")
+
+    @field_validator("inputs")
+    @classmethod
+    def _input_sections(cls, value: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        unknown = sorted(set(value) - set(INPUT_SECTIONS))
+        if unknown:
+            raise ValueError(f"unknown section {unknown[0]!r}; inputs has 'files' and 'json'")
+        return value
+
+    @model_validator(mode="after")
+    def _runs_something(self) -> JobCreate:
+        if self.job_type is None:
+            if self.command is None:
+                raise ValueError("command: give a command, or a job_type to run")
+            if self.inputs or self.configuration is not None:
+                raise ValueError("job_type: inputs and configuration belong to a job type")
+        elif self.command is not None:
+            raise ValueError("command: a job of a type runs the type's command; leave command out")
+        return self
+
+
+class JobTypeRef(BaseModel):
+    """The job type a job runs, pinned: its command, inputs and limits are that revision's."""
+
+    name: str
+    version: str
+    revision: int
 
 
 class JobPatch(Request):
@@ -284,7 +331,7 @@ class JobRecord(BaseModel):
     id: str
     name: str
     owner: str
-    kind: JobKind = Field(JobKind.COMMAND, description="'command' or 'callable'")
+    kind: JobKind = Field(JobKind.COMMAND, description="'command', 'callable' or 'job_type'")
     status: JobStatus
     status_reason: str | None = None
     command: str | list[str] | None = None
@@ -303,6 +350,8 @@ class JobRecord(BaseModel):
     sweep_id: str | None = None
     index: int | None = None
     variables: dict[str, Any] | None = Field(None, description="a sweep run's variable values")
+    job_type: JobTypeRef | None = Field(None, description="the job type (and revision) it runs")
+    inputs: dict[str, dict[str, Any]] | None = Field(None, description="a job type's inputs as given")
     created_at: datetime
     submitted_at: datetime | None = None
     started_at: datetime | None = None

@@ -17,6 +17,7 @@ from orchestrator.paths import safe_name
 from orchestrator.server.auth import Principal
 from orchestrator.server.ledger import Store
 from orchestrator.storage import AtomicWriter, Storage, layout
+from orchestrator.worker.runner import StagedInput
 
 
 @dataclass(frozen=True)
@@ -154,3 +155,12 @@ class BinaryService:
         if not viewer.owns(ref.owner):
             raise NotFound(f"no binary {name}")
         return ref
+
+
+def binary_input(ref: str, owner: str) -> StagedInput:
+    """A pinned binary (`name@v` of the job's owner, or `other/name@v`) or a URL to stage."""
+    if "://" in ref:
+        name = ref.rstrip("/").rsplit("/", 1)[-1] or "download"
+        return StagedInput(path=name, url=ref, executable=True)
+    pinned = BinaryRef.parse(ref, owner)
+    return StagedInput(path=pinned.name, key=pinned.key, executable=True)

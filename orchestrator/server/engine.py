@@ -19,7 +19,7 @@ from typing import Any
 from distributed import Client, Future
 from distributed.client import ClosedClientError
 
-from orchestrator.models import JobRecord, Resources, utcnow
+from orchestrator.models import JobRecord, JobStatus, Resources, utcnow
 from orchestrator.plugins.worker import (
     OrchestratorWorkerPlugin,
     request_stop,
@@ -53,7 +53,7 @@ from orchestrator.server.placement import RESOURCE_CACHE_S, RESOURCE_FIELDS, Pla
 from orchestrator.server.recorder import Recorder, StatusBus, StatusListener, Waiters  # noqa: F401
 from orchestrator.server.recovery import Recovery
 from orchestrator.server.secrets import Sealer, SecretsUnreadable
-from orchestrator.server.specs import binary_input  # noqa: F401 - re-exported
+from orchestrator.server.type_gate import TypeGate
 from orchestrator.worker.runner import STATUS_TOPIC, Sealed, run_job
 
 CLUSTER_TOPIC = "all"  # where the scheduler logs workers joining and leaving
@@ -90,6 +90,9 @@ class Engine(SweepBatches, Recovery):
         self._stop_requests: dict[str, str] = {}  # job id -> who asked
         self._unsent: dict[str, int] = {}  # job id -> attempt queued while the scheduler was away
         self._stale_keys: list[str] = []  # attempts to stop on the workers once connected again
+        self.gate = TypeGate(store)  # job types' pausing and max_scheduled
+        self.contracts: specs.Contracts | None = None  # a job type revision's manifest, by reference
+        self.bus.on_finished.append(self._release_types)
 
     # the status bus's channels, as the rest of the service knows them
     listeners = property(lambda self: self.bus.listeners)  # (record, change): for watchers
@@ -155,15 +158,22 @@ class Engine(SweepBatches, Recovery):
         `recorded`: more job fields that change with it (e.g. worker_losses).
         """
         online = self.online
-        update, job = decisions.submission(job, reason, online, utcnow(), recorded)
+        held = self.gate.hold_reason(job)
+        update, job = decisions.submission(job, held or reason, online, utcnow(), recorded)
         self._apply([update])
+        if held:
+            self.gate.hold(job)
+            return job
         if not online:
             self._unsent[job.id] = job.attempt  # the record says QUEUED: sent on reconnection
             return job
         return self._send(job)
 
     def _send(self, job: JobRecord) -> JobRecord:
-        """Hand a QUEUED attempt to Dask and follow its future."""
+        """Hand a QUEUED attempt to Dask and follow its future (unless its type holds it)."""
+        if self.gate.hold_reason(job):
+            self.gate.hold(job)
+            return job
         try:
             spec = self._run_spec(job)
         except SecretsUnreadable as exc:
@@ -178,11 +188,29 @@ class Engine(SweepBatches, Recovery):
             self._unsent[job.id] = job.attempt
             return job
         self._futures[job.id] = future
+        self.gate.sent(job)
         self._spawn(self._await_outcome(job.id, spec["key"], future))
         return job
 
+    def release_type(self, key: str) -> None:
+        """Send the held jobs of a job type (`name@version`) while its gate lets them pass:
+        it was resumed, its limit raised, or one of its jobs ended."""
+        for job_id in self.gate.waiting(key):
+            job = self.store.get_job(job_id)
+            if job is None or job.status != JobStatus.QUEUED:
+                self.gate.drop(key, job_id)
+                continue
+            if self.gate.hold_reason(job) or not self.online:
+                return
+            self.gate.drop(key, job_id)
+            self._send(job)
+
+    def _release_types(self, job_ids: list[str]) -> None:
+        for key in self.gate.ended(job_ids):
+            self.release_type(key)
+
     def _run_spec(self, job: JobRecord) -> dict[str, Any]:
-        return specs.run_spec(job, self.storage_url, self.secret_env(job), self.isolation)
+        return specs.run_spec(job, self.storage_url, self.secret_env(job), self.isolation, self.contracts)
 
     def secret_env(self, job: JobRecord) -> dict[str, str]:
         """The opened secret environment of a job (a sweep run: its sweep's), for its task

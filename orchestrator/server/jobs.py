@@ -21,14 +21,17 @@ from orchestrator.models import (
     JobSelection,
     JobShares,
     JobStatus,
+    JobTypeRef,
     StatusChange,
     utcnow,
 )
 from orchestrator.server.auth import Principal
 from orchestrator.server.binaries import BinaryService
 from orchestrator.server.engine import Engine
+from orchestrator.server.job_types import JobTypeService
 from orchestrator.server.ledger import Store
 from orchestrator.server.secrets import Sealer, masked
+from orchestrator.server.typed_jobs import TypedJob, typed_job
 from orchestrator.storage import Storage, layout
 
 MAX_LOG_CHUNK = 16 * 2**20
@@ -46,8 +49,9 @@ class JobService:
 
     def __init__(
         self, store: Store, storage: Storage, engine: Engine, binaries: BinaryService,
-        sealer: Sealer, max_queued_per_user: int,
+        sealer: Sealer, max_queued_per_user: int, job_types: JobTypeService,
     ):
+        self.job_types = job_types
         self.store = store
         self.storage = storage
         self.engine = engine
@@ -77,29 +81,41 @@ class JobService:
         stored = 0
         if files or kind == JobKind.CALLABLE:
             stored = await asyncio.to_thread(self.storage.prefix_bytes, layout.job_prefix(job_id))
-        job = JobRecord(
-            id=job_id,
-            storage_bytes=stored,
+        fields: dict[str, Any] = dict(
             name=request.name or default_name(request.command),
-            owner=owner,
             kind=kind,
-            status=JobStatus.CREATED,
             command=request.command if kind == JobKind.COMMAND else None,
             binaries=self.binaries.pin(request.binaries, owner, creator.admin),
-            files=sorted(files or []),
             env=request.env,
             secret_env=masked(request.secret_env),
             resources=request.resources,
             timeout_s=request.timeout_s,
-            retries=request.retries,
             priority=request.priority,
-            created_at=now,
+        )
+        secrets = request.secret_env
+        if request.job_type is not None:
+            typed = self._typed(request, creator, files or [])
+            fields.update(typed.fields)
+            secrets = typed.secrets
+        job = JobRecord(
+            id=job_id, storage_bytes=stored, owner=owner, status=JobStatus.CREATED,
+            files=sorted(files or []), retries=request.retries, created_at=now, **fields,
         )
         waiting = await self.engine.placement(job.resources)
-        self.store.insert_job(
-            job, [StatusChange(status=JobStatus.CREATED, at=now)], self.sealer.seal(request.secret_env)
-        )
+        self.store.insert_job(job, [StatusChange(status=JobStatus.CREATED, at=now)], self.sealer.seal(secrets))
         return self.engine.submit(job, reason=waiting) if request.submit else job
+
+    def _typed(self, request: JobCreate, creator: Principal, files: list[str]) -> TypedJob:
+        """A job of a job type: the pinned revision's command, inputs and limits."""
+        assert request.job_type is not None
+        if request.env or request.secret_env or request.binaries:
+            raise ValidationFailed("a job of a type takes inputs and configuration, not env or binaries",
+                                   {"job_type": "give inputs and configuration instead of env or binaries"})
+        row = self.job_types.resolve(request.job_type)
+        ref = JobTypeRef(name=row.name, version=row.version, revision=row.revision_num)
+        manifest, _ = self.job_types.revision_contract(ref)
+        return typed_job(request, row, manifest, self.job_types.secret_settings(row), files,
+                         self.binaries, creator.user, creator.admin)
 
     async def create_from_upload(
         self, request: JobCreate, creator: Principal, *, job_id: str, files: list[str] | None = None,

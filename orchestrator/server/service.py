@@ -18,6 +18,7 @@ from orchestrator.server.board import BoardFeed
 from orchestrator.server.engine import Engine
 from orchestrator.server.events import EventHub
 from orchestrator.server.isolation import Isolation, JobIdentities
+from orchestrator.server.job_types import JobTypeService
 from orchestrator.server.jobs import JobService
 from orchestrator.server.ledger import Store
 from orchestrator.server.metrics import Metrics
@@ -36,6 +37,7 @@ class Service:
         self.connection: cluster.ClusterConnection
         self.engine: Engine
         self.binaries: BinaryService
+        self.job_types: JobTypeService
         self.jobs: JobService
         self.sweeps: SweepService
         self.events: EventHub
@@ -60,9 +62,12 @@ class Service:
             sealer=self.sealer, reconnect=self.connection.reconnect, isolation=self._isolation(),
         )
         self.binaries = BinaryService(self.store, self.storage)
+        self.job_types = JobTypeService(self.store, self.binaries, self.sealer)
+        self.engine.contracts = self.job_types.revision_contract
+        self.job_types.on_flags_changed.append(lambda row: self.engine.release_type(row.key))
         self.jobs = JobService(
             self.store, self.storage, self.engine, self.binaries, self.sealer,
-            settings.max_queued_per_user,
+            settings.max_queued_per_user, self.job_types,
         )
         self.sweeps = SweepService(
             self.store, self.storage, self.engine, self.binaries, self.sealer, settings.max_sweep_runs

@@ -3,26 +3,20 @@ and the opened secret environment (for the task only; records keep the masked na
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
-from orchestrator.models import JobKind, JobRecord
-from orchestrator.server.binaries import BinaryRef
+from orchestrator.jobtypes.manifest import Manifest
+from orchestrator.models import JobKind, JobRecord, JobTypeRef
+from orchestrator.server.binaries import binary_input
 from orchestrator.server.decisions import own_failures, task_key
 from orchestrator.server.isolation import Isolation
 from orchestrator.server.ledger import Store
 from orchestrator.server.secrets import Sealer, SecretsUnreadable
+from orchestrator.server.typed_jobs import typed_run_fields
 from orchestrator.storage import layout
 from orchestrator.worker.runner import RunSpec, StagedInput
-
-
-def binary_input(ref: str, owner: str) -> StagedInput:
-    """A pinned binary (`name@v` of the job's owner, or `other/name@v`) or a URL to stage."""
-    if "://" in ref:
-        name = ref.rstrip("/").rsplit("/", 1)[-1] or "download"
-        return StagedInput(path=name, url=ref, executable=True)
-    pinned = BinaryRef.parse(ref, owner)
-    return StagedInput(path=pinned.name, key=pinned.key, executable=True)
 
 
 def secret_env(store: Store, sealer: Sealer, job: JobRecord) -> dict[str, str]:
@@ -36,7 +30,13 @@ def secret_env(store: Store, sealer: Sealer, job: JobRecord) -> dict[str, str]:
     return sealer.open(sealed)
 
 
-def run_spec(job: JobRecord, storage_url: str, secrets: dict[str, str], isolation: Isolation) -> dict[str, Any]:
+Contracts = Callable[[JobTypeRef], tuple[Manifest, dict[str, Any]]]  # a revision's manifest
+
+
+def run_spec(
+    job: JobRecord, storage_url: str, secrets: dict[str, str], isolation: Isolation,
+    contracts: Contracts | None = None,
+) -> dict[str, Any]:
     inputs = [binary_input(ref, job.owner) for ref in job.binaries]
     inputs += [StagedInput(path=path, key=layout.input_key(job.id, path)) for path in job.files]
     spec = RunSpec(
@@ -51,8 +51,11 @@ def run_spec(job: JobRecord, storage_url: str, secrets: dict[str, str], isolatio
         callable_key=layout.callable_key(job.id) if job.kind == JobKind.CALLABLE else None,
         kind=job.kind.value,
         gpus=job.resources.gpus,
-        run_as=isolation.run_as(job.owner) if job.kind == JobKind.COMMAND else None,
+        run_as=isolation.run_as(job.owner) if job.kind != JobKind.CALLABLE else None,
     )
+    if job.job_type is not None and contracts is not None:
+        for name, value in typed_run_fields(job, *contracts(job.job_type)).items():
+            setattr(spec, name, value)
     return asdict(spec)
 
 
@@ -69,6 +72,6 @@ def batch_spec(
         for job, attempt in zip(jobs, attempts, strict=True)
     ]
     kind = jobs[0].kind  # the runs of one sweep are of one kind
-    run_as = isolation.run_as(jobs[0].owner) if kind == JobKind.COMMAND else None
+    run_as = isolation.run_as(jobs[0].owner) if kind != JobKind.CALLABLE else None
     return {"template": {**template, "storage_url": storage_url, "run_as": run_as, "kind": kind.value},
             "runs": runs, "failure_budget": failure_budget}

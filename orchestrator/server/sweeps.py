@@ -27,9 +27,9 @@ from orchestrator.models import (
     utcnow,
 )
 from orchestrator.server.auth import Principal
-from orchestrator.server.binaries import BinaryRef, BinaryService
+from orchestrator.server.binaries import BinaryRef, BinaryService, binary_input
 from orchestrator.server.dispatch import SweepDispatcher
-from orchestrator.server.engine import ACTIVE, Engine, binary_input
+from orchestrator.server.engine import ACTIVE, Engine
 from orchestrator.server.jobs import default_name
 from orchestrator.server.ledger import Store, SweepRow
 from orchestrator.server.secrets import Sealer, masked

@@ -17,12 +17,14 @@ from orchestrator.models import JobKind
 
 if TYPE_CHECKING:
     from orchestrator.storage import Storage
-    from orchestrator.worker.runner import Outcome, RunSpec, Scratch
+    from orchestrator.worker.runner import Outcome, RunSpec
+    from orchestrator.worker.scratch import Scratch
 
 
 REGISTRY: dict[str, str] = {
     JobKind.COMMAND.value: "orchestrator.worker.runner:CommandExecutor",
     JobKind.CALLABLE.value: "orchestrator.worker.callables:CallableExecutor",
+    JobKind.JOB_TYPE.value: "orchestrator.worker.typed:JobTypeExecutor",
 }
 
 

@@ -71,15 +71,19 @@ def open_regular(name: str, folder_fd: int | None, owner_uid: int | None) -> Bin
     return os.fdopen(fd, "rb")
 
 
-def read_outputs_json(workdir: Path, owner_uid: int | None = None) -> tuple[dict[str, Any], str | None]:
-    """(scalar outputs, problem) from the job's outputs.json; ({}, None) when it wrote none.
+def read_outputs_json(
+    workdir: Path, owner_uid: int | None = None, names: tuple[str, ...] = (OUTPUTS_FILE,),
+) -> tuple[dict[str, Any], str | None]:
+    """(scalar outputs, problem) from the first of `names` the job wrote (outputs.json; a job
+    type's seed.outputs.json first); ({}, None) when it wrote none.
 
     Read with a size bound, and any parse failure (deep nesting raises RecursionError) is a
     problem reported with the job, never an exception escaping the task.
     """
     folder_fd = os.open(workdir, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        source = open_regular(OUTPUTS_FILE, folder_fd, owner_uid)
+        found = ((name, open_regular(name, folder_fd, owner_uid)) for name in names)
+        name, source = next(((n, f) for n, f in found if f is not None), (OUTPUTS_FILE, None))
     finally:
         os.close(folder_fd)
     if source is None:
@@ -91,9 +95,9 @@ def read_outputs_json(workdir: Path, owner_uid: int | None = None) -> tuple[dict
     try:
         data = json.loads(text)
     except (ValueError, RecursionError) as exc:
-        return {}, f"{OUTPUTS_FILE} is not valid JSON: {type(exc).__name__}: {str(exc)[:200]}"
+        return {}, f"{name} is not valid JSON: {type(exc).__name__}: {str(exc)[:200]}"
     if not isinstance(data, dict):
-        return {}, f"{OUTPUTS_FILE} must hold a JSON object"
+        return {}, f"{name} must hold a JSON object"
     return checked_outputs(data)
 
 

@@ -15,7 +15,6 @@ import select
 import shutil
 import signal
 import subprocess
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -38,13 +37,15 @@ from orchestrator.plugins.worker import (
 from orchestrator.storage import Storage, is_storage_failure, layout
 from orchestrator.worker import outputs
 from orchestrator.worker.executors import Executor, RunContext, executor_for
-from orchestrator.worker.jobuser import RunAs, clean_environment, fetch_as, hand_over, job_folder
+from orchestrator.worker.jobuser import RunAs, clean_environment, fetch_as, hand_over
+from orchestrator.worker.scratch import Scratch, current_worker, worker_address
 
 STATUS_TOPIC = "orchestrator-status"
 RETURN_FILE = "return.pkl"
 STOP_GRACE_S = 2.0
 ANNOUNCE_INTERVAL_S = 0.1
 LEGACY_VARIABLES = ("ORCHESTRATOR_JOB_ID", "ORCHESTRATOR_TASK_KEY")  # single-user jobs only
+TIMEOUT_REASON = "timeout after"  # how a run stopped at its time limit is told apart
 
 
 @dataclass
@@ -72,6 +73,8 @@ class RunSpec:
     gpus: int = 0  # devices lent to the run from the worker's own
     shell_template: str | None = None  # a sweep's shell line, made into `command` per run
     run_as: dict[str, Any] | None = None  # the job owner's OS identity (multi-user mode)
+    workdir_env: dict[str, str] = field(default_factory=dict)  # variables naming paths in the working folder
+    job_type: dict[str, Any] | None = None  # a job type's revision: manifest and mounts (typed.py)
 
     @classmethod
     def from_dict(cls, fields: dict[str, Any]) -> RunSpec:
@@ -137,7 +140,7 @@ def run_job(spec_dict: Sealed | dict[str, Any]) -> dict[str, Any]:
 def _unexpected(exc: BaseException) -> Outcome:
     """An error of the runner itself (not of the job's command) as a failed outcome."""
     kind = "storage error" if is_storage_failure(exc) else "runner error"
-    return Outcome("FAILED", f"{kind}: {describe_error(exc)}", worker=_worker_address())
+    return Outcome("FAILED", f"{kind}: {describe_error(exc)}", worker=worker_address())
 
 
 def run_batch(batch: Sealed | dict[str, Any] | str) -> str:
@@ -157,7 +160,7 @@ def run_batch(batch: Sealed | dict[str, Any] | str) -> str:
     with Scratch() as scratch:
         for run in batch["runs"]:
             if budget is not None and budget <= 0:
-                outcomes.append(Outcome("STOPPED", "max_failures reached", worker=_worker_address()).as_dict())
+                outcomes.append(Outcome("STOPPED", "max_failures reached", worker=worker_address()).as_dict())
                 continue
             last_try = run.pop("last_try", True)  # a failure now is for good: no retry left
             spec = RunSpec.from_dict({**template, **run})
@@ -174,49 +177,8 @@ def run_batch(batch: Sealed | dict[str, Any] | str) -> str:
     return json.dumps(outcomes)  # one string: cheap for the scheduler to pass on
 
 
-class Scratch:
-    """A working folder and log files on the worker, emptied between the runs of a batch.
-
-    Reused rather than made per run: creating and removing folders costs as much as
-    starting a short process on some filesystems. A run under its owner's identity gets a
-    fresh folder instead: one the worker stages into while no job can enter it.
-    """
-
-    def __enter__(self) -> Scratch:
-        root = _scratch_root()
-        self.workdir = Path(tempfile.mkdtemp(dir=root))
-        self.logs = {stream: root / "logs" / f"{self.workdir.name}.{stream}" for stream in layout.LOG_STREAMS}
-        return self
-
-    @contextlib.contextmanager
-    def folder(self, run_as: RunAs | None) -> Iterator[Path]:
-        """The working folder of one run, emptied (or removed) when it ends."""
-        if run_as is not None:
-            run_as.check_possible()
-            with job_folder() as folder:
-                yield folder
-            return
-        try:
-            yield self.workdir
-        finally:
-            self.empty()
-
-    def empty(self) -> None:
-        for entry in os.scandir(self.workdir):
-            if entry.is_dir(follow_symlinks=False):
-                shutil.rmtree(entry.path, ignore_errors=True)
-            else:
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(entry.path)
-
-    def __exit__(self, *_: Any) -> None:
-        shutil.rmtree(self.workdir, ignore_errors=True)
-        for path in self.logs.values():
-            path.unlink(missing_ok=True)
-
-
 def execute(spec: RunSpec, announce: bool, scratch: Scratch) -> Outcome:
-    worker = _worker_address()
+    worker = worker_address()
     stopper = job_processes().stop_requested(spec.key)
     if stopper:
         return Outcome("STOPPED", f"stop requested by {stopper}", worker=worker)
@@ -229,6 +191,14 @@ class CommandExecutor(Executor):
     identity in multi-user mode."""
 
     kind = JobKind.COMMAND
+    outputs_files = (outputs.OUTPUTS_FILE,)  # where scalar outputs are read from, first found
+
+    def prepare(self, spec: RunSpec, workdir: Path) -> str | None:
+        """After staging, before the command: why the run cannot start, or None."""
+        return None
+
+    def conclude(self, spec: RunSpec, outcome: Outcome) -> None:
+        """Judge the finished run (its outputs are stored by now) and amend its outcome."""
 
     def run(self, spec: RunSpec, context: RunContext) -> Outcome:
         run_as = RunAs.from_spec(spec.run_as)
@@ -237,16 +207,15 @@ class CommandExecutor(Executor):
                 if devices:
                     visible = ",".join(devices)
                     spec.env = {**spec.env, "CUDA_VISIBLE_DEVICES": visible, "NVIDIA_VISIBLE_DEVICES": visible}
-                return _run_in(workdir, context.scratch.logs, spec, context.storage, context.worker,
-                               context.announce)
+                return _run_in(workdir, context.scratch.logs, spec, context, self)
         finally:
             job_processes().unregister(spec.key)
 
 
 def _run_in(
-    workdir: Path, log_paths: dict[str, Path], spec: RunSpec, storage: Storage,
-    worker: str | None, announce: bool,
+    workdir: Path, log_paths: dict[str, Path], spec: RunSpec, context: RunContext, executor: CommandExecutor,
 ) -> Outcome:
+    storage, worker = context.storage, context.worker
     run_as = RunAs.from_spec(spec.run_as)
     if spec.attempt > 1:
         forget_earlier_attempt(storage, spec.job_id)
@@ -254,8 +223,11 @@ def _run_in(
         staged = _stage_inputs(storage, spec.inputs, workdir, spec.variables or {}, run_as)
     except Exception as exc:  # noqa: BLE001 - any staging failure fails the job with its reason
         return Outcome("FAILED", _step_failed("staging inputs", exc), worker=worker)
+    refused = executor.prepare(spec, workdir)
+    if refused is not None:
+        return Outcome("FAILED", refused, worker=worker)
     started = time.time()
-    if announce:
+    if context.announce:
         announce_running(spec, worker, started)
     outcome = _run_command(workdir, log_paths, spec, storage, worker)
     outcome.started_at = started
@@ -269,8 +241,10 @@ def _run_in(
         outcome.status = "FAILED"
         outcome.reason = _step_failed("storing logs and outputs", exc)
         outcome.files = []
-    outcome.outputs, outcome.error = outputs.read_outputs_json(workdir, run_as and run_as.uid)
+    outcome.outputs, outcome.error = outputs.read_outputs_json(
+        workdir, run_as and run_as.uid, executor.outputs_files)
     outcome.finished_at = time.time()
+    executor.conclude(spec, outcome)
     return outcome
 
 
@@ -319,7 +293,7 @@ def _supervise(
     if stopper is not None:
         reason = _with_leftovers(f"stop requested by {stopper}", leftovers)
         return Outcome("STOPPED", reason, process.returncode, worker=worker)
-    reason = _with_leftovers(f"timeout after {spec.timeout_s:g} s", leftovers)
+    reason = _with_leftovers(f"{TIMEOUT_REASON} {spec.timeout_s:g} s", leftovers)
     return Outcome("FAILED", reason, process.returncode, worker=worker)
 
 
@@ -353,7 +327,8 @@ def _exit_waiter(process: subprocess.Popen) -> Iterator[Callable[[float], bool]]
 def _job_environment(spec: RunSpec, workdir: Path, run_as: RunAs | None) -> dict[bytes, bytes] | dict[str, str]:
     """A multi-user job's environment is built from scratch; a single-user job's extends the
     worker's own (that user owns the machine), as it always has."""
-    promised = {**spec.env, "JOB_ID": spec.job_id, "OUTPUT_DIR": str(workdir), TASK_KEY_VARIABLE: spec.key}
+    promised = {**spec.env, **{name: str(workdir / path) for name, path in spec.workdir_env.items()},
+                "JOB_ID": spec.job_id, "OUTPUT_DIR": str(workdir), TASK_KEY_VARIABLE: spec.key}
     if run_as is not None:
         return clean_environment(run_as, workdir, promised)
     extra = {**promised, LEGACY_VARIABLES[0]: spec.job_id, LEGACY_VARIABLES[1]: spec.key}
@@ -543,35 +518,8 @@ def forget_earlier_attempt(storage: Storage, job_id: str) -> None:
 # ---- worker context ---------------------------------------------------------------------
 
 
-def _worker():
-    from distributed import get_worker
-
-    try:
-        return get_worker()
-    except ValueError:
-        return None
-
-
-def _worker_address() -> str | None:
-    worker = _worker()
-    return worker.address if worker else None
-
-
-@lru_cache(maxsize=4)
-def _scratch_root_in(base: str) -> Path:
-    """Working folders of runs, and their logs while they run (kept out of the outputs)."""
-    root = Path(base) / "orchestrator-jobs"
-    (root / "logs").mkdir(parents=True, exist_ok=True)
-    return root
-
-
-def _scratch_root() -> Path:
-    worker = _worker()
-    return _scratch_root_in(worker.local_directory if worker else tempfile.gettempdir())
-
-
 def announce_running(spec: RunSpec, worker_address: str | None, started: float) -> None:
-    worker = _worker()
+    worker = current_worker()
     if worker is not None:
         worker.log_event(
             STATUS_TOPIC,

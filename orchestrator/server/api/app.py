@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import tornado.web
 
-from orchestrator.server.api import binaries, jobs, monitoring, sweeps, system
+from orchestrator.server.api import binaries, job_types, jobs, monitoring, sweeps, system
 from orchestrator.server.api.access_log import log_request
 from orchestrator.server.api.base import NotFoundHandler
 from orchestrator.server.api.origin import HostPolicy
@@ -13,6 +13,8 @@ from orchestrator.server.service import Service
 ID = r"(?P<job_id>[A-Za-z0-9_-]+)"
 NAME = r"(?P<name>[^/]+)"
 SWEEP = r"(?P<sweep_id>[A-Za-z0-9_-]+)"
+TYPE = r"(?P<name>[A-Za-z0-9-]+)"
+TYPE_VERSION = TYPE + r"/(?P<version>[0-9A-Za-z.+-]+)"
 PREFIX = "/api/v1"
 
 ROUTES = [
@@ -41,6 +43,12 @@ ROUTES = [
     (rf"/sweeps/{SWEEP}/finished", sweeps.SweepFinishedHandler),
     (rf"/sweeps/{SWEEP}/results", sweeps.SweepResultsHandler),
     (rf"/sweeps/{SWEEP}/stop", sweeps.SweepStopHandler),
+    (r"/job-types", job_types.JobTypesHandler),
+    (r"/job-types/validation", job_types.JobTypeValidationHandler),
+    (rf"/job-types/{TYPE}", job_types.JobTypeNameHandler),
+    (rf"/job-types/{TYPE_VERSION}", job_types.JobTypeHandler),
+    (rf"/job-types/{TYPE_VERSION}/revisions", job_types.JobTypeRevisionsHandler),
+    (rf"/job-types/{TYPE_VERSION}/revisions/(?P<revision_num>[0-9]+)", job_types.JobTypeRevisionHandler),
 ]
 
 

@@ -18,7 +18,8 @@ from orchestrator.server.ledger.secrets import insert_sealed
 from orchestrator.server.secrets import masked
 
 # Fields kept together as JSON: they are read with the job, never filtered on.
-_SPEC_FIELDS = ("command", "binaries", "files", "env", "secret_env", "resources", "timeout_s", "retries")
+_SPEC_FIELDS = ("command", "binaries", "files", "env", "secret_env", "resources", "timeout_s", "retries",
+                "job_type", "inputs")
 
 
 @dataclass
@@ -248,13 +249,13 @@ def insert_job_rows(db: sqlite3.Connection, jobs: list[JobRecord], history: list
     db.executemany(
         "INSERT INTO jobs (id, name, owner, kind, status, status_reason, spec, priority,"
         " attempt, worker, sweep_id, idx, variables, created_at, submitted_at, input_bytes,"
-        " storage_bytes) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+        " storage_bytes, job_type) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
         [
             (
                 job.id, job.name, job.owner, job.kind, job.status.value, job.status_reason,
                 _spec_json(job), job.priority, job.attempt, job.worker, job.sweep_id,
                 job.index, _json_or_none(job.variables), ts(job.created_at),
-                ts(job.submitted_at), job.storage_bytes, job.storage_bytes,
+                ts(job.submitted_at), job.storage_bytes, job.storage_bytes, type_key(job),
             )
             for job in jobs
         ],
@@ -269,8 +270,14 @@ def insert_job_rows(db: sqlite3.Connection, jobs: list[JobRecord], history: list
     )
 
 
+def type_key(job: JobRecord) -> str | None:
+    """`name@version` of the job's type: the jobs table's job_type column."""
+    return f"{job.job_type.name}@{job.job_type.version}" if job.job_type else None
+
+
 def job_from_row(row: sqlite3.Row) -> JobRecord:
     fields = dict(row)
+    fields.pop("job_type")  # the column is for finding; the spec holds the pinned revision
     fields.update(json.loads(fields.pop("spec")))
     fields["index"] = fields.pop("idx")
     fields["variables"] = json.loads(fields["variables"]) if fields["variables"] else None

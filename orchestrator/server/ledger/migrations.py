@@ -178,6 +178,47 @@ MIGRATIONS: tuple[Migration, ...] = (
         "jobs.stop_requested: a user's stop (its reason) survives a crash before the worker reports",
         columns=(("jobs", "stop_requested", "TEXT"),),
     ),
+    # 7
+    Migration(
+        "job types: registered, versioned applications, their manifest revisions, and the "
+        "type (name@version) of each job",
+        (
+            """CREATE TABLE IF NOT EXISTS job_types (
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    title TEXT NOT NULL,
+    description TEXT NOT NULL,
+    tags TEXT NOT NULL,
+    icon_code TEXT,
+    maintainer TEXT,
+    revision_num INTEGER NOT NULL,
+    configuration TEXT NOT NULL,
+    is_active INTEGER NOT NULL DEFAULT 1,
+    is_paused INTEGER NOT NULL DEFAULT 0,
+    max_scheduled INTEGER,
+    created_by TEXT NOT NULL,
+    created TEXT NOT NULL,
+    last_modified TEXT NOT NULL,
+    paused TEXT,
+    deprecated TEXT,
+    PRIMARY KEY (name, version)
+)""",
+            """CREATE TABLE IF NOT EXISTS job_type_revisions (
+    name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    revision_num INTEGER NOT NULL,
+    manifest TEXT NOT NULL,
+    created TEXT NOT NULL,
+    PRIMARY KEY (name, version, revision_num)
+)""",
+        ),
+        columns=(("jobs", "job_type", "TEXT"),),
+    ),
+    # 8
+    Migration(
+        "jobs_by_type: the jobs of a type, found without a scan (pausing, limits, deleting a type)",
+        ("CREATE INDEX IF NOT EXISTS jobs_by_type ON jobs (job_type) WHERE job_type IS NOT NULL",),
+    ),
 )
 LATEST = len(MIGRATIONS)
 

@@ -19,3 +19,9 @@ def insert_sealed(db: sqlite3.Connection, holder: str, sealed: bytes | None) -> 
     """A job's (sweep's) sealed secrets, inside the transaction that records it."""
     if sealed is not None:
         db.execute("INSERT INTO secrets (holder, sealed) VALUES (?, ?)", (holder, sealed))
+
+
+def replace_sealed(db: sqlite3.Connection, holder: str, sealed: bytes | None) -> None:
+    """A holder's sealed secrets as they are now (none: removed), inside the caller's transaction."""
+    db.execute("DELETE FROM secrets WHERE holder = ?", (holder,))
+    insert_sealed(db, holder, sealed)

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from orchestrator.server.ledger.accounts import AccountsTable
 from orchestrator.server.ledger.binaries import BinariesTable
+from orchestrator.server.ledger.job_types import JobTypesTable
 from orchestrator.server.ledger.jobs import JobFilesTable, JobsTable
 from orchestrator.server.ledger.secrets import SecretsTable
 from orchestrator.server.ledger.sweeps import SweepsTable
 
 
-class Store(JobsTable, JobFilesTable, SweepsTable, BinariesTable, AccountsTable, SecretsTable):
+class Store(JobsTable, JobFilesTable, SweepsTable, BinariesTable, AccountsTable, SecretsTable, JobTypesTable):
     """The ledger (SQLite, WAL): jobs, their status history, output manifests, shares, sweeps,
-    binaries, tokens and sealed secrets. It is the truth after any crash: the engine rebuilds
+    binaries, job types, tokens and sealed secrets. It is the truth after any crash: the engine rebuilds
     its view of the world from it."""
 
     def _after_open(self) -> None:

@@ -1,0 +1,156 @@
+"""/job-types: register, validate, list, show, edit, pause and retire job types (Scale v6)."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import Field, ValidationError
+
+from orchestrator.errors import ValidationFailed, field_errors
+from orchestrator.jobtypes.records import (
+    ORDER_FIELDS,
+    JobTypeCreate,
+    JobTypeDetails,
+    JobTypePatch,
+    JobTypeRevision,
+    JobTypeSummary,
+    ValidationResult,
+)
+from orchestrator.jobtypes.validation import Issue
+from orchestrator.models import Page, Request
+from orchestrator.server.api.base import Answer, BaseHandler, Operation, Paged
+
+TYPE_NAME = r"^[A-Za-z0-9-]{1,128}$"
+TYPE_VERSION = r"^[0-9A-Za-z.+-]{1,64}$"
+
+
+class TypePath(Request):
+    name: str = Field(..., pattern=TYPE_NAME)
+
+
+class VersionPath(TypePath):
+    version: str = Field(..., pattern=TYPE_VERSION)
+
+
+class RevisionPath(VersionPath):
+    revision_num: int = Field(..., ge=1, le=1_000_000)
+
+
+class ListQuery(Paged):
+    keyword: str | None = Field(None, max_length=200, description="part of the name, title or a tag")
+    is_active: bool | None = Field(None, description="default: active types only (true)")
+    order: str = Field("name", pattern=rf"^-?({'|'.join(ORDER_FIELDS)})$",
+                       description="sort by name, title, created or last_modified; '-' first: descending")
+
+
+class TypeHandler(BaseHandler):
+    async def offers(self) -> list[dict[str, float]] | None:
+        """Workers' resources when the cluster cannot grow: what UNSATISFIABLE_RESOURCES checks."""
+        engine = self.service.engine
+        if engine.can_grow or not engine.online:
+            return None
+        return await engine.placer.worker_resources(fresh=False)
+
+
+class JobTypesHandler(TypeHandler):
+    openapi = {
+        "get": Operation("List job types, one row per name (inactive ones only with is_active=false)",
+                         query=ListQuery, response=Page[JobTypeSummary]),
+        "post": Operation(
+            "Register a job type (admins); posting an existing name and version edits it, and a "
+            "changed manifest makes a new revision", body=JobTypeCreate, response=JobTypeDetails,
+            status=201, answers=(Answer(200, JobTypeDetails, "an existing name and version was edited"),)),
+    }
+
+    async def get(self) -> None:
+        query = self.query_args()
+        rows = self.service.job_types.list(query.keyword, query.is_active, query.order)
+        start = (query.page - 1) * query.page_size
+        self.send_page(len(rows), rows[start:start + query.page_size], query.page, query.page_size)
+
+    async def post(self) -> None:
+        request = self.parse_body(JobTypeCreate)
+        details, created = self.service.job_types.save(request, self.principal, await self.offers())
+        self.set_header("Location", f"/api/v1/job-types/{details.name}/{details.version}")
+        self.send_json(details, 201 if created else 200)
+
+
+class JobTypeValidationHandler(TypeHandler):
+    openapi = {"post": Operation("Validate a job type as a create would, saving nothing",
+                                 body=JobTypeCreate, response=ValidationResult)}
+
+    async def post(self) -> None:
+        body = self._raw_body()
+        problems = []
+        try:
+            JobTypeCreate.model_validate(body)
+        except ValidationError as exc:  # the flags beside the manifest; validate() reads the rest
+            problems = [Issue("JSON_VALIDATION_ERROR", f"{where}: {message}")
+                        for where, message in field_errors(exc).items()
+                        if where.split(".")[0] not in ("manifest", "configuration")]
+        report, _, _ = self.service.job_types.validate(body, self.principal, await self.offers())
+        report.errors[:0] = problems
+        report.is_valid = not report.errors
+        self.send_json(ValidationResult.model_validate(report.as_dict()))
+
+    def _raw_body(self) -> dict[str, Any]:
+        try:
+            body = json.loads(bytes(self.json_body or b"") or b"null")
+        except (ValueError, RecursionError):
+            raise ValidationFailed("the body is not JSON", {"body": "not JSON"}) from None
+        if not isinstance(body, dict):
+            raise ValidationFailed("send a JSON object: {manifest, configuration}", {"body": "not an object"})
+        return body
+
+
+class JobTypeNameHandler(BaseHandler):
+    path_model = TypePath
+    openapi = {"get": Operation("Every version of a job type", response=list[JobTypeDetails])}
+
+    async def get(self, name: str) -> None:
+        versions = self.service.job_types.versions(name)
+        self.send_json([v.model_dump(mode="json") for v in versions])
+
+
+class JobTypeHandler(BaseHandler):
+    path_model = VersionPath
+    openapi = {
+        "get": Operation("A job type's details: manifest, configuration (secrets masked), revision",
+                         response=JobTypeDetails),
+        "patch": Operation("Change flags or configuration (admins): icon_code, is_active, is_paused, "
+                           "max_scheduled (null clears it), configuration; no new revision",
+                           body=JobTypePatch, response=JobTypeDetails),
+        "delete": Operation("Delete a job type no job references (admins); otherwise 409: deactivate it",
+                            status=204),
+    }
+
+    async def get(self, name: str, version: str) -> None:
+        self.send_json(self.service.job_types.details(name, version))
+
+    async def patch(self, name: str, version: str) -> None:
+        patch = self.parse_body(JobTypePatch)
+        self.send_json(self.service.job_types.patch(name, version, patch, self.principal))
+
+    async def delete(self, name: str, version: str) -> None:
+        self.service.job_types.delete(name, version, self.principal)
+        self.set_status(204)
+        self.finish()
+
+
+class JobTypeRevisionsHandler(BaseHandler):
+    path_model = VersionPath
+    openapi = {"get": Operation("Every revision of a job type's manifest, oldest first",
+                                response=list[JobTypeRevision])}
+
+    async def get(self, name: str, version: str) -> None:
+        revisions = self.service.job_types.revisions(name, version)
+        self.send_json([r.model_dump(mode="json") for r in revisions])
+
+
+class JobTypeRevisionHandler(BaseHandler):
+    path_model = RevisionPath
+    openapi = {"get": Operation("One revision of a job type's manifest", response=JobTypeRevision)}
+
+    async def get(self, name: str, version: str, revision_num: str) -> None:
+        self.send_json(self.service.job_types.revision(name, version, int(revision_num)))
