@@ -22,7 +22,10 @@ _SOURCES = {
     "StorageUnavailable": "orchestrator.errors", "ValidationFailed": "orchestrator.errors",
     "JobRecord": "orchestrator.models", "JobResult": "orchestrator.models",
     "JobStatus": "orchestrator.models", "Resources": "orchestrator.models",
-    "Sweep": "orchestrator.client.sweeps",
+    "Sweep": "orchestrator.client.sweeps", "JobTypes": "orchestrator.client.job_types",
+    "Forbidden": "orchestrator.errors",
+    "JobTypeDetails": "orchestrator.jobtypes.records", "JobTypeRevision": "orchestrator.jobtypes.records",
+    "JobTypeSummary": "orchestrator.jobtypes.records", "ValidationResult": "orchestrator.jobtypes.records",
     "DryRun": "orchestrator.sweep_models", "SweepRecord": "orchestrator.sweep_models",
     "assigned_gpus": "orchestrator.plugins.worker",
 }

@@ -15,6 +15,12 @@ import httpx
 from pydantic import ValidationError
 
 from orchestrator.cli_admin import add_admin_commands, print_json, print_table, worker_command  # noqa: F401
+from orchestrator.cli_job_types import (
+    add_configuration_flags,
+    add_job_type_commands,
+    configuration_from,
+    key_value,
+)
 from orchestrator.client import Orchestrator
 from orchestrator.errors import JobFailed, OrchestratorError
 
@@ -54,6 +60,31 @@ def cmd_submit(args: argparse.Namespace) -> int:
             record = job.record
         _show_job(record, args.json)
         return 0 if record.status.value in ("COMPLETED", "QUEUED", "CREATED", "RUNNING") else 1
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """A job of a registered type: its id, or with --wait its record (exit 1 unless COMPLETED)."""
+    inputs = {name: _json_or_text(value) for name, value in map(key_value, args.input)}
+    files: dict[str, list[str]] = {}
+    for name, path in map(key_value, args.file):
+        files.setdefault(name, []).append(path)
+    with _connect(args) as orch:
+        job = orch.run(args.job_type, inputs, files=files, configuration=configuration_from(args),
+                       name=args.name, priority=args.priority, wait=args.wait)
+    record = job.record
+    if not args.wait:
+        print_json(record.model_dump(mode="json")) if args.json else print(record.id)
+        return 0
+    _show_job(record, args.json)
+    return 0 if record.status.value == "COMPLETED" else 1
+
+
+def _json_or_text(value: str) -> Any:
+    """An --input value: JSON when it parses (5, true, [1, 2], {...}), else the text itself."""
+    try:
+        return json.loads(value)
+    except ValueError:
+        return value
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -259,6 +290,9 @@ def _show_job(record: Any, as_json: bool) -> None:
         ["reason", record.status_reason or ""], ["worker", record.worker or ""],
         ["attempt", record.attempt], ["created", _ts(record.created_at)],
     ]
+    if record.job_type is not None:
+        ref = record.job_type
+        rows.insert(2, ["job type", f"{ref.name}@{ref.version} (revision {ref.revision})"])
     if record.result is not None:
         rows += [["exit code", record.result.exit_code],
                  ["duration", f"{record.result.duration_s or 0:.3f} s"]]
@@ -277,20 +311,25 @@ def _key_value(item: str) -> tuple[str, str]:
     return key, value
 
 
+def client_options(cmd: argparse.ArgumentParser, func: Any) -> argparse.ArgumentParser:
+    """What every client command takes: the server, a token and --json."""
+    cmd.add_argument("--url", default=os.environ.get("ORCHESTRATOR_URL", DEFAULT_URL),
+                     help="server URL (env ORCHESTRATOR_URL)")
+    cmd.add_argument("--token", default=None, help="API token (env ORCHESTRATOR_TOKEN)")
+    cmd.add_argument("--json", action="store_true", help="print JSON")
+    cmd.set_defaults(func=func)
+    return cmd
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="orchestrator", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
 
     def client_command(name: str, help_text: str, func) -> argparse.ArgumentParser:
-        cmd = sub.add_parser(name, help=help_text)
-        cmd.add_argument("--url", default=os.environ.get("ORCHESTRATOR_URL", DEFAULT_URL),
-                         help="server URL (env ORCHESTRATOR_URL)")
-        cmd.add_argument("--token", default=None, help="API token (env ORCHESTRATOR_TOKEN)")
-        cmd.add_argument("--json", action="store_true", help="print JSON")
-        cmd.set_defaults(func=func)
-        return cmd
+        return client_options(sub.add_parser(name, help=help_text), func)
 
     add_admin_commands(sub)
+    add_job_type_commands(sub, client_options)
 
     submit = client_command("submit", "submit a command as a job", cmd_submit)
     submit.add_argument("command", nargs="+", help="a shell command line, or program and arguments")
@@ -308,6 +347,17 @@ def build_parser() -> argparse.ArgumentParser:
     submit.add_argument("--priority", type=int, default=0)
     submit.add_argument("-w", "--wait", action="store_true", help="wait for the job to end")
     submit.add_argument("--follow", action="store_true", help="print stdout while it runs")
+
+    run = client_command("run", "run a registered job type", cmd_run)
+    run.add_argument("job_type", metavar="TYPE[@VERSION]", help="default version: the newest active one")
+    run.add_argument("-i", "--input", action="append", default=[], metavar="NAME=VALUE",
+                     help="a JSON input (VALUE as JSON when it parses, else text); repeatable")
+    run.add_argument("-f", "--file", action="append", default=[], metavar="NAME=PATH",
+                     help="a file input: a local file (uploaded), a URL or a binary; repeat for several")
+    add_configuration_flags(run)
+    run.add_argument("--name")
+    run.add_argument("--priority", type=int)
+    run.add_argument("-w", "--wait", action="store_true", help="wait for the job to end")
 
     listing = client_command("list", "list jobs", cmd_list)
     listing.add_argument("--status")

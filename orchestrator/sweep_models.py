@@ -7,10 +7,18 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from orchestrator import doe
-from orchestrator.models import COMMAND_SCHEMA, JobRecord, JobStatus, JobTemplate, Request
+from orchestrator.jobtypes.manifest import Configuration
+from orchestrator.models import (
+    COMMAND_SCHEMA,
+    JOB_TYPE_REF,
+    JobRecord,
+    JobStatus,
+    JobTemplate,
+    Request,
+)
 from orchestrator.paths import safe_relative_path
 
 MAX_VARIABLES = 1000
@@ -27,9 +35,9 @@ class TemplateFile(Request):
 
 
 def _rest_needs_command(schema: dict[str, Any]) -> None:
-    """Optional only for the Python API's callables: a sweep over REST runs a command."""
-    schema["required"] = sorted({*schema.get("required", []), "command"})
-    schema["properties"]["command"].pop("default", None)
+    """Optional only for the Python API's callables: a sweep over REST runs a command or a
+    job type."""
+    schema["anyOf"] = [{"required": ["command"]}, {"required": ["job_type"]}]
 
 
 class SweepCreate(JobTemplate):
@@ -51,6 +59,24 @@ class SweepCreate(JobTemplate):
     max_parallel: int | None = Field(None, ge=1, le=1_000_000)
     max_failures: int | None = Field(None, ge=1, description="stop the rest after this many failed runs")
     dry_run: bool = False
+    job_type: str | None = Field(None, pattern=JOB_TYPE_REF,
+                                 description="run a job type: 'name@version', or 'name' for its newest active version")
+    inputs: dict[str, dict[str, Any]] = Field(
+        default_factory=dict, description="the type's inputs; a JSON input may hold ${variable} "
+        "placeholders, and a variable named like a JSON input fills it")
+    configuration: Configuration | None = Field(None, description="laid over the job type's")
+
+    @model_validator(mode="after")
+    def _command_or_job_type(self) -> SweepCreate:
+        if self.job_type is not None:
+            if self.command is not None:
+                raise ValueError("command: a sweep of a job type runs the type's command; leave command out")
+            if self.templates or self.env or self.secret_env or self.binaries:
+                raise ValueError("job_type: a job type's sweep takes inputs and configuration, "
+                                 "not templates, env or binaries")
+        elif self.inputs or self.configuration is not None:
+            raise ValueError("job_type: inputs and configuration belong to a job type")
+        return self
 
 
 class SweepRecord(BaseModel):

@@ -86,7 +86,8 @@ def test_every_operation_but_health_refuses_a_request_without_token(fuzz_server)
     spec = httpx.get(f"{api}/openapi.json", headers={"Authorization": f"Token {token}"}).json()
     assert spec["security"] == [{"token": []}]
     for path, operations in spec["paths"].items():
-        url = server.url + path.format(job_id="j1", sweep_id="s1", name="tool", path="a.txt")
+        url = server.url + path.format(job_id="j1", sweep_id="s1", name="tool", path="a.txt",
+                                       version="1.0.0", revision_num="1")
         for method, operation in operations.items():
             for headers in ({}, {"Authorization": "Token orch_wrong"}):
                 answer = httpx.request(method, url, headers=headers, timeout=30)

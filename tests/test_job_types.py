@@ -15,8 +15,8 @@ import httpx
 import pytest
 
 from orchestrator.config import Settings
-from tests.support import wait_until
 from tests.support import job_types as jt
+from tests.support import wait_until
 from tests.support.tenants import Tenants, tenants_on
 
 TEXT = b"hello world, this is the input text\n"
@@ -201,7 +201,7 @@ def test_max_scheduled_one_runs_its_jobs_one_at_a_time_and_holds_back_no_other(t
     assert all(job["status"] == "COMPLETED" for job in jobs), jobs
     spans = sorted((datetime.fromisoformat(j["started_at"]), datetime.fromisoformat(j["finished_at"]))
                    for j in jobs)
-    for (_, end), (start, _) in zip(spans, spans[1:]):
+    for (_, end), (start, _) in zip(spans, spans[1:], strict=False):
         assert start >= end, spans  # never two at once
     cleared = root.patch("/job-types/test/4.0.0", json={"max_scheduled": None})
     assert cleared.status_code == 200 and cleared.json()["max_scheduled"] is None  # Scale cannot clear it
@@ -414,3 +414,63 @@ def test_a_job_names_a_type_by_name_alone_for_its_newest_active_version(tenants:
     assert root.post("/job-types", json={"manifest": seed, "configuration": jt.CONFIGURATION}).status_code == 201
     job = finished(bob, jt.run(bob, TEXT, ref="latest-pick"))
     assert job["job_type"]["version"] == "1.10.0" and job["status"] == "COMPLETED", job
+
+
+# ---- sweeps of a type ----------------------------------------------------------------------------
+
+
+def sweep_of_type(client: httpx.Client, spec: dict) -> httpx.Response:
+    body = {"job_type": "test@1.0.0", **spec}
+    return client.post("/sweeps", data={"spec": json.dumps(body)},
+                       files=[("file[]", ("in.txt", TEXT, "text/plain"))])
+
+
+def test_a_sweep_over_a_types_json_input_runs_every_run_as_a_job_of_that_revision(tenants: Tenants):
+    bob = tenants["bob"]
+    created = sweep_of_type(bob, {
+        "inputs": {"files": {"INPUT_TEXT": ["in.txt"]}, "json": {"READ_LENGTH": "${n}"}},
+        "variables": [{"name": "n", "values": [1, 4, 9]}],
+    })
+    assert created.status_code == 201, created.text
+    sweep = bob.get(f"/sweeps/{created.json()['id']}", params={"wait": 60}, timeout=90).json()
+    assert sweep["status"] == "COMPLETED", sweep
+    assert sweep["spec"]["configuration"] is None or "DB_PASS" not in json.dumps(sweep["spec"])
+    runs = bob.get(f"/sweeps/{sweep['id']}/runs").json()["results"]
+    assert {r["job_type"]["revision"] for r in runs} == {1} and {r["kind"] for r in runs} == {"job_type"}
+    for run in runs:
+        length = run["variables"]["n"]
+        assert run["inputs"]["json"] == {"READ_LENGTH": length}
+        assert bob.get(f"/jobs/{run['id']}/files/output_text.txt").content == TEXT[:length]
+    table = bob.get(f"/sweeps/{sweep['id']}/results").json()
+    assert "total_input" in table["columns"] and "OUTPUT_TEXT" not in table["columns"]
+    assert {row["total_input"] for row in table["rows"]} == {len(TEXT)}
+
+
+def test_a_variable_named_like_an_input_fills_it_and_a_bad_value_refuses_the_sweep(tenants: Tenants):
+    bob = tenants["bob"]
+    created = sweep_of_type(bob, {"inputs": {"files": {"INPUT_TEXT": ["in.txt"]}},
+                                  "cases": [{"READ_LENGTH": 2}, {"READ_LENGTH": 3}]})
+    assert created.status_code == 201, created.text
+    sweep = bob.get(f"/sweeps/{created.json()['id']}", params={"wait": 60}, timeout=90).json()
+    assert sweep["status"] == "COMPLETED", sweep
+    refused = sweep_of_type(bob, {"inputs": {"files": {"INPUT_TEXT": ["in.txt"]}},
+                                  "cases": [{"READ_LENGTH": 2}, {"READ_LENGTH": "long"}]})
+    assert refused.status_code == 400
+    assert "run 1" in refused.json()["error"]["message"]
+    assert "inputs.json.READ_LENGTH" in refused.json()["error"]["fields"]
+
+
+def test_a_paused_type_holds_its_sweep_until_resumed(tenants: Tenants):
+    root, bob = tenants["root"], tenants["bob"]
+    register_version(root, "8.0.0")
+    root.patch("/job-types/test/8.0.0", json={"is_paused": True})
+    created = bob.post("/sweeps", data={"spec": json.dumps({
+        "job_type": "test@8.0.0", "inputs": {"files": {"INPUT_TEXT": ["in.txt"]}, "json": {"READ_LENGTH": 2}},
+        "cases": [{"u": 1}, {"u": 2}]})}, files=[("file[]", ("in.txt", TEXT, "text/plain"))])
+    assert created.status_code == 201, created.text
+    sweep_id = created.json()["id"]
+    held = bob.get(f"/sweeps/{sweep_id}", params={"wait": 2}).json()
+    assert held["counts"].get("QUEUED") == 2, held
+    root.patch("/job-types/test/8.0.0", json={"is_paused": False})
+    done = bob.get(f"/sweeps/{sweep_id}", params={"wait": 60}, timeout=90).json()
+    assert done["status"] == "COMPLETED", done

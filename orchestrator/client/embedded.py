@@ -13,6 +13,14 @@ from typing import Any
 
 from orchestrator.client.handle import EventStream
 from orchestrator.config import Settings
+from orchestrator.jobtypes.records import (
+    JobTypeCreate,
+    JobTypeDetails,
+    JobTypePatch,
+    JobTypeRevision,
+    JobTypeSummary,
+    ValidationResult,
+)
 from orchestrator.loop_thread import LoopThread
 from orchestrator.models import (
     BinaryRecord,
@@ -205,6 +213,33 @@ class EmbeddedBackend:
 
     def stop_sweep(self, sweep_id: str) -> Any:
         return self._run(self.service.sweeps.stop(sweep_id, self._owner))
+
+    # ---- job types (as the /job-types handlers call the service) ---------------------------
+
+    def create_job_type(self, request: JobTypeCreate) -> JobTypeDetails:
+        details, _ = self._run(self.service.job_types.save(request, self._principal))
+        return details
+
+    def validate_job_type(self, body: dict[str, Any]) -> ValidationResult:
+        return self._run(self.service.job_types.validation(body, self._principal))
+
+    def list_job_types(self, keyword: str | None, is_active: bool | None, order: str) -> list[JobTypeSummary]:
+        return self._sync(self.service.job_types.list, keyword, is_active, order)
+
+    def get_job_type(self, name: str, version: str) -> JobTypeDetails:
+        return self._sync(self.service.job_types.details, name, version)
+
+    def job_type_versions(self, name: str) -> list[JobTypeDetails]:
+        return self._sync(self.service.job_types.versions, name)
+
+    def job_type_revisions(self, name: str, version: str) -> list[JobTypeRevision]:
+        return self._sync(self.service.job_types.revisions, name, version)
+
+    def patch_job_type(self, name: str, version: str, patch: JobTypePatch) -> JobTypeDetails:
+        return self._sync(self.service.job_types.patch, name, version, patch, self._principal)
+
+    def delete_job_type(self, name: str, version: str) -> None:
+        self._sync(self.service.job_types.delete, name, version, self._principal)
 
     def close(self) -> None:
         if self._closed:

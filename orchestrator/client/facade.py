@@ -16,6 +16,7 @@ from pydantic import ValidationError
 
 from orchestrator.client.backend import Backend, Job
 from orchestrator.client.handle import EventStream
+from orchestrator.client.job_types import FileSources, JobTypes, job_type_request
 from orchestrator.client.remote import RemoteBackend
 from orchestrator.client.sweeps import Sweep, load_spec_file, sweep_spec, validated
 from orchestrator.errors import validation_failed
@@ -29,7 +30,9 @@ Files = list[str | os.PathLike] | dict[str, str | os.PathLike] | None
 
 
 class Orchestrator:
-    """`Orchestrator()` runs everything in this process; `Orchestrator.connect(url)` uses a server."""
+    """`Orchestrator()` runs everything in this process; `Orchestrator.connect(url)` uses a server.
+
+    `job_types` registers and manages job types (Seed manifests); `run` runs one."""
 
     def __init__(self, settings: Any = None, *, _backend: Backend | None = None, **overrides: Any):
         if _backend is None:
@@ -39,6 +42,7 @@ class Orchestrator:
             settings = settings or Settings(**overrides)
             _backend = EmbeddedBackend(settings)
         self._backend = _backend
+        self.job_types = JobTypes(_backend)
 
     @classmethod
     def connect(cls, url: str, token: str | None = None, timeout: float = 60.0) -> Orchestrator:
@@ -76,6 +80,32 @@ class Orchestrator:
             raise TypeError(f"unexpected arguments for a command job: {args or kwargs}")
         request = _job_request(command=command, **fields)
         return Job(self._backend, self._backend.create_job(request, _file_map(files)))
+
+    def run(
+        self,
+        job_type: str,
+        inputs: dict[str, Any] | None = None,
+        *,
+        files: FileSources | None = None,
+        configuration: dict[str, Any] | None = None,
+        name: str | None = None,
+        priority: int | None = None,
+        submit: bool = True,
+        wait: bool | float = False,
+    ) -> Job:
+        """Run a registered job type: 'name@version', or 'name' for its newest active version.
+
+        `inputs`: its JSON inputs {NAME: value} (or the REST form {"json": ..., "files": ...});
+        `files`: its file inputs {NAME: source or [sources]}, where an existing local file is
+        uploaded and a URL or binary ('name@version') is fetched by the worker. `configuration`
+        ({settings, mounts, priority}) is laid over the type's. `wait`: True, or seconds, to
+        wait for the job to end before returning its handle."""
+        request, uploads = job_type_request(job_type, inputs, files, configuration=configuration,
+                                            name=name, priority=priority, submit=submit)
+        job = Job(self._backend, self._backend.create_job(request, uploads))
+        if wait is not False:
+            job.wait(None if wait is True else float(wait))
+        return job
 
     def job(self, job_id: str) -> Job:
         return Job(self._backend, self._backend.get_job(job_id))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+import urllib.parse
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,14 @@ import httpx
 from orchestrator.client.backend import save_stream
 from orchestrator.client.handle import EventStream
 from orchestrator.errors import from_json
+from orchestrator.jobtypes.records import (
+    JobTypeCreate,
+    JobTypeDetails,
+    JobTypePatch,
+    JobTypeRevision,
+    JobTypeSummary,
+    ValidationResult,
+)
 from orchestrator.models import (
     BinaryRecord,
     FileEntry,
@@ -43,10 +52,11 @@ class RemoteBackend:
         return response
 
     def create_job(self, request: JobCreate, files: dict[str, Path]) -> JobRecord:
-        body = request.model_dump(mode="json", exclude_none=True)
+        # only fields given: a job of a type takes its priority from the type unless one is
+        body = request.model_dump(mode="json", exclude_none=True, exclude_unset=True)
         if not files:
             return JobRecord.model_validate(self._call("POST", "/jobs", json=body).json())
-        form = {k: v if isinstance(v, str) else _json(v) for k, v in body.items()}
+        form = {k: v if isinstance(v, str) and k != "job_type" else _json(v) for k, v in body.items()}
         handles = [(dest, open(path, "rb")) for dest, path in files.items()]
         try:
             parts = [("file[]", (dest, handle, "application/octet-stream")) for dest, handle in handles]
@@ -200,6 +210,40 @@ class RemoteBackend:
     def stop_sweep(self, sweep_id: str) -> SweepRecord:
         return SweepRecord.model_validate(self._call("POST", f"/sweeps/{sweep_id}/stop").json())
 
+    # ---- job types ----------------------------------------------------------------------
+
+    def create_job_type(self, request: JobTypeCreate) -> JobTypeDetails:
+        body = request.model_dump(mode="json", exclude_none=True)
+        return JobTypeDetails.model_validate(self._call("POST", "/job-types", json=body).json())
+
+    def validate_job_type(self, body: dict[str, Any]) -> ValidationResult:
+        return ValidationResult.model_validate(self._call("POST", "/job-types/validation", json=body).json())
+
+    def list_job_types(self, keyword: str | None, is_active: bool | None, order: str) -> list[JobTypeSummary]:
+        params: dict[str, Any] = {"order": order}
+        if keyword:
+            params["keyword"] = keyword
+        if is_active is not None:
+            params["is_active"] = "true" if is_active else "false"
+        return [JobTypeSummary.model_validate(item) for item in self._pages("/job-types", params)]
+
+    def get_job_type(self, name: str, version: str) -> JobTypeDetails:
+        return JobTypeDetails.model_validate(self._call("GET", _type_path(name, version)).json())
+
+    def job_type_versions(self, name: str) -> list[JobTypeDetails]:
+        return [JobTypeDetails.model_validate(item) for item in self._call("GET", _type_path(name)).json()]
+
+    def job_type_revisions(self, name: str, version: str) -> list[JobTypeRevision]:
+        body = self._call("GET", _type_path(name, version) + "/revisions").json()
+        return [JobTypeRevision.model_validate(item) for item in body]
+
+    def patch_job_type(self, name: str, version: str, patch: JobTypePatch) -> JobTypeDetails:
+        body = patch.model_dump(mode="json", exclude_unset=True)  # an explicit null clears
+        return JobTypeDetails.model_validate(self._call("PATCH", _type_path(name, version), json=body).json())
+
+    def delete_job_type(self, name: str, version: str) -> None:
+        self._call("DELETE", _type_path(name, version))
+
     def _pages(self, path: str, params: dict[str, Any]) -> list[Any]:
         items, page = [], 1
         while True:
@@ -217,6 +261,11 @@ def _sse_events(lines: Iterator[str]) -> Iterator[dict[str, Any]]:
     for line in lines:
         if line.startswith("data: "):
             yield json.loads(line[6:])
+
+
+def _type_path(name: str, *version: str) -> str:
+    """/job-types/NAME[/VERSION], each segment quoted ('+' kept: a SemVer build mark)."""
+    return "/".join(["/job-types", *(urllib.parse.quote(part, safe="+") for part in (name, *version))])
 
 
 def _json(value: Any) -> str:

@@ -59,6 +59,8 @@ class SweepDispatcher:
         self._task: asyncio.Task | None = None
         self.done = asyncio.Event()
         self._name = runs[0].name if runs else "sweep"
+        job_type = runs[0].job_type if runs else None
+        self.type_key = f"{job_type.name}@{job_type.version}" if job_type else None  # its gate
 
     def start(self, on_done: Callable[[], None]) -> None:
         self._task = asyncio.ensure_future(self._feed())
@@ -74,7 +76,10 @@ class SweepDispatcher:
             while True:
                 await self._fill()
                 if not self._flying:
-                    return
+                    if not (self._pending and self.type_key and not self._stopped):
+                        return
+                    await self.engine.gate.changed(self.type_key)  # paused or at its limit
+                    continue
                 done, _ = await asyncio.wait(self._flying, return_when=asyncio.FIRST_COMPLETED)
                 for task in done:
                     self._settle(task, self._flying.pop(task))
@@ -102,9 +107,14 @@ class SweepDispatcher:
             await self.engine.until_online()  # runs sent while the scheduler is away are lost
         slots = await self._slots()
         while self._pending and len(self._flying) < slots and not self._stopped:
-            batch = self._take(self._batch_size(slots))
+            room = self.engine.gate.room(self.type_key) if self.type_key else None
+            if room == 0:
+                return
+            batch = self._take(min(self._batch_size(slots), room or MAX_BATCH_RUNS))
             if not batch:
                 continue
+            if self.type_key:
+                self.engine.gate.sent_runs(self.type_key, [job.id for job in batch])
             self._batches_sent += 1
             key = batch_key(self._name, self._batches_sent, self.sweep_id)
             budget = None if self.max_failures is None else self.max_failures - self.failed
@@ -148,6 +158,8 @@ class SweepDispatcher:
     async def stop(self, reason: str, requested_by: str) -> None:
         """No more batches; queued runs stop now, running ones as soon as their workers can."""
         self._stopped = True
+        if self.type_key:
+            self.engine.gate.notify(self.type_key)  # a feed waiting on its type's gate ends
         unsent = [job.id for job in self._pending]
         self._pending.clear()
         self.engine.stop_unsent(unsent, reason)

@@ -144,6 +144,13 @@ class Engine(SweepBatches, Recovery):
         reason it waits instead (None when a worker fits now). See orchestrator.server.placement."""
         return await self.placer.placement(resources)
 
+    async def fixed_offers(self) -> list[dict[str, float]] | None:
+        """Each worker's resources when the cluster cannot grow (None when it can, or while
+        the scheduler is away): what no worker offers now, none ever will."""
+        if self.can_grow or not self.online:
+            return None
+        return await self.placer.worker_resources(fresh=False)
+
     async def cluster_threads(self) -> int:
         """Worker threads in the cluster now (cached like the resource offers)."""
         return await self.placer.cluster_threads()
@@ -201,9 +208,10 @@ class Engine(SweepBatches, Recovery):
                 self.gate.drop(key, job_id)
                 continue
             if self.gate.hold_reason(job) or not self.online:
-                return
+                break
             self.gate.drop(key, job_id)
             self._send(job)
+        self.gate.notify(key)  # a sweep's dispatcher waiting on the type may send now
 
     def _release_types(self, job_ids: list[str]) -> None:
         for key in self.gate.ended(job_ids):

@@ -8,9 +8,12 @@ sealed like a job's secret environment and only ever shown as '****'.
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from orchestrator.errors import Conflict, Forbidden, NotFound, ValidationFailed
+from pydantic import ValidationError
+
+from orchestrator.errors import Conflict, Forbidden, NotFound, ValidationFailed, field_errors
 from orchestrator.jobtypes.manifest import Configuration, Manifest
 from orchestrator.jobtypes.records import (
     JobTypeCreate,
@@ -28,10 +31,12 @@ from orchestrator.server.ledger import JobTypeRow, Store
 from orchestrator.server.secrets import MASK, Sealer
 
 RESERVED_NAMES = ("validation",)  # a path segment of the API
+Offers = Callable[[], Awaitable[list[dict[str, float]] | None]]
 
 
 class JobTypeService:
-    def __init__(self, store: Store, binaries: BinaryService, sealer: Sealer):
+    def __init__(self, store: Store, binaries: BinaryService, sealer: Sealer, offers: Offers):
+        self.offers = offers  # workers' resources of a cluster that cannot grow, else None
         self.store = store
         self.binaries = binaries
         self.sealer = sealer
@@ -50,13 +55,27 @@ class JobTypeService:
             report.is_valid = False
         return report, manifest, configuration
 
-    def save(self, request: JobTypeCreate, creator: Principal,
-             workers: list[dict[str, float]] | None = None) -> tuple[JobTypeDetails, bool]:
+    async def validation(self, body: dict[str, Any], creator: Principal) -> ValidationResult:
+        """POST /job-types/validation: the manifest and configuration as `validate` reads them,
+        and the flags beside them (icon_code, max_scheduled...) as a create would."""
+        problems = []
+        try:
+            JobTypeCreate.model_validate(body)
+        except ValidationError as exc:
+            problems = [Issue("JSON_VALIDATION_ERROR", f"{where}: {message}")
+                        for where, message in field_errors(exc).items()
+                        if where.split(".")[0] not in ("manifest", "configuration")]
+        report, _, _ = self.validate(body, creator, await self.offers())
+        report.errors[:0] = problems
+        report.is_valid = not report.errors
+        return ValidationResult.model_validate(report.as_dict())
+
+    async def save(self, request: JobTypeCreate, creator: Principal) -> tuple[JobTypeDetails, bool]:
         """Create the type, or edit it when name and version exist (a new revision if its
         manifest changed). Returns the details and whether it was created."""
         self._admin_only(creator, "register job types")
         body = request.model_dump(exclude_none=True)
-        report, manifest, configuration = self.validate(body, creator, workers)
+        report, manifest, configuration = self.validate(body, creator, await self.offers())
         if not report.is_valid or manifest is None or configuration is None:
             raise invalid(report)
         seed = self._pinned_manifest(manifest, creator)

@@ -62,7 +62,7 @@ class Service:
             sealer=self.sealer, reconnect=self.connection.reconnect, isolation=self._isolation(),
         )
         self.binaries = BinaryService(self.store, self.storage)
-        self.job_types = JobTypeService(self.store, self.binaries, self.sealer)
+        self.job_types = JobTypeService(self.store, self.binaries, self.sealer, self.engine.fixed_offers)
         self.engine.contracts = self.job_types.revision_contract
         self.job_types.on_flags_changed.append(lambda row: self.engine.release_type(row.key))
         self.jobs = JobService(
@@ -70,7 +70,8 @@ class Service:
             settings.max_queued_per_user, self.job_types,
         )
         self.sweeps = SweepService(
-            self.store, self.storage, self.engine, self.binaries, self.sealer, settings.max_sweep_runs
+            self.store, self.storage, self.engine, self.binaries, self.sealer, settings.max_sweep_runs,
+            self.job_types,
         )
         self.events = EventHub(self.engine)
         self.metrics = Metrics(self.store, self.engine)

@@ -14,7 +14,7 @@ from orchestrator.server.decisions import own_failures, task_key
 from orchestrator.server.isolation import Isolation
 from orchestrator.server.ledger import Store
 from orchestrator.server.secrets import Sealer, SecretsUnreadable
-from orchestrator.server.typed_jobs import typed_run_fields
+from orchestrator.server.typed_jobs import json_values, typed_run_fields
 from orchestrator.storage import layout
 from orchestrator.worker.runner import RunSpec, StagedInput
 
@@ -66,7 +66,7 @@ def batch_spec(
     """Runs of one sweep as one task: `template` holds the RunSpec fields they share."""
     runs = [
         {"job_id": job.id, "key": task_key(job, attempt), "attempt": attempt,
-         "env": {**job.env, **secrets}, "variables": job.variables,
+         "env": {**job.env, **secrets}, "variables": json_values(job) if job.job_type else job.variables,
          "last_try": own_failures(job, attempt) > job.retries,
          **({} if template.get("shell_template") else {"command": job.command})}
         for job, attempt in zip(jobs, attempts, strict=True)

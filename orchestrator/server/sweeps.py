@@ -26,10 +26,12 @@ from orchestrator.models import (
     StatusChange,
     utcnow,
 )
+from orchestrator.server import typed_sweeps
 from orchestrator.server.auth import Principal
 from orchestrator.server.binaries import BinaryRef, BinaryService, binary_input
 from orchestrator.server.dispatch import SweepDispatcher
 from orchestrator.server.engine import ACTIVE, Engine
+from orchestrator.server.job_types import JobTypeService
 from orchestrator.server.jobs import default_name
 from orchestrator.server.ledger import Store, SweepRow
 from orchestrator.server.secrets import Sealer, masked
@@ -54,7 +56,7 @@ MAX_PREVIEW_BYTES = 64 * 2**20  # rendered text a dry run may answer
 class SweepService:
     def __init__(
         self, store: Store, storage: Storage, engine: Engine, binaries: BinaryService,
-        sealer: Sealer, max_runs: int,
+        sealer: Sealer, max_runs: int, job_types: JobTypeService,
     ):
         self.sealer = sealer
         self.store = store
@@ -62,6 +64,7 @@ class SweepService:
         self.engine = engine
         self.binaries = binaries
         self.max_runs = max_runs
+        self.job_types = job_types
         self._dispatchers: dict[str, SweepDispatcher] = {}
 
     # ---- creating ---------------------------------------------------------------------
@@ -94,31 +97,38 @@ class SweepService:
 
         Files (and a callable) are already stored under the sweep's id.
         """
+        kind = JobKind.JOB_TYPE if request.job_type is not None else kind
         if kind == JobKind.COMMAND and request.command is None:
-            raise ValidationFailed("a sweep needs a command", {"command": "required"})
+            raise ValidationFailed("a sweep needs a command or a job_type", {"command": "required"})
         owner = creator.user
         table = await asyncio.to_thread(self._table, request)
         staged = self._staged_files(request, uploaded or [])
         templates = await asyncio.to_thread(self._template_texts, request, sweep_id, uploaded or [], creator)
         _check_placeholders(request, table.names, templates)
+        typed = None if kind != JobKind.JOB_TYPE else await asyncio.to_thread(
+            typed_sweeps.plan, request, creator, sweep_id, table, uploaded or [], self.job_types, self.binaries)
         if request.dry_run:
             _check_preview_size(request, table, templates)
             return await asyncio.to_thread(_preview, request, table, templates)
         await self.engine.check_may_run(creator)
-        waiting = await self.engine.placement(request.resources)
+        waiting = await self.engine.placement(typed.runs[0].resources if typed else request.resources)
         queued_reason = f"run of sweep {sweep_id}" + (f"; {waiting}" if waiting else "")
-        runs = await asyncio.to_thread(
-            self._runs, request, creator, sweep_id, kind, table, staged, queued_reason
-        )
+        if typed:
+            runs = typed.queued(queued_reason)
+        else:
+            runs = await asyncio.to_thread(self._runs, request, creator, sweep_id, kind, table, staged, queued_reason)
+        spec = self._recorded_spec(request, table, runs[0], staged, templates, sweep_id, kind)
+        if typed:
+            spec.update(runtime=typed.runtime, configuration=typed.shown_configuration)
         sweep = SweepRow(
             id=sweep_id, name=runs[0].name, owner=owner, kind=kind,
             names=table.names, seed=table.seed, created_at=runs[0].created_at,
             input_bytes=await asyncio.to_thread(self.storage.prefix_bytes, layout.sweep_prefix(sweep_id)),
-            spec=self._recorded_spec(request, table, runs[0], staged, templates, sweep_id, kind),
+            spec=spec,
         )
         history = [StatusChange(status=JobStatus.CREATED, at=runs[0].created_at),
                    StatusChange(status=JobStatus.QUEUED, at=runs[0].created_at, reason=queued_reason)]
-        sealed = self.sealer.seal(request.secret_env)
+        sealed = self.sealer.seal(typed.secrets if typed else request.secret_env)
         await asyncio.to_thread(self.store.insert_sweep, sweep, runs, history, sealed)
         self._dispatch(sweep_id, runs, failed=0)
         return self.get(sweep_id)

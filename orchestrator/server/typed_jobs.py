@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import posixpath
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -52,7 +53,7 @@ def typed_job(
     env = {
         **plain,
         **{env_name(name): host for name, host in configuration.mounts.items()},
-        **{env_name(name): _json_text(value) for name, value in inputs.get("json", {}).items()},
+        **json_env(inputs.get("json", {})),
         **{name: format_value(value) for name, value in allocated(manifest).items()},
     }
     priority = request.priority if "priority" in request.model_fields_set else configuration.priority or 0
@@ -117,9 +118,9 @@ def _file_sources(
     return resolved
 
 
-def _json_text(value: Any) -> str:
-    """A JSON input as its variable: a string as it is, anything else as JSON (never Python's str())."""
-    return value if isinstance(value, str) else json.dumps(value)
+def json_env(values: dict[str, Any]) -> dict[str, str]:
+    """JSON inputs as variables: a string as it is, anything else as JSON (never Python's str())."""
+    return {env_name(name): value if isinstance(value, str) else json.dumps(value) for name, value in values.items()}
 
 
 def _base_name(source: str, uploaded: bool) -> str:
@@ -135,32 +136,40 @@ def _base_name(source: str, uploaded: bool) -> str:
 # ---- the worker's side ------------------------------------------------------------------------
 
 
-def typed_run_fields(job: JobRecord, manifest: Manifest, seed: dict[str, Any]) -> dict[str, Any]:
+def typed_run_fields(
+    job: JobRecord, manifest: Manifest, seed: dict[str, Any], upload_key: Callable[[str], str] | None = None,
+) -> dict[str, Any]:
     """RunSpec fields of a job of a type: inputs to stage, variables naming staged paths, the
-    shell line, and the revision's contract for the worker to judge the run by."""
+    shell line, and the revision's contract for the worker to judge the run by.
+    `upload_key`: where an uploaded source is stored (a sweep's runs share their sweep's)."""
+    key_of = upload_key or (lambda path: layout.input_key(job.id, path))
     declared = {spec.name: spec for spec in manifest.job.interface.inputs.files}
     inputs = [binary_input(ref, job.owner) for ref in job.binaries]
     workdir_env: dict[str, str] = {}
     for name, sources in (job.inputs or {}).get("files", {}).items():
         folder = f"{INPUTS_FOLDER}/{name}"
-        staged = [_staged(job, source, folder) for source in sources]
+        staged = [_staged(job, source, folder, key_of) for source in sources]
         inputs += staged
         multiple = declared[name].multiple if name in declared else False
         workdir_env[env_name(name)] = folder if multiple else staged[0].path
-    values = {env_name(k): v for k, v in (job.inputs or {}).get("json", {}).items()}
     return {
         "inputs": inputs,
         "workdir_env": workdir_env,
-        "command": shell_command(job.command or "", values),
+        "command": shell_command(job.command or "", json_values(job)),
         "job_type": {"manifest": seed, "mounts": {
             name: job.env[name] for name in (env_name(m.name) for m in manifest.job.interface.mounts)
             if name in job.env}},
     }
 
 
-def _staged(job: JobRecord, source: str, folder: str) -> StagedInput:
+def json_values(job: JobRecord) -> dict[str, Any]:
+    """The job's JSON inputs by variable name: what its command's placeholders are filled with."""
+    return {env_name(k): v for k, v in (job.inputs or {}).get("json", {}).items()}
+
+
+def _staged(job: JobRecord, source: str, folder: str, key_of: Callable[[str], str]) -> StagedInput:
     path = f"{folder}/{_base_name(source, source in job.files)}"
     if source in job.files:
-        return StagedInput(path=path, key=layout.input_key(job.id, source))
+        return StagedInput(path=path, key=key_of(source))
     staged = binary_input(source, job.owner)
     return StagedInput(path=path, key=staged.key, url=staged.url)

@@ -391,14 +391,6 @@ async def verify_stored(storage: Storage, key: str, size: int, sha256: str) -> N
         )
 
 
-class NotFoundHandler(BaseHandler):
-    """Unknown routes answer the same JSON error as unknown ids."""
-
-    async def prepare(self) -> None:
-        self.refuse_foreign()
-        raise NotFound(f"no route {self.request.method} {self.request.path}")
-
-
 def _checked_first(method: Any) -> Any:
     @functools.wraps(method)
     def checked(self: BaseHandler, *args: Any, **kwargs: Any) -> Any:
@@ -443,3 +435,14 @@ def _attachment(filename: str) -> str:
     from urllib.parse import quote
 
     return f"attachment; filename*=UTF-8''{quote(filename.rsplit('/', 1)[-1])}"
+
+
+class NotFoundHandler(BaseHandler):
+    """Unknown routes answer the same JSON error as unknown ids, from the method, once the
+    request has been read: answered from `prepare`, tornado closes the connection after the
+    answer, and a client reusing it has its next request reset."""
+
+    async def get(self, *_: Any) -> None:
+        raise NotFound(f"no route {self.request.method} {self.request.path}")
+
+    post = put = patch = delete = head = options = get

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
-from orchestrator.errors import ValidationFailed, field_errors
+from orchestrator.errors import ValidationFailed
 from orchestrator.jobtypes.records import (
     ORDER_FIELDS,
     JobTypeCreate,
@@ -17,7 +17,6 @@ from orchestrator.jobtypes.records import (
     JobTypeSummary,
     ValidationResult,
 )
-from orchestrator.jobtypes.validation import Issue
 from orchestrator.models import Page, Request
 from orchestrator.server.api.base import Answer, BaseHandler, Operation, Paged
 
@@ -44,16 +43,7 @@ class ListQuery(Paged):
                        description="sort by name, title, created or last_modified; '-' first: descending")
 
 
-class TypeHandler(BaseHandler):
-    async def offers(self) -> list[dict[str, float]] | None:
-        """Workers' resources when the cluster cannot grow: what UNSATISFIABLE_RESOURCES checks."""
-        engine = self.service.engine
-        if engine.can_grow or not engine.online:
-            return None
-        return await engine.placer.worker_resources(fresh=False)
-
-
-class JobTypesHandler(TypeHandler):
+class JobTypesHandler(BaseHandler):
     openapi = {
         "get": Operation("List job types, one row per name (inactive ones only with is_active=false)",
                          query=ListQuery, response=Page[JobTypeSummary]),
@@ -71,28 +61,17 @@ class JobTypesHandler(TypeHandler):
 
     async def post(self) -> None:
         request = self.parse_body(JobTypeCreate)
-        details, created = self.service.job_types.save(request, self.principal, await self.offers())
+        details, created = await self.service.job_types.save(request, self.principal)
         self.set_header("Location", f"/api/v1/job-types/{details.name}/{details.version}")
         self.send_json(details, 201 if created else 200)
 
 
-class JobTypeValidationHandler(TypeHandler):
+class JobTypeValidationHandler(BaseHandler):
     openapi = {"post": Operation("Validate a job type as a create would, saving nothing",
                                  body=JobTypeCreate, response=ValidationResult)}
 
     async def post(self) -> None:
-        body = self._raw_body()
-        problems = []
-        try:
-            JobTypeCreate.model_validate(body)
-        except ValidationError as exc:  # the flags beside the manifest; validate() reads the rest
-            problems = [Issue("JSON_VALIDATION_ERROR", f"{where}: {message}")
-                        for where, message in field_errors(exc).items()
-                        if where.split(".")[0] not in ("manifest", "configuration")]
-        report, _, _ = self.service.job_types.validate(body, self.principal, await self.offers())
-        report.errors[:0] = problems
-        report.is_valid = not report.errors
-        self.send_json(ValidationResult.model_validate(report.as_dict()))
+        self.send_json(await self.service.job_types.validation(self._raw_body(), self.principal))
 
     def _raw_body(self) -> dict[str, Any]:
         try:
