@@ -10,7 +10,9 @@ temporary data directory) and measures, on the same machine and cluster:
 3. raw dask:  ``client.map`` of a function running ``true`` N times on the same cluster,
    i.e. what Dask alone costs per task;
 4. bare:      ``subprocess.run(["true"])`` N times in 2 parallel processes, the floor set by
-   process creation on this machine.
+   process creation on this machine;
+5. job type:  the same N jobs submitted by job type (a registered type whose command is
+   ``true``), to show that a job by type costs no more than a plain job.
 
 The ratios against the bare loop say how much of the machine's process-spawning rate
 survives Dask alone and the whole orchestrator (HTTP, job store, storage, Dask).
@@ -65,7 +67,14 @@ def rate(count: int, seconds: float) -> float:
     return count / seconds if seconds > 0 else float("inf")
 
 
-async def submit_jobs(url: str, jobs: int, concurrency: int) -> float:
+PLAIN = {"command": "true"}
+TYPED = {"job_type": "bench-true@1.0.0"}
+BENCH_TYPE = {"manifest": {"seedVersion": "1.0.0", "job": {
+    "name": "bench-true", "jobVersion": "1.0.0", "packageVersion": "1.0.0", "title": "true",
+    "timeout": 60, "interface": {"command": "true"}}}}
+
+
+async def submit_jobs(url: str, jobs: int, concurrency: int, body: dict) -> float:
     """POST `jobs` trivial jobs through at most `concurrency` connections; returns the start."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     queue: asyncio.Queue[int] = asyncio.Queue()
@@ -75,7 +84,7 @@ async def submit_jobs(url: str, jobs: int, concurrency: int) -> float:
     async def submitter(client: httpx.AsyncClient) -> None:
         while not queue.empty():
             queue.get_nowait()
-            response = await client.post(f"{url}/api/v1/jobs", json={"command": "true"})
+            response = await client.post(f"{url}/api/v1/jobs", json=body)
             if response.status_code != 201:
                 raise RuntimeError(f"submit answered {response.status_code}: {response.text}")
 
@@ -91,30 +100,33 @@ def count_jobs(client: httpx.Client, url: str, status: str) -> int:
     return int(response.json()["count"])
 
 
-def wait_terminal(url: str, jobs: int) -> dict[str, int]:
+def wait_terminal(url: str, jobs: int, before: int = 0) -> dict[str, int]:
     """Poll the count endpoint until `jobs` jobs are terminal; returns the count per status."""
     deadline = time.perf_counter() + COMPLETION_TIMEOUT_S
     with httpx.Client(timeout=60) as client:
         while True:
             counts = {status: count_jobs(client, url, status) for status in TERMINAL}
-            if sum(counts.values()) >= jobs:
+            if sum(counts.values()) >= jobs + before:
                 return counts
             if time.perf_counter() > deadline:
                 raise TimeoutError(f"only {counts} of {jobs} jobs terminal after {COMPLETION_TIMEOUT_S} s")
             time.sleep(POLL_INTERVAL_S)
 
 
-def measure_rest(url: str, jobs: int, concurrency: int) -> RestResult:
-    started = asyncio.run(submit_jobs(url, jobs, concurrency))
+def measure_rest(url: str, jobs: int, concurrency: int, body: dict = PLAIN, before: int = 0) -> RestResult:
+    """`before`: jobs of earlier measurements already ended on this server."""
+    started = asyncio.run(submit_jobs(url, jobs, concurrency, body))
     accepted = time.perf_counter()
-    counts = wait_terminal(url, jobs)
+    counts = wait_terminal(url, jobs, before)
     completed = time.perf_counter()
     return RestResult(accepted - started, completed - started, counts)
 
 
-def measure_raw_dask(scheduler_address: str, jobs: int) -> float:
-    """Seconds for `jobs` tasks running `true` on the cluster, submitted with client.map."""
-    with Client(scheduler_address) as client:
+def measure_raw_dask(server: RunningServer, jobs: int) -> float:
+    """Seconds for `jobs` tasks running `true` on the cluster, submitted with client.map
+    (with the cluster's certificate: its comms are TLS)."""
+    connection = server.service.connection
+    with Client(connection.address, security=connection.security) as client:
         started = time.perf_counter()
         client.gather(client.map(run_true, range(jobs), pure=False))
         return time.perf_counter() - started
@@ -161,7 +173,12 @@ def main() -> None:
         try:
             rest = measure_rest(server.url, args.jobs, args.concurrency)
             report_rest(args.jobs, rest)
-            raw_dask_s = measure_raw_dask(server.service.connection.client.scheduler.address, args.jobs)
+            registered = httpx.post(f"{server.url}/api/v1/job-types", json=BENCH_TYPE, timeout=60)
+            registered.raise_for_status()
+            typed = measure_rest(server.url, args.jobs, args.concurrency, TYPED, before=args.jobs)
+            print(f"job type: {args.jobs} jobs completed in {typed.completed_s:.2f} s = "
+                  f"{rate(args.jobs, typed.completed_s):.1f} jobs/s")
+            raw_dask_s = measure_raw_dask(server, args.jobs)
             print(f"raw dask: {rate(args.jobs, raw_dask_s):.1f} runs/s ({raw_dask_s:.2f} s)")
         finally:
             loop.run(server.close())
@@ -174,6 +191,7 @@ def main() -> None:
     # Same N everywhere, so a ratio of rates is the inverse ratio of durations.
     print(f"ratio raw-dask/bare = {bare_s / raw_dask_s:.2f}")
     print(f"ratio completed/bare = {bare_s / rest.completed_s:.2f}")
+    print(f"ratio job-type/plain completed rate = {rest.completed_s / typed.completed_s:.2f}")
 
 
 if __name__ == "__main__":

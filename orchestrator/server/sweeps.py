@@ -10,9 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import csv
-import io
-import math
 import time
 import uuid
 from typing import Any
@@ -35,6 +32,7 @@ from orchestrator.server.job_types import JobTypeService
 from orchestrator.server.jobs import default_name
 from orchestrator.server.ledger import Store, SweepRow
 from orchestrator.server.secrets import Sealer, masked
+from orchestrator.server.sweep_results import results_table
 from orchestrator.storage import Storage, layout
 from orchestrator.sweep_models import (
     DryRun,
@@ -46,7 +44,6 @@ from orchestrator.sweep_models import (
 )
 from orchestrator.worker.runner import StagedInput
 
-RESULT_COLUMNS = ("index", "job_id", "status", "exit_code", "duration_s")
 MAX_TEMPLATE_BYTES = 4 * 2**20
 WAIT_POLL_S = 0.5
 MAX_TABLE_CELLS = 20_000_000  # values in one run table (samples x variables)
@@ -101,7 +98,7 @@ class SweepService:
         if kind == JobKind.COMMAND and request.command is None:
             raise ValidationFailed("a sweep needs a command or a job_type", {"command": "required"})
         owner = creator.user
-        table = await asyncio.to_thread(self._table, request)
+        table = await asyncio.to_thread(_run_table, request, self.max_runs)
         staged = self._staged_files(request, uploaded or [])
         templates = await asyncio.to_thread(self._template_texts, request, sweep_id, uploaded or [], creator)
         _check_placeholders(request, table.names, templates)
@@ -132,25 +129,6 @@ class SweepService:
         await asyncio.to_thread(self.store.insert_sweep, sweep, runs, history, sealed)
         self._dispatch(sweep_id, runs, failed=0)
         return self.get(sweep_id)
-
-    def _table(self, request: SweepCreate) -> doe.RunTable:
-        cases = request.cases
-        if request.cases_csv is not None:
-            if cases is not None:
-                raise ValidationFailed("give cases or cases_csv, not both", {"cases_csv": "conflicts with cases"})
-            cases = doe.parse_cases_csv(request.cases_csv, self.max_runs)
-        if cases is not None and (request.variables or request.design):
-            raise ValidationFailed("cases replace variables and design; give one or the other",
-                                   {"cases": "conflicts with variables/design"})
-        design = request.design
-        if isinstance(design, doe.Sampled) and request.variables:
-            cells = design.samples * len(request.variables)
-            if cells > MAX_TABLE_CELLS:
-                raise ValidationFailed(
-                    f"{design.samples} samples x {len(request.variables)} variables is more than "
-                    f"{MAX_TABLE_CELLS} values", {"design.samples": "too many for this many variables"})
-        return doe.build_table(request.variables, design, cases,
-                               include_nominal=request.include_nominal_run, max_runs=self.max_runs)
 
     def _staged_files(self, request: SweepCreate, uploaded: list[str]) -> list[str]:
         template_sources = {t.source for t in request.templates}
@@ -359,67 +337,27 @@ class SweepService:
         sweep = self.store.get_sweep(sweep_id)
         if sweep is None or (owner is not None and sweep.owner != owner):
             raise NotFound(f"no sweep {sweep_id}")
-        names = sweep.names
-        runs = self.store.sweep_rows(sweep_id)
-        output_keys: dict[str, None] = {}
-        for *_, result in runs:
-            for key, value in ((result or {}).get("outputs") or {}).items():
-                if _is_scalar(value):
-                    output_keys.setdefault(key, None)
-        output_columns = _output_columns(sorted(output_keys), {*RESULT_COLUMNS, *names})
-        rows = []
-        for index, job_id, status, variables, result in runs:
-            result = result or {}
-            outputs = result.get("outputs") or {}
-            row = {"index": index, "job_id": job_id, "status": status,
-                   "exit_code": result.get("exit_code"), "duration_s": result.get("duration_s")}
-            row.update({name: variables.get(name) for name in names})
-            row.update({column: _scalar_or_none(outputs.get(key)) for key, column in output_columns.items()})
-            rows.append(row)
-        return ResultsTable(columns=[*RESULT_COLUMNS, *names, *output_columns.values()], rows=rows)
+        return results_table(sweep.names, self.store.sweep_rows(sweep_id))
 
 
-def _output_columns(keys: list[str], taken: set[str]) -> dict[str, str]:
-    """Each output key's column: its own name, or `outputs.<key>` (then a number) if taken."""
-    columns: dict[str, str] = {}
-    used = set(taken) | set(keys)
-    for key in keys:
-        column = key
-        if key in taken:
-            column, n = f"outputs.{key}", 2
-            while column in used:
-                column, n = f"outputs.{key}.{n}", n + 1
-            used.add(column)
-        columns[key] = column
-    return columns
-
-
-def results_csv(table: ResultsTable) -> str:
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=table.columns)  # \r\n: values with \r get quoted
-    writer.writeheader()
-    for row in table.rows:
-        writer.writerow({k: _csv_cell(v) for k, v in row.items()})
-    return buffer.getvalue()
-
-
-def _csv_cell(value: Any) -> Any:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    return value
-
-
-def _is_scalar(value: Any) -> bool:
-    return value is None or (isinstance(value, (bool, int, str)) or
-                             (isinstance(value, float) and math.isfinite(value)))
-
-
-def _scalar_or_none(value: Any) -> Any:
-    return value if _is_scalar(value) else None
+def _run_table(request: SweepCreate, max_runs: int) -> doe.RunTable:
+    cases = request.cases
+    if request.cases_csv is not None:
+        if cases is not None:
+            raise ValidationFailed("give cases or cases_csv, not both", {"cases_csv": "conflicts with cases"})
+        cases = doe.parse_cases_csv(request.cases_csv, max_runs)
+    if cases is not None and (request.variables or request.design):
+        raise ValidationFailed("cases replace variables and design; give one or the other",
+                               {"cases": "conflicts with variables/design"})
+    design = request.design
+    if isinstance(design, doe.Sampled) and request.variables:
+        cells = design.samples * len(request.variables)
+        if cells > MAX_TABLE_CELLS:
+            raise ValidationFailed(
+                f"{design.samples} samples x {len(request.variables)} variables is more than "
+                f"{MAX_TABLE_CELLS} values", {"design.samples": "too many for this many variables"})
+    return doe.build_table(request.variables, design, cases,
+                           include_nominal=request.include_nominal_run, max_runs=max_runs)
 
 
 def _sweep_status(counts: dict[str, int], stop_reason: str | None) -> tuple[JobStatus, str | None]:

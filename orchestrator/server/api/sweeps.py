@@ -12,7 +12,7 @@ from orchestrator.errors import PayloadTooLarge, ValidationFailed, validation_fa
 from orchestrator.models import JobRecord, JobStatus, Page, Position, Request, WaitSeconds
 from orchestrator.server.api.base import Answer, BaseHandler, Operation, Paged, Query
 from orchestrator.server.api.uploads import StreamingBodyHandler
-from orchestrator.server.sweeps import results_csv
+from orchestrator.server.sweep_results import results_csv
 from orchestrator.storage import AtomicWriter, layout
 from orchestrator.sweep_models import (
     DryRun,

@@ -1,0 +1,78 @@
+"""A sweep's results table: a row per run with its variables and scalar outputs, a column
+per output key (renamed where it would collide with a variable or a fixed column), and the
+same table as CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from typing import Any
+
+from orchestrator.sweep_models import ResultsTable
+
+RESULT_COLUMNS = ("index", "job_id", "status", "exit_code", "duration_s")
+SweepRows = list[tuple[int, str, str, dict[str, Any], dict[str, Any] | None]]
+
+
+def results_table(names: list[str], runs: SweepRows) -> ResultsTable:
+    """`runs`: (index, job id, status, variables, result) of each run, in order."""
+    output_keys: dict[str, None] = {}
+    for *_, result in runs:
+        for key, value in ((result or {}).get("outputs") or {}).items():
+            if _is_scalar(value):
+                output_keys.setdefault(key, None)
+    output_columns = _output_columns(sorted(output_keys), {*RESULT_COLUMNS, *names})
+    rows = []
+    for index, job_id, status, variables, result in runs:
+        result = result or {}
+        outputs = result.get("outputs") or {}
+        row = {"index": index, "job_id": job_id, "status": status,
+               "exit_code": result.get("exit_code"), "duration_s": result.get("duration_s")}
+        row.update({name: variables.get(name) for name in names})
+        row.update({column: _scalar_or_none(outputs.get(key)) for key, column in output_columns.items()})
+        rows.append(row)
+    return ResultsTable(columns=[*RESULT_COLUMNS, *names, *output_columns.values()], rows=rows)
+
+
+def _output_columns(keys: list[str], taken: set[str]) -> dict[str, str]:
+    """Each output key's column: its own name, or `outputs.<key>` (then a number) if taken."""
+    columns: dict[str, str] = {}
+    used = set(taken) | set(keys)
+    for key in keys:
+        column = key
+        if key in taken:
+            column, n = f"outputs.{key}", 2
+            while column in used:
+                column, n = f"outputs.{key}.{n}", n + 1
+            used.add(column)
+        columns[key] = column
+    return columns
+
+
+def results_csv(table: ResultsTable) -> str:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=table.columns)  # \r\n: values with \r get quoted
+    writer.writeheader()
+    for row in table.rows:
+        writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+    return buffer.getvalue()
+
+
+def _csv_cell(value: Any) -> Any:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return value
+
+
+def _is_scalar(value: Any) -> bool:
+    return value is None or (isinstance(value, (bool, int, str)) or
+                             (isinstance(value, float) and math.isfinite(value)))
+
+
+def _scalar_or_none(value: Any) -> Any:
+    return value if _is_scalar(value) else None
