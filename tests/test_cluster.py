@@ -110,14 +110,13 @@ def test_the_jobs_page_of_a_scheduler_started_with_the_preload(cluster_server):
     server, _ = cluster_server
     done = server.wait(server.submit(command="true", name="seen_on_the_page")["id"])
     page = server.http.get("/cluster").json()["jobs_page"]
-    deadline = time.monotonic() + 15
-    while True:
+    def shown() -> bool:
         response = httpx.get(page, timeout=10)
         assert response.status_code == 200
-        if "single jobs" in response.text or time.monotonic() > deadline:
-            break
-        time.sleep(0.3)
-    assert "single jobs" in response.text and done["status"] == "COMPLETED"
+        return "single jobs" in response.text
+
+    wait_until(shown, 15, "the Jobs page showing single jobs", every=0.3)
+    assert done["status"] == "COMPLETED"
 
 
 def test_a_gpu_request_no_worker_can_meet_is_refused(cluster_server):

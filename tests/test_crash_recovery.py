@@ -20,6 +20,7 @@ import pytest
 from distributed import Client
 
 from tests.conftest import REPO, TlsFiles, free_port, kill_session
+from tests.support import wait_until
 from tests.test_persistence import _place, kill_9, serving, stop_cleanly
 
 RUNS = 300
@@ -131,10 +132,8 @@ def start_sweep(api: httpx.Client, ledger: Path) -> str:
 
 
 def wait_counts(api: httpx.Client, sweep_id: str, predicate: Callable[[dict], bool], timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate(counts := api.get(f"/sweeps/{sweep_id}").json()["counts"]):
-        assert time.monotonic() < deadline, f"the sweep never got that far: {counts}"
-        time.sleep(0.05)
+    wait_until(lambda: predicate(api.get(f"/sweeps/{sweep_id}").json()["counts"]), timeout,
+               f"sweep {sweep_id} that far", every=0.05)
 
 
 def check_every_run_completed_once(api: httpx.Client, sweep_id: str, ledger: Path) -> dict[str, list[dict]]:
@@ -228,14 +227,10 @@ def test_a_worker_killed_mid_sweep_loses_and_repeats_nothing(tmp_path, dask_proc
 
 def _busy_worker(processes: DaskProcesses) -> str:
     """The name of a worker processing a batch now."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        busy = processes.on_scheduler(
-            lambda dask_scheduler: [ws.name for ws in dask_scheduler.workers.values() if ws.processing])
-        if busy:
-            return str(busy[0])
-        time.sleep(0.02)
-    raise AssertionError("no worker ever had a batch to process")
+    busy = wait_until(lambda: processes.on_scheduler(
+        lambda dask_scheduler: [ws.name for ws in dask_scheduler.workers.values() if ws.processing]),
+        60, "a worker processing a batch", every=0.02)
+    return str(busy[0])
 
 
 # ---- the scheduler restarted --------------------------------------------------------------
@@ -299,21 +294,17 @@ def _submit(api: httpx.Client, command: str, **fields) -> str:
 
 
 def _wait_any_running(api: httpx.Client, job_ids: list[str]) -> None:
-    deadline = time.monotonic() + 60
-    while not any(api.get(f"/jobs/{job_id}").json()["status"] == "RUNNING" for job_id in job_ids):
-        assert time.monotonic() < deadline, "no single job ever ran"
-        time.sleep(0.05)
+    wait_until(lambda: any(api.get(f"/jobs/{job_id}").json()["status"] == "RUNNING" for job_id in job_ids),
+               60, "a single job RUNNING", every=0.05)
 
 
 def _wait_loss_noticed(api: httpx.Client, sweep_id: str) -> None:
     """Until the server has seen the loss: its batches in flight came back cancelled."""
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
+    def noticed() -> bool:
         runs = api.get(f"/sweeps/{sweep_id}/runs", params={"status": "QUEUED", "page_size": 1000}).json()
-        if any((run["status_reason"] or "").startswith("scheduler connection lost") for run in runs["results"]):
-            return
-        time.sleep(0.05)
-    raise AssertionError("the server never noticed its scheduler was gone")
+        return any((run["status_reason"] or "").startswith("scheduler connection lost") for run in runs["results"])
+
+    wait_until(noticed, 60, "the server noticing its scheduler was gone", every=0.05)
 
 
 def _still_answering(api: httpx.Client) -> str:

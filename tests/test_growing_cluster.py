@@ -3,8 +3,6 @@ LocalCluster with no worker until work waits. Also the dashboard's Jobs page it 
 
 from __future__ import annotations
 
-import time
-
 import httpx
 import pytest
 from bokeh.client import pull_session
@@ -12,6 +10,7 @@ from bokeh.models import ColumnDataSource
 
 from orchestrator.config import Settings
 from tests.conftest import start_test_server, stop_test_server
+from tests.support import wait_until
 
 FACTORY = "examples.clusters:adaptive_local_cluster"
 
@@ -55,16 +54,15 @@ def test_the_dashboard_jobs_page_shows_sweeps_live(growing):
     growing.wait_sweep(created.json()["id"], timeout=90)
     page = growing.http.get("/cluster").json()["jobs_page"]
     assert page and page.endswith("/jobs")
-    deadline = time.monotonic() + 15
-    completed = 0
-    while completed != 2 and time.monotonic() < deadline:  # summaries follow changes within a second
-        time.sleep(0.3)
-        with pull_session(url=page) as session:  # the live chart, as a browser gets it
-            sources = session.document.select({"type": ColumnDataSource})
-            bars = next(source.data for source in sources if "COMPLETED" in source.data)
-            rows = [i for i, label in enumerate(bars["group"]) if label.startswith(name)]
-            completed = bars["COMPLETED"][rows[0]] if rows else 0
-    assert completed == 2 and bars["FAILED"][rows[0]] == 0, bars
+
+    def both_completed() -> dict | None:  # summaries follow changes within a second
+        bars = page_source(page, "COMPLETED")  # the live chart, as a browser gets it
+        rows = [i for i, label in enumerate(bars["group"]) if label.startswith(name)]
+        return bars if rows and bars["COMPLETED"][rows[0]] == 2 else None
+
+    bars = wait_until(both_completed, 15, "the sweep's bar at 2 COMPLETED", every=0.3)
+    row = next(i for i, label in enumerate(bars["group"]) if label.startswith(name))
+    assert bars["FAILED"][row] == 0, bars
     response = httpx.get(page, timeout=10)
     assert response.status_code == 200 and name in response.text  # counts as of loading, in HTML
     menu = httpx.get(page.replace("/jobs", "/individual-jobs"), timeout=10)
@@ -75,16 +73,21 @@ def test_the_jobs_page_lists_running_jobs_with_worker_and_elapsed_time(growing):
     job = growing.submit(command="sleep 30", name="long_runner", resources={"cores": 1})
     running = growing.wait_for_status(job["id"], "RUNNING", timeout=60)
     page = growing.http.get("/cluster").json()["jobs_page"]
-    deadline = time.monotonic() + 15
-    table: dict = {}
-    while job["id"] not in table.get("job_id", []) and time.monotonic() < deadline:
-        time.sleep(0.3)
-        with pull_session(url=page) as session:
-            sources = session.document.select({"type": ColumnDataSource})
-            table = next(source.data for source in sources if "elapsed" in source.data)
+    def listed() -> dict | None:
+        data = page_source(page, "elapsed")
+        return data if job["id"] in data["job_id"] else None
+
+    table = wait_until(listed, 15, "the running job listed", every=0.3)
     row = table["job_id"].index(job["id"])
     assert table["name"][row] == "long_runner"
     assert table["worker"][row] == running["worker"]
     assert table["elapsed"][row].endswith("s")
     growing.http.post(f"/jobs/{job['id']}/stop")
     assert growing.wait(job["id"], timeout=30)["status"] == "STOPPED"
+
+
+def page_source(page: str, column: str) -> dict:
+    """The data of the page's ColumnDataSource that has `column`, as a browser session gets it."""
+    with pull_session(url=page) as session:
+        sources = session.document.select({"type": ColumnDataSource})
+        return dict(next(source.data for source in sources if column in source.data))
