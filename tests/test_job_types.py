@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import threading
 from collections.abc import Iterator
 from datetime import datetime
@@ -132,6 +133,16 @@ def test_outputs_are_checked_against_the_declaration(tenants: Tenants):
     assert "output total_input is not an integer" in job["status_reason"]
 
 
+def test_the_revisions_timeout_is_a_hard_limit(tenants: Tenants):
+    root, bob = tenants["root"], tenants["bob"]
+    seed = jt.manifest(jobVersion="1.7.0", timeout=1)
+    seed["job"]["interface"]["command"] = "sleep 30"
+    assert root.post("/job-types", json={"manifest": seed, "configuration": jt.CONFIGURATION}).status_code == 201
+    job = finished(bob, jt.run(bob, TEXT, ref="test@1.7.0"))
+    assert job["status"] == "FAILED" and job["status_reason"].startswith("timeout after 1 s"), job
+    assert job["result"]["error"] is None  # a timeout is not an error the type declares
+
+
 def test_an_empty_outputs_section_is_valid_and_runs(tenants: Tenants):
     root, bob = tenants["root"], tenants["bob"]
     register_version(root, "1.5.0", command="echo done", outputs={})
@@ -210,7 +221,8 @@ def test_max_scheduled_one_runs_its_jobs_one_at_a_time_and_holds_back_no_other(t
 # ---- secrets ------------------------------------------------------------------------------------
 
 
-def test_a_secret_setting_is_never_shown(tenants: Tenants):
+def test_a_secret_setting_is_never_shown(tenants: Tenants, caplog):
+    caplog.set_level(logging.DEBUG)  # every record the server logs while the job runs
     root, bob = tenants["root"], tenants["bob"]
     events: list[str] = []
     opened, ended = threading.Event(), threading.Event()
@@ -243,8 +255,10 @@ def test_a_secret_setting_is_never_shown(tenants: Tenants):
     assert root.get("/job-types/test/1.0.0").json()["configuration"]["settings"]["DB_PASS"] == "****"
     ledger = tenants.server.settings.database_path
     stored = b"".join(p.read_bytes() for p in ledger.parent.glob(ledger.name + "*"))
+    assert f"/api/v1/jobs/{job['id']}" in caplog.text  # the server's request log was captured
     for secret in (jt.DB_PASS, override):
         assert all(secret not in text for text in shown), secret
+        assert secret not in caplog.text, secret
         assert secret.encode() not in stored, secret
 
 
