@@ -18,7 +18,7 @@ from orchestrator.jobtypes.records import (
     ValidationResult,
 )
 from orchestrator.models import Page, Request
-from orchestrator.server.api.base import Answer, BaseHandler, Operation, Paged
+from orchestrator.server.api.base import BaseHandler, Operation, Paged
 
 TYPE_NAME = r"^[A-Za-z0-9-]{1,128}$"
 TYPE_VERSION = r"^[0-9A-Za-z.+-]{1,64}$"
@@ -48,9 +48,9 @@ class JobTypesHandler(BaseHandler):
         "get": Operation("List job types, one row per name (inactive ones only with is_active=false)",
                          query=ListQuery, response=Page[JobTypeSummary]),
         "post": Operation(
-            "Register a job type (admins); posting an existing name and version edits it, and a "
-            "changed manifest makes a new revision", body=JobTypeCreate, response=JobTypeDetails,
-            status=201, answers=(Answer(200, JobTypeDetails, "an existing name and version was edited"),)),
+            "Register a job type (admins); posting an existing name and version edits it (answered "
+            "201 like a create), and a changed manifest makes a new revision", body=JobTypeCreate,
+            response=JobTypeDetails, status=201),
     }
 
     async def get(self) -> None:
@@ -61,9 +61,8 @@ class JobTypesHandler(BaseHandler):
 
     async def post(self) -> None:
         request = self.parse_body(JobTypeCreate)
-        details, created = await self.service.job_types.save(request, self.principal)
-        self.set_header("Location", f"/api/v1/job-types/{details.name}/{details.version}")
-        self.send_json(details, 201 if created else 200)
+        details, _ = await self.service.job_types.save(request, self.principal)
+        self.send_created(details, f"/api/v1/job-types/{details.name}/{details.version}")
 
 
 class JobTypeValidationHandler(BaseHandler):
