@@ -190,7 +190,7 @@ def test_a_waiting_job_runs_the_revision_it_was_created_with(tenants: Tenants):
     assert done["job_type"]["revision"] == 1
     assert bob.get(f"/jobs/{job['id']}/files/output_text.txt").content == TEXT[:4]
     revisions = root.get("/job-types/test/3.0.0/revisions").json()
-    assert [r["revision_num"] for r in revisions] == [1, 2]
+    assert revisions["count"] == 2 and [r["revision_num"] for r in revisions["results"]] == [1, 2]
     assert root.get("/job-types/test/3.0.0/revisions/2").json()["manifest"]["job"]["interface"]["command"] \
         .startswith("echo revised")
     newer = finished(bob, jt.run(bob, TEXT, ref="test@3.0.0"))
@@ -416,7 +416,7 @@ def test_the_list_has_a_row_per_name_with_filters_and_order(tenants: Tenants):
     hidden = root.get("/job-types", params={"is_active": "false"}).json()["results"]
     assert "word-count" in [r["name"] for r in hidden]
     versions = root.get("/job-types/test").json()
-    assert "1.0.0" in [v["version"] for v in versions]
+    assert versions["count"] >= 2 and "1.0.0" in [v["version"] for v in versions["results"]]
     assert tenants["bob"].get("/job-types").status_code == 200  # every user lists types
 
 

@@ -231,11 +231,11 @@ class RemoteBackend:
         return JobTypeDetails.model_validate(self._call("GET", _type_path(name, version)).json())
 
     def job_type_versions(self, name: str) -> list[JobTypeDetails]:
-        return [JobTypeDetails.model_validate(item) for item in self._call("GET", _type_path(name)).json()]
+        return [JobTypeDetails.model_validate(item) for item in self._pages(_type_path(name), {})]
 
     def job_type_revisions(self, name: str, version: str) -> list[JobTypeRevision]:
-        body = self._call("GET", _type_path(name, version) + "/revisions").json()
-        return [JobTypeRevision.model_validate(item) for item in body]
+        return [JobTypeRevision.model_validate(item)
+                for item in self._pages(_type_path(name, version) + "/revisions", {})]
 
     def patch_job_type(self, name: str, version: str, patch: JobTypePatch) -> JobTypeDetails:
         body = patch.model_dump(mode="json", exclude_unset=True)  # an explicit null clears

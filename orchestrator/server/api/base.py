@@ -267,6 +267,12 @@ class BaseHandler(tornado.web.RequestHandler):
             }
         )
 
+    def send_list(self, items: list[Any]) -> None:
+        """A whole list the service read, answered a page of it as the query asks."""
+        query = self.query_args()
+        start = (query.page - 1) * query.page_size
+        self.send_page(len(items), items[start:start + query.page_size], query.page, query.page_size)
+
     def _page_url(self, page: int) -> str:
         query = {k: self.get_query_argument(k) for k in self.request.query_arguments}
         query["page"] = str(page)

@@ -55,9 +55,7 @@ class JobTypesHandler(BaseHandler):
 
     async def get(self) -> None:
         query = self.query_args()
-        rows = self.service.job_types.list(query.keyword, query.is_active, query.order)
-        start = (query.page - 1) * query.page_size
-        self.send_page(len(rows), rows[start:start + query.page_size], query.page, query.page_size)
+        self.send_list(self.service.job_types.list(query.keyword, query.is_active, query.order))
 
     async def post(self) -> None:
         request = self.parse_body(JobTypeCreate)
@@ -84,11 +82,11 @@ class JobTypeValidationHandler(BaseHandler):
 
 class JobTypeNameHandler(BaseHandler):
     path_model = TypePath
-    openapi = {"get": Operation("Every version of a job type", response=list[JobTypeDetails])}
+    openapi = {"get": Operation("Every version of a job type, oldest first", query=Paged,
+                                response=Page[JobTypeDetails])}
 
     async def get(self, name: str) -> None:
-        versions = self.service.job_types.versions(name)
-        self.send_json([v.model_dump(mode="json") for v in versions])
+        self.send_list(self.service.job_types.versions(name))
 
 
 class JobTypeHandler(BaseHandler):
@@ -118,12 +116,11 @@ class JobTypeHandler(BaseHandler):
 
 class JobTypeRevisionsHandler(BaseHandler):
     path_model = VersionPath
-    openapi = {"get": Operation("Every revision of a job type's manifest, oldest first",
-                                response=list[JobTypeRevision])}
+    openapi = {"get": Operation("Every revision of a job type's manifest, oldest first", query=Paged,
+                                response=Page[JobTypeRevision])}
 
     async def get(self, name: str, version: str) -> None:
-        revisions = self.service.job_types.revisions(name, version)
-        self.send_json([r.model_dump(mode="json") for r in revisions])
+        self.send_list(self.service.job_types.revisions(name, version))
 
 
 class JobTypeRevisionHandler(BaseHandler):
