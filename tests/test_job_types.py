@@ -182,7 +182,7 @@ def test_a_waiting_job_runs_the_revision_it_was_created_with(tenants: Tenants):
     assert waiting["status"] == "QUEUED"
     assert waiting["status_reason"] == "job type test 3.0.0 is paused"
     edited = register_version(root, "3.0.0", command="echo revised > ${OUTPUT_DIR}/output_text.txt")
-    assert edited["revision_num"] == 2
+    assert edited["revision_num"] == 2 and edited["is_paused"] is True  # an edit keeps what it does not give
     assert bob.get(f"/jobs/{job['id']}").json()["status"] == "QUEUED"
     assert root.patch("/job-types/test/3.0.0", json={"is_paused": False}).json()["is_paused"] is False
     done = bob.get(f"/jobs/{job['id']}", params={"wait": 60}, timeout=90).json()
@@ -195,6 +195,21 @@ def test_a_waiting_job_runs_the_revision_it_was_created_with(tenants: Tenants):
         .startswith("echo revised")
     newer = finished(bob, jt.run(bob, TEXT, ref="test@3.0.0"))
     assert newer["job_type"]["revision"] == 2 and newer["status"] == "FAILED"  # revised writes no JSON
+
+
+def test_reposting_a_manifest_changes_only_what_it_gives(tenants: Tenants):
+    root, bob = tenants["root"], tenants["bob"]
+    register_version(root, "3.1.0")
+    root.patch("/job-types/test/3.1.0", json={"max_scheduled": 2, "icon_code": "f013"})
+    seed = jt.manifest(jobVersion="3.1.0", title="Retitled")
+    again = root.post("/job-types", json={"manifest": seed})  # no configuration, no flags
+    assert again.status_code == 201, again.text
+    details = again.json()
+    assert details["title"] == "Retitled" and details["revision_num"] == 2
+    assert details["max_scheduled"] == 2 and details["icon_code"] == "f013" and details["is_active"] is True
+    assert details["configuration"]["settings"] == {"DB_HOST": "db.example", "DB_PASS": "****"}
+    job = finished(bob, jt.run(bob, TEXT, ref="test@3.1.0"))
+    assert job["status"] == "COMPLETED", job  # run.sh exits 3 without DB_PASS: the secret was kept
 
 
 def test_max_scheduled_one_runs_its_jobs_one_at_a_time_and_holds_back_no_other(tenants: Tenants):
@@ -449,6 +464,7 @@ def test_a_sweep_over_a_types_json_input_runs_every_run_as_a_job_of_that_revisio
     sweep = bob.get(f"/sweeps/{created.json()['id']}", params={"wait": 60}, timeout=90).json()
     assert sweep["status"] == "COMPLETED", sweep
     assert sweep["spec"]["configuration"] is None or "DB_PASS" not in json.dumps(sweep["spec"])
+    assert sweep["spec"]["resources"]["memory"] == 64 * 2**20 and sweep["spec"]["timeout_s"] == 60
     runs = bob.get(f"/sweeps/{sweep['id']}/runs").json()["results"]
     assert {r["job_type"]["revision"] for r in runs} == {1} and {r["kind"] for r in runs} == {"job_type"}
     for run in runs:

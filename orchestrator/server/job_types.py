@@ -71,35 +71,54 @@ class JobTypeService:
         return ValidationResult.model_validate(report.as_dict())
 
     async def save(self, request: JobTypeCreate, creator: Principal) -> tuple[JobTypeDetails, bool]:
-        """Create the type, or edit it when name and version exist (a new revision if its
-        manifest changed). Returns the details and whether it was created."""
+        """Create the type, or edit it when name and version exist: a new revision if its
+        manifest changed, and only the flags and configuration the request gives change (the
+        rest, secret settings included, stay). Returns the details and whether it was created."""
         self._admin_only(creator, "register job types")
         body = request.model_dump(exclude_none=True)
+        existing = self._named_in(request.manifest)
+        if existing is not None and "configuration" not in request.model_fields_set:
+            body["configuration"] = self._stored_configuration(existing)
         report, manifest, configuration = self.validate(body, creator, await self.offers())
         if not report.is_valid or manifest is None or configuration is None:
             raise invalid(report)
         seed = self._pinned_manifest(manifest, creator)
         name, version = manifest.job.name, manifest.job.job_version
-        existing = self.store.get_job_type(name, version)
-        now = utcnow()
         revision = existing.revision_num if existing else 0
         new_revision = existing is None or self.store.job_type_manifest(name, version, revision) != seed
         settings, sealed = self._split_settings(manifest, configuration)
+        now = utcnow()
         row = JobTypeRow(
             name=name, version=version, title=manifest.job.title, description=manifest.job.description,
             revision_num=revision + 1 if new_revision else revision,
             configuration={**settings, "mounts": configuration.mounts, "priority": configuration.priority},
             created_by=existing.created_by if existing else creator.user,
-            created=existing.created if existing else now, last_modified=now,
-            tags=manifest.job.tags, icon_code=request.icon_code,
+            created=existing.created if existing else now, last_modified=now, tags=manifest.job.tags,
             maintainer=manifest.job.maintainer.model_dump(exclude_none=True) if manifest.job.maintainer else None,
-            is_active=request.is_active, is_paused=request.is_paused, max_scheduled=request.max_scheduled,
-            paused=(existing.paused if existing and existing.is_paused else now) if request.is_paused else None,
-            deprecated=None if request.is_active else (existing.deprecated if existing else None) or now,
         )
+        for flag in ("icon_code", "is_active", "is_paused", "max_scheduled"):
+            given = existing is None or flag in request.model_fields_set
+            setattr(row, flag, getattr(request if given else existing, flag))
+        row.paused = _since(existing and existing.is_paused and existing.paused, now) if row.is_paused else None
+        row.deprecated = None if row.is_active else _since(existing and existing.deprecated, now)
         self.store.save_job_type(row, seed if new_revision else None, sealed)
         self._flags_changed(row)
         return self.details(name, version), existing is None
+
+    def _named_in(self, manifest: dict[str, Any]) -> JobTypeRow | None:
+        """The type a manifest names, if it exists (before validation: it may be malformed)."""
+        job = manifest.get("job") if isinstance(manifest, dict) else None
+        if not isinstance(job, dict):
+            return None
+        name, version = job.get("name"), job.get("jobVersion", job.get("job_version"))
+        if not isinstance(name, str) or not isinstance(version, str):
+            return None
+        return self.store.get_job_type(name, version)
+
+    def _stored_configuration(self, row: JobTypeRow) -> dict[str, Any]:
+        """The configuration as it was given, secret settings opened: what an edit keeps."""
+        return {"settings": {**row.configuration.get("settings", {}), **self.secret_settings(row)},
+                "mounts": row.configuration.get("mounts", {}), "priority": row.configuration.get("priority")}
 
     def _pinned_manifest(self, manifest: Manifest, creator: Principal) -> dict[str, Any]:
         """The manifest as Seed JSON, its uploaded binaries pinned to owner/name@version: the
@@ -317,3 +336,8 @@ def _sort_key(summary: JobTypeSummary, field: str, rows: list[JobTypeRow]) -> An
     if field in ("created", "last_modified"):
         return max(getattr(r, field) for r in rows)
     return getattr(summary, field).lower()
+
+
+def _since(earlier: Any, now: Any) -> Any:
+    """When a state began: the recorded moment if it already held, else now."""
+    return earlier or now

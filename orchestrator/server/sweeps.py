@@ -116,7 +116,8 @@ class SweepService:
             runs = await asyncio.to_thread(self._runs, request, creator, sweep_id, kind, table, staged, queued_reason)
         spec = self._recorded_spec(request, table, runs[0], staged, templates, sweep_id, kind)
         if typed:
-            spec.update(runtime=typed.runtime, configuration=typed.shown_configuration)
+            spec.update(runtime=typed.runtime, configuration=typed.shown_configuration,
+                        resources=runs[0].resources.model_dump(mode="json"), timeout_s=runs[0].timeout_s)
         sweep = SweepRow(
             id=sweep_id, name=runs[0].name, owner=owner, kind=kind,
             names=table.names, seed=table.seed, created_at=runs[0].created_at,
