@@ -19,6 +19,7 @@ from pydantic import (
 )
 
 from orchestrator.jobtypes.manifest import Configuration
+from orchestrator.kinds import JobKind
 from orchestrator.paths import _NAME as SAFE_NAME
 from orchestrator.paths import safe_name
 
@@ -48,14 +49,6 @@ SafeName = Annotated[
 
 def utcnow() -> datetime:
     return datetime.now(timezone.utc)
-
-
-class JobKind(str, Enum):
-    """What a job runs: a shell command (or program and arguments), or a Python callable."""
-
-    COMMAND = "command"
-    CALLABLE = "callable"
-    JOB_TYPE = "job_type"
 
 
 class JobStatus(str, Enum):

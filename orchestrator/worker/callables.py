@@ -12,7 +12,7 @@ import traceback
 from functools import lru_cache
 from typing import Any
 
-from orchestrator.models import JobKind
+from orchestrator.kinds import JobKind
 from orchestrator.plugins.worker import gpu_devices
 from orchestrator.storage import Storage, layout
 from orchestrator.worker import outputs

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import TYPE_CHECKING, ClassVar
 
-from orchestrator.models import JobKind
+from orchestrator.kinds import JobKind
 
 if TYPE_CHECKING:
     from orchestrator.storage import Storage

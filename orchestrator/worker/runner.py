@@ -25,7 +25,7 @@ from typing import Any
 import psutil
 
 from orchestrator import templating
-from orchestrator.models import JobKind
+from orchestrator.kinds import JobKind
 from orchestrator.paths import safe_relative_path
 from orchestrator.plugins.worker import (
     TASK_KEY_VARIABLE,

@@ -11,7 +11,7 @@ from typing import Any
 
 from orchestrator.jobtypes.jobio import check_json_outputs, error_for_exit, match_file_outputs
 from orchestrator.jobtypes.manifest import Manifest
-from orchestrator.models import JobKind
+from orchestrator.kinds import JobKind
 from orchestrator.worker.runner import TIMEOUT_REASON, CommandExecutor, Outcome, RunSpec
 
 SEED_OUTPUTS_FILE = "seed.outputs.json"

@@ -1,0 +1,14 @@
+"""The kinds of job, apart from the models: a worker needs the names without pydantic."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class JobKind(str, Enum):
+    """What a job runs: a shell command (or program and arguments), a Python callable, or a
+    registered job type."""
+
+    COMMAND = "command"
+    CALLABLE = "callable"
+    JOB_TYPE = "job_type"
