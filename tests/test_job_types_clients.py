@@ -146,6 +146,21 @@ def test_run_a_job_type_on_a_local_file(orch, tmp_path):
         orch.job_types.delete("test", "1.0.0")  # jobs reference it
 
 
+def test_a_sweep_of_a_job_type_from_python(orch, tmp_path):
+    register(orch)
+    sweep = orch.sweep(job_type="test@1.0.0", inputs={"READ_LENGTH": "${n}"},
+                       files={"INPUT_TEXT": text_file(tmp_path, "hello world")},
+                       variables={"n": [1, 3, 5]})
+    record = sweep.wait(timeout=90)
+    assert record.status == JobStatus.COMPLETED, record
+    table = sweep.results()
+    assert sorted(table["n"]) == [1, 3, 5] and set(table["total_input"]) == {11}
+    preview = orch.sweep(job_type="test@1.0.0", inputs={"READ_LENGTH": "${n}"},
+                         files={"INPUT_TEXT": text_file(tmp_path, "hello world")},
+                         variables={"n": [1, 2]}, dry_run=True)
+    assert preview.count == 2
+
+
 def test_run_refuses_what_its_type_does_not_take(orch, tmp_path):
     register(orch)
     source = text_file(tmp_path, "hello")

@@ -16,7 +16,7 @@ from pydantic import ValidationError
 
 from orchestrator.client.backend import Backend, Job
 from orchestrator.client.handle import EventStream
-from orchestrator.client.job_types import FileSources, JobTypes, job_type_request
+from orchestrator.client.job_types import FileSources, JobTypes, job_type_request, typed_inputs
 from orchestrator.client.remote import RemoteBackend
 from orchestrator.client.sweeps import Sweep, load_spec_file, sweep_spec, validated
 from orchestrator.errors import validation_failed
@@ -112,8 +112,11 @@ class Orchestrator:
 
     def sweep(
         self,
-        command: str | list[str] | Callable,
+        command: str | list[str] | Callable | None = None,
         *,
+        job_type: str | None = None,
+        inputs: dict[str, Any] | None = None,
+        configuration: dict[str, Any] | None = None,
         variables: dict[str, Any] | None = None,
         design: str | dict[str, Any] | None = None,
         samples: int | None = None,
@@ -137,7 +140,15 @@ class Orchestrator:
         """Run a command (or, embedded, a callable given the variables as keyword arguments)
         once per row of a run table: `variables` (generators: `linspace(...)`, a list, ...)
         with a `design`, or `cases` (rows, a DataFrame or a CSV path). A dry run returns the
-        rendered table and runs nothing."""
+        rendered table and runs nothing. A sweep of a job type gives `job_type`, its `inputs`
+        (a JSON input may hold ${variable}; a variable named like a JSON input fills it) and
+        `files` as for `run`, instead of a command."""
+        if job_type is not None:
+            return self._typed_sweep(job_type, inputs, files, configuration, variables=variables,
+                                     design=design, samples=samples, seed=seed, cases=cases,
+                                     include_nominal_run=include_nominal_run, max_parallel=max_parallel,
+                                     max_failures=max_failures, dry_run=dry_run, name=name,
+                                     retries=retries, priority=priority or None)
         function = command if callable(command) else None
         if function is not None:
             name = _callable_name(function, name)
@@ -152,6 +163,14 @@ class Orchestrator:
         if file_map:
             spec["files"] = sorted(file_map)
         return self.sweep_spec(spec, {**file_map, **uploads}, function)
+
+    def _typed_sweep(self, job_type: str, inputs: dict[str, Any] | None, files: Any,
+                     configuration: dict[str, Any] | None, **fields: Any) -> Sweep | DryRun:
+        given, uploads = typed_inputs(inputs, files)
+        spec, _ = sweep_spec(None, templates=None, job_type=job_type, inputs=given,
+                             configuration=configuration, **fields)
+        spec.pop("command")
+        return self.sweep_spec(spec, uploads)
 
     def sweep_spec(
         self, spec: dict[str, Any] | str | os.PathLike, files: dict[str, Path] | None = None,

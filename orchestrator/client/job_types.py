@@ -131,18 +131,23 @@ def job_type_request(
     source that names an existing local file (or any Path) is uploaded as the part
     'NAME/<file name>'; a URL or a binary ('name[@version]') goes as it is.
     """
+    given, uploads = typed_inputs(inputs, files)
+    fields: dict[str, Any] = {"job_type": job_type, "submit": submit, "inputs": given}
+    optional = {"configuration": configuration, "name": name, "priority": priority}
+    fields.update({k: v for k, v in optional.items() if v is not None})  # unset: the type's own
+    return _checked(JobCreate, **fields), uploads
+
+
+def typed_inputs(inputs: dict[str, Any] | None, files: FileSources | None) -> tuple[dict[str, Any], dict[str, Path]]:
+    """A job type's `inputs` in the REST form, and the local files to upload, by part name
+    (a job's and a sweep's alike)."""
     json_inputs, file_inputs = _sections(inputs or {})
     for input_name, sources in (files or {}).items():
         file_inputs.setdefault(input_name, []).extend(_as_list(sources))
     uploads: dict[str, Path] = {}
-    given: dict[str, list[str]] = {}
-    for input_name, sources in file_inputs.items():
-        given[input_name] = [_source(input_name, source, uploads) for source in sources]
-    fields: dict[str, Any] = {"job_type": job_type, "submit": submit,
-                              "inputs": {k: v for k, v in (("files", given), ("json", json_inputs)) if v}}
-    optional = {"configuration": configuration, "name": name, "priority": priority}
-    fields.update({k: v for k, v in optional.items() if v is not None})  # unset: the type's own
-    return _checked(JobCreate, **fields), uploads
+    given = {input_name: [_source(input_name, source, uploads) for source in sources]
+             for input_name, sources in file_inputs.items()}
+    return {k: v for k, v in (("files", given), ("json", json_inputs)) if v}, uploads
 
 
 def _sections(inputs: dict[str, Any]) -> tuple[dict[str, Any], dict[str, list[Any]]]:
