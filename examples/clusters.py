@@ -1,9 +1,8 @@
 """Cluster factories for `orchestrator serve --cluster examples.clusters:NAME`.
 
 A factory is any callable returning a Dask cluster object; `--cluster-options` JSON becomes
-its keyword arguments. Dask's own deployment projects already are factories, e.g.
-`--cluster dask_jobqueue:SLURMCluster --cluster-options '{"cores": 8, "memory": "32GB"}'`
-(scale it with `adapt` in a factory of your own, like the one below).
+its keyword arguments. Batch systems have theirs built in: `--cluster slurm --cluster-options
+'{"cores": 8, "memory": "32GiB"}'` (orchestrator.clusters, through dask-jobqueue).
 """
 
 from __future__ import annotations

@@ -32,7 +32,7 @@ class Settings(BaseSettings):
         None, description="address of an existing Dask scheduler (default: embedded cluster)"
     )
     cluster: str | None = Field(
-        None, description="'module:callable' building a Dask cluster, e.g. dask_jobqueue:SLURMCluster"
+        None, description="'module:callable' building a Dask cluster, or a batch system: slurm, pbs, sge, lsf, htcondor"
     )
     cluster_options: dict[str, Any] = Field(
         default_factory=dict, description="keyword arguments of the cluster factory, as JSON"

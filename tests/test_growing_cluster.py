@@ -38,6 +38,24 @@ def test_work_no_worker_fits_yet_waits_saying_for_what_then_runs(growing):
     assert "the cluster can grow" in history[1]["reason"]
 
 
+def test_a_waiting_jobs_reason_is_refreshed_as_workers_come(tmp_path):
+    """Recorded when no worker was connected, the reason must not keep saying so after one
+    joined: it says what holds now."""
+    server = start_test_server(Settings(data_dir=tmp_path / "data", port=0, cluster=FACTORY,
+                                        cluster_options={"minimum": 0, "maximum": 1, "cores": 1}))
+    try:
+        waiting = server.submit(command="true", resources={"gpus": 1})
+        assert "(no worker is connected" in waiting["status_reason"], waiting
+        assert server.wait(server.submit(command="true")["id"], timeout=90)["status"] == "COMPLETED"
+        refreshed = wait_until(
+            lambda: "the most any worker offers is 0 GPU" in (reason := server.http.get(
+                f"/jobs/{waiting['id']}").json()["status_reason"]) and reason, 30, "the reason refreshed")
+        assert refreshed.startswith("waiting for a worker offering") and "no worker is connected" not in refreshed
+        server.http.post(f"/jobs/{waiting['id']}/stop")
+    finally:
+        stop_test_server(server)
+
+
 def test_a_request_beyond_any_worker_waits_instead_of_being_refused(growing):
     job = growing.submit(command="true", resources={"gpus": 1})
     assert job["status"] == "QUEUED" and "1 GPU" in job["status_reason"], job

@@ -1,5 +1,5 @@
 """The Dask cluster behind the orchestrator: an embedded LocalCluster, one built by a factory
-(`module:callable`, e.g. dask_jobqueue:SLURMCluster), or an existing scheduler.
+(`module:callable`, or a batch system such as `slurm`: orchestrator.clusters), or an existing scheduler.
 
 Only what this module started is closed at shutdown: an external scheduler keeps running.
 
@@ -32,6 +32,8 @@ from orchestrator.storage.fsstore import OPTIONS_VARIABLE
 
 logger = logging.getLogger(__name__)
 
+BATCH_SYSTEMS = ("slurm", "pbs", "sge", "lsf", "htcondor")  # orchestrator.clusters' factories
+
 # Measured in FACTS.md: the default queuing costs ~3x per-task overhead on tiny tasks, and
 # orchestrator tasks carry resource restrictions that bound concurrency anyway.
 DASK_CONFIG = {"distributed.scheduler.worker-saturation": float("inf")}
@@ -43,6 +45,8 @@ class ClusterConnection:
     cluster: Cluster | None  # one we started, closed with us
     dashboard_link: str | None
     security: Security  # every client of ours presents it, a reconnection's too
+    worker_shape: dict[str, float] | None = None  # what each worker a growing cluster adds offers
+    batch_jobs: Any = None  # a batch-system cluster's worker job ids (orchestrator.clusters)
     address: str = field(init=False)  # the scheduler's, kept for a new client
 
     def __post_init__(self) -> None:
@@ -85,7 +89,9 @@ async def connect(settings: Settings) -> ClusterConnection:
         # a Dask cluster object carries its own security (Dask's TLS config unless told otherwise)
         security = configured or getattr(cluster, "security", None) or Security()
         client = await Client(cluster.scheduler_address, security=security, asynchronous=True)
-        return _connected(ClusterConnection(client, cluster, cluster.dashboard_link, security))
+        return _connected(ClusterConnection(client, cluster, cluster.dashboard_link, security,
+                                            getattr(cluster, "worker_shape", None),
+                                            getattr(cluster, "batch_jobs", None)))
     options = embedded_cluster_options(settings)
     with dask.config.set(DASK_CONFIG):
         cluster = await LocalCluster(**options, asynchronous=True)
@@ -143,11 +149,14 @@ def _connected(connection: ClusterConnection) -> ClusterConnection:
 
 async def build_cluster(factory_path: str, options: dict[str, Any]) -> Cluster:
     """Call the factory in a thread: Dask's synchronous cluster classes start their own
-    event loop, which they refuse to do from inside ours."""
+    event loop, which they refuse to do from inside ours. A coroutine (an async factory) is
+    awaited here; a cluster is never awaited: every Dask cluster is awaitable, and awaiting a
+    synchronous one (already started) from this loop while its own loop still works, as when
+    it scales at build time, crashed or hung the start."""
     factory = load_factory(factory_path)
     with dask.config.set(DASK_CONFIG):
         made = await asyncio.to_thread(factory, **options)
-        if inspect.isawaitable(made):
+        if inspect.iscoroutine(made):  # an async factory: it makes (and starts) its cluster here
             made = await made
     if not isinstance(made, Cluster):
         raise ValueError(f"cluster factory {factory_path} returned {type(made).__name__}, not a Dask cluster")
@@ -155,7 +164,10 @@ async def build_cluster(factory_path: str, options: dict[str, Any]) -> Cluster:
 
 
 def load_factory(path: str) -> Any:
-    """'package.module:callable'; the working folder is importable, as for `dask scheduler --preload`."""
+    """'package.module:callable', or a batch system's name (slurm, pbs, sge, lsf, htcondor:
+    orchestrator.clusters); the working folder is importable, as for `dask scheduler --preload`."""
+    if path in BATCH_SYSTEMS:
+        path = f"orchestrator.clusters:{path}"
     module_name, _, attribute = path.partition(":")
     if not module_name or not attribute:
         raise ValueError(f"cluster factory {path!r} must look like module:callable")

@@ -71,6 +71,7 @@ class Engine(SweepBatches, Recovery):
         sealer: Sealer,
         reconnect: ClientFactory | None = None,
         isolation: Isolation | None = None,
+        worker_shape: dict[str, float] | None = None,
     ):
         self.sealer = sealer
         self.isolation = isolation or Isolation.single_user()
@@ -78,7 +79,7 @@ class Engine(SweepBatches, Recovery):
         self.store = store
         self.storage_url = storage_url
         self.worker_loss_retries = worker_loss_retries
-        self.placer = Placement(self.link, can_grow)
+        self.placer = Placement(self.link, can_grow, worker_shape)
         self._tasks: set[asyncio.Task] = set()
         self.bus = StatusBus(self._spawn)
         self.waiters = Waiters()

@@ -18,9 +18,10 @@ RESOURCE_FIELDS = {"CPU": "cores", "GPU": "gpus", "MEMORY": "memory"}
 
 
 class Placement:
-    def __init__(self, link: SchedulerLink, can_grow: bool = False):
+    def __init__(self, link: SchedulerLink, can_grow: bool = False, shape: dict[str, float] | None = None):
         self.link = link
         self.can_grow = can_grow
+        self.shape = shape  # what every worker a growing cluster adds offers, when known
         self._offers: list[dict[str, float]] | None = None
         self._threads = 0
         self._offers_at = 0.0
@@ -31,6 +32,8 @@ class Placement:
         if not self.link.online:
             return OFFLINE  # no worker to ask now: accept, and let the scheduler judge later
         wanted = resources.as_dask()
+        if self.shape is not None:
+            beyond_shape(wanted, self.shape)
         if not wanted or fits_any(wanted, await self.worker_resources(fresh=False)):
             return None
         offers = await self.worker_resources(fresh=True)
@@ -58,6 +61,14 @@ class Placement:
 
 def fits_any(wanted: dict[str, float], offers: list[dict[str, float]]) -> bool:
     return any(all(offer.get(r, 0) >= n for r, n in wanted.items()) for offer in offers)
+
+
+def beyond_shape(wanted: dict[str, float], shape: dict[str, float]) -> None:
+    """Refuse what no worker of the cluster's one shape could run, however far it grows."""
+    fields = {f"resources.{RESOURCE_FIELDS[r]}": f"the cluster's workers offer {shape.get(r, 0):g} {r}, "
+              f"not {n:g}" for r, n in wanted.items() if n > shape.get(r, 0)}
+    if fields:
+        raise ValidationFailed("no worker this cluster can start offers the requested resources", fields)
 
 
 def refusal(wanted: dict[str, float], offers: list[dict[str, float]], can_grow: bool) -> str:

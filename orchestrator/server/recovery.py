@@ -10,10 +10,14 @@ from __future__ import annotations
 import contextlib
 from typing import Any
 
+from orchestrator.errors import ValidationFailed
 from orchestrator.models import JobRecord, utcnow
 from orchestrator.plugins.worker import end_orphans, stale_attempt
 from orchestrator.server import decisions
-from orchestrator.server.decisions import ACTIVE, task_key
+from orchestrator.server.decisions import ACTIVE, NO_WORKER, task_key
+
+WAITING_REASONS = ("waiting for a worker", NO_WORKER)  # what a QUEUED job says while none fits
+WORKER_FITS = "a worker that fits is connected; waiting for the scheduler to start it"
 
 
 class Recovery:
@@ -25,6 +29,8 @@ class Recovery:
 
     def _on_cluster_event(self, event: tuple[float, dict[str, Any]]) -> None:
         _, message = event
+        if message.get("action") in ("add-worker", "remove-worker"):
+            self._spawn(self._refresh_waiting())
         if message.get("action") != "remove-worker":
             return
         # Results computed there but not yet collected are lost too, and Dask would compute
@@ -32,6 +38,17 @@ class Recovery:
         keys = {*message.get("processing-tasks", ()), *message.get("lost-computed-tasks", ())}
         if keys:
             self._spawn(self._worker_lost(message["worker"], keys))
+
+    async def _refresh_waiting(self) -> None:
+        """Single jobs told they wait for a worker say what holds now that workers came or went
+        (the reason given at submission would otherwise stand for ever)."""
+        for job in self.store.queued_waiting(WAITING_REASONS):
+            try:
+                reason = await self.placer.placement(job.resources) or WORKER_FITS
+            except ValidationFailed as exc:  # a fixed cluster lost the only worker that fitted
+                reason = exc.message
+            if reason != job.status_reason:
+                self.store.update_job(job.id, status_reason=reason)
 
     async def _worker_lost(self, worker: str, keys: set[str]) -> None:
         """Work that was running on a worker that left is run again as a new attempt.

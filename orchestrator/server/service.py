@@ -5,13 +5,14 @@ The REST server and the embedded Python API each run one of these on an event lo
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 from pathlib import Path
 
 from orchestrator.config import Settings
 from orchestrator.paths import private_folder
-from orchestrator.server import cluster
+from orchestrator.server import batch_jobs, cluster
 from orchestrator.server.auth import Tokens
 from orchestrator.server.binaries import BinaryService
 from orchestrator.server.board import BoardFeed
@@ -55,11 +56,15 @@ class Service:
         self.storage = Storage(settings.storage_url, **settings.storage_options)
         if os.path.isabs(self.storage.root):  # a local folder (made now, not mid-request)
             private_folder(Path(self.storage.root))
+        await asyncio.to_thread(batch_jobs.cancel_leftovers, self.store)
         self.connection = await cluster.connect(settings)
+        if self.connection.batch_jobs is not None:
+            batch_jobs.record(self.store, self.connection.batch_jobs)
         self.engine = Engine(
             self.connection.client, self.store, settings.storage_url,
             can_grow=settings.can_grow, worker_loss_retries=settings.worker_loss_retries,
             sealer=self.sealer, reconnect=self.connection.reconnect, isolation=self._isolation(),
+            worker_shape=self.connection.worker_shape,
         )
         self.binaries = BinaryService(self.store, self.storage)
         self.job_types = JobTypeService(self.store, self.binaries, self.sealer, self.engine.fixed_offers)

@@ -98,6 +98,13 @@ class JobsTable(Connection):
             [owner, *values],
         )[0][0]
 
+    def queued_waiting(self, prefixes: tuple[str, ...], limit: int = 1000) -> list[JobRecord]:
+        """QUEUED single jobs whose reason starts with one of `prefixes` (the oldest `limit`)."""
+        likes = " OR ".join("status_reason LIKE ? ESCAPE '\\'" for _ in prefixes)
+        rows = self._query(f"SELECT * FROM jobs WHERE status = 'QUEUED' AND sweep_id IS NULL AND ({likes})"
+                           f" ORDER BY seq LIMIT {int(limit)}", [like_escape(p) + "%" for p in prefixes])
+        return [job_from_row(row) for row in rows]
+
     def jobs_with_status(self, statuses: Iterable[JobStatus]) -> list[JobRecord]:
         wanted = [s.value for s in statuses]
         rows = self._query(f"SELECT * FROM jobs WHERE status IN ({marks(len(wanted))}) ORDER BY seq", wanted)

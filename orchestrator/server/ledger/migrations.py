@@ -219,6 +219,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         "jobs_by_type: the jobs of a type, found without a scan (pausing, limits, deleting a type)",
         ("CREATE INDEX IF NOT EXISTS jobs_by_type ON jobs (job_type) WHERE job_type IS NOT NULL",),
     ),
+    # 9
+    Migration(
+        "batch_jobs: the batch-system jobs of the cluster's workers, cancelled at the next start "
+        "if this run ends without closing them",
+        ("""CREATE TABLE IF NOT EXISTS batch_jobs (
+    job_id TEXT PRIMARY KEY,
+    cancel_command TEXT NOT NULL,
+    submitted_at TEXT NOT NULL
+)""",),
+    ),
 )
 LATEST = len(MIGRATIONS)
 
