@@ -193,7 +193,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         outcome = orch.sweep_spec(spec, files)
         if spec.get("dry_run"):
             return _show_dry_run(outcome, args.json)
-        print(f"sweep {outcome.id}: {outcome.runs} runs queued", file=sys.stderr)
+        print(f"sweep {outcome.id}: {outcome.record.runs} runs queued", file=sys.stderr)
         record = outcome.wait(progress=not args.json) if args.watch else outcome.record
     if args.json:
         print_json(record.model_dump(mode="json"))
@@ -224,11 +224,29 @@ def _show_sweep(record: Any) -> None:
     print_table(["field", "value"], rows, header=False)
 
 
+def cmd_rerun(args: argparse.Namespace) -> int:
+    """Sweep ids start with 's' (job ids are hex): a sweep reruns its ended runs."""
+    with _connect(args) as orch:
+        for run_id in args.ids:
+            if run_id.startswith("s"):
+                record = orch.get_sweep(run_id).rerun(status=args.status.split(",") if args.status else None)
+                print_json(record.model_dump(mode="json")) if args.json else _show_sweep(record)
+            else:
+                job = orch.job(run_id).rerun()
+                print_json(job.model_dump(mode="json")) if args.json else print(
+                    f"{job.id}: {job.status.value} (attempt {job.attempt}) {job.status_reason or ''}".rstrip())
+    return 0
+
+
 def cmd_sweeps(args: argparse.Namespace) -> int:
     with _connect(args) as orch:
         if args.stop:
             record = orch.get_sweep(args.stop).stop()
             print_json(record.model_dump(mode="json")) if args.json else _show_sweep(record)
+            return 0
+        if args.delete:
+            orch.get_sweep(args.delete).delete(stop=args.force)
+            print(f"sweep {args.delete} deleted" + (" once stopped" if args.force else ""))
             return 0
         if args.sweep_id:
             record = orch.get_sweep(args.sweep_id).record
@@ -399,6 +417,12 @@ def build_parser() -> argparse.ArgumentParser:
     sweeps = client_command("sweeps", "list sweeps, show or stop one", cmd_sweeps)
     sweeps.add_argument("sweep_id", nargs="?", help="show this sweep")
     sweeps.add_argument("--stop", metavar="SWEEP_ID", help="stop this sweep")
+    sweeps.add_argument("--delete", metavar="SWEEP_ID", help="delete this sweep with its runs and files")
+    sweeps.add_argument("--force", action="store_true", help="with --delete: stop an active sweep first")
+
+    rerun = client_command("rerun", "run ended jobs, or a sweep's ended runs, again as new attempts", cmd_rerun)
+    rerun.add_argument("ids", nargs="+", metavar="ID", help="job ids, or sweep ids (s...)")
+    rerun.add_argument("--status", help="a sweep's runs to rerun, e.g. FAILED,STOPPED (the default)")
 
     results = client_command("results", "print a sweep's results table", cmd_results)
     results.add_argument("sweep_id")

@@ -166,8 +166,16 @@ def cmd_certs(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    """The settings a server started from this shell would use (ORCHESTRATOR_* variables and
+    defaults), secrets masked: settings live in the server's environment, and no server
+    answers them over the API, so --url and --token (taken as by every command) change
+    nothing here."""
     from orchestrator.config import Settings
 
+    if args.url or args.token:
+        where = f"the server at {args.url}" if args.url else "a running server"
+        print("note: these are the settings a server started from this shell would use "
+              f"(ORCHESTRATOR_* variables and defaults), not those of {where}", file=sys.stderr)
     settings = Settings()
     rows = settings.describe()
     if args.json:
@@ -328,7 +336,15 @@ def add_admin_commands(sub: Any) -> None:
     _ledger_command(sub, "auth", "require API tokens (enable), stop requiring them (disable), or "
                     "show which and who chose it (status)", cmd_auth, ["status", "enable", "disable"])
 
-    config = sub.add_parser("config", help="print the effective settings")
+    config = sub.add_parser(
+        "config", help="print the settings a server started here would use",
+        description="Print the settings a server started from this shell would use: each "
+                    "ORCHESTRATOR_* variable's effective value (secrets masked) and meaning. "
+                    "A running server's settings are those of the environment it was started "
+                    "with; no server shows them over the API.")
+    config.add_argument("--url", default=None,
+                        help="accepted as by every command; config reads no server")
+    config.add_argument("--token", default=None, help="accepted as by every command; unused")
     config.add_argument("--json", action="store_true")
     config.set_defaults(func=cmd_config)
 

@@ -1,188 +1,109 @@
-"""Design of experiments: variables with value generators, designs, and the run table.
+"""Design of experiments: variables, designs, and the run table.
 
 A sweep's runs are the rows of a table: each row gives every variable a value. The table
 comes from variables and a design (a cartesian product of discrete generators, or unit-cube
 samples from scipy.stats.qmc mapped through each variable's distribution), or from explicit
-cases (JSON rows or a CSV file). The same spec and seed always give the same table.
+cases (JSON rows or a CSV file). The same spec and seed always give the same table. The
+generators themselves live in orchestrator.generators.
 """
 
 from __future__ import annotations
 
 import csv
-import decimal
 import io
 import itertools
 import math
 import re
 import secrets
 import warnings
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import numpy as np
-from pydantic import AfterValidator, Field
+from pydantic import Field, ValidationInfo, field_validator
 
 from orchestrator.errors import ValidationFailed
+from orchestrator.generators import (  # noqa: F401 - the Python API's helpers load from here
+    MAX_LIST,
+    MAX_RANGE_POINTS,
+    UNIT_EPSILON,
+    Choice,
+    Constant,
+    FixedRange,
+    Integer,
+    Linspace,
+    Lognormal,
+    Logspace,
+    Loguniform,
+    Normal,
+    ParameterError,
+    Scalar,
+    Triangular,
+    Uniform,
+    Value,
+    as_number,
+    choice,
+    constant,
+    frange,
+    integer,
+    kind_of,
+    linspace,
+    lognormal,
+    logspace,
+    loguniform,
+    normal,
+    one_kind,
+    parse_number,
+    triangular,
+    uniform,
+    values,
+)
 from orchestrator.models import Request
 from orchestrator.templating import VARIABLE_NAME
 
-
-def _finite(value: float) -> float:
-    if not math.isfinite(value):
-        raise ValueError("must be a finite number")
-    return value
-
-
-Number = Annotated[int | float, AfterValidator(_finite)]
-
-
-def _plain_scalar(value: Any) -> Any:
-    """A value a run can receive: finite numbers, text without NUL."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise ValueError("must be a finite number")
-    if isinstance(value, str) and "\x00" in value:
-        raise ValueError("must not contain NUL")
-    return value
-
-
-Scalar = bool | int | float | str
-Value = Annotated[bool | int | float | str, AfterValidator(_plain_scalar)]
 RESERVED_NAMES = re.compile(
     r"^(PATH|HOME|SHELL|USER|PWD|IFS|TMPDIR|LANG|LD_.*|PYTHON.*|DASK_.*|ORCHESTRATOR_.*)$"
 )
-MAX_RANGE_POINTS = 2**53  # past this, neighbouring float points are no longer distinct
-UNIT_EPSILON = 1e-12
-DECIMALS = decimal.Context(prec=60)  # exact for the decimal numbers people write  # keeps unbounded quantiles finite at the cube's faces
-
-
-# ---- generators -------------------------------------------------------------------------
-
-
-class Linspace(Request):
-    start: Number
-    stop: Number
-    num: int = Field(..., ge=1, le=MAX_RANGE_POINTS, description="number of points, both ends included")
-
-    def count(self) -> int:
-        return self.num
-
-    def point_at(self, i: int) -> Scalar:
-        """Computed in decimal from the numbers as written, so 0.1 to -0.2 passes 0.0 exactly."""
-        if self._integral():
-            return self.start if self.num == 1 else (
-                self.start + (self.stop - self.start) * i // (self.num - 1))
-        start, stop = _decimal(self.start), _decimal(self.stop)
-        if i == 0 or self.num == 1:
-            return float(start)
-        if i == self.num - 1:
-            return float(stop)
-        with decimal.localcontext(DECIMALS):
-            return float(start + (stop - start) * i / (self.num - 1))
-
-    def _integral(self) -> bool:
-        return isinstance(self.start, int) and isinstance(self.stop, int) and (
-            self.num == 1 or (self.stop - self.start) % (self.num - 1) == 0
-        )
-
-    def points(self) -> list[Scalar]:
-        return [self.point_at(i) for i in range(self.num)]
-
-
-class FixedRange(Request):
-    """Rescale's fixed range: start, start+step, ... up to stop (included if reached)."""
-
-    start: Number
-    stop: Number
-    step: Number
-
-    def count(self) -> int:
-        """Exact for the decimal numbers as written: 0 to 9.9999999995 by 1 is 10 points."""
-        if self.step == 0:
-            raise ValueError("step must not be 0")
-        with decimal.localcontext(DECIMALS):
-            span = (_decimal(self.stop) - _decimal(self.start)) / _decimal(self.step)
-        if span < 0:
-            raise ValueError("step goes away from stop")
-        if span >= MAX_RANGE_POINTS:
-            raise ValueError(f"more than {MAX_RANGE_POINTS} points: use a larger step")
-        return int(span.to_integral_value(rounding=decimal.ROUND_FLOOR)) + 1
-
-    def point_at(self, i: int) -> Scalar:
-        if all(isinstance(v, int) for v in (self.start, self.stop, self.step)):
-            return self.start + self.step * i
-        with decimal.localcontext(DECIMALS):
-            return float(_decimal(self.start) + _decimal(self.step) * i)
-
-    def points(self) -> list[Scalar]:
-        return [self.point_at(i) for i in range(self.count())]
-
-
-class Uniform(Request):
-    low: Number
-    high: Number
-
-    def quantiles(self, unit: np.ndarray) -> np.ndarray:
-        width = self.high - self.low
-        if math.isfinite(width):
-            values = self.low + unit * width
-        else:  # the width overflows; the weighted form does not
-            values = self.low * (1 - unit) + self.high * unit
-        return np.clip(values, self.low, self.high)
-
-
-class Normal(Request):
-    mean: Number
-    std: Number = Field(..., gt=0)
-
-    def quantiles(self, unit: np.ndarray) -> np.ndarray:
-        from scipy import stats
-
-        return stats.norm.ppf(_inside(unit), loc=self.mean, scale=self.std)
-
-
-class Triangular(Request):
-    left: Number
-    mode: Number
-    right: Number
-
-    def quantiles(self, unit: np.ndarray) -> np.ndarray:
-        from scipy import stats
-
-        width = self.right - self.left
-        shape = (self.mode - self.left) / width
-        return stats.triang.ppf(unit, shape, loc=self.left, scale=width)
-
-
-class Lognormal(Request):
-    """The log of the value is normal with this mean and sigma (numpy's convention)."""
-
-    mean: Number
-    sigma: Number = Field(..., gt=0)
-
-    def quantiles(self, unit: np.ndarray) -> np.ndarray:
-        from scipy import stats
-
-        return np.exp(stats.norm.ppf(_inside(unit), loc=self.mean, scale=self.sigma))
-
-
-DISCRETE = ("values", "linspace", "range")
-CONTINUOUS = ("uniform", "normal", "triangular", "lognormal")
+DISCRETE = ("values", "linspace", "range", "logspace", "integer", "choice", "constant")
+CONTINUOUS = ("uniform", "normal", "triangular", "lognormal", "loguniform")
 GENERATORS = DISCRETE + CONTINUOUS
+PLURAL = {"number": "numbers", "text": "text", "boolean": "booleans"}
 
 
 class Variable(Request):
     """A name and exactly one generator of its values."""
 
     name: str = Field(..., min_length=1, max_length=64)
-    values: list[Value] | None = Field(None, min_length=1, max_length=1_000_000)
+    values: list[Value] | None = Field(
+        None, min_length=1, max_length=MAX_LIST,
+        description="all numbers, all text or all booleans (numbers written as text among "
+                    "numbers are read as numbers)")
     linspace: Linspace | None = None
     range: FixedRange | None = None
+    logspace: Logspace | None = None
+    integer: Integer | None = None
+    choice: Choice | None = None
+    constant: Constant | None = None
     uniform: Uniform | None = None
     normal: Normal | None = None
     triangular: Triangular | None = None
     lognormal: Lognormal | None = None
+    loguniform: Loguniform | None = None
     nominal: Value | None = None
+
+    @field_validator("values")
+    @classmethod
+    def _values_of_one_kind(cls, items: list[Any] | None, info: ValidationInfo) -> list[Any] | None:
+        return None if items is None else one_kind(info.data.get("name", "?"), items)
+
+    @field_validator("choice")
+    @classmethod
+    def _choices_of_one_kind(cls, spec: Choice | None, info: ValidationInfo) -> Choice | None:
+        if spec is None:
+            return None
+        return spec.model_copy(update={"values": one_kind(info.data.get("name", "?"), spec.values,
+                                                          "choice values")})
 
     @property
     def generator(self) -> str:
@@ -190,7 +111,33 @@ class Variable(Request):
 
     @property
     def discrete(self) -> bool:
+        """A finite list of points (sampling picks among them)."""
         return self.generator in DISCRETE
+
+    @property
+    def weighted(self) -> bool:
+        """Points that are not equally likely: a full_factorial cannot honour that."""
+        return self.choice is not None and self.choice.weights is not None
+
+    def kind(self) -> str:
+        """What the variable's column holds: numbers, text or booleans."""
+        listed = self.values if self.values is not None else (
+            self.choice.values if self.choice is not None else
+            [self.constant.value] if self.constant is not None else None)
+        return "number" if listed is None else kind_of(listed[0])
+
+    def nominal_value(self) -> Scalar | None:
+        """The nominal as a value of the column: numeric text of a numeric variable becomes
+        its number; another kind than the values' is refused (ValueError)."""
+        value, kind = self.nominal, self.kind()
+        if value is None:
+            return None
+        if kind == "number" and isinstance(value, str):
+            value = as_number(value)
+        if kind_of(value) != kind:
+            raise ValueError(f"{self.name}: nominal {self.nominal!r} is {kind_of(value)}; the "
+                             f"values are {PLURAL[kind]}")
+        return value
 
     def points(self) -> list[Scalar]:
         if self.values is not None:
@@ -204,17 +151,28 @@ class Variable(Request):
         return self.values[i] if self.values is not None else getattr(self, self.generator).point_at(i)
 
     def sample(self, unit: np.ndarray) -> list[Scalar]:
-        """Map unit-interval points to values: quantiles, or an equally likely discrete point
-        (picked by index, so a range of 10**12 points is never listed)."""
+        """Map unit-interval points to values: quantiles, a point picked by its weight, or an
+        equally likely discrete point (picked by index, so a range of 10**12 points is never
+        listed)."""
+        if self.weighted:
+            assert self.choice is not None
+            return self.choice.pick(unit)
         if self.discrete:
             count = self.count()
-            return [self.point_at(min(int(u * count), count - 1)) for u in unit]
+            known: dict[int, Scalar] = {}
+            picked = []
+            for u in unit:
+                index = min(int(u * count), count - 1)
+                if index not in known:
+                    known[index] = self.point_at(index)
+                picked.append(known[index])
+            return picked
         with np.errstate(all="ignore"):
             try:
-                values = getattr(self, self.generator).quantiles(unit)
+                quantiles = getattr(self, self.generator).quantiles(unit)
             except OverflowError:
-                values = np.full(len(unit), np.inf)
-        return [float(v) for v in values]
+                quantiles = np.full(len(unit), np.inf)
+        return [float(v) for v in quantiles]
 
 
 # ---- designs ----------------------------------------------------------------------------
@@ -309,17 +267,18 @@ def name_problem(name: str) -> str | None:
 
 
 def _check_generator(variable: Variable, where: str, fields: dict[str, str]) -> None:
+    """The generator's own rules (high > low...), then the nominal's kind."""
     generator = variable.generator
-    spec = getattr(variable, generator)
+    if generator != "values":
+        try:
+            getattr(variable, generator).check()
+        except ParameterError as exc:
+            key = f"{where}.{generator}" + (f".{exc.field}" if exc.field else "")
+            fields[key] = f"{variable.name}: {exc}"
     try:
-        if generator == "range":
-            spec.count()
-        elif generator == "uniform" and not spec.high > spec.low:
-            raise ValueError("high must be greater than low")
-        elif generator == "triangular" and not (spec.left <= spec.mode <= spec.right and spec.left < spec.right):
-            raise ValueError("needs left <= mode <= right and left < right")
+        variable.nominal_value()
     except ValueError as exc:
-        fields[f"{where}.{generator}"] = f"{variable.name}: {exc}"
+        fields[f"{where}.nominal"] = str(exc)
 
 
 def build_table(
@@ -359,10 +318,17 @@ def _factorial(variables: Sequence[Variable], budget: int) -> RunTable:
     fields = {
         f"variables.{i}.{v.generator}": (
             f"{v.name} uses {v.generator}; full_factorial needs discrete generators "
-            "(values, linspace or range): use a sampled design"
+            f"({', '.join(DISCRETE)}): use a sampled design"
         )
         for i, v in enumerate(variables) if not v.discrete
     }
+    fields.update({
+        f"variables.{i}.choice.weights": (
+            f"{v.name}: a full_factorial runs each value once, so weights mean nothing there: "
+            "leave them out, or use a sampled design"
+        )
+        for i, v in enumerate(variables) if v.weighted
+    })
     if fields:
         raise ValidationFailed(_summary("full_factorial needs discrete variables", fields), fields)
     sizes = [v.count() for v in variables]
@@ -394,7 +360,7 @@ def _sampled(variables: Sequence[Variable], design: Sampled, budget: int) -> Run
     if too_large:
         raise ValidationFailed(_summary("values out of range", too_large), too_large)
     names = [v.name for v in variables]
-    rows = [dict(zip(names, values, strict=True)) for values in zip(*columns, strict=True)]
+    rows = [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
     return RunTable(names, rows, seed=seed)
 
 
@@ -405,7 +371,7 @@ def _nominal_row(variables: Sequence[Variable]) -> dict[str, Scalar]:
     }
     if missing:
         raise ValidationFailed(_summary("nominal values missing", missing), missing)
-    return {v.name: v.nominal for v in variables}
+    return {v.name: v.nominal_value() for v in variables}
 
 
 def new_seed() -> int:
@@ -447,8 +413,14 @@ def table_from_cases(cases: list[dict[str, Any]], max_runs: int) -> RunTable:
     return RunTable(names, [dict(row) for row in cases])
 
 
-def parse_cases_csv(text: str, max_runs: int, field: str = "cases_csv") -> list[dict[str, Scalar]]:
-    """Rescale's parameter file: a header of variable names, then one row per run."""
+BLANK = " \t"  # a cell of only these is empty (a quoted "\r" is a value)
+
+
+def parse_cases_csv(text: str, max_runs: int, field: str = "cases_csv",
+                    optional: Collection[str] = ()) -> list[dict[str, Scalar]]:
+    """Rescale's parameter file: a header of variable names, then one row per run. An empty
+    cell (or one of spaces) is refused, naming its line and column, unless its column is
+    `optional` (then it is "")."""
     reader = csv.reader(io.StringIO(text.lstrip("\ufeff")))
     try:
         header = next(reader)
@@ -467,6 +439,7 @@ def parse_cases_csv(text: str, max_runs: int, field: str = "cases_csv") -> list[
     if fields:
         raise ValidationFailed(_summary("bad CSV header", fields), fields)
     rows: list[dict[str, Scalar]] = []
+    empty: dict[str, str] = {}
     try:
         for cells in reader:
             line_number = reader.line_num
@@ -477,30 +450,28 @@ def parse_cases_csv(text: str, max_runs: int, field: str = "cases_csv") -> list[
                     f"CSV line {line_number} has {len(cells)} fields; the header has {len(header)}",
                     {f"{field}.line.{line_number}": f"{len(cells)} fields, expected {len(header)}"},
                 )
-            rows.append({name: parse_cell(cell) for name, cell in zip(header, cells, strict=True)})
+            for name, cell in zip(header, cells, strict=True):
+                if not cell.strip(BLANK) and name not in optional and len(empty) < 20:
+                    empty[f"{field}.line.{line_number}.{name}"] = (
+                        f"line {line_number}, column {name} is empty (run {len(rows)})")
+            rows.append({name: parse_cell(cell) if cell.strip(BLANK) else ""
+                         for name, cell in zip(header, cells, strict=True)})
             if len(rows) > max_runs:
                 raise ValidationFailed(f"more than {max_runs} cases",
                                        {field: f"at most {max_runs} rows"})
     except csv.Error as exc:
         raise ValidationFailed(f"the cases CSV is malformed: {exc}", {field: str(exc)}) from None
+    if empty:
+        raise ValidationFailed("the cases CSV has empty cells: " + "; ".join(list(empty.values())[:5]),
+                               empty)
     if not rows:
         raise ValidationFailed("the cases CSV has no rows", {field: "no rows under the header"})
     return rows
 
 
-_INT = re.compile(r"^[+-]?\d+$")
-
-
 def parse_cell(cell: str) -> Scalar:
-    """Numbers become numbers; anything else stays text."""
-    text = cell.strip()
-    if _INT.match(text):
-        return int(text)
-    try:
-        value = float(text)
-    except ValueError:
-        return cell
-    return value if math.isfinite(value) else cell
+    """Numbers become numbers (see parse_number); anything else stays text."""
+    return as_number(cell)
 
 
 def cases_to_csv(names: Sequence[str], rows: Sequence[dict[str, Any]]) -> str:
@@ -523,52 +494,5 @@ def _cell(value: Any) -> Any:
 # ---- helpers ----------------------------------------------------------------------------
 
 
-def _decimal(value: int | float) -> decimal.Decimal:
-    """A number as it was written (floats by their shortest repr)."""
-    return decimal.Decimal(value) if isinstance(value, int) else decimal.Decimal(repr(value))
-
-
-def _inside(unit: np.ndarray) -> np.ndarray:
-    return np.clip(unit, UNIT_EPSILON, 1 - UNIT_EPSILON)
-
-
 def _summary(title: str, fields: dict[str, str]) -> str:
     return f"{title}: " + "; ".join(f"{k}: {v}" for k, v in list(fields.items())[:5])
-
-
-# ---- generator helpers of the Python API ------------------------------------------------
-# Each returns the JSON form of one generator, so `variables={"u": linspace(10, 50, 5)}`
-# in Python means exactly what the same spec means over REST.
-
-
-def values(*items: Scalar, nominal: Scalar | None = None) -> dict[str, Any]:
-    return _generator("values", list(items), nominal)
-
-
-def linspace(start: float, stop: float, num: int, nominal: Scalar | None = None) -> dict[str, Any]:
-    return _generator("linspace", {"start": start, "stop": stop, "num": num}, nominal)
-
-
-def frange(start: float, stop: float, step: float, nominal: Scalar | None = None) -> dict[str, Any]:
-    """Rescale's fixed range: start, start + step, ... up to stop (included if reached)."""
-    return _generator("range", {"start": start, "stop": stop, "step": step}, nominal)
-
-
-def uniform(low: float, high: float, nominal: Scalar | None = None) -> dict[str, Any]:
-    return _generator("uniform", {"low": low, "high": high}, nominal)
-
-
-def normal(mean: float, std: float, nominal: Scalar | None = None) -> dict[str, Any]:
-    return _generator("normal", {"mean": mean, "std": std}, nominal)
-
-
-def triangular(left: float, mode: float, right: float, nominal: Scalar | None = None) -> dict[str, Any]:
-    return _generator("triangular", {"left": left, "mode": mode, "right": right}, nominal)
-
-
-def lognormal(mean: float, sigma: float, nominal: Scalar | None = None) -> dict[str, Any]:
-    return _generator("lognormal", {"mean": mean, "sigma": sigma}, nominal)
-
-
-def _generator(kind: str, spec: Any, nominal: Scalar | None) -> dict[str, Any]:
-    return {kind: spec, **({"nominal": nominal} if nominal is not None else {})}

@@ -18,6 +18,7 @@ from pydantic import (
     model_validator,
 )
 
+from orchestrator.declared_outputs import DeclaredOutputs
 from orchestrator.jobtypes.manifest import Configuration
 from orchestrator.kinds import JobKind
 from orchestrator.paths import _NAME as SAFE_NAME
@@ -151,6 +152,11 @@ class JobTemplate(Request):
     timeout_s: float | None = Field(None, gt=0, le=30 * 24 * 3600)
     retries: int = Field(0, ge=0, le=10, description="extra attempts after a failure")
     priority: int = Field(0, ge=-1_000_000, le=1_000_000, description="higher runs first")
+    outputs: DeclaredOutputs = Field(
+        default_factory=list,
+        description="scalar outputs read from files the command writes (a regex's last match, a "
+        "CSV cell, a JSON value), kept as outputs.json values are",
+    )
 
     @field_validator("command")
     @classmethod
@@ -237,6 +243,8 @@ class JobCreate(JobTemplate):
                 raise ValueError("job_type: inputs and configuration belong to a job type")
         elif self.command is not None:
             raise ValueError("command: a job of a type runs the type's command; leave command out")
+        elif self.outputs:
+            raise ValueError("outputs: a job type declares its own outputs")
         return self
 
 
@@ -345,6 +353,7 @@ class JobRecord(BaseModel):
     variables: dict[str, Any] | None = Field(None, description="a sweep run's variable values")
     job_type: JobTypeRef | None = Field(None, description="the job type (and revision) it runs")
     inputs: dict[str, dict[str, Any]] | None = Field(None, description="a job type's inputs as given")
+    outputs: DeclaredOutputs = Field(default_factory=list, description="declared outputs read from its files")
     created_at: datetime
     submitted_at: datetime | None = None
     started_at: datetime | None = None

@@ -55,6 +55,8 @@ class SweepCreate(JobTemplate):
     design: doe.Design | None = None
     cases: list[dict[str, Any]] | None = Field(None, description="explicit rows instead of variables")
     cases_csv: str | None = Field(None, description="rows as CSV text (header = variable names)")
+    optional_columns: list[str] | None = Field(
+        None, max_length=1000, description="columns of a cases CSV whose cells may be empty (they pass as empty text)")
     include_nominal_run: bool = False
     max_parallel: int | None = Field(None, ge=1, le=1_000_000)
     max_failures: int | None = Field(None, ge=1, description="stop the rest after this many failed runs")
@@ -71,9 +73,9 @@ class SweepCreate(JobTemplate):
         if self.job_type is not None:
             if self.command is not None:
                 raise ValueError("command: a sweep of a job type runs the type's command; leave command out")
-            if self.templates or self.env or self.secret_env or self.binaries:
+            if self.templates or self.env or self.secret_env or self.binaries or self.outputs:
                 raise ValueError("job_type: a job type's sweep takes inputs and configuration, "
-                                 "not templates, env or binaries")
+                                 "not templates, env, binaries or outputs")
         elif self.inputs or self.configuration is not None:
             raise ValueError("job_type: inputs and configuration belong to a job type")
         return self

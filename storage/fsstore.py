@@ -230,6 +230,21 @@ class Storage:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(self.path(key))
 
+    def copy_prefix(self, prefix: str, destination: str) -> int:
+        """Copy every object under `prefix` to the same key under `destination` (within the
+        store: no byte passes through this process on object stores); how many were copied."""
+        root = self.path(prefix).rstrip("/")
+        try:
+            found = self.fs.find(root)
+        except FileNotFoundError:
+            return 0
+        for path in found:
+            target = destination.rstrip("/") + "/" + path[len(root):].lstrip("/")
+            self._ensure_parent(target)
+            self.fs.copy(path, self.path(target))
+        self.fs.invalidate_cache()  # a listing cached now would hide what the next attempt writes
+        return len(found)
+
     def delete_prefix(self, prefix: str) -> None:
         with contextlib.suppress(FileNotFoundError):
             self.fs.rm(self.path(prefix), recursive=True)

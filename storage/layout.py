@@ -53,6 +53,11 @@ def outputs_prefix(job_id: str) -> str:
     return f"jobs/{job_id}/outputs"
 
 
+def attempt_prefix(job_id: str, attempt: int) -> str:
+    """Where an attempt's outputs and logs are kept once a rerun starts the next one."""
+    return f"{job_prefix(job_id)}/attempts/{attempt}/"
+
+
 def callable_key(job_id: str) -> str:
     return f"jobs/{job_id}/callable.pkl"
 

@@ -92,28 +92,63 @@ def continuous_variables(draw: st.DrawFn, name: str | None = None) -> doe.Variab
         assume(right > left)
         mode = left + draw(st.floats(0, 1)) * (right - left)
         spec = {"left": left, "mode": min(max(mode, left), right), "right": right}
+    elif kind == "loguniform":
+        low = 10.0 ** draw(st.floats(-12, 6))
+        high = low * 10.0 ** draw(st.floats(0.01, 6))
+        assume(high > low)
+        spec = {"low": low, "high": high}
     else:
         spec = {"mean": draw(st.floats(-5, 5)), "sigma": draw(st.floats(0.01, 3))}
     return doe.Variable(name=name, **{kind: spec})
 
 
+# one kind per variable: numbers (ints and floats together), text or booleans
+value_lists = st.one_of(
+    st.lists(st.one_of(st.integers(-100, 100), moderate), min_size=1, max_size=6, unique_by=key),
+    st.lists(st.text(st.characters(blacklist_characters="\x00"), max_size=5), min_size=1,
+             max_size=6, unique=True),
+    st.lists(st.booleans(), min_size=1, max_size=2, unique=True),
+)
+
+
 @st.composite
 def discrete_variables(draw: st.DrawFn, name: str | None = None) -> doe.Variable:
-    """A variable with one valid discrete generator of at most 6 points."""
+    """A variable with one valid discrete generator of at most 6 equally likely points."""
     name = name or draw(names)
     kind = draw(st.sampled_from(doe.DISCRETE))
-    if kind == "values":
-        scalars = st.one_of(st.integers(-100, 100), moderate, st.text(st.characters(blacklist_characters="\x00"), max_size=5), st.booleans())
-        values = draw(st.lists(scalars, min_size=1, max_size=6, unique_by=key))
-        return doe.Variable(name=name, values=values)
+    if kind in ("values", "choice"):
+        values = draw(value_lists)
+        return doe.Variable(name=name, **{kind: values if kind == "values" else {"values": values}})
+    if kind == "constant":
+        return doe.Variable(name=name, constant={"value": draw(value_lists)[0]})
     if kind == "linspace":
         spec: dict[str, Any] = {"start": draw(moderate), "stop": draw(moderate),
                                 "num": draw(st.integers(1, 6))}
         return doe.Variable(name=name, linspace=spec)
+    if kind == "logspace":
+        spec = {"start": draw(positive), "stop": draw(positive), "num": draw(st.integers(1, 6))}
+        return doe.Variable(name=name, logspace=spec)
+    if kind == "integer":
+        low = draw(st.integers(-100, 100))
+        return doe.Variable(name=name, integer={"low": low, "high": low + draw(st.integers(0, 5))})
     start = draw(st.integers(-100, 100))
     step = draw(st.integers(1, 10)) * draw(st.sampled_from([1, -1]))
     stop = start + step * draw(st.integers(0, 5))
     return doe.Variable(name=name, range={"start": start, "stop": stop, "step": step})
+
+
+@st.composite
+def weighted_choices(draw: st.DrawFn, name: str | None = None) -> doe.Variable:
+    """A choice with weights: discrete, but for sampled designs only."""
+    values = draw(value_lists)
+    weights = draw(st.lists(st.floats(0, 10), min_size=len(values), max_size=len(values))
+                   .filter(any))
+    return doe.Variable(name=name or draw(names), choice={"values": values, "weights": weights})
+
+
+NOMINALS = {"number": st.one_of(st.integers(), moderate),
+            "text": st.text(st.characters(blacklist_characters="\x00"), max_size=5),
+            "boolean": st.booleans()}
 
 
 def unique_names(count: int) -> st.SearchStrategy[list[str]]:
@@ -130,7 +165,8 @@ def variable_lists(
 
 @st.composite
 def mixed_variables(draw: st.DrawFn, name: str | None = None) -> doe.Variable:
-    return draw(st.one_of(continuous_variables(name=name), discrete_variables(name=name)))
+    return draw(st.one_of(continuous_variables(name=name), discrete_variables(name=name),
+                          weighted_choices(name=name)))
 
 
 def validation_fields(call: Callable[[], Any]) -> dict[str, str]:
@@ -406,12 +442,11 @@ def test_include_nominal_adds_the_nominal_row_first(
 ) -> None:
     """The nominal (baseline) run is run 0 and is one extra run, the rest unchanged."""
     if kind == "full_factorial":
-        assume(all(v.discrete for v in variables))
+        assume(all(v.discrete and not v.weighted for v in variables))
         design: doe.FullFactorial | doe.Sampled = factorial()
     else:
         design = sampled(kind, samples, seed)
-    nominals = data.draw(st.lists(st.one_of(st.integers(), moderate, st.text(st.characters(blacklist_characters="\x00"), max_size=5)),
-                                  min_size=len(variables), max_size=len(variables)))
+    nominals = [data.draw(NOMINALS[v.kind()]) for v in variables]  # of the values' kind
     with_nominal = [v.model_copy(update={"nominal": n})
                     for v, n in zip(variables, nominals, strict=True)]
     plain = build(variables, design)
@@ -473,13 +508,16 @@ def test_sampled_limit(kind: str, samples: int, max_runs: int, include_nominal: 
 def test_full_factorial_with_continuous_variables_names_each_of_them(
     variables: list[doe.Variable],
 ) -> None:
-    """A continuous generator has no finite point list; each offender is named by index."""
-    continuous = [i for i, v in enumerate(variables) if not v.discrete]
-    assume(continuous)
+    """A continuous generator has no finite point list, and a weighted choice's weights would
+    mean nothing in a product; each offender is named by index."""
+    offenders = [i for i, v in enumerate(variables) if not v.discrete or v.weighted]
+    assume(offenders)
     fields = validation_fields(lambda: build(variables, factorial()))
     for i, variable in enumerate(variables):
         named = [f for f in fields if f.startswith(f"variables.{i}.")]
-        if i in continuous:
+        if variable.weighted:
+            assert named == [f"variables.{i}.choice.weights"]
+        elif i in offenders:
             assert named == [f"variables.{i}.{variable.generator}"]
         else:
             assert not named
@@ -827,15 +865,17 @@ any_float = st.floats(allow_nan=False, allow_infinity=False)
 
 @st.composite
 def any_variable(draw: st.DrawFn, name: str = "x") -> doe.Variable:
-    """Any generator with any finite parameters pydantic accepts (extremes included)."""
-    kind = draw(st.sampled_from(doe.GENERATORS[1:]))
-    if kind == "linspace":
+    """Any numeric generator with any finite parameters pydantic accepts (extremes included)."""
+    kind = draw(st.sampled_from([g for g in doe.GENERATORS if g not in ("values", "choice", "constant")]))
+    if kind in ("linspace", "logspace"):
         spec: dict[str, Any] = {"start": draw(any_float), "stop": draw(any_float),
                                 "num": draw(st.integers(1, 2**53))}
     elif kind == "range":
         spec = {"start": draw(any_float), "stop": draw(any_float), "step": draw(any_float)}
-    elif kind == "uniform":
+    elif kind in ("uniform", "loguniform"):
         spec = {"low": draw(any_float), "high": draw(any_float)}
+    elif kind == "integer":
+        spec = {"low": draw(st.integers(-2**64, 2**64)), "high": draw(st.integers(-2**64, 2**64))}
     elif kind == "normal":
         spec = {"mean": draw(any_float), "std": draw(any_float)}
     elif kind == "lognormal":
@@ -867,10 +907,13 @@ def test_any_spec_gives_finite_rows_or_a_validation_error(
         return
     column = [row["x"] for row in table.rows]
     assert all(math.isfinite(v) for v in column)
+    spec = getattr(variable, variable.generator)
     if variable.discrete:
-        spec = getattr(variable, variable.generator)
-        lo, hi = sorted((spec.start, spec.stop))
+        ends = (spec.low, spec.high) if variable.integer else (spec.start, spec.stop)
+        lo, hi = sorted(ends)
         assert all(lo <= v <= hi for v in column)
+    elif variable.loguniform:
+        assert all(spec.low <= v <= spec.high for v in column)
 
 
 @pytest.mark.parametrize("variable", [

@@ -11,8 +11,11 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from orchestrator.client.handle import EventStream
 from orchestrator.config import Settings
+from orchestrator.errors import validation_failed
 from orchestrator.jobtypes.records import (
     JobTypeCreate,
     JobTypeDetails,
@@ -30,6 +33,7 @@ from orchestrator.models import (
     JobRecord,
     StatusChange,
 )
+from orchestrator.server import reruns
 from orchestrator.server.auth import Principal
 from orchestrator.server.service import Service
 from orchestrator.storage import layout
@@ -102,6 +106,9 @@ class EmbeddedBackend:
 
     def stop(self, job_id: str) -> JobRecord:
         return self._run(self.service.jobs.stop(job_id, self._owner))
+
+    def rerun(self, job_id: str) -> JobRecord:
+        return self._run(reruns.rerun_job(self.service, job_id, self._owner, self._principal))
 
     def share(self, job_id: str, users: list[str], revoke: bool) -> list[str]:
         jobs = self.service.jobs
@@ -213,6 +220,16 @@ class EmbeddedBackend:
 
     def stop_sweep(self, sweep_id: str) -> Any:
         return self._run(self.service.sweeps.stop(sweep_id, self._owner))
+
+    def rerun_sweep(self, sweep_id: str, status: list[str] | None, ids: list[str] | None) -> Any:
+        try:
+            request = reruns.SweepRerun(status=status, ids=ids)
+        except ValidationError as exc:
+            raise validation_failed(exc) from None
+        return self._run(reruns.rerun_sweep(self.service, sweep_id, request, self._owner, None))
+
+    def delete_sweep(self, sweep_id: str, stop: bool) -> None:
+        self._run(reruns.delete_sweep(self.service, sweep_id, stop, self._owner, None))
 
     # ---- job types (as the /job-types handlers call the service) ---------------------------
 

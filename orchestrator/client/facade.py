@@ -62,11 +62,14 @@ class Orchestrator:
         priority: int = 0,
         name: str | None = None,
         submit: bool = True,
+        outputs: list[dict[str, Any]] | None = None,
         **kwargs: Any,
     ) -> Job:
         """Run a command (or, embedded, a Python callable called with *args, **kwargs).
 
-        `secret_env` reaches the process like `env` but is stored sealed and shown as '****'."""
+        `secret_env` reaches the process like `env` but is stored sealed and shown as '****'.
+        `outputs` declares scalar outputs read from files the command writes: {"name", "file",
+        and "regex", "column" (with "row"), or "json_path"; "type", "required"}."""
         fields = {
             "name": name, "binaries": binaries or [], "env": env or {}, "secret_env": secret_env or {},
             "resources": resources or {}, "timeout_s": timeout_s, "retries": retries,
@@ -78,7 +81,7 @@ class Orchestrator:
             return Job(self._backend, self._backend.create_callable(request, command, args, kwargs))
         if args or kwargs:
             raise TypeError(f"unexpected arguments for a command job: {args or kwargs}")
-        request = _job_request(command=command, **fields)
+        request = _job_request(command=command, outputs=outputs or [], **fields)
         return Job(self._backend, self._backend.create_job(request, _file_map(files)))
 
     def run(
@@ -136,6 +139,7 @@ class Orchestrator:
         timeout_s: float | None = None,
         retries: int = 0,
         priority: int = 0,
+        outputs: list[dict[str, Any]] | None = None,
     ) -> Sweep | DryRun:
         """Run a command (or, embedded, a callable given the variables as keyword arguments)
         once per row of a run table: `variables` (generators: `linspace(...)`, a list, ...)
@@ -157,7 +161,7 @@ class Orchestrator:
             seed=seed, cases=cases, templates=templates, name=name, binaries=binaries, env=env,
             secret_env=secret_env, resources=resources, timeout_s=timeout_s, retries=retries, priority=priority,
             include_nominal_run=include_nominal_run, max_parallel=max_parallel,
-            max_failures=max_failures, dry_run=dry_run,
+            max_failures=max_failures, dry_run=dry_run, outputs=outputs,
         )
         file_map = _file_map(files)
         if file_map:

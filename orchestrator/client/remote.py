@@ -101,6 +101,9 @@ class RemoteBackend:
     def stop(self, job_id: str) -> JobRecord:
         return JobRecord.model_validate(self._call("POST", f"/jobs/{job_id}/stop").json())
 
+    def rerun(self, job_id: str) -> JobRecord:
+        return JobRecord.model_validate(self._call("POST", f"/jobs/{job_id}/rerun").json())
+
     def share(self, job_id: str, users: list[str], revoke: bool) -> list[str]:
         method = "DELETE" if revoke else "POST"
         return self._call(method, f"/jobs/{job_id}/share", json={"users": users}).json()["shared_with"]
@@ -209,6 +212,13 @@ class RemoteBackend:
 
     def stop_sweep(self, sweep_id: str) -> SweepRecord:
         return SweepRecord.model_validate(self._call("POST", f"/sweeps/{sweep_id}/stop").json())
+
+    def rerun_sweep(self, sweep_id: str, status: list[str] | None, ids: list[str] | None) -> SweepRecord:
+        body = {k: v for k, v in (("status", status), ("ids", ids)) if v is not None}
+        return SweepRecord.model_validate(self._call("POST", f"/sweeps/{sweep_id}/rerun", json=body).json())
+
+    def delete_sweep(self, sweep_id: str, stop: bool) -> None:
+        self._call("DELETE", f"/sweeps/{sweep_id}", params={"stop": "true"} if stop else {})
 
     # ---- job types ----------------------------------------------------------------------
 

@@ -7,6 +7,7 @@ progress, yields runs as they finish and gives the results as a pandas DataFrame
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Iterator, Mapping
@@ -96,33 +97,88 @@ def validated(spec: dict[str, Any]) -> SweepCreate:
 
 def load_spec_file(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Path]]:
     """A spec.yaml / spec.json as the CLI reads it: files, templates and a cases CSV given as
-    paths relative to the spec file are uploaded with the sweep."""
+    paths relative to the spec file are uploaded with the sweep. YAML is read as YAML 1.2
+    (see read_yaml), so `1e-8` is a number."""
     import json
-
-    import yaml
 
     path = Path(path)
     text = path.read_text(encoding="utf-8")
-    spec = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    if path.suffix == ".json":
+        try:
+            spec = json.loads(text)
+        except ValueError as exc:
+            raise ValueError(f"{path}: not valid JSON: {exc}") from None
+    else:
+        spec = read_yaml(text, path)
     if not isinstance(spec, dict):
         raise ValueError(f"{path}: a sweep spec is a mapping of fields")
     base = path.parent
     uploads: dict[str, Path] = {}
-    names = []
-    for name in spec.get("files") or []:
-        local = base / name
-        uploads[Path(name).name] = local
-        names.append(Path(name).name)
-    if "files" in spec:
+    if isinstance(spec.get("files"), list):
+        names = []
+        for name in spec["files"]:
+            if isinstance(name, str):
+                uploads[Path(name).name] = base / name
+                name = Path(name).name
+            names.append(name)
         spec["files"] = names
     for template in spec.get("templates") or []:
-        local = base / template["source"]
-        if local.is_file():
-            uploads[local.name] = local
-            template["source"] = local.name
+        if isinstance(template, dict) and isinstance(template.get("source"), str):
+            local = base / template["source"]
+            if local.is_file():
+                uploads[local.name] = local
+                template["source"] = local.name
     if isinstance(spec.get("cases"), str):
         spec["cases_csv"] = (base / spec.pop("cases")).read_text(encoding="utf-8")
     return spec, uploads
+
+
+def read_yaml(text: str, path: Path | str = "spec") -> Any:
+    """YAML with the YAML 1.2 core schema's plain scalars, not PyYAML's YAML 1.1 ones: `1e-8`
+    and `1.0e8` are floats (1.1 leaves them text), `010` is 10, and `yes`, `on`, `1_000`,
+    `1:20` and dates stay text, as written."""
+    import yaml
+
+    try:
+        return yaml.load(text, Loader=_yaml12_loader())  # a SafeLoader: no Python objects
+    except (yaml.YAMLError, ValueError) as exc:  # ValueError: a tag such as `!!int abc`
+        raise ValueError(f"{path}: not valid YAML: {exc}") from None
+
+
+_CORE_SCHEMA = [  # (tag, pattern, first characters): YAML 1.2.2 section 10.3.2
+    ("bool", r"true|True|TRUE|false|False|FALSE", "tTfF"),
+    ("int", r"[-+]?[0-9]+|0o[0-7]+|0x[0-9a-fA-F]+", "-+0123456789"),
+    ("float", r"[-+]?(?:\.[0-9]+|[0-9]+(?:\.[0-9]*)?)(?:[eE][-+]?[0-9]+)?"
+              r"|[-+]?\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN)", "-+.0123456789"),
+]
+
+
+@functools.cache
+def _yaml12_loader() -> Any:
+    import re
+
+    import yaml
+
+    class Yaml12Loader(yaml.SafeLoader):
+        pass
+
+    replaced = {f"tag:yaml.org,2002:{name}" for name in ("bool", "int", "float", "timestamp", "value")}
+    Yaml12Loader.yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag not in replaced]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+    for name, pattern, first in _CORE_SCHEMA:
+        Yaml12Loader.add_implicit_resolver(f"tag:yaml.org,2002:{name}", re.compile(f"^(?:{pattern})$"),
+                                           list(first))
+    Yaml12Loader.add_constructor("tag:yaml.org,2002:int", _construct_int)
+    return Yaml12Loader
+
+
+def _construct_int(loader: Any, node: Any) -> int:
+    text = loader.construct_scalar(node)
+    if text.startswith(("0o", "0x")):
+        return int(text[2:], 8 if text[1] == "o" else 16)
+    return int(text)
 
 
 class Sweep(LiveHandle[SweepRecord]):
@@ -183,6 +239,17 @@ class Sweep(LiveHandle[SweepRecord]):
     def stop(self) -> SweepRecord:
         self.record = self._backend.stop_sweep(self.id)
         return self.record
+
+    def rerun(self, status: list[str] | str | None = None, ids: list[str] | None = None) -> SweepRecord:
+        """Run ended runs again as new attempts: those with `status` (default FAILED and
+        STOPPED: a stopped sweep resumes) or those `ids`."""
+        statuses = [status] if isinstance(status, str) else status
+        self.record = self._backend.rerun_sweep(self.id, statuses, ids)
+        return self.record
+
+    def delete(self, stop: bool = False) -> None:
+        """Delete the sweep with its runs and files; `stop` first stops an active one."""
+        self._backend.delete_sweep(self.id, stop)
 
     def results(self) -> pandas.DataFrame:
         """One row per run (indexed by run index): status, exit code, variables, outputs."""

@@ -36,7 +36,8 @@ BATCH_SYSTEMS = ("slurm", "pbs", "sge", "lsf", "htcondor")  # orchestrator.clust
 
 # Measured in FACTS.md: the default queuing costs ~3x per-task overhead on tiny tasks, and
 # orchestrator tasks carry resource restrictions that bound concurrency anyway.
-DASK_CONFIG = {"distributed.scheduler.worker-saturation": float("inf")}
+DASK_CONFIG = {"distributed.scheduler.worker-saturation": float("inf"),
+               "distributed.scheduler.allowed-failures": 0}  # see Engine._attach
 
 
 @dataclass

@@ -169,6 +169,18 @@ def submission(
     return update, job.model_copy(update={**fields, "status": QUEUED, "status_reason": reason})
 
 
+ENDED = (COMPLETED, FAILED, STOPPED)
+
+
+def rerun(job: JobRecord, requested_by: str, online: bool, now: datetime) -> tuple[StatusUpdate, JobRecord]:
+    """An ended job runs again as a new attempt, its history kept: the one way out of an
+    ended status, guarded so that a job that is running again is not queued twice."""
+    update, queued = submission(job, f"rerun requested by {requested_by}", online, now, {
+        "started_at": None, "finished_at": None, "result": None, "worker_losses": 0})
+    update.only_from = ENDED
+    return update, queued
+
+
 def started(job: JobRecord | None, message: dict[str, Any], batched: bool) -> StatusUpdate | None:
     """A worker announced an attempt's start: RUNNING, unless the attempt is not ours now."""
     if job is None or task_key(job) != message.get("key"):
@@ -233,13 +245,26 @@ def finish(
                     [ForgetStop(job_id)])
 
 
+def killed_on(outcome: Outcome) -> str | None:
+    """The worker named by a KilledWorker outcome: Dask gave up on the task when its worker
+    died (it reruns nothing itself: the engine sets allowed_failures to 0). None otherwise."""
+    if isinstance(outcome, BaseException) and failures.classify(outcome) == failures.Failure.WORKER_DIED:
+        worker = getattr(outcome, "last_worker", None)  # a WorkerState, or its address
+        return str(getattr(worker, "address", worker) or "a worker that died")
+    return None
+
+
 def outcome_of_job(
     job: JobRecord | None, key: str, outcome: Outcome, stopper: str | None, online: bool, now: datetime,
+    worker_loss_retries: int = 3,
 ) -> Decision:
     """A single job's attempt ended: its end, a retry while its own retries last, a new
-    attempt after a lost connection, or nothing (retracted, stale, or already ended)."""
+    attempt after a lost connection or worker, or nothing (retracted, stale, or already ended)."""
     if job is None or task_key(job) != key or job.status.is_terminal:
         return Decision()  # deleted, superseded by a newer attempt, or already stopped
+    killed = killed_on(outcome)
+    if killed is not None and stopper is None:
+        return worker_lost_under_job(job, key, killed, worker_loss_retries, False, now)
     status, reason = judge(outcome, stopper)
     if status is None:
         if reason is not None and online:  # a lost connection: a new attempt now
@@ -272,8 +297,9 @@ def outcomes_of_batch(
         if state is None or state[0].is_terminal or state[1] != attempt:
             continue
         status, reason = judge(outcome, stoppers.get(job.id))
-        if status is None and lost_worker is not None:
-            update = worker_lost(job, lost_worker, worker_loss_retries, now)
+        lost = lost_worker if status is None else killed_on(outcome) if job.id not in stoppers else None
+        if lost is not None:
+            update = worker_lost(job, lost, worker_loss_retries, now)
             decision.updates.append(update)
             if update.status == QUEUED:
                 report.requeued.append(job.model_copy(update={

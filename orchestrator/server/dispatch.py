@@ -155,6 +155,13 @@ class SweepDispatcher:
         if self.max_failures is not None and self.failed >= self.max_failures and not self._stopped:
             await self._on_limit(self.sweep_id, self.failed, self.max_failures)
 
+    def add(self, runs: list[JobRecord]) -> bool:
+        """More QUEUED runs to feed (a rerun); False once this dispatcher has ended or stops."""
+        if self._stopped or self._task is None or self._task.done():
+            return False
+        self._pending.extend(runs)
+        return True
+
     async def stop(self, reason: str, requested_by: str) -> None:
         """No more batches; queued runs stop now, running ones as soon as their workers can."""
         self._stopped = True

@@ -125,6 +125,12 @@ class Engine(SweepBatches, Recovery):
     async def _attach(self, client: Client) -> None:
         """What a scheduler must know of us; a new one (or one that dropped us) knows nothing."""
         await client.register_plugin(OrchestratorWorkerPlugin())
+        # Dask reruns a task whose worker died under the same key (up to `allowed-failures`
+        # times), racing our own new attempt: a run could start twice under one attempt while
+        # the stale flags travelled (seen under load). With none allowed the task errs
+        # (KilledWorker) and the engine alone decides what runs again. A lambda: pickled by
+        # value, so the scheduler needs none of the server's modules.
+        await client.run_on_scheduler(lambda dask_scheduler: setattr(dask_scheduler, "allowed_failures", 0))
         await self.isolation.refresh(client)
         client.subscribe_topic(STATUS_TOPIC, self._on_worker_event)
         client.subscribe_topic(CLUSTER_TOPIC, self._on_cluster_event)
@@ -169,6 +175,31 @@ class Engine(SweepBatches, Recovery):
         held = self.gate.hold_reason(job)
         update, job = decisions.submission(job, held or reason, online, utcnow(), recorded)
         self._apply([update])
+        return self._queued(job, held)
+
+    def rerun(self, job: JobRecord, requested_by: str) -> JobRecord | None:
+        """An ended single job's new attempt (None when it is no longer ended)."""
+        update, job = decisions.rerun(job, requested_by, self.online, utcnow())
+        if not self._apply([update])[0]:
+            return None
+        return self._queued(job, self.gate.hold_reason(job))
+
+    def requeue_ended(self, jobs: list[JobRecord], requested_by: str) -> list[JobRecord]:
+        """Ended sweep runs QUEUED again as new attempts, in one transaction; their sweep's
+        dispatcher sends them. The records of those that were still ended."""
+        now = utcnow()
+        queued = [decisions.rerun(job, requested_by, True, now) for job in jobs]
+        made = self._apply([update for update, _ in queued])
+        return [job for (_, job), ok in zip(queued, made, strict=True) if ok]
+
+    def background(self, coroutine) -> None:
+        """Run a coroutine on the engine's loop, kept alive until it ends."""
+        self._spawn(coroutine)
+
+    def _queued(self, job: JobRecord, held: str | None) -> JobRecord:
+        """A QUEUED attempt just recorded: held by its type's gate, kept for the scheduler's
+        return, or sent now."""
+        online = self.online
         if held:
             self.gate.hold(job)
             return job
@@ -303,7 +334,8 @@ class Engine(SweepBatches, Recovery):
 
     def _record_outcome(self, job_id: str, key: str, outcome: dict[str, Any] | BaseException) -> None:
         self._carry_out(decisions.outcome_of_job(
-            self.store.get_job(job_id), key, outcome, self._stop_requests.get(job_id), self.online, utcnow()))
+            self.store.get_job(job_id), key, outcome, self._stop_requests.get(job_id), self.online, utcnow(),
+            self.worker_loss_retries))
 
     def _carry_out(self, decision: Decision, each: bool = False) -> None:
         """Forget what is settled, record the updates, then act on Dask (Cancel: the caller)."""

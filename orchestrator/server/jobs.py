@@ -91,6 +91,7 @@ class JobService:
             resources=request.resources,
             timeout_s=request.timeout_s,
             priority=request.priority,
+            outputs=request.outputs,
         )
         secrets = request.secret_env
         if request.job_type is not None:
@@ -257,7 +258,7 @@ class JobService:
             await self.engine.stop(job, requested_by)
             if not self.get(job_id).status.is_terminal:
                 return False
-        await self._remove(job_id)
+        await self.remove(job_id)
         return True
 
     async def stop_many(self, selection: JobSelection, requested_by: str, owner: str | None) -> list[str]:
@@ -285,19 +286,19 @@ class JobService:
         )
         return jobs
 
-    async def _remove(self, job_id: str) -> None:
+    async def remove(self, job_id: str) -> None:
         await asyncio.to_thread(self.storage.delete_prefix, layout.job_prefix(job_id))
         self.store.delete_job(job_id)
 
     async def _delete_if_asked(self, job_ids: list[str]) -> None:
         for job_id in self.store.marked_among(job_ids):
-            await self._remove(job_id)
+            await self.remove(job_id)
 
     async def finish_pending_deletes(self) -> None:
         """After a restart: deletions that were waiting for a stop."""
         for job in self.store.jobs_to_delete():
             if job.status.is_terminal:
-                await self._remove(job.id)
+                await self.remove(job.id)
 
 
 def default_name(command: str | list[str] | None) -> str:

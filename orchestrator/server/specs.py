@@ -7,6 +7,7 @@ from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
 
+from orchestrator.declared_outputs import as_run_fields
 from orchestrator.jobtypes.manifest import Manifest
 from orchestrator.models import JobKind, JobRecord, JobTypeRef
 from orchestrator.server.binaries import binary_input
@@ -52,6 +53,7 @@ def run_spec(
         kind=job.kind.value,
         gpus=job.resources.gpus,
         run_as=isolation.run_as(job.owner) if job.kind != JobKind.CALLABLE else None,
+        declared_outputs=as_run_fields(job.outputs),
     )
     if job.job_type is not None and contracts is not None:
         for name, value in typed_run_fields(job, *contracts(job.job_type)).items():

@@ -15,6 +15,7 @@ import uuid
 from typing import Any
 
 from orchestrator import doe, templating
+from orchestrator.declared_outputs import as_run_fields
 from orchestrator.errors import NotFound, ValidationFailed
 from orchestrator.models import (
     JobKind,
@@ -186,7 +187,7 @@ class SweepService:
             binaries=self.binaries.pin(request.binaries, creator.user, creator.admin), files=staged,
             secret_env=masked(request.secret_env), resources=request.resources,
             timeout_s=request.timeout_s, retries=request.retries, priority=request.priority,
-            sweep_id=sweep_id, created_at=now,
+            sweep_id=sweep_id, created_at=now, outputs=request.outputs,
         )
         runs = []
         for index, row in table.indexed():
@@ -219,6 +220,7 @@ class SweepService:
             "timeout_s": request.timeout_s,
             "gpus": request.resources.gpus,
             "callable_key": layout.sweep_callable_key(sweep_id) if kind == JobKind.CALLABLE else None,
+            "declared_outputs": as_run_fields(request.outputs),  # read from each run's files
         }
         return spec
 
@@ -234,7 +236,19 @@ class SweepService:
             failed=failed, on_limit=self._failure_limit_reached,
         )
         self._dispatchers[sweep_id] = dispatcher
-        dispatcher.start(on_done=lambda: self._dispatchers.pop(sweep_id, None))
+
+        def done() -> None:  # a rerun may have started the sweep's next dispatcher already
+            if self._dispatchers.get(sweep_id) is dispatcher:
+                del self._dispatchers[sweep_id]
+
+        dispatcher.start(on_done=done)
+
+    def feed(self, sweep_id: str, runs: list[JobRecord]) -> None:
+        """Runs QUEUED again (a rerun) go to the sweep's dispatcher, or to a new one."""
+        dispatcher = self._dispatchers.get(sweep_id)
+        if dispatcher is None or not dispatcher.add(runs):
+            failed = self.store.sweep_counts(sweep_id).get(JobStatus.FAILED.value, 0)
+            self._dispatch(sweep_id, runs, failed)
 
     async def _failure_limit_reached(self, sweep_id: str, failed: int, limit: int) -> None:
         reason = f"max_failures reached ({failed} failed runs, limit {limit})"
@@ -346,7 +360,7 @@ def _run_table(request: SweepCreate, max_runs: int) -> doe.RunTable:
     if request.cases_csv is not None:
         if cases is not None:
             raise ValidationFailed("give cases or cases_csv, not both", {"cases_csv": "conflicts with cases"})
-        cases = doe.parse_cases_csv(request.cases_csv, max_runs)
+        cases = doe.parse_cases_csv(request.cases_csv, max_runs, optional=request.optional_columns or ())
     if cases is not None and (request.variables or request.design):
         raise ValidationFailed("cases replace variables and design; give one or the other",
                                {"cases": "conflicts with variables/design"})

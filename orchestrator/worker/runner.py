@@ -35,7 +35,7 @@ from orchestrator.plugins.worker import (
     signal_group,
 )
 from orchestrator.storage import Storage, is_storage_failure, layout
-from orchestrator.worker import outputs
+from orchestrator.worker import extract, outputs
 from orchestrator.worker.executors import Executor, RunContext, executor_for
 from orchestrator.worker.jobuser import RunAs, clean_environment, fetch_as, hand_over
 from orchestrator.worker.scratch import Scratch, current_worker, worker_address
@@ -75,6 +75,7 @@ class RunSpec:
     run_as: dict[str, Any] | None = None  # the job owner's OS identity (multi-user mode)
     workdir_env: dict[str, str] = field(default_factory=dict)  # variables naming paths in the working folder
     job_type: dict[str, Any] | None = None  # a job type's revision: manifest and mounts (typed.py)
+    declared_outputs: list[dict[str, Any]] = field(default_factory=list)  # read from files after the run (extract.py)
 
     @classmethod
     def from_dict(cls, fields: dict[str, Any]) -> RunSpec:
@@ -243,6 +244,12 @@ def _run_in(
         outcome.files = []
     outcome.outputs, outcome.error = outputs.read_outputs_json(
         workdir, run_as and run_as.uid, executor.outputs_files)
+    if spec.declared_outputs:  # read whatever the run ended as; only a completed run fails for them
+        found = extract.read_declared(workdir, spec.declared_outputs, run_as and run_as.uid)
+        outcome.outputs, outcome.error, failure = extract.merge(
+            outcome.outputs, outcome.error, found, completed=outcome.status == "COMPLETED")
+        if failure is not None:
+            outcome.status, outcome.reason = "FAILED", failure
     outcome.finished_at = time.time()
     executor.conclude(spec, outcome)
     return outcome

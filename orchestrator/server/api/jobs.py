@@ -29,6 +29,7 @@ from orchestrator.models import (
     StatusChange,
     WaitSeconds,
 )
+from orchestrator.server import reruns
 from orchestrator.server.api.base import Answer, BaseHandler, Operation, Paged, Query
 from orchestrator.server.api.uploads import StreamingBodyHandler
 from orchestrator.server.jobs import new_job_id
@@ -218,6 +219,14 @@ class JobStopHandler(BaseHandler):
 
     async def post(self, job_id: str) -> None:
         self.send_json(await self.service.jobs.stop(job_id, self.user, self.principal), 202)
+
+
+class JobRerunHandler(BaseHandler):
+    openapi = {"post": Operation("Run an ended job again as a new attempt, its history kept (a "
+                                 "sweep's run reruns within its sweep)", response=JobRecord, status=202)}
+
+    async def post(self, job_id: str) -> None:
+        self.send_json(await reruns.rerun_job(self.service, job_id, self.user, self.principal), 202)
 
 
 class JobStatusesHandler(BaseHandler):

@@ -10,6 +10,7 @@ from pydantic import Field, Json, ValidationError
 
 from orchestrator.errors import PayloadTooLarge, ValidationFailed, validation_failed
 from orchestrator.models import JobRecord, JobStatus, Page, Position, Request, WaitSeconds
+from orchestrator.server import reruns
 from orchestrator.server.api.base import Answer, BaseHandler, Operation, Paged, Query
 from orchestrator.server.api.uploads import StreamingBodyHandler
 from orchestrator.server.sweep_results import results_csv
@@ -122,9 +123,27 @@ class ResultsQuery(Query):
     format: Literal["json", "csv"] = "json"
 
 
+class DeleteQuery(Query):
+    stop: bool = Field(False, description="stop an active sweep, then delete it once its runs have ended")
+
+
 class SweepHandler(BaseHandler):
-    openapi = {"get": Operation("Show a sweep: status, counts per status, progress", query=WaitQuery,
-                                response=SweepRecord)}
+    openapi = {
+        "get": Operation("Show a sweep: status, counts per status, progress", query=WaitQuery,
+                         response=SweepRecord),
+        "delete": Operation("Delete a sweep with its runs and files (409 while runs are active, "
+                            "unless stop=true: 202, deleted once stopped)", query=DeleteQuery, status=204,
+                            answers=(Answer(202, SweepRecord, "stopping; deleted once every run ended"),)),
+    }
+
+    async def delete(self, sweep_id: str) -> None:
+        deleted = await reruns.delete_sweep(self.service, sweep_id, self.query_args().stop, self.user,
+                                            self.principal.scope)
+        if deleted:
+            self.set_status(204)
+            self.finish()
+        else:
+            self.send_json(self.service.sweeps.get(sweep_id), 202)
 
     async def get(self, sweep_id: str) -> None:
         wait = self.query_args().wait
@@ -173,6 +192,17 @@ class SweepResultsHandler(BaseHandler):
         self.set_header("Content-Type", "text/csv; charset=utf-8")
         self.set_header("Content-Disposition", f'attachment; filename="{sweep_id}-results.csv"')
         self.finish(results_csv(table))
+
+
+class SweepRerunHandler(BaseHandler):
+    openapi = {"post": Operation("Run a sweep's ended runs again as new attempts (by status, default "
+                                 "FAILED and STOPPED, or by id); a stopped sweep resumes",
+                                 body=reruns.SweepRerun, body_required=False, response=SweepRecord, status=202)}
+
+    async def post(self, sweep_id: str) -> None:
+        request = self.parse_body(reruns.SweepRerun) if self.json_body else reruns.SweepRerun()
+        self.send_json(await reruns.rerun_sweep(self.service, sweep_id, request, self.user, self.principal.scope),
+                       202)
 
 
 class SweepStopHandler(BaseHandler):

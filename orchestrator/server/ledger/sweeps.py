@@ -98,6 +98,17 @@ class SweepsTable(Connection):
                 (reason, sweep_id),
             ).rowcount)
 
+    def clear_sweep_stop_reason(self, sweep_id: str) -> None:
+        """A stopped sweep runs again (a rerun): it is no longer stopping."""
+        with self.transaction() as db:
+            db.execute("UPDATE sweeps SET stop_reason = NULL WHERE id = ?", (sweep_id,))
+
+    def delete_sweep(self, sweep_id: str) -> None:
+        """The sweep's row and sealed secrets; its runs are deleted as jobs first."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM secrets WHERE holder = ?", (sweep_id,))
+            db.execute("DELETE FROM sweeps WHERE id = ?", (sweep_id,))
+
     def sweep_counts(self, sweep_id: str | None) -> dict[str, int]:
         """Runs of a sweep by status; with None, the jobs outside any sweep."""
         where = "sweep_id = ?" if sweep_id is not None else "sweep_id IS NULL"

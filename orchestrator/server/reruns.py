@@ -1,0 +1,115 @@
+"""Finishing what failed or stopped: an ended job, or a sweep's ended runs, run again as new
+attempts under the same ids (their histories say `QUEUED: rerun requested by USER`), and
+deleting a whole sweep. The attempt a rerun replaces keeps its outputs and logs, copied to
+`jobs/<id>/attempts/<n>/` before the new attempt clears them."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from pydantic import Field
+
+from orchestrator.errors import Conflict, ValidationFailed
+from orchestrator.models import JobRecord, JobStatus, Request
+from orchestrator.server.auth import Principal
+from orchestrator.server.decisions import ACTIVE, ENDED
+from orchestrator.storage import Storage, layout
+from orchestrator.sweep_models import SweepRecord
+
+logger = logging.getLogger(__name__)
+
+
+class SweepRerun(Request):
+    """Which of a sweep's ended runs run again: by status (default FAILED and STOPPED, which
+    includes the runs a stop kept from starting), or by id."""
+
+    status: list[JobStatus] | None = Field(None, max_length=3, description="default: FAILED and STOPPED")
+    ids: list[str] | None = Field(None, max_length=1_000_000, description="runs of the sweep, by id")
+
+
+def archive_attempts(storage: Storage, jobs: Iterable[JobRecord]) -> None:
+    """Keep each job's current attempt's outputs and logs before a rerun clears them."""
+    for job in jobs:
+        if job.attempt < 1:
+            continue
+        kept = layout.attempt_prefix(job.id, job.attempt)
+        storage.copy_prefix(layout.outputs_prefix(job.id), kept + "outputs")
+        storage.copy_prefix(layout.logs_prefix(job.id), kept + "logs")
+
+
+async def rerun_job(service, job_id: str, requested_by: str, viewer: Principal | None) -> JobRecord:
+    """POST /jobs/{id}/rerun: a sweep's run reruns through its sweep (which stages its files)."""
+    job = service.jobs.get(job_id, viewer, change=True)
+    if not job.status.is_terminal:
+        raise Conflict(f"job {job_id} is {job.status.value}; only an ended job can be rerun")
+    if job.sweep_id is not None:
+        await rerun_sweep(service, job.sweep_id, SweepRerun(ids=[job_id]), requested_by, None)
+        return service.jobs.get(job_id)
+    await asyncio.to_thread(archive_attempts, service.storage, [job])
+    if service.engine.rerun(job, requested_by) is None:
+        raise Conflict(f"job {job_id} is running again already")
+    return service.jobs.get(job_id)
+
+
+async def rerun_sweep(
+    service, sweep_id: str, request: SweepRerun, requested_by: str, owner: str | None,
+) -> SweepRecord:
+    """Run a sweep's chosen ended runs again; a stopped sweep resumes."""
+    sweeps = service.sweeps
+    sweeps.get(sweep_id, owner)
+    runs = _chosen_runs(service, sweep_id, request)
+    await asyncio.to_thread(archive_attempts, service.storage, runs)
+    queued = service.engine.requeue_ended(runs, requested_by)
+    service.store.clear_sweep_stop_reason(sweep_id)
+    if queued:
+        sweeps.feed(sweep_id, queued)
+    return sweeps.get(sweep_id)
+
+
+def _chosen_runs(service, sweep_id: str, request: SweepRerun) -> list[JobRecord]:
+    if request.ids is not None:
+        _, runs = service.store.list_jobs(sweep_id=sweep_id, ids=request.ids, limit=None)
+        unknown = sorted(set(request.ids) - {run.id for run in runs})
+        if unknown:
+            raise ValidationFailed(f"not runs of sweep {sweep_id}: {', '.join(unknown[:5])}",
+                                   {"ids": f"{unknown[0]} is not a run of sweep {sweep_id}"})
+        active = [run.id for run in runs if not run.status.is_terminal]
+        if active:
+            raise Conflict(f"runs still active: {', '.join(active[:5])}; only ended runs can be rerun")
+        return runs
+    wanted = request.status or [JobStatus.FAILED, JobStatus.STOPPED]
+    if any(status not in ENDED for status in wanted):
+        raise ValidationFailed("only ended runs can be rerun", {"status": "COMPLETED, FAILED or STOPPED"})
+    _, runs = service.store.list_jobs(sweep_id=sweep_id, statuses=wanted, limit=None)
+    return runs
+
+
+async def delete_sweep(service, sweep_id: str, stop: bool, requested_by: str, owner: str | None) -> bool:
+    """Delete the sweep with its runs and files now (True); with `stop`, an active sweep is
+    stopped first and deleted once every run has ended (False)."""
+    service.sweeps.get(sweep_id, owner)
+    _, active = service.store.list_jobs(sweep_id=sweep_id, statuses=list(ACTIVE), limit=None)
+    if active and not stop:
+        raise Conflict(f"sweep {sweep_id} has {len(active)} active runs; stop it first or pass stop=true")
+    if not active:
+        await _remove_sweep(service, sweep_id)
+        return True
+    await service.sweeps.stop(sweep_id, requested_by, owner)
+    service.engine.background(_remove_when_ended(service, sweep_id))
+    return False
+
+
+async def _remove_when_ended(service, sweep_id: str) -> None:
+    await service.sweeps.wait(sweep_id, None)
+    await _remove_sweep(service, sweep_id)
+
+
+async def _remove_sweep(service, sweep_id: str) -> None:
+    _, runs = service.store.list_jobs(sweep_id=sweep_id, limit=None)
+    for run in runs:
+        await service.jobs.remove(run.id)
+    await asyncio.to_thread(service.storage.delete_prefix, layout.sweep_prefix(sweep_id))
+    service.store.delete_sweep(sweep_id)
+    logger.info("sweep %s deleted with its %d runs", sweep_id, len(runs))
