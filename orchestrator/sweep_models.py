@@ -90,7 +90,8 @@ class SweepRecord(BaseModel):
     status_reason: str | None = None
     runs: int
     counts: dict[str, int]
-    progress: float = Field(..., description="finished runs / runs")
+    progress: float = Field(..., description="runs that ran to their end (COMPLETED or FAILED) / runs")
+    output_problems: int = Field(0, description="completed runs whose outputs could not all be read")
     variables: list[str]
     design: str | None = None
     seed: int | None = None

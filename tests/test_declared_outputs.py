@@ -98,7 +98,7 @@ def test_a_sweep_has_a_column_per_declared_output_with_each_runs_values(server):
 
     table = server.http.get(f"/sweeps/{sweep['id']}/results").json()
     assert table["columns"] == ["index", "job_id", "status", "exit_code", "duration_s", "x",
-                                "drag", "fc", "label", "lift", "steps", "t_end"]
+                                "drag", "fc", "label", "lift", "steps", "t_end", "status_reason", "outputs_error"]
     by_x = {row["x"]: row for row in table["rows"]}
     for x in (1, 2.5, -3):
         row = by_x[x]

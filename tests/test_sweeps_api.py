@@ -62,7 +62,8 @@ def test_factorial_sweep_results_match_what_each_run_computed(server):
 
     table = server.http.get(f"/sweeps/{sweep['id']}/results").json()
     assert table["columns"] == ["index", "job_id", "status", "exit_code", "duration_s",
-                                "a", "b", "label", "product"]  # the list output is not a scalar
+                                "a", "b", "label", "product",  # the list output is not a scalar
+                                "status_reason", "outputs_error"]  # why a cell may be blank
     pairs = {(row["a"], row["b"]) for row in table["rows"]}
     assert pairs == {(a, b) for a in (1, 2, 3) for b in (0.5, 1.0, 1.5)}
     for row in table["rows"]:
@@ -342,3 +343,28 @@ def test_a_dry_run_that_would_answer_too_much_is_refused(server):
     )
     assert response.status_code == 400, response.text
     assert "dry_run" in response.json()["error"]["fields"]
+
+
+def test_the_results_table_explains_its_blank_cells(server):
+    """A completed run whose outputs.json is invalid shows why its cells are blank, the sweep
+    counts such runs, a stopped sweep's progress is what ran to an end, and the DataFrame's
+    exit code stays an integer."""
+    from orchestrator import Orchestrator
+
+    created = server.http.post("/sweeps", json={
+        "command": "if [ ${i} = 2 ]; then echo '{broken' > outputs.json; "
+                   "else echo '{\"y\": ${i}}' > outputs.json; fi",
+        "variables": [{"name": "i", "values": [1, 2, 3]}]})
+    assert created.status_code == 201, created.text
+    done = server.wait_sweep(created.json()["id"])
+    assert done["counts"] == {"COMPLETED": 3} and done["output_problems"] == 1, done
+    rows = {row["i"]: row for row in server.http.get(f"/sweeps/{done['id']}/results").json()["rows"]}
+    assert rows[2]["y"] is None and "outputs.json is not valid JSON" in rows[2]["outputs_error"]
+    assert rows[1]["y"] == 1 and rows[1]["outputs_error"] is None
+    with Orchestrator.connect(server.url) as orch:
+        assert str(orch.get_sweep(done["id"]).results()["exit_code"].dtype) == "Int64"
+    stopped = server.http.post("/sweeps", json={"command": "sleep 30", "max_parallel": 1,
+                                                "variables": [{"name": "i", "values": [1, 2, 3, 4]}]}).json()
+    server.http.post(f"/sweeps/{stopped['id']}/stop")
+    record = server.wait_sweep(stopped["id"])
+    assert record["status"] == "STOPPED" and record["progress"] == 0.0, record

@@ -257,6 +257,7 @@ class Sweep(LiveHandle[SweepRecord]):
 
         table = self._backend.sweep_results(self.id)
         frame = pandas.DataFrame(table.rows, columns=table.columns)
+        frame["exit_code"] = frame["exit_code"].astype("Int64")  # an integer, blank where none
         return frame.set_index("index")
 
     def __repr__(self) -> str:

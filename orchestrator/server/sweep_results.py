@@ -12,27 +12,32 @@ from typing import Any
 from orchestrator.sweep_models import ResultsTable
 
 RESULT_COLUMNS = ("index", "job_id", "status", "exit_code", "duration_s")
-SweepRows = list[tuple[int, str, str, dict[str, Any], dict[str, Any] | None]]
+EXPLAINING_COLUMNS = ("status_reason", "outputs_error")  # last: the columns before them stay put
+SweepRows = list[tuple[int, str, str, str | None, dict[str, Any], dict[str, Any] | None]]
 
 
 def results_table(names: list[str], runs: SweepRows) -> ResultsTable:
-    """`runs`: (index, job id, status, variables, result) of each run, in order."""
+    """`runs`: (index, job id, status, status reason, variables, result) of each run, in
+    order. A blank output cell is explained: the run's status and reason, and for a
+    completed run, what went wrong reading its outputs (`outputs_error`)."""
     output_keys: dict[str, None] = {}
     for *_, result in runs:
         for key, value in ((result or {}).get("outputs") or {}).items():
             if _is_scalar(value):
                 output_keys.setdefault(key, None)
-    output_columns = _output_columns(sorted(output_keys), {*RESULT_COLUMNS, *names})
+    output_columns = _output_columns(sorted(output_keys), {*RESULT_COLUMNS, *EXPLAINING_COLUMNS, *names})
     rows = []
-    for index, job_id, status, variables, result in runs:
+    for index, job_id, status, reason, variables, result in runs:
         result = result or {}
         outputs = result.get("outputs") or {}
-        row = {"index": index, "job_id": job_id, "status": status,
-               "exit_code": result.get("exit_code"), "duration_s": result.get("duration_s")}
+        row = {"index": index, "job_id": job_id, "status": status, "status_reason": reason,
+               "exit_code": result.get("exit_code"), "duration_s": result.get("duration_s"),
+               "outputs_error": result.get("error") if status == "COMPLETED" else None}
         row.update({name: variables.get(name) for name in names})
         row.update({column: _scalar_or_none(outputs.get(key)) for key, column in output_columns.items()})
         rows.append(row)
-    return ResultsTable(columns=[*RESULT_COLUMNS, *names, *output_columns.values()], rows=rows)
+    return ResultsTable(columns=[*RESULT_COLUMNS, *names, *output_columns.values(), *EXPLAINING_COLUMNS],
+                        rows=rows)
 
 
 def _output_columns(keys: list[str], taken: set[str]) -> dict[str, str]:

@@ -320,7 +320,7 @@ class SweepService:
     def _record(self, sweep: SweepRow) -> SweepRecord:
         counts = self.store.sweep_counts(sweep.id)
         total = sum(counts.values())
-        done = sum(n for status, n in counts.items() if JobStatus(status).is_terminal)
+        done = counts.get(JobStatus.COMPLETED.value, 0) + counts.get(JobStatus.FAILED.value, 0)
         status, reason = _sweep_status(counts, sweep.stop_reason)
         spec = {k: v for k, v in sweep.spec.items() if k != "runtime"}
         design = spec.get("design", {}).get("type") if spec.get("variables") else None
@@ -328,6 +328,7 @@ class SweepService:
             id=sweep.id, name=sweep.name, owner=sweep.owner, kind=sweep.kind,
             status=status, status_reason=reason, runs=total, counts=counts,
             progress=round(done / total, 6) if total else 1.0, variables=sweep.names,
+            output_problems=self.store.sweep_output_problems(sweep.id),
             design=design or ("full_factorial" if spec.get("variables") else None),
             seed=sweep.seed, max_parallel=spec.get("max_parallel"),
             storage_bytes=sweep.input_bytes + self.store.sweep_storage_bytes(sweep.id),

@@ -125,19 +125,26 @@ class SweepsTable(Connection):
         rows = self._query("SELECT MAX(finished_at) FROM jobs WHERE sweep_id = ?", (sweep_id,))
         return rows[0][0]
 
-    def sweep_rows(self, sweep_id: str) -> list[tuple[int, str, str, dict[str, Any], dict[str, Any] | None]]:
-        """(index, job id, status, variables, result) of every run, in index order.
+    def sweep_rows(self, sweep_id: str) -> list[tuple[int, str, str, str | None, dict[str, Any], dict[str, Any] | None]]:
+        """(index, job id, status, status reason, variables, result) of every run, in index order.
 
         Read as plain tuples: a results table of a large sweep need not build a model per run.
         """
         rows = self._query(
-            "SELECT idx, id, status, variables, result FROM jobs WHERE sweep_id = ? ORDER BY idx",
+            "SELECT idx, id, status, status_reason, variables, result FROM jobs WHERE sweep_id = ? ORDER BY idx",
             (sweep_id,),
         )
         return [
-            (row[0], row[1], row[2], json.loads(row[3] or "{}"), json.loads(row[4]) if row[4] else None)
+            (row[0], row[1], row[2], row[3], json.loads(row[4] or "{}"), json.loads(row[5]) if row[5] else None)
             for row in rows
         ]
+
+    def sweep_output_problems(self, sweep_id: str) -> int:
+        """Completed runs whose outputs could not all be read (an invalid outputs.json, an
+        optional declared output missing): their table cells are blank for a reason."""
+        return self._query(
+            "SELECT COUNT(*) FROM jobs WHERE sweep_id = ? AND status = 'COMPLETED'"
+            " AND json_extract(result, '$.error') IS NOT NULL", (sweep_id,))[0][0]
 
     def finished_runs(self, sweep_id: str, after: int, limit: int) -> tuple[int, list[JobRecord]]:
         """Runs that ended after the cursor `after`, in the order they ended, and the new cursor."""
