@@ -67,3 +67,23 @@ def test_python_example_script_against_a_server(server, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "longest flight" in done.stdout
     assert Path(tmp_path / "range_vs_angle.html").stat().st_size > 1000
+
+
+def test_the_beam_study_reads_its_outputs_from_the_files_its_solver_writes(server, capsys, tmp_path):
+    """examples/beam: declared outputs (a regex in a log, a CSV cell, a JSON path) instead of
+    outputs.json, over generators engineers use (loguniform, choice); the numbers are checked
+    against beam theory."""
+    url = ["--url", server.url]
+    assert main(["sweep", *url, str(REPO / "examples" / "beam" / "spec.yaml"), "--watch", "--json"]) == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["counts"] == {"COMPLETED": 12} and record["output_problems"] == 0, record
+    target = tmp_path / "results.csv"
+    assert main(["results", *url, record["id"], "--csv", str(target)]) == 0
+    table = pandas.read_csv(target)
+    inertia = 0.05 * 0.10**3 / 12
+    for row in table.itertuples():
+        assert 100 <= row.load <= 10000 and row.modulus in (70e9, 200e9)
+        tip = row.load * row.length**3 / (3 * row.modulus * inertia)
+        mid = row.load * (row.length / 2) ** 2 * (3 * row.length - row.length / 2) / (6 * row.modulus * inertia)
+        assert abs(row.tip_m - tip) <= 1e-6 * tip and abs(row.mid_m - mid) <= 1e-6 * mid
+        assert abs(row.stress_Pa - row.load * row.length * 0.05 / inertia) <= 1e-6 * row.stress_Pa
