@@ -313,6 +313,9 @@ class FileEntry(BaseModel):
     path: str
     size: int
     sha256: str
+    kind: Literal["output", "input"] = Field(
+        "output", description="'output': written by the run; 'input': a file it ran with, as "
+        "staged (a sweep's rendered template)")
 
 
 class JobResult(BaseModel):

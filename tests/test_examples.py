@@ -37,7 +37,10 @@ def test_cli_runs_the_example_spec(server, capsys, tmp_path):
     high = table[(table.speed == 50) & (table.angle == 45) & (table.drag == 0.0013)].range_m.item()
     assert low > high
     run = server.http.get(f"/jobs/{table.loc[1, 'job_id']}/files").json()["results"]
-    assert {f["path"] for f in run} == {"trajectory.csv", "outputs.json"}  # inputs are not outputs
+    assert {f["path"] for f in run if f["kind"] == "output"} == {"trajectory.csv", "outputs.json"}
+    assert {f["path"] for f in run if f["kind"] == "input"} == {"params/drag.cfg"}  # as the run saw it
+    rendered = server.http.get(f"/jobs/{table.loc[1, 'job_id']}/files/params/drag.cfg").text
+    assert rendered.splitlines()[1] == f"drag = {table.loc[1, 'drag']}"
 
 
 def test_readme_multipart_dry_run(server):

@@ -215,12 +215,14 @@ class JobService:
         return self.store.list_files(job_id, search, offset, limit)
 
     def file(self, job_id: str, path: str, viewer: Principal | None = None) -> tuple[FileEntry, str]:
-        """The manifest entry of an output and its storage key."""
+        """The manifest entry of one of the run's files (an output, or an input it ran with)
+        and its storage key."""
         self.get(job_id, viewer)
         entry = self.store.get_file(job_id, path)
         if entry is None:
             raise NotFound(f"job {job_id} has no output {path!r}")
-        return entry, layout.output_key(job_id, entry.path)
+        key_of = layout.input_key if entry.kind == "input" else layout.output_key
+        return entry, key_of(job_id, entry.path)
 
     # ---- changing ---------------------------------------------------------------------
 

@@ -45,6 +45,17 @@ def upload(
     return files
 
 
+def keep_inputs(storage: Storage, job_id: str, workdir: Path, paths: list[str]) -> list[dict[str, Any]]:
+    """Store the staged files a run should be seen to have run with (a sweep's rendered
+    templates) as its inputs, before it runs: listed with its files, downloadable."""
+    kept = []
+    for path in paths:
+        with open(workdir / path, "rb") as source:  # the worker wrote it a moment ago; no job ran yet
+            stored = storage.put_stream(layout.input_key(job_id, path), source)
+        kept.append({"path": path, "size": stored.size, "sha256": stored.sha256, "kind": "input"})
+    return kept
+
+
 def _regular_files(workdir: Path, owner_uid: int | None) -> Iterator[tuple[str, BinaryIO]]:
     """(relative path, open file) of each regular file, in a stable order."""
     for folder, dirs, names, folder_fd in os.fwalk(workdir, follow_symlinks=False):

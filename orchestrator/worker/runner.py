@@ -222,6 +222,7 @@ def _run_in(
         forget_earlier_attempt(storage, spec.job_id)
     try:
         staged = _stage_inputs(storage, spec.inputs, workdir, spec.variables or {}, run_as)
+        ran_with = outputs.keep_inputs(storage, spec.job_id, workdir, [i.path for i in spec.inputs if i.template])
     except Exception as exc:  # noqa: BLE001 - any staging failure fails the job with its reason
         return Outcome("FAILED", _step_failed("staging inputs", exc), worker=worker)
     refused = executor.prepare(spec, workdir)
@@ -237,7 +238,7 @@ def _run_in(
         return outcome
     try:
         outcome.log_bytes = _ship_final_logs(storage, spec.job_id, log_paths)
-        outcome.files = outputs.upload(storage, spec.job_id, workdir, staged, run_as and run_as.uid)
+        outcome.files = ran_with + outputs.upload(storage, spec.job_id, workdir, staged, run_as and run_as.uid)
     except Exception as exc:  # noqa: BLE001 - nothing unstored may be recorded as stored
         outcome.status = "FAILED"
         outcome.reason = _step_failed("storing logs and outputs", exc)

@@ -219,16 +219,16 @@ class JobFilesTable(Connection):
             params.append(f"%{like_escape(search)}%")
         count = self._query(f"SELECT COUNT(*) FROM job_files {where}", params)[0][0]
         rows = self._query(
-            f"SELECT path, size, sha256 FROM job_files {where} ORDER BY path LIMIT ? OFFSET ?",
+            f"SELECT path, size, sha256, kind FROM job_files {where} ORDER BY path LIMIT ? OFFSET ?",
             [*params, int(limit), int(offset)],
         )
-        return count, [FileEntry(path=r[0], size=r[1], sha256=r[2]) for r in rows]
+        return count, [FileEntry(path=r[0], size=r[1], sha256=r[2], kind=r[3]) for r in rows]
 
     def get_file(self, job_id: str, path: str) -> FileEntry | None:
         rows = self._query(
-            "SELECT path, size, sha256 FROM job_files WHERE job_id = ? AND path = ?", (job_id, path)
+            "SELECT path, size, sha256, kind FROM job_files WHERE job_id = ? AND path = ?", (job_id, path)
         )
-        return FileEntry(path=rows[0][0], size=rows[0][1], sha256=rows[0][2]) if rows else None
+        return FileEntry(path=rows[0][0], size=rows[0][1], sha256=rows[0][2], kind=rows[0][3]) if rows else None
 
     def share_job(self, job_id: str, users: list[str], shared_by: str) -> None:
         now = ts(datetime.now(timezone.utc))
@@ -338,8 +338,8 @@ def _apply_update(db: sqlite3.Connection, update: StatusUpdate) -> bool:
 def _replace_files(db: sqlite3.Connection, job_id: str, files: list[FileEntry]) -> None:
     db.execute("DELETE FROM job_files WHERE job_id = ?", (job_id,))
     db.executemany(
-        "INSERT INTO job_files (job_id, path, size, sha256) VALUES (?,?,?,?)",
-        [(job_id, f.path, f.size, f.sha256) for f in files],
+        "INSERT OR REPLACE INTO job_files (job_id, path, size, sha256, kind) VALUES (?,?,?,?,?)",
+        [(job_id, f.path, f.size, f.sha256, f.kind) for f in files],  # an output replaces an input
     )
 
 

@@ -229,6 +229,11 @@ MIGRATIONS: tuple[Migration, ...] = (
     submitted_at TEXT NOT NULL
 )""",),
     ),
+    # 10
+    Migration(
+        "job_files.kind: a run's files are its outputs, and the inputs it ran with as staged",
+        columns=(("job_files", "kind", "TEXT NOT NULL DEFAULT 'output'"),),
+    ),
 )
 LATEST = len(MIGRATIONS)
 
