@@ -209,7 +209,9 @@ class Logspace(Generator):
                 self._logs = (_decimal(self.start).log10(), _decimal(self.stop).log10())
         low, high = self._logs
         with decimal.localcontext(DECIMALS):
-            return float(decimal.Decimal(10) ** (low + (high - low) * i / (self.num - 1)))
+            value = float(decimal.Decimal(10) ** (low + (high - low) * i / (self.num - 1)))
+        ends = sorted((float(self.start), float(self.stop)))  # rounding never leaves the range
+        return min(max(value, ends[0]), ends[1])
 
     def points(self) -> list[Scalar]:
         return [self.point_at(i) for i in range(self.num)]
