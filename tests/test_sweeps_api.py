@@ -368,3 +368,27 @@ def test_the_results_table_explains_its_blank_cells(server):
     server.http.post(f"/sweeps/{stopped['id']}/stop")
     record = server.wait_sweep(stopped["id"])
     assert record["status"] == "STOPPED" and record["progress"] == 0.0, record
+
+
+def test_running_counts_only_runs_that_run_now(server):
+    """Runs batched several to a Dask task report their ends as they happen: with
+    max_parallel=1 the sweep never shows more than one run RUNNING."""
+    import time as clock
+
+    created = server.http.post("/sweeps", json={
+        "command": "sleep 0.15", "max_parallel": 1, "variables": [{"name": "i", "values": list(range(14))}]})
+    assert created.status_code == 201, created.text
+    sweep_id, most = created.json()["id"], 0
+    deadline = clock.monotonic() + 60
+    while clock.monotonic() < deadline:
+        record = server.http.get(f"/sweeps/{sweep_id}").json()
+        most = max(most, record["counts"].get("RUNNING", 0))
+        if record["status"] == "COMPLETED":
+            break
+        clock.sleep(0.02)
+    assert record["status"] == "COMPLETED" and record["counts"] == {"COMPLETED": 14}, record
+    assert 1 <= most <= 1, most
+    runs = server.http.get(f"/sweeps/{sweep_id}/runs", params={"page_size": 100}).json()["results"]
+    for run in runs:
+        statuses = [h["status"] for h in server.http.get(f"/jobs/{run['id']}/statuses").json()]
+        assert statuses == ["CREATED", "QUEUED", "RUNNING", "COMPLETED"], statuses

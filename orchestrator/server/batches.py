@@ -56,6 +56,7 @@ class SweepBatches:
             priority=jobs[0].priority, pure=False, retries=0,
         )
         self._batch_futures[key] = (future, [run["key"] for run in spec["runs"]])
+        self._early[key] = (set(), BatchReport())
         try:
             outcomes: list[dict[str, Any]] | BaseException = await outcome_of(future, json.loads)
         finally:
@@ -64,7 +65,22 @@ class SweepBatches:
             for job in jobs:
                 if self._batched.get(job.id) == key:
                     del self._batched[job.id]
-        return self._record_batch(jobs, attempts, outcomes, self._lost_batches.pop(key, None))
+        judged, early = self._early.pop(key)
+        report = self._record_batch(*_undecided(jobs, attempts, outcomes, judged), self._lost_batches.pop(key, None))
+        return merged(early, report, outcomes)
+
+    def _ended_in_batch(self, message: dict[str, Any]) -> None:
+        """A batched run announced its end before its batch did: judged now (its counts tell
+        the truth while the batch runs), and left out when the batch reports."""
+        job = self.store.get_job(message.get("job_id", ""))
+        key = self._batched.get(job.id) if job is not None else None
+        if job is None or key is None or key not in self._early or task_key(job) != message.get("key"):
+            return  # not (or no longer) ours: the batch's own report judges it
+        judged, early = self._early[key]
+        report = self._record_batch([job], [job.attempt], [message["outcome"]])
+        judged.add(job.id)
+        early.requeued += report.requeued
+        early.failed += report.failed
 
     def _record_batch(
         self, jobs: list[JobRecord], attempts: list[int], outcomes: list[dict[str, Any]] | BaseException,
@@ -110,6 +126,27 @@ class SweepBatches:
     def stop_unsent(self, job_ids: list[str], reason: str) -> None:
         """QUEUED runs no Dask task holds yet: the record alone stops them."""
         self._apply(decisions.stop_unsent(job_ids, reason, utcnow()))
+
+
+def _undecided(
+    jobs: list[JobRecord], attempts: list[int], outcomes: list[dict[str, Any]] | BaseException, judged: set[str],
+) -> tuple[list[JobRecord], list[int], list[dict[str, Any]] | BaseException]:
+    """The runs of a batch its report still has to judge (not those that announced their end)."""
+    if not judged:
+        return jobs, attempts, outcomes
+    keep = [i for i, job in enumerate(jobs) if job.id not in judged]
+    kept_outcomes = outcomes if isinstance(outcomes, BaseException) else [outcomes[i] for i in keep]
+    return [jobs[i] for i in keep], [attempts[i] for i in keep], kept_outcomes
+
+
+def merged(early: BatchReport, report: BatchReport, outcomes: list[dict[str, Any]] | BaseException) -> BatchReport:
+    """One report of the whole batch for its dispatcher: what was judged early and at its end,
+    timed over every run it ran."""
+    report.requeued = early.requeued + report.requeued
+    report.failed += early.failed
+    if not isinstance(outcomes, BaseException):
+        report.run_seconds = decisions.run_seconds(outcomes) or report.run_seconds
+    return report
 
 
 async def outcome_of(future: Future, read: Callable[[Any], Any] = lambda value: value) -> Any:

@@ -325,10 +325,21 @@ def outcomes_of_batch(
         ended = finish(job.id, state[0], status, reason, outcome, now)
         decision.updates += ended.updates
         decision.instructions += ended.instructions
-    if spans:
-        busy = max(end for _, end in spans) - min(start for start, _ in spans)
-        report.run_seconds = max(busy, 0.0) / len(spans)
+    report.run_seconds = _seconds_per_run(spans)
     return decision, report
+
+
+def run_seconds(outcomes: list[Outcome]) -> float | None:
+    """Worker time per run of a batch's runs that ran (what sizes the next batches)."""
+    return _seconds_per_run([(o["started_at"], o["finished_at"]) for o in outcomes
+                             if isinstance(o, dict) and o.get("started_at") and o.get("finished_at")])
+
+
+def _seconds_per_run(spans: list[tuple[float, float]]) -> float | None:
+    if not spans:
+        return None
+    busy = max(end for _, end in spans) - min(start for start, _ in spans)
+    return max(busy, 0.0) / len(spans)
 
 
 def unrecordable(update: StatusUpdate, exc: BaseException, now: datetime) -> StatusUpdate:

@@ -86,6 +86,7 @@ class Engine(SweepBatches, Recovery):
         self.recorder = Recorder(store, self.bus, self.waiters)
         self._futures: dict[str, Future] = {}  # job id -> future of its current attempt
         self._batched: dict[str, str] = {}  # job id -> Dask key of the batch running it
+        self._early: dict[str, tuple[set[str], BatchReport]] = {}  # batch key -> runs judged before it ended
         self._batch_futures: dict[str, tuple[Future, list[str]]] = {}  # batch key -> future, run keys
         self._lost_batches: dict[str, str] = {}  # batch key -> address of the worker lost under it
         self._stop_requests: dict[str, str] = {}  # job id -> who asked
@@ -316,6 +317,9 @@ class Engine(SweepBatches, Recovery):
 
     def _on_worker_event(self, event: tuple[float, dict[str, Any]]) -> None:
         _, message = event
+        if message.get("status") == "ENDED":
+            self._ended_in_batch(message)
+            return
         if message.get("status") != "RUNNING":
             return
         job = self.store.get_job(message["job_id"])

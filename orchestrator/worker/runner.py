@@ -44,6 +44,7 @@ STATUS_TOPIC = "orchestrator-status"
 RETURN_FILE = "return.pkl"
 STOP_GRACE_S = 2.0
 ANNOUNCE_INTERVAL_S = 0.1
+MAX_EARLY_OUTCOME = 8192  # bytes of an outcome announced before its batch ends
 LEGACY_VARIABLES = ("ORCHESTRATOR_JOB_ID", "ORCHESTRATOR_TASK_KEY")  # single-user jobs only
 TIMEOUT_REASON = "timeout after"  # how a run stopped at its time limit is told apart
 
@@ -175,6 +176,8 @@ def run_batch(batch: Sealed | dict[str, Any] | str) -> str:
             if budget is not None and outcome.status == "FAILED" and last_try:
                 budget -= 1
             outcomes.append(outcome.as_dict())
+            if announce:  # its start was announced: its end is too, or it would show RUNNING till the batch ends
+                announce_ended(spec, outcomes[-1])
     return json.dumps(outcomes)  # one string: cheap for the scheduler to pass on
 
 
@@ -534,6 +537,16 @@ def announce_running(spec: RunSpec, worker_address: str | None, started: float) 
             {"job_id": spec.job_id, "key": spec.key, "status": "RUNNING",
              "worker": worker_address, "at": started},
         )
+
+
+def announce_ended(spec: RunSpec, outcome: dict[str, Any]) -> None:
+    """A batched run's outcome as soon as it ends, so that its sweep's counts say what runs
+    now; an outcome too big to pass through the scheduler's event log waits for its batch."""
+    worker = current_worker()
+    text = json.dumps(outcome)
+    if worker is not None and len(text) <= MAX_EARLY_OUTCOME:
+        worker.log_event(STATUS_TOPIC, {"job_id": spec.job_id, "key": spec.key, "status": "ENDED",
+                                        "outcome": outcome})
 
 
 @lru_cache(maxsize=16)
