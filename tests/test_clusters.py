@@ -60,3 +60,15 @@ def test_batch_jobs_left_by_a_killed_run_are_cancelled_at_the_next_start(tmp_pat
     assert sorted(p.name for p in tmp_path.glob("cancelled-*")) == ["cancelled-101", "cancelled-102"]
     assert "cancelled 2 batch jobs left by the orchestrator's previous run: " in caplog.text
     assert again.batch_jobs() == [] and cancel_leftovers(again) == []
+
+
+def test_the_network_interface_is_the_workers_and_batch_system_names_are_factories(tmp_path):
+    from orchestrator.server.cluster import load_factory
+
+    cluster = clusters.slurm(cores=1, memory="1GiB", interface="lo", shared_temp_directory=str(tmp_path / "tls"))
+    try:
+        assert "--interface lo" in cluster.job_script()  # workers listen and advertise there
+        assert cluster.scheduler_address.startswith("tls://127.0.0.1:")  # and so does the scheduler
+    finally:
+        cluster.close()
+    assert load_factory("slurm") is clusters.slurm and load_factory("htcondor") is clusters.htcondor

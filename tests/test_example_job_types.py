@@ -11,7 +11,6 @@ import json
 import math
 import statistics
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -21,6 +20,7 @@ from orchestrator import JobStatus, Orchestrator
 from orchestrator.cli import main
 from tests.conftest import REPO
 from tests.support import wait_until
+from tests.support.tenants import Tenants, token_holders
 
 EXAMPLE = REPO / "examples" / "job-types"
 DATA = EXAMPLE / "tensile.csv"
@@ -29,27 +29,11 @@ OUTPUT_COLUMNS = ("count", "skipped", "mean", "std", "min", "max")
 WAIT_S = 60
 
 
-@dataclass
-class Users:
-    url: str
-    tokens: dict[str, str]
-    clients: dict[str, httpx.Client]
-
-    def __getitem__(self, user: str) -> httpx.Client:
-        return self.clients[user]
-
-
 @pytest.fixture
-def users(server) -> Iterator[Users]:
+def users(server) -> Iterator[Tenants]:
     """The README's two token holders on the test server: root (an admin) and alice."""
-    service = server.running.service.tokens
-    tokens = {"root": service.create("root", admin=True), "alice": service.create("alice")}
-    clients = {user: httpx.Client(base_url=server.url + "/api/v1", timeout=WAIT_S + 30,
-                                  headers={"Authorization": f"Token {token}"})
-               for user, token in tokens.items()}
-    yield Users(server.url, tokens, clients)
-    for client in clients.values():
-        client.close()
+    with token_holders(server, {"root": True, "alice": False}, timeout=WAIT_S + 30) as tenants:
+        yield tenants
 
 
 def expected(column: str) -> dict[str, Any]:
@@ -114,7 +98,7 @@ def histogram_counts(text: str) -> list[int]:
 # ---- the curl walk-through ---------------------------------------------------------------------
 
 
-def test_register_validate_and_run_one_job(users: Users):
+def test_register_validate_and_run_one_job(users: Tenants):
     root, alice = users["root"], users["alice"]
     uploaded = root.post("/binaries/stats.py", content=(EXAMPLE / "stats.py").read_bytes(),
                          headers={"Content-Type": "text/x-python"})
@@ -160,7 +144,7 @@ def test_register_validate_and_run_one_job(users: Users):
     assert files == {"summary.csv", "histogram.txt", "seed.outputs.json"}  # inputs are not outputs
 
 
-def test_bins_defaults_and_bad_inputs_are_refused_naming_them(users: Users):
+def test_bins_defaults_and_bad_inputs_are_refused_naming_them(users: Tenants):
     register(users["root"])
     alice = users["alice"]
     job = run(alice, {"files": {"DATA": ["tensile.csv"]}, "json": {"COLUMN": "uts_mpa"}}).json()
@@ -184,7 +168,7 @@ def test_bins_defaults_and_bad_inputs_are_refused_naming_them(users: Users):
     ("yield_mpa", 0, 5, "error 5 (data): Invalid number of bins", "invalid-bins",
      "BINS must be between 1 and 1000, not 0"),
 ])
-def test_a_declared_error_fails_the_job_with_its_name(users: Users, column, bins, code, reason, error, message):
+def test_a_declared_error_fails_the_job_with_its_name(users: Tenants, column, bins, code, reason, error, message):
     register(users["root"])
     alice = users["alice"]
     job = run(alice, {"files": {"DATA": ["tensile.csv"]}, "json": {"COLUMN": column, "BINS": bins}}).json()
@@ -194,7 +178,7 @@ def test_a_declared_error_fails_the_job_with_its_name(users: Users, column, bins
     assert message in alice.get(f"/jobs/{job['id']}/logs", params={"stream": "stderr"}).text
 
 
-def test_a_sweep_over_bins(users: Users):
+def test_a_sweep_over_bins(users: Tenants):
     register(users["root"])
     alice = users["alice"]
     spec = {"name": "yield-bins", "job_type": "csv-stats@1.0.0",
@@ -221,7 +205,7 @@ def test_a_sweep_over_bins(users: Users):
     assert text.splitlines()[0].startswith("index,job_id,status,exit_code,duration_s,BINS,")
 
 
-def test_pause_holds_new_jobs_until_resumed(users: Users):
+def test_pause_holds_new_jobs_until_resumed(users: Tenants):
     root, alice = users["root"], users["alice"]
     register(root)
     paused = root.patch("/job-types/csv-stats/1.0.0", json={"is_paused": True})
@@ -240,12 +224,12 @@ def test_pause_holds_new_jobs_until_resumed(users: Users):
 # ---- the same from Python and the command line -------------------------------------------------
 
 
-def test_python_api(users: Users, tmp_path):
-    with Orchestrator.connect(users.url, token=users.tokens["root"]) as admin:
+def test_python_api(users: Tenants, tmp_path):
+    with Orchestrator.connect(users.server.url, token=users.tokens["root"]) as admin:
         admin.upload_binary("stats.py", EXAMPLE / "stats.py")
         assert admin.job_types.validate(EXAMPLE / "manifest.json", CONFIGURATION).is_valid
         assert admin.job_types.create(EXAMPLE / "manifest.json", CONFIGURATION).revision_num == 1
-    with Orchestrator.connect(users.url, token=users.tokens["alice"]) as orch:
+    with Orchestrator.connect(users.server.url, token=users.tokens["alice"]) as orch:
         job = orch.run("csv-stats@1.0.0", {"COLUMN": "uts_mpa", "BINS": 8}, files={"DATA": DATA}, wait=WAIT_S)
         assert job.record.status == JobStatus.COMPLETED, job.record.status_reason
         outputs = job.result().outputs
@@ -255,9 +239,9 @@ def test_python_api(users: Users, tmp_path):
         assert len(histogram_counts(histogram)) == 8
 
 
-def test_cli(users: Users, capsys):
-    admin = ["--url", users.url, "--token", users.tokens["root"]]
-    alice = ["--url", users.url, "--token", users.tokens["alice"]]
+def test_cli(users: Tenants, capsys):
+    admin = ["--url", users.server.url, "--token", users.tokens["root"]]
+    alice = ["--url", users.server.url, "--token", users.tokens["alice"]]
     assert main(["upload", str(EXAMPLE / "stats.py"), *admin]) == 0
     manifest = str(EXAMPLE / "manifest.json")
     assert main(["job-type", "validate", manifest, "--setting", "DECIMALS=3", *admin]) == 0

@@ -207,11 +207,12 @@ class Engine(SweepBatches, Recovery):
         if not online:
             self._unsent[job.id] = job.attempt  # the record says QUEUED: sent on reconnection
             return job
-        return self._send(job)
+        return self._send(job, gated=True)
 
-    def _send(self, job: JobRecord) -> JobRecord:
-        """Hand a QUEUED attempt to Dask and follow its future (unless its type holds it)."""
-        if self.gate.hold_reason(job):
+    def _send(self, job: JobRecord, gated: bool = False) -> JobRecord:
+        """Hand a QUEUED attempt to Dask and follow its future, unless its type holds it
+        (`gated`: the caller just asked the gate)."""
+        if not gated and self.gate.hold_reason(job):
             self.gate.hold(job)
             return job
         try:
@@ -243,7 +244,7 @@ class Engine(SweepBatches, Recovery):
             if self.gate.hold_reason(job) or not self.online:
                 break
             self.gate.drop(key, job_id)
-            self._send(job)
+            self._send(job, gated=True)
         self.gate.notify(key)  # a sweep's dispatcher waiting on the type may send now
 
     def _release_types(self, job_ids: list[str]) -> None:

@@ -318,7 +318,7 @@ class SweepService:
         return count, [self._record(sweep) for sweep in sweeps]
 
     def _record(self, sweep: SweepRow) -> SweepRecord:
-        counts = self.store.sweep_counts(sweep.id)
+        counts, output_problems = self.store.sweep_tally(sweep.id)
         total = sum(counts.values())
         done = counts.get(JobStatus.COMPLETED.value, 0) + counts.get(JobStatus.FAILED.value, 0)
         status, reason = _sweep_status(counts, sweep.stop_reason)
@@ -328,7 +328,7 @@ class SweepService:
             id=sweep.id, name=sweep.name, owner=sweep.owner, kind=sweep.kind,
             status=status, status_reason=reason, runs=total, counts=counts,
             progress=round(done / total, 6) if total else 1.0, variables=sweep.names,
-            output_problems=self.store.sweep_output_problems(sweep.id),
+            output_problems=output_problems,
             design=design or ("full_factorial" if spec.get("variables") else None),
             seed=sweep.seed, max_parallel=spec.get("max_parallel"),
             storage_bytes=sweep.input_bytes + self.store.sweep_storage_bytes(sweep.id),

@@ -51,13 +51,10 @@ class Tenants:
 
 
 @contextlib.contextmanager
-def tenants_on(settings: Settings) -> Iterator[Tenants]:
-    """A server with three token holders: alice and bob (users) and root (an admin)."""
-    server = start_test_server(settings)
-    tokens_service = server.running.service.tokens
-    tokens = {"alice": tokens_service.create("alice"), "bob": tokens_service.create("bob"),
-              "root": tokens_service.create("root", admin=True)}
-    clients = {user: httpx.Client(base_url=server.url + "/api/v1", timeout=HANG_S,
+def token_holders(server: Server, admins: dict[str, bool], timeout: float = HANG_S) -> Iterator[Tenants]:
+    """Tokens for these users (name -> admin) on a running server, each with its client."""
+    tokens = {user: server.running.service.tokens.create(user, admin=admin) for user, admin in admins.items()}
+    clients = {user: httpx.Client(base_url=server.url + "/api/v1", timeout=timeout,
                                   headers={"Authorization": f"Token {token}"})
                for user, token in tokens.items()}
     try:
@@ -65,4 +62,14 @@ def tenants_on(settings: Settings) -> Iterator[Tenants]:
     finally:
         for client in clients.values():
             client.close()
+
+
+@contextlib.contextmanager
+def tenants_on(settings: Settings) -> Iterator[Tenants]:
+    """A server with three token holders: alice and bob (users) and root (an admin)."""
+    server = start_test_server(settings)
+    try:
+        with token_holders(server, {"alice": False, "bob": False, "root": True}) as tenants:
+            yield tenants
+    finally:
         stop_test_server(server)

@@ -116,6 +116,14 @@ class SweepsTable(Connection):
         rows = self._query(f"SELECT status, COUNT(*) FROM jobs WHERE {where} GROUP BY status", params)
         return {row[0]: row[1] for row in rows}
 
+    def sweep_tally(self, sweep_id: str) -> tuple[dict[str, int], int]:
+        """A sweep's runs by status, and how many completed with outputs that could not all be
+        read (their table cells are blank for a reason), in one pass over its runs."""
+        rows = self._query(
+            "SELECT status, COUNT(*), SUM(status = 'COMPLETED' AND json_extract(result, '$.error') IS NOT NULL)"
+            " FROM jobs WHERE sweep_id = ? GROUP BY status", (sweep_id,))
+        return {row[0]: row[1] for row in rows}, sum(row[2] or 0 for row in rows)
+
     def sweep_storage_bytes(self, sweep_id: str) -> int:
         """What a sweep's runs keep in storage (its shared inputs are on the sweep)."""
         rows = self._query("SELECT SUM(storage_bytes) FROM jobs WHERE sweep_id = ?", (sweep_id,))
@@ -138,13 +146,6 @@ class SweepsTable(Connection):
             (row[0], row[1], row[2], row[3], json.loads(row[4] or "{}"), json.loads(row[5]) if row[5] else None)
             for row in rows
         ]
-
-    def sweep_output_problems(self, sweep_id: str) -> int:
-        """Completed runs whose outputs could not all be read (an invalid outputs.json, an
-        optional declared output missing): their table cells are blank for a reason."""
-        return self._query(
-            "SELECT COUNT(*) FROM jobs WHERE sweep_id = ? AND status = 'COMPLETED'"
-            " AND json_extract(result, '$.error') IS NOT NULL", (sweep_id,))[0][0]
 
     def finished_runs(self, sweep_id: str, after: int, limit: int) -> tuple[int, list[JobRecord]]:
         """Runs that ended after the cursor `after`, in the order they ended, and the new cursor."""
