@@ -28,7 +28,7 @@ _SOURCES = {
     "JobTypeDetails": "orchestrator.jobtypes.records", "JobTypeRevision": "orchestrator.jobtypes.records",
     "JobTypeSummary": "orchestrator.jobtypes.records", "ValidationResult": "orchestrator.jobtypes.records",
     "DryRun": "orchestrator.sweep_models", "SweepRecord": "orchestrator.sweep_models",
-    "assigned_gpus": "orchestrator.plugins.worker",
+    "assigned_gpus": "orchestrator.plugins.worker", "get_client": "orchestrator.jobclient",
 }
 __all__ = sorted(_SOURCES)
 

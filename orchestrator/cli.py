@@ -40,6 +40,15 @@ def _secret_env(names: list[str]) -> dict[str, str]:
 
 def cmd_submit(args: argparse.Namespace) -> int:
     command: str | list[str] = args.command[0] if len(args.command) == 1 else list(args.command)
+    call: dict[str, Any] = {}
+    if args.entrypoint is not None:
+        if args.command:
+            raise SystemExit("error: give a command or --entrypoint, not both")
+        command, call = args.entrypoint, {"kwargs": _json_object(args.kwargs, "--kwargs")}
+    elif args.kwargs is not None:
+        raise SystemExit("error: --kwargs goes with --entrypoint")
+    elif not args.command:
+        raise SystemExit("error: give a command, or --entrypoint MODULE:FUNCTION")
     resources: dict[str, Any] = {"cores": args.cores, "gpus": args.gpus}
     if args.memory:
         resources["memory"] = args.memory
@@ -48,7 +57,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
         job = orch.submit(
             command, files=args.file, binaries=args.binary, env=env, resources=resources,
             secret_env=_secret_env(args.secret_env),
-            timeout_s=args.timeout, retries=args.retries, priority=args.priority, name=args.name,
+            timeout_s=args.timeout, retries=args.retries, priority=args.priority, name=args.name, **call,
         )
         if args.wait or args.follow:
             if args.follow:
@@ -314,12 +323,26 @@ def _show_job(record: Any, as_json: bool) -> None:
     if record.result is not None:
         rows += [["exit code", record.result.exit_code],
                  ["duration", f"{record.result.duration_s or 0:.3f} s"]]
+        if record.result.value is not None:
+            rows.append(["value", json.dumps(record.result.value)])
         rows += [[f"output {k}", v] for k, v in record.result.outputs.items()]
     print_table(["field", "value"], rows, header=False)
 
 
 def _ts(value: Any) -> str:
     return value.strftime("%Y-%m-%d %H:%M:%S") if value else ""
+
+
+def _json_object(text: str | None, flag: str) -> dict[str, Any]:
+    if text is None:
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError as exc:
+        raise SystemExit(f"error: {flag}: not JSON: {exc}") from None
+    if not isinstance(value, dict):
+        raise SystemExit(f"error: {flag}: must be a JSON object of keyword arguments")
+    return value
 
 
 def _key_value(item: str) -> tuple[str, str]:
@@ -349,8 +372,11 @@ def build_parser() -> argparse.ArgumentParser:
     add_admin_commands(sub)
     add_job_type_commands(sub, client_options)
 
-    submit = client_command("submit", "submit a command as a job", cmd_submit)
-    submit.add_argument("command", nargs="+", help="a shell command line, or program and arguments")
+    submit = client_command("submit", "submit a command (or an entry point) as a job", cmd_submit)
+    submit.add_argument("command", nargs="*", help="a shell command line, or program and arguments")
+    submit.add_argument("--entrypoint", metavar="MODULE:FUNCTION",
+                        help="instead of a command: a function of the -b Python binaries (a wheel, a zip or a .py)")
+    submit.add_argument("--kwargs", metavar="JSON", help="the entry point's keyword arguments, a JSON object")
     submit.add_argument("--name")
     submit.add_argument("-f", "--file", action="append", default=[], help="local file to stage")
     submit.add_argument("-b", "--binary", action="append", default=[], help="binary name[@version] or URL")

@@ -107,6 +107,17 @@ class Settings(BaseSettings):
         description="interval of /events keep-alives; open streams re-check their access as often",
     )
 
+    pickled_code: bool = Field(
+        True, description="accept Python callables sent pickled over REST (run by workers in the "
+        "owner's warm context); false: only commands, entry points and job types",
+    )
+    context_idle_s: float = Field(
+        600.0, gt=0, description="a worker ends a warm entry-point context idle this long (seconds)",
+    )
+    max_contexts: int = Field(
+        8, ge=1, le=1000, description="most warm entry-point contexts one worker process keeps",
+    )
+
     @field_validator("allowed_hosts")
     @classmethod
     def _hosts_are_names(cls, hosts: list[str]) -> list[str]:

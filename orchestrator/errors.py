@@ -46,6 +46,12 @@ class Forbidden(OrchestratorError):
     code = "forbidden"
 
 
+class PickledCodeRefused(Forbidden):
+    """This server runs only registered applications and entry points, never pickled code."""
+
+    code = "pickled_code_disabled"
+
+
 class ForbiddenHost(Forbidden):
     """The Host header names another server (DNS rebinding)."""
 

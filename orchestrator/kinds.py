@@ -6,9 +6,10 @@ from enum import Enum
 
 
 class JobKind(str, Enum):
-    """What a job runs: a shell command (or program and arguments), a Python callable, or a
-    registered job type."""
+    """What a job runs: a shell command (or program and arguments), a Python callable, a
+    registered job type, or an entry point (a function of uploaded Python binaries)."""
 
     COMMAND = "command"
     CALLABLE = "callable"
     JOB_TYPE = "job_type"
+    ENTRYPOINT = "entrypoint"

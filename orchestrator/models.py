@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import binascii
 import re
 from datetime import datetime, timezone
 from enum import Enum
@@ -28,6 +30,9 @@ MAX_VERSION = 2**31  # binary versions: far past any real count, inside SQLite's
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$")
 NO_NUL = r"^[^\x00]*$"
+_IDENTIFIERS = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+ENTRYPOINT = re.compile(rf"^{_IDENTIFIERS}:{_IDENTIFIERS}$")  # 'package.module:function'
+MAX_PICKLED_BYTES = 16 * 2**20
 COMMAND_LINE = r"^[^\x00]*\S[^\x00]*$"  # what _non_empty_command takes as a line
 
 # ---- constraints of query parameters, each declared once ---------------------------------
@@ -157,6 +162,12 @@ class JobTemplate(Request):
         description="scalar outputs read from files the command writes (a regex's last match, a "
         "CSV cell, a JSON value), kept as outputs.json values are",
     )
+    entrypoint: str | None = Field(
+        None, pattern=ENTRYPOINT.pattern, description="instead of a command: 'package.module:function' "
+        "of the uploaded Python binaries (a wheel, a zip of modules or one .py), called in a warm "
+        "context on a worker; its JSON return value is the job's result")
+    kwargs: dict[str, Any] | None = Field(
+        None, description="keyword arguments of the entry point (JSON values; a sweep's variables join them)")
 
     @field_validator("command")
     @classmethod
@@ -206,7 +217,17 @@ INPUT_SECTIONS = ("files", "json")
 
 
 def _command_or_job_type(schema: dict[str, Any]) -> None:
-    schema["anyOf"] = [{"required": ["command"]}, {"required": ["job_type"]}]
+    schema["anyOf"] = [{"required": ["command"]}, {"required": ["job_type"]}, {"required": ["entrypoint"]},
+                       {"required": ["pickled"]}]
+
+
+def check_entrypoint_fields(request: JobTemplate) -> None:
+    """What runs is one thing; kwargs go with an entry point (or a pickled callable)."""
+    given = [name for name in ("command", "entrypoint", "job_type", "pickled") if getattr(request, name, None) is not None]
+    if len(given) > 1:
+        raise ValueError(f"{given[1]}: give one of command, entrypoint, job_type or pickled, not {' and '.join(given)}")
+    if request.kwargs is not None and not {"entrypoint", "pickled"} & set(given):
+        raise ValueError("kwargs: keyword arguments go with an entrypoint")
 
 
 class JobCreate(JobTemplate):
@@ -224,7 +245,21 @@ class JobCreate(JobTemplate):
         default_factory=dict, description="a job type's inputs: {'files': {NAME: [uploaded file, "
         "'binary@version' or URL, ...]}, 'json': {NAME: value}}")
     configuration: Configuration | None = Field(None, description="laid over the job type's")
+    pickled: str | None = Field(
+        None, max_length=MAX_PICKLED_BYTES * 4 // 3 + 4, description="a Python callable: base64 of "
+        "cloudpickle.dumps((function, args, kwargs)), unpickled only by the worker, in the owner's "
+        "warm context (servers may refuse pickled code)")
     submit: bool = Field(True, description="false saves the job as CREATED")
+
+    @field_validator("pickled")
+    @classmethod
+    def _base64(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                base64.b64decode(value, validate=True)
+            except (binascii.Error, ValueError):
+                raise ValueError("must be base64 (of a cloudpickle.dumps((function, args, kwargs)))") from None
+        return value
 
     @field_validator("inputs")
     @classmethod
@@ -236,9 +271,10 @@ class JobCreate(JobTemplate):
 
     @model_validator(mode="after")
     def _runs_something(self) -> JobCreate:
+        check_entrypoint_fields(self)
         if self.job_type is None:
-            if self.command is None:
-                raise ValueError("command: give a command, or a job_type to run")
+            if self.command is None and self.entrypoint is None and self.pickled is None:
+                raise ValueError("command: give a command, an entrypoint, or a job_type to run")
             if self.inputs or self.configuration is not None:
                 raise ValueError("job_type: inputs and configuration belong to a job type")
         elif self.command is not None:
@@ -323,7 +359,7 @@ class JobResult(BaseModel):
     outputs: dict[str, Any] = Field(
         default_factory=dict, description="scalar outputs the job wrote to outputs.json"
     )
-    value: Any = Field(None, description="a Python callable job's return value, if JSON")
+    value: Any = Field(None, description="the return value of an entry point or a Python callable, if JSON")
     started_at: datetime | None = None
     finished_at: datetime | None = None
     duration_s: float | None = None
@@ -335,7 +371,7 @@ class JobRecord(BaseModel):
     id: str
     name: str
     owner: str
-    kind: JobKind = Field(JobKind.COMMAND, description="'command', 'callable' or 'job_type'")
+    kind: JobKind = Field(JobKind.COMMAND, description="'command', 'callable', 'job_type' or 'entrypoint'")
     status: JobStatus
     status_reason: str | None = None
     command: str | list[str] | None = None
@@ -357,6 +393,10 @@ class JobRecord(BaseModel):
     job_type: JobTypeRef | None = Field(None, description="the job type (and revision) it runs")
     inputs: dict[str, dict[str, Any]] | None = Field(None, description="a job type's inputs as given")
     outputs: DeclaredOutputs = Field(default_factory=list, description="declared outputs read from its files")
+    entrypoint: str | None = Field(None, description="the function an entry-point job calls")
+    kwargs: dict[str, Any] | None = Field(None, description="the entry point's keyword arguments")
+    in_context: bool = Field(False, description="a callable sent over REST: runs in its owner's warm "
+                             "context process, not in the worker's own thread")
     created_at: datetime
     submitted_at: datetime | None = None
     started_at: datetime | None = None
@@ -416,6 +456,19 @@ class BinaryDetail(BinaryRecord):
     versions: list[int] = Field(description="every version, oldest first")
 
 
+class ContextState(BaseModel):
+    """A warm context on a worker: a Python process keeping an application's artifacts
+    imported between its owner's entry-point jobs."""
+
+    artifacts: list[str] = Field(description="the binaries on its path, as 'name@version'")
+    owner: str
+    pid: int
+    jobs_run: int
+    busy: bool = Field(description="running a job now")
+    started_at: datetime
+    idle_since: datetime | None = Field(None, description="when its last job ended (null while busy)")
+
+
 class WorkerState(BaseModel):
     address: str
     name: str
@@ -425,6 +478,8 @@ class WorkerState(BaseModel):
     used: dict[str, float]
     free: dict[str, float]
     running_jobs: list[str] = Field(default_factory=list, description="your running jobs there")
+    contexts: list[ContextState] = Field(
+        default_factory=list, description="your warm entry-point contexts there (as of its last heartbeat)")
 
 
 class ClusterState(BaseModel):

@@ -213,6 +213,7 @@ def end_orphans(keys: list[str]) -> list[int]:
     return killed
 
 
+CONTEXTS_METRIC = "orchestrator_contexts"  # a worker's warm contexts, as /cluster lists them
 TASK_KEY_VARIABLE = "JOB_TASK_KEY"  # set in every job's environment by the runner
 
 
@@ -223,7 +224,16 @@ class OrchestratorWorkerPlugin(WorkerPlugin):
 
     name = "orchestrator"
 
+    def __init__(self, context_idle_s: float | None = None, max_contexts: int | None = None):
+        self.context_idle_s = context_idle_s  # the server's settings for warm contexts
+        self.max_contexts = max_contexts
+
     def setup(self, worker) -> None:  # noqa: D401 - dask hook
+        from orchestrator.worker.contexts import context_pool
+
+        pool = context_pool()
+        pool.configure(getattr(self, "context_idle_s", None), getattr(self, "max_contexts", None))
+        worker.metrics[CONTEXTS_METRIC] = lambda _worker: pool.describe()  # sent with each heartbeat
         logger.debug("orchestrator plugin set up on %s", worker.address)
 
     def teardown(self, worker) -> None:
@@ -234,6 +244,9 @@ class OrchestratorWorkerPlugin(WorkerPlugin):
 
         if worker.status in (Status.closing, Status.closing_gracefully, Status.closed, Status.failed):
             _processes.kill_all()
+            from orchestrator.worker.contexts import context_pool
+
+            context_pool().end_all()
 
 
 async def dask_setup(worker) -> None:

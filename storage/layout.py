@@ -21,6 +21,7 @@ import posixpath
 from orchestrator.storage.fsstore import Storage
 
 LOG_STREAMS = ("stdout", "stderr")
+RETURN_FILE = "return.pkl"  # the output holding a callable's value that JSON cannot hold (pickled)
 OFFSET_DIGITS = 15
 
 

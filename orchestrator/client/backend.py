@@ -87,7 +87,8 @@ class Job(LiveHandle[JobRecord]):
         return self.record
 
     def result(self, timeout: float | None = None) -> Any:
-        """The result of a finished job: JobResult for commands, the return value for callables.
+        """The result of a finished job: JobResult for commands, the return value for
+        callables and entry points.
 
         Raises JobFailed if it failed or was stopped, TimeoutError if it is still going.
         """
@@ -96,7 +97,7 @@ class Job(LiveHandle[JobRecord]):
             raise TimeoutError(f"job {self.id} is still {record.status.value}")
         if record.status != JobStatus.COMPLETED:
             raise JobFailed(record)
-        if record.kind == JobKind.CALLABLE:
+        if record.kind in (JobKind.CALLABLE, JobKind.ENTRYPOINT):
             return self._backend.return_value(self.id)
         return record.result or JobResult()
 

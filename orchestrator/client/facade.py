@@ -21,6 +21,7 @@ from orchestrator.client.remote import RemoteBackend
 from orchestrator.client.sweeps import Sweep, load_spec_file, sweep_spec, validated
 from orchestrator.errors import validation_failed
 from orchestrator.models import (
+    ENTRYPOINT,
     BinaryRecord,
     JobCreate,
 )
@@ -65,7 +66,9 @@ class Orchestrator:
         outputs: list[dict[str, Any]] | None = None,
         **kwargs: Any,
     ) -> Job:
-        """Run a command (or, embedded, a Python callable called with *args, **kwargs).
+        """Run a command, an entry point ('package.module:function' of uploaded `binaries`,
+        called with `kwargs={...}`), or a Python callable called with *args, **kwargs (over
+        REST it is pickled with cloudpickle and only a worker unpickles it).
 
         `secret_env` reaches the process like `env` but is stored sealed and shown as '****'.
         `outputs` declares scalar outputs read from files the command writes: {"name", "file",
@@ -79,6 +82,13 @@ class Orchestrator:
             fields["name"] = _callable_name(command, name)
             request = _job_request(command=_qualified_name(command), **fields)
             return Job(self._backend, self._backend.create_callable(request, command, args, kwargs))
+        if isinstance(command, str) and ENTRYPOINT.fullmatch(command):
+            call_kwargs = kwargs.pop("kwargs", None)
+            if args or kwargs:
+                raise TypeError(f"an entry point takes its arguments as kwargs={{...}}, not {args or kwargs}")
+            request = _job_request(command=None, entrypoint=command, kwargs=call_kwargs,
+                                   outputs=outputs or [], **fields)
+            return Job(self._backend, self._backend.create_job(request, _file_map(files)))
         if args or kwargs:
             raise TypeError(f"unexpected arguments for a command job: {args or kwargs}")
         request = _job_request(command=command, outputs=outputs or [], **fields)

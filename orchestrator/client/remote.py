@@ -3,6 +3,7 @@ error bodies raised as the same exception classes the embedded backend raises.""
 
 from __future__ import annotations
 
+import base64
 import json
 import time
 import urllib.parse
@@ -27,10 +28,12 @@ from orchestrator.models import (
     BinaryRecord,
     FileEntry,
     JobCreate,
+    JobKind,
     JobRecord,
     JobStatus,
     StatusChange,
 )
+from orchestrator.storage import layout
 from orchestrator.sweep_models import DryRun, FinishedRuns, ResultsTable, SweepCreate, SweepRecord
 
 
@@ -67,7 +70,14 @@ class RemoteBackend:
         return JobRecord.model_validate(response.json())
 
     def create_callable(self, request, function, args, kwargs) -> JobRecord:
-        raise TypeError("Python callables run only on an embedded Orchestrator(); send a command")
+        """Pickled here with cloudpickle; the server stores the bytes and only a worker, in
+        this user's warm context, unpickles them."""
+        import cloudpickle
+
+        body = request.model_dump(mode="json", exclude_none=True, exclude_unset=True)
+        body["command"] = None
+        body["pickled"] = base64.b64encode(cloudpickle.dumps((function, args, kwargs))).decode()
+        return JobRecord.model_validate(self._call("POST", "/jobs", json=body).json())
 
     def get_job(self, job_id: str) -> JobRecord:
         return JobRecord.model_validate(self._call("GET", f"/jobs/{job_id}").json())
@@ -138,7 +148,12 @@ class RemoteBackend:
             save_stream(response.iter_bytes(), dest, expected)
 
     def return_value(self, job_id: str) -> Any:
+        """A callable's value: as JSON in its result, or pickled as its output return.pkl."""
         record = self.get_job(job_id)
+        if record.kind == JobKind.CALLABLE and any(f.path == layout.RETURN_FILE for f in self.list_files(job_id, layout.RETURN_FILE)):
+            import cloudpickle
+
+            return cloudpickle.loads(self._call("GET", f"/jobs/{job_id}/files/{layout.RETURN_FILE}").content)
         return record.result.value if record.result else None
 
     def upload_binary(self, name: str, source: Path | bytes) -> BinaryRecord:

@@ -27,7 +27,7 @@ from distributed.deploy import Cluster
 from distributed.security import Security
 
 from orchestrator.config import Settings, machine_resources
-from orchestrator.plugins.worker import GPU_DEVICES_VARIABLE
+from orchestrator.plugins.worker import CONTEXTS_METRIC, GPU_DEVICES_VARIABLE
 from orchestrator.storage.fsstore import OPTIONS_VARIABLE
 
 logger = logging.getLogger(__name__)
@@ -238,6 +238,7 @@ def worker_states(dask_scheduler: Any) -> list[dict[str, Any]]:
             "memory_limit": ws.memory_limit, "declared": dict(ws.resources),
             "used": dict(ws.used_resources),
             "free": {r: amount - ws.used_resources.get(r, 0) for r, amount in ws.resources.items()},
+            "contexts": list(ws.metrics.get(CONTEXTS_METRIC) or []),
         }
         for ws in dask_scheduler.workers.values()
     ]

@@ -72,7 +72,9 @@ class Engine(SweepBatches, Recovery):
         reconnect: ClientFactory | None = None,
         isolation: Isolation | None = None,
         worker_shape: dict[str, float] | None = None,
+        worker_plugin: OrchestratorWorkerPlugin | None = None,
     ):
+        self.worker_plugin = worker_plugin or OrchestratorWorkerPlugin()  # with the workers' settings
         self.sealer = sealer
         self.isolation = isolation or Isolation.single_user()
         self.link = SchedulerLink(client, reconnect)  # `reconnect`: a new client, if Dask's gives up
@@ -125,7 +127,7 @@ class Engine(SweepBatches, Recovery):
 
     async def _attach(self, client: Client) -> None:
         """What a scheduler must know of us; a new one (or one that dropped us) knows nothing."""
-        await client.register_plugin(OrchestratorWorkerPlugin())
+        await client.register_plugin(self.worker_plugin)
         # Dask reruns a task whose worker died under the same key (up to `allowed-failures`
         # times), racing our own new attempt: a run could start twice under one attempt while
         # the stale flags travelled (seen under load). With none allowed the task errs

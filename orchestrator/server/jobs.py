@@ -81,8 +81,9 @@ class JobService:
         stored = 0
         if files or kind == JobKind.CALLABLE:
             stored = await asyncio.to_thread(self.storage.prefix_bytes, layout.job_prefix(job_id))
+        kind = JobKind.ENTRYPOINT if request.entrypoint is not None else kind
         fields: dict[str, Any] = dict(
-            name=request.name or default_name(request.command),
+            name=request.name or default_name(request.command, request.entrypoint),
             kind=kind,
             command=request.command if kind == JobKind.COMMAND else None,
             binaries=self.binaries.pin(request.binaries, owner, creator.admin),
@@ -92,7 +93,12 @@ class JobService:
             timeout_s=request.timeout_s,
             priority=request.priority,
             outputs=request.outputs,
+            entrypoint=request.entrypoint,
+            kwargs=request.kwargs,
+            in_context=request.pickled is not None,
         )
+        if kind == JobKind.ENTRYPOINT:
+            refuse_url_artifacts(request.binaries)
         secrets = request.secret_env
         if request.job_type is not None:
             typed = self._typed(request, creator, files or [])
@@ -303,13 +309,24 @@ class JobService:
                 await self.remove(job.id)
 
 
-def default_name(command: str | list[str] | None) -> str:
-    """A name from the program a command runs, shown in lists, task keys and the dashboard.
+def refuse_url_artifacts(binaries: list[str]) -> None:
+    """A warm context is kept per exact artifact version: a URL's bytes may change under it."""
+    for position, ref in enumerate(binaries):
+        if "://" in ref:
+            raise ValidationFailed(
+                "an entry point's binaries are uploaded binaries", {f"binaries.{position}": (
+                    "an entry point imports uploaded binaries (pinned versions keep its warm "
+                    "context exact); upload it: POST /binaries/{name}")})
+
+
+def default_name(command: str | list[str] | None, entrypoint: str | None = None) -> str:
+    """A name from the program a command runs (an entry point's function), shown in lists,
+    task keys and the dashboard.
 
     Leading `NAME=value` words are environment for the program, often secrets
     (`DB_PASSWORD=hunter2 ./run.sh`), so they are skipped, and nothing after an '=' is ever
     used; a command line that cannot be split (unbalanced quotes) gets the plain "job"."""
-    word = _program_word(command)
+    word = entrypoint.rpartition(":")[2].rpartition(".")[2] if entrypoint else _program_word(command)
     if not word:
         return "job"
     cleaned = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in word)[:64]

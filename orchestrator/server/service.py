@@ -12,6 +12,7 @@ from pathlib import Path
 
 from orchestrator.config import Settings
 from orchestrator.paths import private_folder
+from orchestrator.plugins.worker import OrchestratorWorkerPlugin
 from orchestrator.server import batch_jobs, cluster
 from orchestrator.server.auth import Tokens
 from orchestrator.server.binaries import BinaryService
@@ -65,6 +66,8 @@ class Service:
             can_grow=settings.can_grow, worker_loss_retries=settings.worker_loss_retries,
             sealer=self.sealer, reconnect=self.connection.reconnect, isolation=self._isolation(),
             worker_shape=self.connection.worker_shape,
+            worker_plugin=OrchestratorWorkerPlugin(context_idle_s=settings.context_idle_s,
+                                                   max_contexts=settings.max_contexts),
         )
         self.binaries = BinaryService(self.store, self.storage)
         self.job_types = JobTypeService(self.store, self.binaries, self.sealer, self.engine.fixed_offers)

@@ -38,8 +38,11 @@ def run_spec(
     job: JobRecord, storage_url: str, secrets: dict[str, str], isolation: Isolation,
     contracts: Contracts | None = None,
 ) -> dict[str, Any]:
-    inputs = [binary_input(ref, job.owner) for ref in job.binaries]
+    python = job.kind == JobKind.ENTRYPOINT or job.in_context  # runs in a warm context
+    binaries = [binary_input(ref, job.owner) for ref in job.binaries]
+    inputs = [] if python else binaries
     inputs += [StagedInput(path=path, key=layout.input_key(job.id, path)) for path in job.files]
+    in_thread = job.kind == JobKind.CALLABLE and not job.in_context  # the embedded API's callables
     spec = RunSpec(
         job_id=job.id,
         key=task_key(job),
@@ -50,10 +53,16 @@ def run_spec(
         inputs=inputs,
         timeout_s=job.timeout_s,
         callable_key=layout.callable_key(job.id) if job.kind == JobKind.CALLABLE else None,
-        kind=job.kind.value,
+        kind=JobKind.ENTRYPOINT.value if job.in_context else job.kind.value,
         gpus=job.resources.gpus,
-        run_as=isolation.run_as(job.owner) if job.kind != JobKind.CALLABLE else None,
+        run_as=None if in_thread else isolation.run_as(job.owner),
         declared_outputs=as_run_fields(job.outputs),
+        entrypoint=job.entrypoint,
+        kwargs=job.kwargs,
+        artifacts=[{"ref": ref, "key": item.key} for ref, item in zip(job.binaries, binaries, strict=True)]
+        if python else [],
+        owner=job.owner,
+        in_context=job.in_context,
     )
     if job.job_type is not None and contracts is not None:
         for name, value in typed_run_fields(job, *contracts(job.job_type)).items():

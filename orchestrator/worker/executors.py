@@ -25,6 +25,7 @@ REGISTRY: dict[str, str] = {
     JobKind.COMMAND.value: "orchestrator.worker.runner:CommandExecutor",
     JobKind.CALLABLE.value: "orchestrator.worker.callables:CallableExecutor",
     JobKind.JOB_TYPE.value: "orchestrator.worker.typed:JobTypeExecutor",
+    JobKind.ENTRYPOINT.value: "orchestrator.worker.entrypoints:EntrypointExecutor",
 }
 
 

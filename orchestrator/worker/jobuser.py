@@ -87,17 +87,17 @@ def clean_environment(run_as: RunAs, workdir: Path, job_env: dict[str, str]) -> 
 def job_path() -> str:
     """The system's bin folders, after the worker's own Python's when others may run it."""
     own = os.path.dirname(sys.executable)
-    folders = [own, *MINIMAL_PATH] if _enterable_by_anyone(own) else list(MINIMAL_PATH)
+    folders = [own, *MINIMAL_PATH] if enterable_by_anyone(own) else list(MINIMAL_PATH)
     return ":".join(dict.fromkeys(folders))
 
 
-def _enterable_by_anyone(folder: str) -> bool:
+def enterable_by_anyone(folder: str) -> bool:
     path = Path(folder).resolve()
     return all(os.stat(part).st_mode & 0o001 for part in (path, *path.parents))
 
 
 @lru_cache(maxsize=1)
-def _folders_root() -> Path:
+def folders_root() -> Path:
     """Where job folders of this worker process live: entered by anyone (0711), listed by
     no one, so a job reaches only the folder it was handed."""
     root = Path(tempfile.mkdtemp(prefix="orchestrator-jobs-"))
@@ -110,7 +110,7 @@ def _folders_root() -> Path:
 def job_folder() -> Iterator[Path]:
     """A fresh folder for one run, the worker's own (0700) until handed over; removed after
     (rmtree does not follow links the job left)."""
-    folder = Path(tempfile.mkdtemp(dir=_folders_root()))
+    folder = Path(tempfile.mkdtemp(dir=folders_root()))
     folder.chmod(0o700)
     try:
         yield folder

@@ -41,7 +41,7 @@ from orchestrator.worker.jobuser import RunAs, clean_environment, fetch_as, hand
 from orchestrator.worker.scratch import Scratch, current_worker, worker_address
 
 STATUS_TOPIC = "orchestrator-status"
-RETURN_FILE = "return.pkl"
+RETURN_FILE = layout.RETURN_FILE
 STOP_GRACE_S = 2.0
 ANNOUNCE_INTERVAL_S = 0.1
 MAX_EARLY_OUTCOME = 8192  # bytes of an outcome announced before its batch ends
@@ -77,6 +77,11 @@ class RunSpec:
     workdir_env: dict[str, str] = field(default_factory=dict)  # variables naming paths in the working folder
     job_type: dict[str, Any] | None = None  # a job type's revision: manifest and mounts (typed.py)
     declared_outputs: list[dict[str, Any]] = field(default_factory=list)  # read from files after the run (extract.py)
+    entrypoint: str | None = None  # 'package.module:function', called in a warm context (entrypoints.py)
+    kwargs: dict[str, Any] | None = None  # its keyword arguments (a sweep run's variables join them)
+    artifacts: list[dict[str, str]] = field(default_factory=list)  # binaries on its path: {ref, key}
+    owner: str | None = None  # whose warm context it may use
+    in_context: bool = False  # a pickled callable run in a warm context, not in this worker's thread
 
     @classmethod
     def from_dict(cls, fields: dict[str, Any]) -> RunSpec:
@@ -204,6 +209,17 @@ class CommandExecutor(Executor):
     def conclude(self, spec: RunSpec, outcome: Outcome) -> None:
         """Judge the finished run (its outputs are stored by now) and amend its outcome."""
 
+    def launch(
+        self, workdir: Path, log_paths: dict[str, Path], spec: RunSpec, storage: Storage, worker: str | None,
+    ) -> Outcome:
+        """Run what the job runs, in its staged folder, and supervise it to its end: the
+        command's own process, or a Python function in a warm context."""
+        if spec.entrypoint is not None or spec.in_context:
+            from orchestrator.worker.entrypoints import run_in_context
+
+            return run_in_context(workdir, log_paths, spec, storage, worker)
+        return _run_command(workdir, log_paths, spec, storage, worker)
+
     def run(self, spec: RunSpec, context: RunContext) -> Outcome:
         run_as = RunAs.from_spec(spec.run_as)
         try:
@@ -234,7 +250,7 @@ def _run_in(
     started = time.time()
     if context.announce:
         announce_running(spec, worker, started)
-    outcome = _run_command(workdir, log_paths, spec, storage, worker)
+    outcome = executor.launch(workdir, log_paths, spec, storage, worker)
     outcome.started_at = started
     if is_stale(spec.key):  # replaced while it ran: the newer attempt owns the job's files
         outcome.status, outcome.reason = "STOPPED", "replaced by a newer attempt; nothing stored"
@@ -246,8 +262,8 @@ def _run_in(
         outcome.status = "FAILED"
         outcome.reason = _step_failed("storing logs and outputs", exc)
         outcome.files = []
-    outcome.outputs, outcome.error = outputs.read_outputs_json(
-        workdir, run_as and run_as.uid, executor.outputs_files)
+    written, problem = outputs.read_outputs_json(workdir, run_as and run_as.uid, executor.outputs_files)
+    outcome.outputs, outcome.error = {**written, **outcome.outputs}, outcome.error or problem  # a returned dict wins
     if spec.declared_outputs:  # read whatever the run ended as; only a completed run fails for them
         found = extract.read_declared(workdir, spec.declared_outputs, run_as and run_as.uid)
         outcome.outputs, outcome.error, failure = extract.merge(
@@ -284,22 +300,35 @@ def _supervise(
 ) -> Outcome:
     registry = job_processes()
     registry.register(spec.key, process)
-    deadline = time.monotonic() + spec.timeout_s if spec.timeout_s else None
-    timed_out = False
+    deadline = wait_deadline(spec)
     with _exit_waiter(process) as exited:
-        while registry.stop_requested(spec.key) is None:
+        while registry.stop_requested(spec.key) is None and not deadline.passed():
             if exited(0.1):
                 break
             shipper.ship_if_due()
-            if deadline is not None and time.monotonic() > deadline:
-                timed_out = True
-                break
     stopper = registry.stop_requested(spec.key)
-    if stopper is None and not timed_out:
+    if stopper is None and process.returncode is not None:
         _kill_group_remains(process)
         if process.returncode == 0:
             return Outcome("COMPLETED", None, 0, worker=worker)
         return Outcome("FAILED", _exit_reason(process.returncode), process.returncode, worker=worker)
+    return ended_early(process, spec, stopper, worker)
+
+
+@dataclass
+class Deadline:
+    at: float | None  # time.monotonic(), or None for no limit
+
+    def passed(self) -> bool:
+        return self.at is not None and time.monotonic() > self.at
+
+
+def wait_deadline(spec: RunSpec) -> Deadline:
+    return Deadline(time.monotonic() + spec.timeout_s if spec.timeout_s else None)
+
+
+def ended_early(process: subprocess.Popen, spec: RunSpec, stopper: str | None, worker: str | None) -> Outcome:
+    """A run stopped (`stopper` asked) or out of time: its whole process tree is ended."""
     leftovers = _terminate_tree(process, spec.key)
     if stopper is not None:
         reason = _with_leftovers(f"stop requested by {stopper}", leftovers)
@@ -338,12 +367,17 @@ def _exit_waiter(process: subprocess.Popen) -> Iterator[Callable[[float], bool]]
 def _job_environment(spec: RunSpec, workdir: Path, run_as: RunAs | None) -> dict[bytes, bytes] | dict[str, str]:
     """A multi-user job's environment is built from scratch; a single-user job's extends the
     worker's own (that user owns the machine), as it always has."""
-    promised = {**spec.env, **{name: str(workdir / path) for name, path in spec.workdir_env.items()},
-                "JOB_ID": spec.job_id, "OUTPUT_DIR": str(workdir), TASK_KEY_VARIABLE: spec.key}
+    promised = promised_environment(spec, workdir)
     if run_as is not None:
         return clean_environment(run_as, workdir, promised)
     extra = {**promised, LEGACY_VARIABLES[0]: spec.job_id, LEGACY_VARIABLES[1]: spec.key}
     return {**_base_environment(), **{os.fsencode(k): os.fsencode(v) for k, v in extra.items()}}
+
+
+def promised_environment(spec: RunSpec, workdir: Path) -> dict[str, str]:
+    """What every job's environment holds, whatever else it inherits."""
+    return {**spec.env, **{name: str(workdir / path) for name, path in spec.workdir_env.items()},
+            "JOB_ID": spec.job_id, "OUTPUT_DIR": str(workdir), TASK_KEY_VARIABLE: spec.key}
 
 
 @lru_cache(maxsize=1)

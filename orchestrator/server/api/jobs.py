@@ -4,16 +4,24 @@ status history, logs (tail and follow), output files and result."""
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 from typing import Any, Literal
 
 from pydantic import Field, ValidationError
 from tornado.iostream import StreamClosedError
 
-from orchestrator.errors import Conflict, NotFound, ValidationFailed, validation_failed
+from orchestrator.errors import (
+    Conflict,
+    NotFound,
+    PickledCodeRefused,
+    ValidationFailed,
+    validation_failed,
+)
 from orchestrator.models import (
     FileEntry,
     JobCreate,
+    JobKind,
     JobPatch,
     JobRecord,
     JobResult,
@@ -95,8 +103,12 @@ class JobsHandler(StreamingBodyHandler):
         await self.finish_body()
         query = self.query_args()  # a bad query refuses the job before it exists
         request = self._job_request()
+        kind = JobKind.COMMAND
+        if request.pickled is not None:
+            await self._store_pickled(request.pickled)
+            kind = JobKind.CALLABLE
         job = await self.service.jobs.create_from_upload(
-            request, self.principal, job_id=self.job_id, files=sorted(self.file_paths))
+            request, self.principal, job_id=self.job_id, files=sorted(self.file_paths), kind=kind)
         self.keep_upload()
         status = 201
         if query.sync:
@@ -104,6 +116,14 @@ class JobsHandler(StreamingBodyHandler):
             status = 201 if job.status.is_terminal else 202
         self.set_header("Location", f"/api/v1/jobs/{job.id}")
         self.send_json(job, status)
+
+    async def _store_pickled(self, pickled: str) -> None:
+        """A callable's bytes, stored as they came: only a worker ever unpickles them."""
+        if not self.service.settings.pickled_code:
+            raise PickledCodeRefused("this server runs only entry points, job types and commands: "
+                                     "pickled code is switched off (pickled_code=false)")
+        await asyncio.to_thread(
+            self.service.storage.put_bytes, layout.callable_key(self.job_id), base64.b64decode(pickled))
 
     def _job_request(self) -> JobCreate:
         if self.json_body is not None:

@@ -37,6 +37,7 @@ class ClusterHandler(BaseHandler):
                 running[job.worker or ""].append(job.id)
         for worker in workers:
             worker["running_jobs"] = running.get(worker["address"], [])
+            worker["contexts"] = [c for c in worker["contexts"] if self.principal.owns(c["owner"])]
         self.send_json(ClusterState(
             scheduler=client.scheduler.address,
             dashboard_link=self.service.dashboard_link,

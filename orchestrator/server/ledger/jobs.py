@@ -19,7 +19,7 @@ from orchestrator.server.secrets import masked
 
 # Fields kept together as JSON: they are read with the job, never filtered on.
 _SPEC_FIELDS = ("command", "binaries", "files", "env", "secret_env", "resources", "timeout_s", "retries",
-                "job_type", "inputs", "outputs")
+                "job_type", "inputs", "outputs", "entrypoint", "kwargs", "in_context")
 
 
 @dataclass
