@@ -21,7 +21,7 @@ from pydantic import (
 )
 
 from orchestrator.declared_outputs import DeclaredOutputs
-from orchestrator.jobtypes.manifest import Configuration
+from orchestrator.jobtypes.manifest import ENTRYPOINT_PATTERN, Configuration
 from orchestrator.kinds import JobKind
 from orchestrator.paths import _NAME as SAFE_NAME
 from orchestrator.paths import safe_name
@@ -30,8 +30,7 @@ MAX_VERSION = 2**31  # binary versions: far past any real count, inside SQLite's
 ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 JOB_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9 ._-]{0,127}$")
 NO_NUL = r"^[^\x00]*$"
-_IDENTIFIERS = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
-ENTRYPOINT = re.compile(rf"^{_IDENTIFIERS}:{_IDENTIFIERS}$")  # 'package.module:function'
+ENTRYPOINT = re.compile(ENTRYPOINT_PATTERN)  # 'package.module:function'
 MAX_PICKLED_BYTES = 16 * 2**20
 COMMAND_LINE = r"^[^\x00]*\S[^\x00]*$"  # what _non_empty_command takes as a line
 

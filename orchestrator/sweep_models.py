@@ -18,6 +18,7 @@ from orchestrator.models import (
     JobStatus,
     JobTemplate,
     Request,
+    check_entrypoint_fields,
 )
 from orchestrator.paths import safe_relative_path
 
@@ -37,7 +38,7 @@ class TemplateFile(Request):
 def _rest_needs_command(schema: dict[str, Any]) -> None:
     """Optional only for the Python API's callables: a sweep over REST runs a command or a
     job type."""
-    schema["anyOf"] = [{"required": ["command"]}, {"required": ["job_type"]}]
+    schema["anyOf"] = [{"required": ["command"]}, {"required": ["job_type"]}, {"required": ["entrypoint"]}]
 
 
 class SweepCreate(JobTemplate):
@@ -70,6 +71,7 @@ class SweepCreate(JobTemplate):
 
     @model_validator(mode="after")
     def _command_or_job_type(self) -> SweepCreate:
+        check_entrypoint_fields(self)
         if self.job_type is not None:
             if self.command is not None:
                 raise ValueError("command: a sweep of a job type runs the type's command; leave command out")

@@ -4,11 +4,14 @@ orchestrator.get_client(), and callables pickled by a remote client."""
 
 from __future__ import annotations
 
+import json
 import time
 
+import psutil
 import pytest
 
 from orchestrator import Orchestrator
+from orchestrator.cli import main
 from orchestrator.errors import JobFailed
 from tests.conftest import Server
 from tests.support import wait_until
@@ -199,3 +202,84 @@ def test_a_server_can_refuse_pickled_code(make_server):
     assert response.status_code == 403, response.text
     assert response.json()["error"]["code"] == "pickled_code_disabled"
     assert server.http.get("/jobs").json()["count"] == 0
+
+
+def test_a_sweep_of_an_entry_point_gets_result_columns(app: Server):
+    response = app.http.post("/sweeps", json={
+        "entrypoint": "wordcount.jobs:count_words", "binaries": ["wordcount"],
+        "cases": [{"text": "a"}, {"text": "a b"}, {"text": "a b b"}]})
+    assert response.status_code == 201, response.text
+
+    sweep = app.wait_sweep(response.json()["id"])
+    rows = app.http.get(f"/sweeps/{sweep['id']}/results").json()["rows"]
+
+    assert sweep["status"] == "COMPLETED", sweep
+    assert [(row["text"], row["words"], row["distinct"]) for row in rows] == [("a", 1, 1), ("a b", 2, 2), ("a b b", 3, 2)]
+
+
+ENTRY_TYPE = {"seedVersion": "1.0.0", "job": {
+    "name": "word-count", "jobVersion": "1.0.0", "packageVersion": "1.0.0", "title": "Word count",
+    "binaries": ["wordcount"],
+    "interface": {
+        "entrypoint": "wordcount.jobs:count_file",
+        "inputs": {"files": [{"name": "document"}],
+                   "json": [{"name": "min-length", "type": "integer", "required": False}]},
+        "outputs": {"json": [{"name": "words", "type": "integer"}]},
+    },
+}}
+
+
+def test_a_job_type_can_declare_an_entry_point(app: Server):
+    created = app.http.post("/job-types", json={"manifest": ENTRY_TYPE})
+    assert created.status_code == 201, created.text
+    both = {**ENTRY_TYPE["job"], "jobVersion": "2.0.0",
+            "interface": {**ENTRY_TYPE["job"]["interface"], "command": "true"}}
+    refused = app.http.post("/job-types", json={"manifest": {**ENTRY_TYPE, "job": both}})
+    assert refused.status_code == 400 and "COMMAND_AND_ENTRYPOINT" in refused.text
+
+    job = app.http.post("/jobs", params={"sync": "true", "timeout": 60}, data={
+        "job_type": "word-count@1.0.0", "inputs": '{"files": {"document": ["doc.txt"]}, "json": {"min-length": 2}}',
+    }, files=[("file[]", ("doc.txt", b"a bb ccc dd e", "text/plain"))]).json()
+
+    assert job["status"] == "COMPLETED", job
+    assert job["result"]["outputs"] == {"words": 3} and job["result"]["value"] == {"words": 3}
+
+    sweep = app.http.post("/sweeps", data={"spec": json.dumps({
+        "job_type": "word-count@1.0.0",
+        "inputs": {"files": {"document": ["doc.txt"]}, "json": {"min-length": "${m}"}},
+        "cases": [{"m": 1}, {"m": 3}]})},
+        files=[("file[]", ("doc.txt", b"a bb ccc dd e", "text/plain"))])
+    assert sweep.status_code == 201, sweep.text
+    done = app.wait_sweep(sweep.json()["id"])
+    rows = app.http.get(f"/sweeps/{done['id']}/results").json()["rows"]
+    assert done["status"] == "COMPLETED" and [row["words"] for row in rows] == [5, 1]
+
+
+def test_the_cli_submits_an_entry_point(app: Server, capsys):
+    code = main(["submit", "--url", app.url, "--entrypoint", "wordcount.jobs:count_words", "-b", "wordcount",
+                 "--kwargs", '{"text": "a b"}', "--wait", "--json"])
+    job = json.loads(capsys.readouterr().out)
+
+    assert code == 0 and job["result"]["value"] == {"words": 2, "distinct": 2}
+    with pytest.raises(SystemExit, match="--kwargs: must be a JSON object"):
+        main(["submit", "--url", app.url, "--entrypoint", "wordcount.jobs:count_words", "--kwargs", "[1]"])
+
+
+def test_the_embedded_api_runs_entry_points_too(tmp_path, dask_cluster):
+    with Orchestrator(data_dir=tmp_path / "embedded", **dask_cluster.settings) as orch:
+        orch.upload_binary("wordcount", wordcount_wheel(1))
+        job = orch.submit("wordcount.jobs:count_words", binaries=["wordcount"], kwargs={"text": "x y z"})
+
+        assert job.result(timeout=60) == {"words": 3, "distinct": 3}
+
+
+def test_idle_contexts_are_ended(make_server):
+    server = make_server(context_idle_s=1)
+    upload(server, "wordcount", wordcount_wheel(1))
+    pid = call(server, "wordcount.jobs:context_info")["result"]["value"]["pid"]
+
+    def listed() -> bool:
+        workers = server.http.get("/cluster").json()["workers"]
+        return any(c["pid"] == pid for w in workers for c in w["contexts"])
+
+    wait_until(lambda: not listed() and not psutil.pid_exists(pid), 30, "the idle context ended")

@@ -31,6 +31,9 @@ INTERFACE_NAME = r"^[a-zA-Z_][a-zA-Z0-9_-]*$"
 RESOURCE_NAMES = ("cpus", "mem", "gpus", "disk", "sharedMem")
 MIB = 2**20
 
+_IDENTIFIERS = r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*"
+ENTRYPOINT_PATTERN = rf"^{_IDENTIFIERS}:{_IDENTIFIERS}$"  # 'package.module:function'
+
 
 def _semver(value: str) -> str:
     if not SEMVER.fullmatch(value):
@@ -148,6 +151,9 @@ class Mount(SeedModel):
 
 class Interface(SeedModel):
     command: str | None = None
+    entrypoint: str | None = Field(
+        None, pattern=ENTRYPOINT_PATTERN, description="not Seed: instead of a command, 'package.module:function' "
+        "of the type's Python binaries; JSON inputs are its keyword arguments, file inputs their local paths")
     inputs: Inputs = Field(default_factory=Inputs)
     outputs: Outputs = Field(default_factory=Outputs)
     mounts: list[Mount] = Field(default_factory=list)

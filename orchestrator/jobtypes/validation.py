@@ -129,11 +129,17 @@ def _manifest_errors(manifest: Manifest, binary_exists: Callable[[str], bool]) -
 
 
 def _command_errors(manifest: Manifest) -> list[Issue]:
-    command = manifest.job.interface.command
+    command, entrypoint = manifest.job.interface.command, manifest.job.interface.entrypoint
+    if entrypoint is not None:
+        if command is not None:
+            return [Issue("COMMAND_AND_ENTRYPOINT", (
+                "job.interface: give a command or an entrypoint, not both"))]
+        return []
     if not command or not command.strip():
         return [Issue("NO_COMMAND", (
-            "job.interface.command: is required; running container images is not supported yet, "
-            "so a job type must give a command, and binaries or URLs to run"))]
+            "job.interface.command: is required (or an entrypoint of the type's Python binaries); "
+            "running container images is not supported yet, so a job type must give a command, "
+            "and binaries or URLs to run"))]
     known = {env_name(name) for name in _variable_names(manifest)} | set(RESERVED)
     issues = []
     for written, name in _command_variables(command):

@@ -164,3 +164,8 @@ def binary_input(ref: str, owner: str) -> StagedInput:
         return StagedInput(path=name, url=ref, executable=True)
     pinned = BinaryRef.parse(ref, owner)
     return StagedInput(path=pinned.name, key=pinned.key, executable=True)
+
+
+def artifacts(refs: list[str], owner: str) -> list[dict[str, str]]:
+    """Pinned binaries an entry point imports ({ref, key}): put on its context's path, not staged."""
+    return [{"ref": ref, "key": BinaryRef.parse(ref, owner).key} for ref in refs]

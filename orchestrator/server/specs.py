@@ -10,12 +10,12 @@ from typing import Any
 from orchestrator.declared_outputs import as_run_fields
 from orchestrator.jobtypes.manifest import Manifest
 from orchestrator.models import JobKind, JobRecord, JobTypeRef
-from orchestrator.server.binaries import binary_input
+from orchestrator.server.binaries import artifacts, binary_input
 from orchestrator.server.decisions import own_failures, task_key
 from orchestrator.server.isolation import Isolation
 from orchestrator.server.ledger import Store
 from orchestrator.server.secrets import Sealer, SecretsUnreadable
-from orchestrator.server.typed_jobs import json_values, typed_run_fields
+from orchestrator.server.typed_jobs import entry_kwargs, json_values, typed_run_fields
 from orchestrator.storage import layout
 from orchestrator.worker.runner import RunSpec, StagedInput
 
@@ -38,9 +38,8 @@ def run_spec(
     job: JobRecord, storage_url: str, secrets: dict[str, str], isolation: Isolation,
     contracts: Contracts | None = None,
 ) -> dict[str, Any]:
-    python = job.kind == JobKind.ENTRYPOINT or job.in_context  # runs in a warm context
-    binaries = [binary_input(ref, job.owner) for ref in job.binaries]
-    inputs = [] if python else binaries
+    python = job.entrypoint is not None or job.in_context  # runs in a warm context
+    inputs = [] if python else [binary_input(ref, job.owner) for ref in job.binaries]
     inputs += [StagedInput(path=path, key=layout.input_key(job.id, path)) for path in job.files]
     in_thread = job.kind == JobKind.CALLABLE and not job.in_context  # the embedded API's callables
     spec = RunSpec(
@@ -59,14 +58,15 @@ def run_spec(
         declared_outputs=as_run_fields(job.outputs),
         entrypoint=job.entrypoint,
         kwargs=job.kwargs,
-        artifacts=[{"ref": ref, "key": item.key} for ref, item in zip(job.binaries, binaries, strict=True)]
-        if python else [],
+        artifacts=artifacts(job.binaries, job.owner) if python else [],
         owner=job.owner,
         in_context=job.in_context,
     )
     if job.job_type is not None and contracts is not None:
         for name, value in typed_run_fields(job, *contracts(job.job_type)).items():
             setattr(spec, name, value)
+        if job.entrypoint is not None:
+            spec.kwargs = {**(spec.kwargs or {}), **entry_kwargs(job)}
     return asdict(spec)
 
 
@@ -77,12 +77,21 @@ def batch_spec(
     """Runs of one sweep as one task: `template` holds the RunSpec fields they share."""
     runs = [
         {"job_id": job.id, "key": task_key(job, attempt), "attempt": attempt,
-         "env": {**job.env, **secrets}, "variables": json_values(job) if job.job_type else job.variables,
+         "env": {**job.env, **secrets}, "variables": _run_variables(job),
          "last_try": own_failures(job, attempt) > job.retries,
          **({} if template.get("shell_template") else {"command": job.command})}
         for job, attempt in zip(jobs, attempts, strict=True)
     ]
     kind = jobs[0].kind  # the runs of one sweep are of one kind
     run_as = isolation.run_as(jobs[0].owner) if kind != JobKind.CALLABLE else None
-    return {"template": {**template, "storage_url": storage_url, "run_as": run_as, "kind": kind.value},
+    return {"template": {**template, "storage_url": storage_url, "run_as": run_as, "kind": kind.value,
+                         "owner": jobs[0].owner},
             "runs": runs, "failure_budget": failure_budget}
+
+
+def _run_variables(job: JobRecord) -> dict[str, Any] | None:
+    """What a sweep run fills in: a typed run's JSON inputs (by variable name for its command,
+    by keyword for its entry point), or the run's own variables."""
+    if job.job_type is None:
+        return job.variables
+    return entry_kwargs(job) if job.entrypoint else json_values(job)

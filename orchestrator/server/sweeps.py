@@ -26,11 +26,11 @@ from orchestrator.models import (
 )
 from orchestrator.server import typed_sweeps
 from orchestrator.server.auth import Principal
-from orchestrator.server.binaries import BinaryRef, BinaryService, binary_input
+from orchestrator.server.binaries import BinaryRef, BinaryService, artifacts, binary_input
 from orchestrator.server.dispatch import SweepDispatcher
 from orchestrator.server.engine import ACTIVE, Engine
 from orchestrator.server.job_types import JobTypeService
-from orchestrator.server.jobs import default_name
+from orchestrator.server.jobs import default_name, refuse_url_artifacts
 from orchestrator.server.ledger import Store, SweepRow
 from orchestrator.server.secrets import Sealer, masked
 from orchestrator.server.sweep_results import results_table
@@ -96,8 +96,11 @@ class SweepService:
         Files (and a callable) are already stored under the sweep's id.
         """
         kind = JobKind.JOB_TYPE if request.job_type is not None else kind
+        if request.entrypoint is not None:
+            kind = JobKind.ENTRYPOINT
+            refuse_url_artifacts(request.binaries)
         if kind == JobKind.COMMAND and request.command is None:
-            raise ValidationFailed("a sweep needs a command or a job_type", {"command": "required"})
+            raise ValidationFailed("a sweep needs a command, an entrypoint or a job_type", {"command": "required"})
         owner = creator.user
         table = await asyncio.to_thread(_run_table, request, self.max_runs)
         staged = self._staged_files(request, uploaded or [])
@@ -182,8 +185,9 @@ class SweepService:
     ) -> list[JobRecord]:
         now = utcnow()
         prototype = JobRecord(
-            id="-", name=request.name or default_name(request.command), owner=creator.user, kind=kind,
-            status=JobStatus.QUEUED, status_reason=queued_reason,
+            id="-", name=request.name or default_name(request.command, request.entrypoint), owner=creator.user,
+            kind=kind, status=JobStatus.QUEUED, status_reason=queued_reason,
+            entrypoint=request.entrypoint, kwargs=request.kwargs,
             binaries=self.binaries.pin(request.binaries, creator.user, creator.admin), files=staged,
             secret_env=masked(request.secret_env), resources=request.resources,
             timeout_s=request.timeout_s, retries=request.retries, priority=request.priority,
@@ -209,7 +213,8 @@ class SweepService:
         spec["secret_env"] = masked(request.secret_env)
         if request.design is not None and table.seed is not None:
             spec["design"]["seed"] = table.seed
-        inputs = [binary_input(ref, first.owner) for ref in first.binaries]
+        python = first.entrypoint is not None  # its binaries go on a warm context's path, not staged
+        inputs = [] if python else [binary_input(ref, first.owner) for ref in first.binaries]
         inputs += [StagedInput(path=p, key=layout.sweep_input_key(sweep_id, p)) for p in staged]
         inputs += [StagedInput(path=target, key=key, template=True)
                    for target, (key, _) in templates.items()]
@@ -221,6 +226,9 @@ class SweepService:
             "gpus": request.resources.gpus,
             "callable_key": layout.sweep_callable_key(sweep_id) if kind == JobKind.CALLABLE else None,
             "declared_outputs": as_run_fields(request.outputs),  # read from each run's files
+            "entrypoint": first.entrypoint,
+            "kwargs": first.kwargs,
+            "artifacts": artifacts(first.binaries, first.owner) if python else [],
         }
         return spec
 

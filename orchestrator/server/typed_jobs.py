@@ -61,6 +61,7 @@ def typed_job(
         "kind": JobKind.JOB_TYPE,
         "name": request.name or manifest.job.name,
         "command": manifest.job.interface.command,
+        "entrypoint": manifest.job.interface.entrypoint,
         "binaries": list(manifest.job.binaries),
         "env": env,
         "secret_env": masked({env_name(k): v for k, v in secrets.items()}),
@@ -144,22 +145,35 @@ def typed_run_fields(
     `upload_key`: where an uploaded source is stored (a sweep's runs share their sweep's)."""
     key_of = upload_key or (lambda path: layout.input_key(job.id, path))
     declared = {spec.name: spec for spec in manifest.job.interface.inputs.files}
-    inputs = [binary_input(ref, job.owner) for ref in job.binaries]
+    inputs = [] if job.entrypoint else [binary_input(ref, job.owner) for ref in job.binaries]  # else: on its path
     workdir_env: dict[str, str] = {}
+    paths: dict[str, str | list[str]] = {}
     for name, sources in (job.inputs or {}).get("files", {}).items():
         folder = f"{INPUTS_FOLDER}/{name}"
         staged = [_staged(job, source, folder, key_of) for source in sources]
         inputs += staged
         multiple = declared[name].multiple if name in declared else False
         workdir_env[env_name(name)] = folder if multiple else staged[0].path
+        paths[keyword(name)] = [item.path for item in staged] if multiple else staged[0].path
     return {
         "inputs": inputs,
         "workdir_env": workdir_env,
+        "kwargs": paths if job.entrypoint else None,  # the JSON inputs join them per run (entry_kwargs)
         "command": shell_command(job.command or "", json_values(job)),
         "job_type": {"manifest": seed, "mounts": {
             name: job.env[name] for name in (env_name(m.name) for m in manifest.job.interface.mounts)
             if name in job.env}},
     }
+
+
+def keyword(name: str) -> str:
+    """An input's name as a Python keyword argument (Seed names may hold '-')."""
+    return name.replace("-", "_")
+
+
+def entry_kwargs(job: JobRecord) -> dict[str, Any]:
+    """An entry-point type's JSON inputs as keyword arguments (its files' paths come with the spec)."""
+    return {keyword(k): v for k, v in (job.inputs or {}).get("json", {}).items()}
 
 
 def json_values(job: JobRecord) -> dict[str, Any]:

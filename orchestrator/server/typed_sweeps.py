@@ -15,7 +15,7 @@ from orchestrator.jobtypes.jobio import check_inputs
 from orchestrator.jobtypes.manifest import Manifest
 from orchestrator.models import JobCreate, JobRecord, JobStatus, JobTypeRef, utcnow
 from orchestrator.server.auth import Principal
-from orchestrator.server.binaries import BinaryService
+from orchestrator.server.binaries import BinaryService, artifacts
 from orchestrator.server.job_types import JobTypeService
 from orchestrator.server.secrets import MASK
 from orchestrator.server.typed_jobs import TypedJob, json_env, typed_job, typed_run_fields
@@ -109,6 +109,9 @@ def _runtime(first: JobRecord, manifest: Manifest, seed: dict[str, Any], sweep_i
     fields = typed_run_fields(first, manifest, seed, lambda path: layout.sweep_input_key(sweep_id, path))
     return {
         "shell_template": first.command,
+        "entrypoint": first.entrypoint,
+        "kwargs": fields["kwargs"],
+        "artifacts": artifacts(first.binaries, first.owner) if first.entrypoint else [],
         "inputs": [vars(item) for item in fields["inputs"]],
         "workdir_env": fields["workdir_env"],
         "job_type": fields["job_type"],

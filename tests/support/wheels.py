@@ -58,6 +58,12 @@ def nap(x):
     return x
 
 
+def count_file(document, min_length=1):
+    with open(document) as source:
+        words = [word for word in source.read().split() if len(word) >= min_length]
+    return {"words": len(words)}
+
+
 def fan_out(n):
     from orchestrator import get_client
 
