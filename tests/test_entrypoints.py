@@ -190,6 +190,9 @@ def test_a_remote_client_runs_callables_and_entry_points(app: Server):
         assert job.result(timeout=60) == {"words": 2, "distinct": 2}
         with pytest.raises(JobFailed):
             orch.submit("wordcount.jobs:crash", binaries=["wordcount"], kwargs={"code": 4}).result(timeout=60)
+        sweep = orch.sweep("wordcount.jobs:count_words", binaries=["wordcount"], cases=[{"text": "a b"}, {"text": "c"}])
+        assert sweep.wait(timeout=60).status.value == "COMPLETED"
+        assert list(sweep.results()["words"]) == [2, 1]
     record = app.http.get("/jobs", params={"search": "add"}).json()["results"][0]
     assert record["kind"] == "callable" and record["in_context"] is True
 

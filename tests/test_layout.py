@@ -62,5 +62,5 @@ def test_each_kind_of_job_has_its_executor():
     assert set(REGISTRY) == {kind.value for kind in JobKind}
     for kind in JobKind:
         assert executor_for(kind.value).kind == kind
-    with pytest.raises(ValueError, match="no executor runs jobs of kind 'entrypoint'; known: command, callable"):
-        executor_for("entrypoint")
+    with pytest.raises(ValueError, match="no executor runs jobs of kind 'container'; known: command, callable"):
+        executor_for("container")

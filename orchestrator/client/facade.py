@@ -150,11 +150,13 @@ class Orchestrator:
         retries: int = 0,
         priority: int = 0,
         outputs: list[dict[str, Any]] | None = None,
+        kwargs: dict[str, Any] | None = None,
     ) -> Sweep | DryRun:
         """Run a command (or, embedded, a callable given the variables as keyword arguments)
         once per row of a run table: `variables` (generators: `linspace(...)`, a list, ...)
         with a `design`, or `cases` (rows, a DataFrame or a CSV path). A dry run returns the
-        rendered table and runs nothing. A sweep of a job type gives `job_type`, its `inputs`
+        rendered table and runs nothing. An entry point ('package.module:function' of `binaries`)
+        gets each run's variables as keyword arguments, joined to `kwargs`. A sweep of a job type gives `job_type`, its `inputs`
         (a JSON input may hold ${variable}; a variable named like a JSON input fills it) and
         `files` as for `run`, instead of a command."""
         if job_type is not None:
@@ -166,13 +168,17 @@ class Orchestrator:
         function = command if callable(command) else None
         if function is not None:
             name = _callable_name(function, name)
+        entrypoint = command if isinstance(command, str) and ENTRYPOINT.fullmatch(command) else None
         spec, uploads = sweep_spec(
-            None if function else command, variables=variables, design=design, samples=samples,
+            None if function or entrypoint else command, variables=variables, design=design, samples=samples,
             seed=seed, cases=cases, templates=templates, name=name, binaries=binaries, env=env,
             secret_env=secret_env, resources=resources, timeout_s=timeout_s, retries=retries, priority=priority,
             include_nominal_run=include_nominal_run, max_parallel=max_parallel,
             max_failures=max_failures, dry_run=dry_run, outputs=outputs,
         )
+        if entrypoint is not None:
+            spec.pop("command", None)
+            spec.update(entrypoint=entrypoint, **({"kwargs": kwargs} if kwargs is not None else {}))
         file_map = _file_map(files)
         if file_map:
             spec["files"] = sorted(file_map)
