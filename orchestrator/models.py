@@ -221,11 +221,16 @@ def _command_or_job_type(schema: dict[str, Any]) -> None:
 
 
 def check_entrypoint_fields(request: JobTemplate) -> None:
-    """What runs is one thing; kwargs go with an entry point (or a pickled callable)."""
-    given = [name for name in ("command", "entrypoint", "job_type", "pickled") if getattr(request, name, None) is not None]
-    if len(given) > 1:
-        raise ValueError(f"{given[1]}: give one of command, entrypoint, job_type or pickled, not {' and '.join(given)}")
-    if request.kwargs is not None and not {"entrypoint", "pickled"} & set(given):
+    """An entry point (or a pickled callable) is what runs, alone; kwargs go with one of them.
+    (A command with a job_type is refused by the request's own validator, naming command.)"""
+    python = [name for name in ("entrypoint", "pickled") if getattr(request, name, None) is not None]
+    if python:
+        others = [name for name in ("command", "job_type", "entrypoint", "pickled")
+                  if name != python[0] and getattr(request, name, None) is not None]
+        if others:
+            raise ValueError(f"{python[0]}: give one of command, entrypoint, job_type or pickled, "
+                             f"not {python[0]} and {others[0]}")
+    elif request.kwargs is not None:
         raise ValueError("kwargs: keyword arguments go with an entrypoint")
 
 
