@@ -213,6 +213,7 @@ def end_orphans(keys: list[str]) -> list[int]:
     return killed
 
 
+PROMPT_SEND_INTERVAL_S = 0.001  # as orchestrator/server/prompt_sends.py sets the scheduler's
 CONTEXTS_METRIC = "orchestrator_contexts"  # a worker's warm contexts, as /cluster lists them
 TASK_KEY_VARIABLE = "JOB_TASK_KEY"  # set in every job's environment by the runner
 
@@ -234,6 +235,9 @@ class OrchestratorWorkerPlugin(WorkerPlugin):
         pool = context_pool()
         pool.configure(getattr(self, "context_idle_s", None), getattr(self, "max_contexts", None))
         worker.metrics[CONTEXTS_METRIC] = lambda _worker: pool.describe()  # sent with each heartbeat
+        stream = getattr(worker, "batched_stream", None)
+        if stream is not None:  # a job's end reaches the scheduler without waiting out Dask's 2 ms window
+            stream.interval = PROMPT_SEND_INTERVAL_S
         logger.debug("orchestrator plugin set up on %s", worker.address)
 
     def teardown(self, worker) -> None:

@@ -16,6 +16,8 @@ from collections.abc import Awaitable, Callable
 
 from distributed import Client
 
+from orchestrator.server.prompt_sends import SEND_INTERVAL_S
+
 logger = logging.getLogger(__name__)
 
 POLL_S = 0.25  # how often the client's state is looked at: an attribute read, nothing sent
@@ -105,6 +107,8 @@ class SchedulerLink:
         return self.client.scheduler_comm if self.client.status == "running" else None
 
     async def _attach_to(self, comm: object | None) -> None:
+        if hasattr(comm, "interval"):  # Dask's client batches sends for 10 ms: see prompt_sends
+            comm.interval = SEND_INTERVAL_S  # type: ignore[union-attr]
         if self._attach is not None:
             await self._attach(self.client)
         self._comm = comm

@@ -50,6 +50,7 @@ from orchestrator.server.decisions import (  # noqa: F401 - re-exported: other m
 from orchestrator.server.isolation import Isolation
 from orchestrator.server.ledger import StatusUpdate, Store
 from orchestrator.server.placement import RESOURCE_CACHE_S, RESOURCE_FIELDS, Placement  # noqa: F401
+from orchestrator.server.prompt_sends import prompt_sends
 from orchestrator.server.recorder import Recorder, StatusBus, StatusListener, Waiters  # noqa: F401
 from orchestrator.server.recovery import Recovery
 from orchestrator.server.secrets import Sealer, SecretsUnreadable
@@ -89,6 +90,7 @@ class Engine(SweepBatches, Recovery):
         self._futures: dict[str, Future] = {}  # job id -> future of its current attempt
         self._batched: dict[str, str] = {}  # job id -> Dask key of the batch running it
         self._early: dict[str, tuple[set[str], BatchReport]] = {}  # batch key -> runs judged before it ended
+        self._judged_early: set[str] = set()  # keys of single jobs recorded from their announced end
         self._batch_futures: dict[str, tuple[Future, list[str]]] = {}  # batch key -> future, run keys
         self._lost_batches: dict[str, str] = {}  # batch key -> address of the worker lost under it
         self._stop_requests: dict[str, str] = {}  # job id -> who asked
@@ -134,6 +136,7 @@ class Engine(SweepBatches, Recovery):
         # (KilledWorker) and the engine alone decides what runs again. A lambda: pickled by
         # value, so the scheduler needs none of the server's modules.
         await client.run_on_scheduler(lambda dask_scheduler: setattr(dask_scheduler, "allowed_failures", 0))
+        await client.run_on_scheduler(prompt_sends())
         await self.isolation.refresh(client)
         client.subscribe_topic(STATUS_TOPIC, self._on_worker_event)
         client.subscribe_topic(CLUSTER_TOPIC, self._on_cluster_event)
@@ -321,7 +324,8 @@ class Engine(SweepBatches, Recovery):
     def _on_worker_event(self, event: tuple[float, dict[str, Any]]) -> None:
         _, message = event
         if message.get("status") == "ENDED":
-            self._ended_in_batch(message)
+            if not self._ended_single(message):
+                self._ended_in_batch(message)
             return
         if message.get("status") != "RUNNING":
             return
@@ -330,13 +334,29 @@ class Engine(SweepBatches, Recovery):
         if update is not None:
             self._apply([update])
 
+    def _ended_single(self, message: dict[str, Any]) -> bool:
+        """A single job announced its outcome as it ended: recorded now, and its task's own
+        result (which would cost a gather from the worker) is not waited for."""
+        job_id, key = message.get("job_id", ""), message.get("key")
+        future = self._futures.get(job_id)
+        if future is None or future.key != key or key in self._judged_early:
+            return False
+        self._judged_early.add(key)
+        self._record_outcome(job_id, key, message["outcome"])
+        return True
+
     async def _await_outcome(self, job_id: str, key: str, future: Future) -> None:
         try:
-            outcome: dict[str, Any] | BaseException = await outcome_of(future)
+            await future._state.wait()  # ended: its result is gathered only if it was not announced
+            outcome: dict[str, Any] | BaseException = (
+                {} if key in self._judged_early else await outcome_of(future))
         finally:
             if self._futures.get(job_id) is future:
                 del self._futures[job_id]
             future.release()
+        if key in self._judged_early:
+            self._judged_early.discard(key)
+            return
         self._record_outcome(job_id, key, outcome)
 
     def _record_outcome(self, job_id: str, key: str, outcome: dict[str, Any] | BaseException) -> None:

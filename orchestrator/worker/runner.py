@@ -139,9 +139,12 @@ def run_job(spec_dict: Sealed | dict[str, Any]) -> dict[str, Any]:
     have Dask log it with its arguments, so every failure becomes the job's outcome."""
     try:
         with Scratch() as scratch:
-            return execute(RunSpec.from_dict(_unsealed(spec_dict)), announce=True, scratch=scratch).as_dict()
+            spec = RunSpec.from_dict(_unsealed(spec_dict))
+            outcome = execute(spec, announce=True, scratch=scratch).as_dict()
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - RecursionError, MemoryError in a parse...
         return _unexpected(exc).as_dict()
+    announce_ended(spec, outcome)  # the engine records it now, without gathering the task's result
+    return outcome
 
 
 def _unexpected(exc: BaseException) -> Outcome:
@@ -574,11 +577,17 @@ def announce_running(spec: RunSpec, worker_address: str | None, started: float) 
 
 
 def announce_ended(spec: RunSpec, outcome: dict[str, Any]) -> None:
-    """A batched run's outcome as soon as it ends, so that its sweep's counts say what runs
-    now; an outcome too big to pass through the scheduler's event log waits for its batch."""
+    """A run's outcome as soon as it ends: a batched run's sweep counts say what runs now, and
+    a single job is recorded without a gather of its task's result (a round trip to its worker);
+    an outcome too big to pass through the scheduler's event log waits for its task's result."""
     worker = current_worker()
-    text = json.dumps(outcome)
-    if worker is not None and len(text) <= MAX_EARLY_OUTCOME:
+    if worker is None:
+        return
+    try:
+        text = json.dumps(outcome)
+    except (TypeError, ValueError):
+        return
+    if len(text) <= MAX_EARLY_OUTCOME:
         worker.log_event(STATUS_TOPIC, {"job_id": spec.job_id, "key": spec.key, "status": "ENDED",
                                         "outcome": outcome})
 
