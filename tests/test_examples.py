@@ -4,6 +4,7 @@ multipart request, and the Python script against a live server."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -90,3 +91,25 @@ def test_the_beam_study_reads_its_outputs_from_the_files_its_solver_writes(serve
         mid = row.load * (row.length / 2) ** 2 * (3 * row.length - row.length / 2) / (6 * row.modulus * inertia)
         assert abs(row.tip_m - tip) <= 1e-6 * tip and abs(row.mid_m - mid) <= 1e-6 * mid
         assert abs(row.stress_Pa - row.load * row.length * 0.05 / inertia) <= 1e-6 * row.stress_Pa
+
+
+def test_the_python_app_fans_its_samples_out_across_the_cluster(server, tmp_path):
+    """examples/python-app: an entry point whose job uses the cluster through get_client(); its
+    Monte Carlo probability of failure agrees with the integral it estimates."""
+    from scipy import integrate, stats
+
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    done = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "python-app" / "run.py"), server.url, "--samples", "2000000"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "design stress: {'stress_mpa': 200.0}" in done.stdout
+    assert "failures in 2000000 samples over 20 tasks" in done.stdout
+    job = server.http.get("/jobs", params={"search": "failure_probability"}).json()["results"][0]
+    result = job["result"]["value"]
+    sigma = math.sqrt(math.log(1 + 0.08**2))
+    strength = stats.lognorm(s=sigma, scale=355.0 * math.exp(-sigma**2 / 2))
+    load = stats.norm(80e3, 0.15 * 80e3)
+    exact, _ = integrate.quad(lambda s: strength.pdf(s) * load.sf(s * 400.0), 0, 2000, points=[355.0], limit=200)
+    assert result["ci95_low"] <= exact <= result["ci95_high"], (result, exact)
