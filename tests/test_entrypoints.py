@@ -163,7 +163,11 @@ def test_a_job_fans_out_across_the_cluster_with_get_client(app: Server):
 def test_stopping_a_job_cancels_the_tasks_it_started(app: Server, dask_cluster):
     job = app.http.post("/jobs", json={"entrypoint": "wordcount.jobs:fan_out_slowly", "kwargs": {"n": 100},
                                        "binaries": ["wordcount"]}).json()
-    wait_until(lambda: "fanned out" in app.http.get(f"/jobs/{job['id']}/logs").text, 60, "fan-out")
+    path = f"/jobs/{job['id']}"
+    try:
+        wait_until(lambda: "fanned out" in app.http.get(f"{path}/logs").text, 120, "fan-out")
+    except AssertionError as exc:  # say where the job was
+        raise AssertionError(f"{exc}; the job: {app.http.get(path).json()}") from None
     prefix = f"fan_out_slowly-1-{job['id']}/"
 
     with dask_cluster.client() as client:

@@ -24,9 +24,9 @@ from orchestrator.worker.contexts import (
     context_pool,
 )
 from orchestrator.worker.jobuser import RunAs
+from orchestrator.worker.logship import LogShipper
 from orchestrator.worker.runner import (
     CommandExecutor,
-    LogShipper,
     Outcome,
     RunSpec,
     ended_early,
