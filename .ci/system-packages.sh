@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# System packages the test suite needs: a real single-node Slurm (tests/support/slurm.py).
-# Debian 12: slurm-wlm 22.05 (slurmctld, slurmd, slurm-client, basic plugins) and munge 0.5.15.
+# System packages the test suite needs: a real single-node Slurm (tests/support/slurm.py), and a
+# headless browser for the dashboard's sweep explorer (tests/test_explorer.py, through selenium).
+# Debian 12: slurm-wlm 22.05 (slurmctld, slurmd, slurm-client, basic plugins), munge 0.5.15,
+# chromium and chromium-driver (chromedriver).
 # Idempotent: installs only what is missing; needs root (CI runs as root). The tests start their
 # own daemons under a temp folder, so the packages' services are never started here.
 set -euo pipefail
@@ -10,6 +12,8 @@ command -v slurmctld >/dev/null 2>&1 || need+=(slurmctld)
 command -v slurmd >/dev/null 2>&1 || need+=(slurmd)
 command -v sbatch >/dev/null 2>&1 || need+=(slurm-client)
 command -v munged >/dev/null 2>&1 || need+=(munge)
+command -v chromium >/dev/null 2>&1 || need+=(chromium)
+command -v chromedriver >/dev/null 2>&1 || need+=(chromium-driver)
 if [ "${#need[@]}" -eq 0 ]; then
     exit 0
 fi
@@ -43,9 +47,9 @@ apt_quiet() {
     rm -f "$log"
 }
 apt_quiet apt-get update -q
-apt_quiet apt-get install -y -q --no-install-recommends slurm-wlm munge
+apt_quiet apt-get install -y -q --no-install-recommends slurm-wlm munge chromium chromium-driver
 
-for cmd in slurmctld slurmd sbatch squeue scancel sinfo munged mungekey; do
+for cmd in slurmctld slurmd sbatch squeue scancel sinfo munged mungekey chromium chromedriver; do
     command -v "$cmd" >/dev/null 2>&1 || { echo "system-packages.sh: $cmd still missing" >&2; exit 1; }
 done
-echo "system-packages.sh: installed slurm-wlm $(dpkg-query -W -f='${Version}' slurm-wlm), munge $(dpkg-query -W -f='${Version}' munge)"
+echo "system-packages.sh: installed slurm-wlm $(dpkg-query -W -f='${Version}' slurm-wlm), munge $(dpkg-query -W -f='${Version}' munge), chromium $(dpkg-query -W -f='${Version}' chromium)"

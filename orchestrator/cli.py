@@ -21,6 +21,7 @@ from orchestrator.cli_job_types import (
     configuration_from,
     key_value,
 )
+from orchestrator.cli_plots import add_plot_commands
 from orchestrator.client import Orchestrator
 from orchestrator.errors import JobFailed, OrchestratorError
 
@@ -371,6 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_admin_commands(sub)
     add_job_type_commands(sub, client_options)
+    add_plot_commands(sub, client_options)
 
     submit = client_command("submit", "submit a command (or an entry point) as a job", cmd_submit)
     submit.add_argument("command", nargs="*", help="a shell command line, or program and arguments")

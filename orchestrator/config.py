@@ -117,6 +117,10 @@ class Settings(BaseSettings):
     max_contexts: int = Field(
         8, ge=1, le=1000, description="most warm entry-point contexts one worker process keeps",
     )
+    dashboard_outputs: bool = Field(
+        False, description="with tokens in use, still send sweep results to the Dask dashboard's "
+        "sweep explorer, which has no authentication (without tokens they are always sent)",
+    )
 
     @field_validator("allowed_hosts")
     @classmethod

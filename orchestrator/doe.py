@@ -186,6 +186,10 @@ class Sampled(Request):
     samples: int = Field(..., ge=1)
     seed: int | None = Field(None, ge=0, lt=2**63, description="recorded when left out")
 
+    def runs(self, dimensions: int) -> int:
+        """How many runs the design makes for this many variables."""
+        return self.samples
+
 
 class MonteCarlo(Sampled):
     type: Literal["monte_carlo"]
@@ -199,8 +203,20 @@ class Sobol(Sampled):
     type: Literal["sobol"]
 
 
+class Saltelli(Sampled):
+    """Saltelli's extension of Sobol sampling (SALib): `samples` base points N make N·(2D+2)
+    runs, kept in SALib's order, which the sensitivity analysis reads back to compute
+    first-order and total Sobol indices."""
+
+    type: Literal["saltelli"]
+    samples: int = Field(..., ge=1, description="base points N: the sweep runs N x (2 x variables + 2)")
+
+    def runs(self, dimensions: int) -> int:
+        return self.samples * (2 * dimensions + 2)
+
+
 Design = Annotated[
-    FullFactorial | MonteCarlo | LatinHypercube | Sobol, Field(discriminator="type")
+    FullFactorial | MonteCarlo | LatinHypercube | Sobol | Saltelli, Field(discriminator="type")
 ]
 
 
@@ -208,6 +224,8 @@ def unit_cube(design: Sampled, dimensions: int, seed: int) -> np.ndarray:
     """`samples` points in [0, 1)^dimensions from the design's sampler."""
     from scipy.stats import qmc
 
+    if isinstance(design, Saltelli):
+        return saltelli_cube(design.samples, dimensions, seed)
     rng = np.random.default_rng(seed)
     if isinstance(design, MonteCarlo):
         return rng.random((design.samples, dimensions))
@@ -216,6 +234,19 @@ def unit_cube(design: Sampled, dimensions: int, seed: int) -> np.ndarray:
     with warnings.catch_warnings():  # Sobol prefers powers of two; any count is still valid
         warnings.simplefilter("ignore", UserWarning)
         return qmc.Sobol(d=dimensions, scramble=True, rng=rng).random(design.samples)
+
+
+def saltelli_cube(samples: int, dimensions: int, seed: int, skip: int = 0) -> np.ndarray:
+    """SALib's Saltelli matrix on the unit cube, rows in SALib's order (each base point's A,
+    AB_1..AB_D, BA_1..BA_D, B): the analysis finds the blocks by run index."""
+    from SALib.sample import sobol as saltelli
+
+    problem = {"num_vars": dimensions, "names": [f"x{i}" for i in range(dimensions)],
+               "bounds": [[0.0, 1.0]] * dimensions}
+    with warnings.catch_warnings():  # Sobol prefers powers of two; any count is still valid
+        warnings.simplefilter("ignore", UserWarning)
+        return saltelli.sample(problem, samples, calc_second_order=True, seed=seed,
+                               skip_values=skip)  # `skip` base points: a grown design continues
 
 
 # ---- the run table ----------------------------------------------------------------------
@@ -230,8 +261,10 @@ class RunTable:
     seed: int | None = None
     nominal: bool = False
 
+    first_index: int = 0  # a design grown later numbers its new runs after the sweep's
+
     def indexed(self) -> list[tuple[int, dict[str, Scalar]]]:
-        return list(enumerate(self.rows))
+        return list(enumerate(self.rows, start=self.first_index))
 
 
 def check_variables(variables: Sequence[Variable]) -> None:
@@ -344,13 +377,21 @@ def _factorial(variables: Sequence[Variable], budget: int) -> RunTable:
 
 
 def _sampled(variables: Sequence[Variable], design: Sampled, budget: int) -> RunTable:
-    if design.samples > budget:
+    runs = design.runs(len(variables))
+    if runs > budget:
+        made = "" if runs == design.samples else f" ({runs} runs)"
         raise ValidationFailed(
-            f"{design.samples} samples is more than the limit of {budget} runs",
-            {"design.samples": f"must be <= {budget}"},
+            f"{design.samples} samples{made} is more than the limit of {budget} runs",
+            {"design.samples": f"must be <= {budget}" if not made else
+             f"{design.samples} samples make {runs} runs, more than {budget}"},
         )
     seed = design.seed if design.seed is not None else new_seed()
     unit = unit_cube(design, len(variables), seed)
+    return RunTable([v.name for v in variables], rows_from_unit(variables, unit), seed=seed)
+
+
+def rows_from_unit(variables: Sequence[Variable], unit: np.ndarray) -> list[dict[str, Scalar]]:
+    """Points of the unit cube as rows of values, each column through its variable's sampler."""
     columns = [variable.sample(unit[:, j]) for j, variable in enumerate(variables)]
     too_large = {
         f"variables.{j}.{v.generator}": f"{v.name}: these parameters give values too large to represent"
@@ -360,8 +401,7 @@ def _sampled(variables: Sequence[Variable], design: Sampled, budget: int) -> Run
     if too_large:
         raise ValidationFailed(_summary("values out of range", too_large), too_large)
     names = [v.name for v in variables]
-    rows = [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
-    return RunTable(names, rows, seed=seed)
+    return [dict(zip(names, row, strict=True)) for row in zip(*columns, strict=True)]
 
 
 def _nominal_row(variables: Sequence[Variable]) -> dict[str, Scalar]:

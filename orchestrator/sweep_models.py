@@ -10,6 +10,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from orchestrator import doe
+from orchestrator.growth_models import Until, UntilState
 from orchestrator.jobtypes.manifest import Configuration
 from orchestrator.models import (
     COMMAND_SCHEMA,
@@ -62,6 +63,8 @@ class SweepCreate(JobTemplate):
     max_parallel: int | None = Field(None, ge=1, le=1_000_000)
     max_failures: int | None = Field(None, ge=1, description="stop the rest after this many failed runs")
     dry_run: bool = False
+    until: Until | None = Field(None, description="grow the design by `batch` samples until the "
+                                "statistic's confidence interval is narrow enough")
     job_type: str | None = Field(None, pattern=JOB_TYPE_REF,
                                  description="run a job type: 'name@version', or 'name' for its newest active version")
     inputs: dict[str, dict[str, Any]] = Field(
@@ -80,6 +83,20 @@ class SweepCreate(JobTemplate):
                                  "not templates, env, binaries or outputs")
         elif self.inputs or self.configuration is not None:
             raise ValueError("job_type: inputs and configuration belong to a job type")
+        return self
+
+    @model_validator(mode="after")
+    def _until_grows_a_sampled_design(self) -> SweepCreate:
+        if self.until is None:
+            return self
+        kind = getattr(self.design, "type", None)
+        if not self.variables or kind not in ("monte_carlo", "latin_hypercube", "sobol", "saltelli"):
+            raise ValueError("until: an adaptive sweep grows a monte_carlo, latin_hypercube, sobol or "
+                             "saltelli design over variables; its samples are the first batch")
+        if self.until.statistic == "sobol" and kind != "saltelli":
+            raise ValueError("until: Sobol indices need a saltelli design")
+        if self.job_type is not None:
+            raise ValueError("until: a job type's sweep cannot grow yet")
         return self
 
 
@@ -103,6 +120,11 @@ class SweepRecord(BaseModel):
     created_at: datetime
     finished_at: datetime | None = None
     spec: dict[str, Any] = Field(..., description="the request as recorded (cases left out)")
+    extensions: list[dict[str, Any]] = Field(
+        default_factory=list, description="samples added after creation, with how each block was made")
+    until: UntilState | None = Field(None, description="an adaptive sweep's latest estimate and state")
+    explorer: str | None = Field(None, description="the sweep's live explorer page in the Dask "
+                                 "dashboard; null when the cluster serves no dashboard")
 
 
 class RunPreview(BaseModel):

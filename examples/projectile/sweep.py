@@ -1,6 +1,7 @@
 """The same study from Python: a Latin hypercube over speed and angle with uncertain drag,
-a live progress bar, the results as a DataFrame and a bokeh plot of range vs angle
-(range_vs_angle.html in the current folder).
+a live progress bar, the results as a DataFrame and a bokeh plot of range vs angle coloured by
+speed (range_vs_angle.html in the current folder: a standalone page that opens offline) and
+the parallel coordinates of every variable and output (parallel.html).
 
     python examples/projectile/sweep.py                      # embedded: no server needed
     python examples/projectile/sweep.py http://127.0.0.1:8080  # against a running server
@@ -10,6 +11,7 @@ import sys
 from pathlib import Path
 
 from orchestrator import Orchestrator, normal, uniform
+from orchestrator.plots import save_html
 
 HERE = Path(__file__).resolve().parent
 
@@ -30,22 +32,9 @@ def main() -> None:
         print(table[["speed", "angle", "drag", "range_m", "peak_m"]].describe().round(3))
         best = table.loc[table["range_m"].idxmax()]
         print(f"longest flight: {best['range_m']:.1f} m at {best['speed']:.1f} m/s, {best['angle']:.1f} deg")
-        plot(table, Path("range_vs_angle.html"))  # in the current folder
-
-
-def plot(table, target: Path) -> None:
-    from bokeh.io import output_file, save
-    from bokeh.models import ColorBar, LinearColorMapper
-    from bokeh.plotting import figure
-
-    mapper = LinearColorMapper(palette="Viridis256", low=table["speed"].min(), high=table["speed"].max())
-    fig = figure(title="Projectile range by launch angle (colour: speed)", x_axis_label="angle (deg)",
-                 y_axis_label="range (m)", width=700, height=420)
-    fig.scatter("angle", "range_m", source=table, size=8, color={"field": "speed", "transform": mapper})
-    fig.add_layout(ColorBar(color_mapper=mapper, title="m/s"), "right")
-    output_file(target, title="projectile sweep")
-    save(fig)
-    print(f"plot: {target}")
+        figure = sweep.plot(x="angle", y="range_m", color="speed")  # a bokeh figure (inline in Jupyter)
+        print(f"plot: {save_html(figure, Path('range_vs_angle.html'))}")  # in the current folder
+        print(f"plot: {save_html(sweep.plot_parallel(color='range_m'), Path('parallel.html'))}")
 
 
 if __name__ == "__main__":

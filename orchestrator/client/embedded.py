@@ -218,8 +218,22 @@ class EmbeddedBackend:
     def sweep_results(self, sweep_id: str) -> Any:
         return self._sync(self.service.sweeps.results, sweep_id)
 
+    def sweep_analysis(self, sweep_id: str, output: str) -> Any:
+        from orchestrator.server.analysis import sweep_analysis
+
+        return self._run(sweep_analysis(self.service.store, sweep_id, output))
+
     def stop_sweep(self, sweep_id: str) -> Any:
         return self._run(self.service.sweeps.stop(sweep_id, self._owner))
+
+    def extend_sweep(self, sweep_id: str, samples: int) -> Any:
+        from orchestrator.growth_models import SweepExtend
+
+        try:
+            SweepExtend(samples=samples)
+        except ValidationError as exc:
+            raise validation_failed(exc) from None
+        return self._run(self.service.sweeps.growth.extend(sweep_id, samples))
 
     def rerun_sweep(self, sweep_id: str, status: list[str] | None, ids: list[str] | None) -> Any:
         try:

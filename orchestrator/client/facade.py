@@ -151,12 +151,15 @@ class Orchestrator:
         priority: int = 0,
         outputs: list[dict[str, Any]] | None = None,
         kwargs: dict[str, Any] | None = None,
+        until: dict[str, Any] | None = None,
     ) -> Sweep | DryRun:
         """Run a command (or, embedded, a callable given the variables as keyword arguments)
         once per row of a run table: `variables` (generators: `linspace(...)`, a list, ...)
         with a `design`, or `cases` (rows, a DataFrame or a CSV path). A dry run returns the
         rendered table and runs nothing. An entry point ('package.module:function' of `binaries`)
-        gets each run's variables as keyword arguments, joined to `kwargs`. A sweep of a job type gives `job_type`, its `inputs`
+        gets each run's variables as keyword arguments, joined to `kwargs`. `until` ({output,
+        statistic, rel_ci_half_width, confidence, batch, max_samples}) grows a sampled design by
+        `batch` samples until the statistic's interval is narrow enough. A sweep of a job type gives `job_type`, its `inputs`
         (a JSON input may hold ${variable}; a variable named like a JSON input fills it) and
         `files` as for `run`, instead of a command."""
         if job_type is not None:
@@ -174,7 +177,7 @@ class Orchestrator:
             seed=seed, cases=cases, templates=templates, name=name, binaries=binaries, env=env,
             secret_env=secret_env, resources=resources, timeout_s=timeout_s, retries=retries, priority=priority,
             include_nominal_run=include_nominal_run, max_parallel=max_parallel,
-            max_failures=max_failures, dry_run=dry_run, outputs=outputs,
+            max_failures=max_failures, dry_run=dry_run, outputs=outputs, until=until,
         )
         if entrypoint is not None:
             spec.pop("command", None)

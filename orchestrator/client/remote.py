@@ -13,6 +13,7 @@ from typing import Any
 
 import httpx
 
+from orchestrator.analysis_models import SweepAnalysis
 from orchestrator.client.backend import save_stream
 from orchestrator.client.handle import EventStream
 from orchestrator.errors import from_json
@@ -225,12 +226,20 @@ class RemoteBackend:
     def sweep_results(self, sweep_id: str) -> ResultsTable:
         return ResultsTable.model_validate(self._call("GET", f"/sweeps/{sweep_id}/results").json())
 
+    def sweep_analysis(self, sweep_id: str, output: str) -> SweepAnalysis:
+        response = self._call("GET", f"/sweeps/{sweep_id}/analysis", params={"output": output})
+        return SweepAnalysis.model_validate(response.json())
+
     def stop_sweep(self, sweep_id: str) -> SweepRecord:
         return SweepRecord.model_validate(self._call("POST", f"/sweeps/{sweep_id}/stop").json())
 
     def rerun_sweep(self, sweep_id: str, status: list[str] | None, ids: list[str] | None) -> SweepRecord:
         body = {k: v for k, v in (("status", status), ("ids", ids)) if v is not None}
         return SweepRecord.model_validate(self._call("POST", f"/sweeps/{sweep_id}/rerun", json=body).json())
+
+    def extend_sweep(self, sweep_id: str, samples: int) -> SweepRecord:
+        return SweepRecord.model_validate(
+            self._call("POST", f"/sweeps/{sweep_id}/extend", json={"samples": samples}).json())
 
     def delete_sweep(self, sweep_id: str, stop: bool) -> None:
         self._call("DELETE", f"/sweeps/{sweep_id}", params={"stop": "true"} if stop else {})

@@ -25,7 +25,7 @@ from orchestrator.sweep_models import SweepCreate, SweepRecord
 if TYPE_CHECKING:
     import pandas
 
-DESIGNS = ("full_factorial", "monte_carlo", "latin_hypercube", "sobol")
+DESIGNS = ("full_factorial", "monte_carlo", "latin_hypercube", "sobol", "saltelli")
 POLL_S = (0.05, 1.0)  # first and longest pause between polls for finished runs
 BAR_REFRESH_S = 0.25
 LONG_POLL_S = 30.0
@@ -247,6 +247,12 @@ class Sweep(LiveHandle[SweepRecord]):
         self.record = self._backend.rerun_sweep(self.id, statuses, ids)
         return self.record
 
+    def extend(self, samples: int) -> SweepRecord:
+        """Add `samples` to a sampled design (Sobol and Saltelli continue their sequence): the
+        new runs start at once, and the results and analysis cover them."""
+        self.record = self._backend.extend_sweep(self.id, samples)
+        return self.record
+
     def delete(self, stop: bool = False) -> None:
         """Delete the sweep with its runs and files; `stop` first stops an active one."""
         self._backend.delete_sweep(self.id, stop)
@@ -259,6 +265,36 @@ class Sweep(LiveHandle[SweepRecord]):
         frame = pandas.DataFrame(table.rows, columns=table.columns)
         frame["exit_code"] = frame["exit_code"].astype("Int64")  # an integer, blank where none
         return frame.set_index("index")
+
+    def analysis(self, output: str) -> pandas.DataFrame:
+        """Sensitivity of `output` to each variable, a row per variable: pearson, spearman,
+        src (standardised regression coefficient) and, for a saltelli design, the Sobol
+        indices s1 and st with their confidence half-widths. `frame.attrs` holds the rest:
+        runs_used, left_out, r2, regression_error and sobol_error (why indices are missing)."""
+        import pandas
+
+        from orchestrator.analysis_models import VariableSensitivity
+
+        answer = self._backend.sweep_analysis(self.id, output)
+        frame = pandas.DataFrame([v.model_dump() for v in answer.variables],
+                                 columns=list(VariableSensitivity.model_fields))
+        frame = frame.set_index("variable")
+        frame.attrs.update(answer.model_dump(exclude={"variables"}))
+        return frame
+
+    def plot(self, x: str, y: str, color: str | None = None) -> Any:
+        """A bokeh figure of column `y` against `x` of results(), coloured by `color` (shows
+        inline in Jupyter; orchestrator.plots.save_html writes it as a page). See plots.scatter."""
+        from orchestrator import plots
+
+        return plots.scatter(self.results(), x, y, color)
+
+    def plot_parallel(self, columns: list[str] | None = None, color: str | None = None) -> Any:
+        """Parallel coordinates of variables and outputs (default: every numeric one), a line
+        per run coloured by `color` (default: the last column). See plots.parallel."""
+        from orchestrator import plots
+
+        return plots.parallel(self.results(), columns, color)
 
     def __repr__(self) -> str:
         return f"<Sweep {self.id} {self.record.name} {self.record.status.value} {self.record.runs} runs>"
@@ -274,5 +310,16 @@ def _update_bar(bar, record: SweepRecord) -> None:
     done = sum(n for status, n in record.counts.items() if JobStatus(status).is_terminal)
     bar.total = record.runs
     bar.update(done - bar.n)
-    bar.set_postfix({status.lower(): n for status, n in sorted(record.counts.items())}, refresh=True)
+    postfix = {status.lower(): n for status, n in sorted(record.counts.items())}
+    if record.until is not None and record.until.estimate is not None:
+        postfix["until"] = _interval_text(record.until)
+    bar.set_postfix(postfix, refresh=True)
+
+
+def _interval_text(state: Any) -> str:
+    """An adaptive sweep's current estimate and interval, short enough for a progress bar."""
+    if isinstance(state.estimate, list):  # Sobol indices: the widest half-width decides
+        return f"S1 widest ±{state.rel_half_width:.3f} ({state.state})"
+    return (f"{state.estimate:.4g} [{state.ci_low:.4g}, {state.ci_high:.4g}] "
+            f"±{state.rel_half_width:.2%} ({state.state})")
 

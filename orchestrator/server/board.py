@@ -22,7 +22,6 @@ ledger), so it never counts every job:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import threading
 import time
@@ -31,6 +30,7 @@ from typing import Any
 
 from orchestrator.models import TERMINAL_STATUSES, JobStatus
 from orchestrator.plugins.dashboard import publish
+from orchestrator.server.background import BackgroundLoop
 from orchestrator.server.decisions import UNFINISHED  # CREATED, QUEUED, RUNNING: not ended yet
 from orchestrator.server.engine import Engine
 from orchestrator.server.ledger import StatusUpdate, Store
@@ -46,13 +46,12 @@ LOAD_FACTOR = 20  # ...and a summary (or recount) that took t waits LOAD_FACTOR 
 ENDED = tuple(status for status in JobStatus if status in TERMINAL_STATUSES)
 
 
-class BoardFeed:
+class BoardFeed(BackgroundLoop):
     def __init__(self, store: Store, engine: Engine):
         self.store = store
         self.engine = engine
         self.board = Board(store)
         self._changed = asyncio.Event()
-        self._task: asyncio.Task | None = None
         engine.update_hooks.append(self._on_update)
 
     def _on_update(self, update: StatusUpdate) -> None:
@@ -61,13 +60,7 @@ class BoardFeed:
 
     def start(self) -> None:
         self._changed.set()
-        self._task = asyncio.ensure_future(self._run())
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        super().start()
 
     async def _run(self) -> None:
         warned = False

@@ -50,7 +50,9 @@ async def start_server(settings: Settings) -> RunningServer:
         await service.close()
         raise
     port = sockets[0].getsockname()[1]
-    return RunningServer(service, http, f"http://{_url_host(settings.host)}:{port}")
+    url = f"http://{_url_host(settings.host)}:{port}"
+    service.api_url = url  # the dashboard's explorer links a run to its logs and files here
+    return RunningServer(service, http, url)
 
 
 def _auth_state(settings: Settings) -> AuthState:

@@ -19,6 +19,7 @@ from orchestrator.server.binaries import BinaryService
 from orchestrator.server.board import BoardFeed
 from orchestrator.server.engine import Engine
 from orchestrator.server.events import EventHub
+from orchestrator.server.explorer_feed import ExplorerFeed
 from orchestrator.server.isolation import Isolation, JobIdentities
 from orchestrator.server.job_types import JobTypeService
 from orchestrator.server.jobs import JobService
@@ -45,7 +46,9 @@ class Service:
         self.events: EventHub
         self.metrics: Metrics
         self.board: BoardFeed
+        self.explorer: ExplorerFeed
         self.tokens: Tokens
+        self.api_url: str | None = None  # the REST API's URL once it listens (explorer links)
 
     async def start(self) -> Service:
         settings = self.settings
@@ -81,11 +84,17 @@ class Service:
             self.store, self.storage, self.engine, self.binaries, self.sealer, settings.max_sweep_runs,
             self.job_types,
         )
+        self.sweeps.dashboard_link = self.dashboard_link  # each sweep's record links its explorer
         self.events = EventHub(self.engine)
         self.metrics = Metrics(self.store, self.engine)
         self.board = BoardFeed(self.store, self.engine)
+        self.explorer = ExplorerFeed(
+            self.store, self.engine, api_url=lambda: self.api_url,
+            allowed=lambda: settings.dashboard_outputs or not self.tokens.required(),
+        )
         await self.engine.start()
         self.board.start()
+        self.explorer.start()
         await self.sweeps.resume()
         await self.jobs.finish_pending_deletes()
         return self
@@ -116,6 +125,7 @@ class Service:
 
     async def close(self) -> None:
         await self.board.close()
+        await self.explorer.close()
         await self.sweeps.close()
         await self.engine.close()
         await self.connection.close()

@@ -24,6 +24,7 @@ from orchestrator.models import (
     StatusChange,
     utcnow,
 )
+from orchestrator.plugins.explorer_state import explorer_url
 from orchestrator.server import typed_sweeps
 from orchestrator.server.auth import Principal
 from orchestrator.server.binaries import BinaryRef, BinaryService, artifacts, binary_input
@@ -33,6 +34,7 @@ from orchestrator.server.job_types import JobTypeService
 from orchestrator.server.jobs import default_name, refuse_url_artifacts
 from orchestrator.server.ledger import Store, SweepRow
 from orchestrator.server.secrets import Sealer, masked
+from orchestrator.server.sweep_growth import SweepGrowth
 from orchestrator.server.sweep_results import results_table
 from orchestrator.storage import Storage, layout
 from orchestrator.sweep_models import (
@@ -64,6 +66,8 @@ class SweepService:
         self.max_runs = max_runs
         self.job_types = job_types
         self._dispatchers: dict[str, SweepDispatcher] = {}
+        self.dashboard_link: str | None = None  # the Dask dashboard's, for each sweep's explorer link
+        self.growth = SweepGrowth(self)  # extensions and adaptive stopping
 
     # ---- creating ---------------------------------------------------------------------
 
@@ -119,6 +123,8 @@ class SweepService:
         else:
             runs = await asyncio.to_thread(self._runs, request, creator, sweep_id, kind, table, staged, queued_reason)
         spec = self._recorded_spec(request, table, runs[0], staged, templates, sweep_id, kind)
+        if request.until is not None:
+            spec["until_state"] = {"state": "growing", "samples": request.design.samples}
         if typed:
             spec.update(runtime=typed.runtime, configuration=typed.shown_configuration,
                         resources=runs[0].resources.model_dump(mode="json"), timeout_s=runs[0].timeout_s)
@@ -248,6 +254,8 @@ class SweepService:
         def done() -> None:  # a rerun may have started the sweep's next dispatcher already
             if self._dispatchers.get(sweep_id) is dispatcher:
                 del self._dispatchers[sweep_id]
+            if "until" in spec:
+                self.engine.background(self.growth.after_runs(sweep_id))
 
         dispatcher.start(on_done=done)
 
@@ -275,6 +283,7 @@ class SweepService:
             requeued = await self.engine.requeue(active, "resubmitted after orchestrator restart")
             failed = self.store.sweep_counts(sweep_id).get(JobStatus.FAILED.value, 0)
             self._dispatch(sweep_id, requeued, failed)
+        await self.growth.resume()
 
     async def stop(self, sweep_id: str, requested_by: str, owner: str | None = None) -> SweepRecord:
         """Stop what is queued or running; a sweep that has ended stays as it ended."""
@@ -330,7 +339,11 @@ class SweepService:
         total = sum(counts.values())
         done = counts.get(JobStatus.COMPLETED.value, 0) + counts.get(JobStatus.FAILED.value, 0)
         status, reason = _sweep_status(counts, sweep.stop_reason)
-        spec = {k: v for k, v in sweep.spec.items() if k != "runtime"}
+        spec = {k: v for k, v in sweep.spec.items() if k not in ("runtime", "extensions", "until_state")}
+        until = sweep.spec.get("until_state")
+        if until is not None and status.is_terminal and not sweep.stop_reason:
+            status, reason = (JobStatus.RUNNING, "growing: " + (until.get("reason") or "deciding")) \
+                if until["state"] == "growing" else (status, until.get("reason") or reason)
         design = spec.get("design", {}).get("type") if spec.get("variables") else None
         return SweepRecord(
             id=sweep.id, name=sweep.name, owner=sweep.owner, kind=sweep.kind,
@@ -342,7 +355,8 @@ class SweepService:
             storage_bytes=sweep.input_bytes + self.store.sweep_storage_bytes(sweep.id),
             max_failures=spec.get("max_failures"), created_at=sweep.created_at,
             finished_at=self.store.sweep_last_finish(sweep.id) if status.is_terminal else None,
-            spec=spec,
+            spec=spec, extensions=sweep.spec.get("extensions", []), until=until,
+            explorer=explorer_url(self.dashboard_link, sweep.id),
         )
 
     def runs(self, sweep_id: str, status: JobStatus | None, offset: int, limit: int,
@@ -375,10 +389,11 @@ def _run_table(request: SweepCreate, max_runs: int) -> doe.RunTable:
                                {"cases": "conflicts with variables/design"})
     design = request.design
     if isinstance(design, doe.Sampled) and request.variables:
-        cells = design.samples * len(request.variables)
+        runs = design.runs(len(request.variables))  # a saltelli design makes more runs than samples
+        cells = runs * len(request.variables)
         if cells > MAX_TABLE_CELLS:
             raise ValidationFailed(
-                f"{design.samples} samples x {len(request.variables)} variables is more than "
+                f"{runs} runs x {len(request.variables)} variables is more than "
                 f"{MAX_TABLE_CELLS} values", {"design.samples": "too many for this many variables"})
     return doe.build_table(request.variables, design, cases,
                            include_nominal=request.include_nominal_run, max_runs=max_runs)

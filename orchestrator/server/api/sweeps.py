@@ -1,5 +1,6 @@
 """/sweeps: create (JSON, or multipart with files, templates and a cases CSV), dry run, list,
-show with counts and progress, runs, runs finished since a cursor, results table, stop."""
+show with counts and progress, runs, runs finished since a cursor, results table (JSON, CSV,
+Parquet), sensitivity analysis, stop."""
 
 from __future__ import annotations
 
@@ -8,11 +9,15 @@ from typing import Literal
 
 from pydantic import Field, Json, ValidationError
 
+from orchestrator import plots
+from orchestrator.analysis_models import SweepAnalysis
 from orchestrator.errors import PayloadTooLarge, ValidationFailed, validation_failed
+from orchestrator.growth_models import SweepExtend
 from orchestrator.models import JobRecord, JobStatus, Page, Position, Request, WaitSeconds
-from orchestrator.server import reruns
+from orchestrator.server import analysis, reruns
 from orchestrator.server.api.base import Answer, BaseHandler, Operation, Paged, Query
 from orchestrator.server.api.uploads import StreamingBodyHandler
+from orchestrator.server.results_parquet import PARQUET_MEDIA_TYPE, results_parquet
 from orchestrator.server.sweep_results import results_csv
 from orchestrator.storage import AtomicWriter, layout
 from orchestrator.sweep_models import (
@@ -120,7 +125,8 @@ class FinishedQuery(Query):
 
 
 class ResultsQuery(Query):
-    format: Literal["json", "csv"] = "json"
+    format: Literal["json", "csv", "parquet"] = Field(
+        "json", description="parquet: typed columns (numbers stay numbers, blanks are nulls)")
 
 
 class DeleteQuery(Query):
@@ -180,7 +186,7 @@ class SweepFinishedHandler(BaseHandler):
 class SweepResultsHandler(BaseHandler):
     openapi = {"get": Operation(
         "One row per run: index, job id, status, exit code, variables, scalar outputs",
-        query=ResultsQuery, response=ResultsTable, also_as={"text/csv": str},
+        query=ResultsQuery, response=ResultsTable, also_as={"text/csv": str, PARQUET_MEDIA_TYPE: bytes},
     )}
 
     async def get(self, sweep_id: str) -> None:
@@ -188,6 +194,12 @@ class SweepResultsHandler(BaseHandler):
         table = await asyncio.to_thread(self.service.sweeps.results, sweep_id, self.principal.scope)
         if fmt == "json":
             self.send_json(table)
+            return
+        if fmt == "parquet":
+            data = await asyncio.to_thread(results_parquet, table)
+            self.set_header("Content-Type", PARQUET_MEDIA_TYPE)
+            self.set_header("Content-Disposition", f'attachment; filename="{sweep_id}-results.parquet"')
+            self.finish(data)
             return
         self.set_header("Content-Type", "text/csv; charset=utf-8")
         self.set_header("Content-Disposition", f'attachment; filename="{sweep_id}-results.csv"')
@@ -205,9 +217,65 @@ class SweepRerunHandler(BaseHandler):
                        202)
 
 
+class SweepExtendHandler(BaseHandler):
+    openapi = {"post": Operation(
+        "Add samples to a monte_carlo, latin_hypercube, sobol or saltelli sweep (Sobol and Saltelli "
+        "continue their sequence; every extension's lineage is recorded); a finished sweep runs again",
+        body=SweepExtend, response=SweepRecord, status=202)}
+
+    async def post(self, sweep_id: str) -> None:
+        request = self.parse_body(SweepExtend)
+        self.send_json(await self.service.sweeps.growth.extend(sweep_id, request.samples, self.principal.scope), 202)
+
+
 class SweepStopHandler(BaseHandler):
     openapi = {"post": Operation("Stop a sweep's queued and running runs", response=SweepRecord,
                                  status=202)}
 
     async def post(self, sweep_id: str) -> None:
         self.send_json(await self.service.sweeps.stop(sweep_id, self.user, self.principal.scope), 202)
+
+
+class PlotQuery(Query):
+    x: str = Field(description="the results column on the x axis")
+    y: str = Field(description="the results column on the y axis")
+    color: str | None = Field(None, description="the column that colours the points: numbers get a "
+                                                "colour bar, text (such as status) a colour per value")
+
+
+class SweepPlotHandler(BaseHandler):
+    openapi = {"get": Operation(
+        "A standalone HTML page (bokeh, works offline) plotting one column of the results table "
+        "against another; an unknown column is a 400 naming x, y or color",
+        query=PlotQuery, raw_response="text/html",
+    )}
+
+    async def get(self, sweep_id: str) -> None:
+        query = self.query_args()
+        table = await asyncio.to_thread(self.service.sweeps.results, sweep_id, self.principal.scope)
+
+        def page() -> str:
+            figure = plots.scatter(table, query.x, query.y, query.color)
+            return plots.standalone_html(figure, f"sweep {sweep_id}: {query.y} against {query.x}")
+
+        html = await asyncio.to_thread(page)  # a large sweep's figure takes a moment to build
+        self.set_header("Content-Type", "text/html; charset=utf-8")
+        self.finish(html)
+
+
+class AnalysisQuery(Query):
+    output: str = Field(..., min_length=1, max_length=1024,
+                        description="the output to analyse, as the runs report it (outputs.json key)")
+
+
+class SweepAnalysisHandler(BaseHandler):
+    openapi = {"get": Operation(
+        "Sensitivity of one output to each variable: Pearson and Spearman correlations, "
+        "standardised regression coefficients with R², and for a saltelli design first-order and "
+        "total Sobol indices with confidence intervals (409 while no run has completed)",
+        query=AnalysisQuery, response=SweepAnalysis,
+    )}
+
+    async def get(self, sweep_id: str) -> None:
+        output = self.query_args().output
+        self.send_json(await analysis.sweep_analysis(self.service.store, sweep_id, output, self.principal.scope))

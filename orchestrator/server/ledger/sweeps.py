@@ -14,6 +14,7 @@ from orchestrator.server.ledger.jobs import insert_job_rows, job_from_row
 from orchestrator.server.ledger.secrets import insert_sealed
 
 INSERT_CHUNK = 10_000  # rows per write transaction when recording a sweep's runs
+READ_CHUNK = 5_000  # runs per query when reading a sweep's whole table
 TERMINAL_VALUES = tuple(s.value for s in TERMINAL_STATUSES)
 
 
@@ -58,6 +59,19 @@ class SweepsTable(Connection):
                 ),
             )
             insert_sealed(db, sweep.id, sealed)
+
+    def grow_sweep(self, sweep_id: str, runs: list[JobRecord], history: list[StatusChange],
+                   spec: dict[str, Any]) -> None:
+        """More runs for a sweep, and its spec saying how they were made, in one transaction
+        (an extension is as large as a request may make a sweep: well under a chunk's worth
+        of writer time per thousand runs)."""
+        with self.transaction() as db:
+            insert_job_rows(db, runs, history)
+            db.execute("UPDATE sweeps SET spec = ? WHERE id = ?", (json.dumps(spec), sweep_id))
+
+    def set_sweep_spec(self, sweep_id: str, spec: dict[str, Any]) -> None:
+        with self.transaction() as db:
+            db.execute("UPDATE sweeps SET spec = ? WHERE id = ?", (json.dumps(spec), sweep_id))
 
     def drop_half_created_sweeps(self) -> None:
         """Runs recorded for a sweep whose own row never followed (a crash while creating it):
@@ -137,15 +151,54 @@ class SweepsTable(Connection):
         """(index, job id, status, status reason, variables, result) of every run, in index order.
 
         Read as plain tuples: a results table of a large sweep need not build a model per run.
+        Read a chunk of runs per query: the reader's lock is held for one chunk at a time, so a
+        100,000-run table read in a thread never holds up the event loop's own reads.
         """
-        rows = self._query(
-            "SELECT idx, id, status, status_reason, variables, result FROM jobs WHERE sweep_id = ? ORDER BY idx",
-            (sweep_id,),
-        )
+        rows: list[sqlite3.Row] = []
+        while True:
+            chunk = self._query(
+                "SELECT idx, id, status, status_reason, variables, result FROM jobs"
+                " WHERE sweep_id = ? AND idx > ? ORDER BY idx LIMIT ?",
+                (sweep_id, rows[-1][0] if rows else -1, READ_CHUNK),
+            )
+            rows += chunk
+            if len(chunk) < READ_CHUNK:
+                break
         return [
             (row[0], row[1], row[2], row[3], json.loads(row[4] or "{}"), json.loads(row[5]) if row[5] else None)
             for row in rows
         ]
+
+    def sweep_output_columns(self, sweep_id: str, key: str, names: list[str]) -> list[list[Any]]:
+        """Columns over every run of a sweep: indexes, statuses, the JSON type of output `key`
+        (None where a run has none), its values, then each variable's values; aligned, but not
+        necessarily in index order. SQLite picks the values out of each run's JSON and answers
+        a chunk of runs (as sweep_rows) as one JSON array per column, so no object is built per
+        run: decoding 100,000 results would make Python's collector stop every thread, the
+        event loop's too, for a quarter of a second."""
+        inner = "".join(f", json_extract(j.variables, ?) var{i}" for i in range(len(names)))
+        arrays = "".join(f", json_group_array(var{i})" for i in range(len(names)))
+        paths = [f'$."{name}"' for name in names]  # variable names are identifiers
+        sql = (f"SELECT max(idx), count(*), json_group_array(idx), json_group_array(status),"
+               f" json_group_array(kind), json_group_array(value){arrays} FROM ("
+               f"SELECT j.idx idx, j.status status, o.type kind, o.value value{inner} FROM jobs j"
+               " LEFT JOIN json_each(j.result, '$.outputs') o ON o.key = ?"
+               " WHERE j.sweep_id = ? AND j.idx > ? ORDER BY j.idx LIMIT ?)")
+        columns: list[list[Any]] = [[] for _ in range(4 + len(names))]
+        after = -1
+        while True:
+            last, count, *chunk = self._query(sql, (*paths, key, sweep_id, after, READ_CHUNK))[0]
+            for column, values in zip(columns, chunk, strict=True):
+                column += json.loads(values)
+            if count < READ_CHUNK:
+                return columns
+            after = last
+
+    def sweep_output_keys(self, sweep_id: str) -> list[str]:
+        """Every output key the runs of a sweep reported, sorted."""
+        rows = self._query("SELECT DISTINCT o.key FROM jobs j, json_each(j.result, '$.outputs') o"
+                           " WHERE j.sweep_id = ? ORDER BY o.key", (sweep_id,))
+        return [row[0] for row in rows]
 
     def finished_runs(self, sweep_id: str, after: int, limit: int) -> tuple[int, list[JobRecord]]:
         """Runs that ended after the cursor `after`, in the order they ended, and the new cursor."""
@@ -160,6 +213,18 @@ class SweepsTable(Connection):
         jobs = self.select_in("SELECT * FROM jobs WHERE id IN ({})", list({row[1]: None for row in rows}))
         by_id = {job.id: job for job in map(job_from_row, jobs)}
         return rows[-1][0], [by_id[row[1]] for row in rows if row[1] in by_id]
+
+    def finished_cursor(self, sweep_id: str) -> int:
+        """The sweep's finished-runs cursor now (its last status change): a run that ends later
+        gets a later one, so `finished_runs(sweep_id, cursor)` returns exactly those."""
+        rows = self._query("SELECT MAX(s.seq) FROM job_statuses s JOIN jobs j ON j.id = s.job_id"
+                           " WHERE j.sweep_id = ?", (sweep_id,))
+        return int(rows[0][0] or 0)
+
+    def growing_sweep_ids(self) -> list[str]:
+        """Adaptive sweeps that have not decided to stop growing."""
+        rows = self._query("SELECT id FROM sweeps WHERE json_extract(spec, '$.until_state.state') = 'growing'")
+        return [row[0] for row in rows]
 
     def active_sweep_ids(self) -> list[str]:
         rows = self._query(
