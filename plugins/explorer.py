@@ -35,6 +35,7 @@ from bokeh.models import (
     ColumnDataSource,
     DataTable,
     Div,
+    FactorRange,
     FixedTicker,
     HoverTool,
     HTMLTemplateFormatter,
@@ -90,6 +91,7 @@ class SweepExplorer:
         self._scatter()
         self._histogram()
         self._parallel()
+        self._sobol()
         self.rows = ColumnDataSource({}, name="explorer-rows")
         self.rows.selected.on_change("indices", self._on_row_picked)
         self.table = DataTable(source=self.rows, columns=[], width=WIDTH, height=300,
@@ -99,7 +101,7 @@ class SweepExplorer:
         self.clear.on_click(self.clear_selection)
         self.root = column(
             self.heading, row(self.x, self.y, self.color),
-            row(self.scatter_figure, self.histogram_figure), self.parallel_figure,
+            row(self.scatter_figure, self.histogram_figure), self.parallel_figure, self.sobol_figure,
             row(self.clear, self.links), self.table,
         )
         self.update()
@@ -132,6 +134,16 @@ class SweepExplorer:
         fig.add_layout(self.mean)
         fig.add_layout(self.interval)
         self.histogram_figure = fig
+
+    def _sobol(self) -> None:
+        """Bars of the chosen output's Sobol indices; shown for saltelli designs only."""
+        self.indices = ColumnDataSource({"x": [], "value": [], "low": [], "high": [], "fill": []},
+                                        name="explorer-sobol")
+        fig = figure(width=WIDTH, height=260, x_range=FactorRange(), tools="save", toolbar_location="above",
+                     y_axis_label="Sobol index", name="explorer-sobol-figure", visible=False)
+        fig.vbar(x="x", top="value", width=0.8, source=self.indices, fill_color="fill", line_color=None)
+        fig.segment(x0="x", x1="x", y0="low", y1="high", source=self.indices, line_color="#333333", line_width=2)
+        self.sobol_figure = fig
 
     def _parallel(self) -> None:
         self.lines = ColumnDataSource({"xs": [], "ys": [], "line": [], "row": []}, name="explorer-lines")
@@ -240,6 +252,7 @@ class SweepExplorer:
             self.color_bar.color_mapper.update(low=span[0], high=span[1])
             self.color_bar.title = color
         self._draw_histogram(frame, y)
+        self._draw_sobol(frame, y)
         self._draw_parallel(frame, color)
         self._show_selection()
 
@@ -268,6 +281,23 @@ class SweepExplorer:
         known = numpy.isfinite(spread.low)
         self.interval.update(left=spread.low if known else 0, right=spread.high if known else 0, visible=bool(known))
         fig.title.text = spread.describe()
+
+    def _draw_sobol(self, frame: view.Frame, name: str) -> None:
+        found = view.sobol(frame, name)
+        fig = self.sobol_figure
+        fig.visible = found is not None
+        if not isinstance(found, view.SobolBars):
+            self.indices.data = {"x": [], "value": [], "low": [], "high": [], "fill": []}
+            fig.title.text = found or ""
+            return
+        bars = [((v, kind), value, half, fill) for v, s1, c1, st, ct in zip(
+                    found.variables, found.s1, found.s1_conf, found.st, found.st_conf, strict=True)
+                for kind, value, half, fill in (("S1", s1, c1, "#4c78a8"), ("ST", st, ct, "#f58518"))]
+        fig.x_range.factors = [bar[0] for bar in bars]
+        self.indices.data = {"x": [b[0] for b in bars], "value": [b[1] for b in bars],
+                             "low": [b[1] - b[2] for b in bars], "high": [b[1] + b[2] for b in bars],
+                             "fill": [b[3] for b in bars]}
+        fig.title.text = f"Sobol indices of {name}: first-order (S1) and total (ST), 95 % intervals"
 
     def _draw_parallel(self, frame: view.Frame, color: str) -> None:
         data, ticks = view.parallel(frame, self.axes, color)

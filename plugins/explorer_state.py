@@ -48,6 +48,7 @@ class SweepTable:
     api_url: str | None
     published_at: float
     version: int = 0  # grows with every change, so a page redraws only when it changed
+    design: dict[str, Any] = field(default_factory=dict)  # {"type", "nominal"}: Sobol bars for saltelli
     rows: dict[int, int] = field(default_factory=dict)  # run index -> row
 
     def __post_init__(self) -> None:
@@ -137,6 +138,7 @@ def receive(update: dict[str, Any], dask_scheduler: Any = None) -> None:
             token=update["token"], name=update["name"], variables=update["variables"],
             outputs=update["outputs"], columns=list(update["data"]), data=update["data"],
             api_url=update.get("api_url"), published_at=update["published_at"], version=version,
+            design=update.get("design") or {},
         )
     elif held is not None and held.token == update["token"]:
         held.merge(update["data"], update["published_at"])

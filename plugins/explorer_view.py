@@ -224,3 +224,43 @@ def table_rows(frame: Frame, rows: numpy.ndarray, limit: int = MAX_TABLE) -> dic
 
 def _cell(value: Any) -> Any:
     return "" if value is None else value
+
+
+@dataclass
+class SobolBars:
+    """First-order and total Sobol indices of one output, with their interval half-widths."""
+
+    variables: list[str]
+    s1: list[float]
+    s1_conf: list[float]
+    st: list[float]
+    st_conf: list[float]
+
+
+def sobol(frame: Frame, output: str) -> SobolBars | str | None:
+    """The output's Sobol indices when the sweep is a saltelli design whose runs all have a
+    number (the matrix is read by run index); why not, as text; None for other designs."""
+    table = frame.table
+    if table.design.get("type") != "saltelli" or output not in table.data:
+        return None
+    from orchestrator.server.analysis import sobol_indices
+
+    dimensions = len(table.variables)
+    step = 2 * dimensions + 2
+    index = frame["index"].values - (1 if table.design.get("nominal") else 0)
+    values = frame[output].values if frame[output].factors is None else index * numpy.nan
+    done = frame[STATUS].factors
+    completed = frame[STATUS].values == (done.index("COMPLETED") if done and "COMPLETED" in done else -1)
+    keep = index >= 0
+    runs = int(index[keep].max()) + 1 if keep.any() else 0
+    block = numpy.full(runs - runs % step, numpy.nan)
+    inside = keep & (index < len(block)) & completed
+    block[index[inside].astype(int)] = values[inside]
+    if not len(block) or numpy.isnan(block).any():
+        waiting = int(numpy.isnan(block).sum()) if len(block) else step
+        return f"Sobol indices of {output}: waiting for {waiting} runs of the saltelli matrix to give a number"
+    if numpy.ptp(block) == 0:
+        return f"Sobol indices of {output}: it does not vary"
+    found = sobol_indices(block, dimensions)
+    as_list = {name: [float(v) for v in found[name]] for name in ("S1", "S1_conf", "ST", "ST_conf")}
+    return SobolBars(list(table.variables), as_list["S1"], as_list["S1_conf"], as_list["ST"], as_list["ST_conf"])

@@ -153,6 +153,33 @@ def test_a_large_sweep_is_drawn_downsampled_but_brushed_and_summed_over_every_ru
     assert len(rows["c0"]) == view.MAX_TABLE and rows["c0"][:2] == inside[:2].tolist()
 
 
+def ishigami_table(samples: int, drop: int | None = None) -> SweepTable:
+    """A saltelli design's table whose output is the Ishigami function (run `drop` missing)."""
+    from orchestrator.doe import saltelli_cube
+
+    x = -math.pi + 2 * math.pi * saltelli_cube(samples, 3, seed=5)
+    f = numpy.sin(x[:, 0]) + 7 * numpy.sin(x[:, 1]) ** 2 + 0.1 * x[:, 2] ** 4 * numpy.sin(x[:, 0])
+    runs = len(f)
+    data = {"index": list(range(runs)), "job_id": [f"j{i}" for i in range(runs)],
+            "status": ["COMPLETED" if i != drop else "FAILED" for i in range(runs)],
+            **{f"x{j + 1}": x[:, j].tolist() for j in range(3)},
+            "f": [None if i == drop else float(v) for i, v in enumerate(f)]}
+    return SweepTable(token="t", name="ishigami", variables=["x1", "x2", "x3"], outputs=["f"],
+                      columns=list(data), data=data, api_url=None, published_at=0.0,
+                      design={"type": "saltelli", "nominal": False})
+
+
+def test_the_sobol_bars_of_a_saltelli_sweep():
+    bars = view.sobol(view.Frame(ishigami_table(1024)), "f")
+    for found, exact in zip(bars.s1, (0.314, 0.442, 0.0), strict=True):
+        assert abs(found - exact) < 0.05
+    for found, exact in zip(bars.st, (0.558, 0.442, 0.244), strict=True):
+        assert abs(found - exact) < 0.05
+    waiting = view.sobol(view.Frame(ishigami_table(64, drop=17)), "f")
+    assert waiting == "Sobol indices of f: waiting for 1 runs of the saltelli matrix to give a number"
+    assert view.sobol(view.Frame(big_table(100)), "y") is None  # not a saltelli design: no bars
+
+
 def test_a_table_takes_the_rows_of_runs_that_ended():
     table = big_table(4)
     table.merge({"index": [2, 7], "status": ["COMPLETED", "COMPLETED"], "y": [5.0, 6.0]}, 1.0)
@@ -253,6 +280,27 @@ def test_the_explorer_page_draws_every_run_and_follows_its_controls(dashboard_se
         in_page(browser, "jobs-filter", "m.value_input = 'no such sweep'")
         page_shows(browser, "jobs-chart", "m.y_range.factors.length", 0, "the filter hiding the sweep")
         browser.save_screenshot(str(tmp_path / "jobs.png"))
+    finally:
+        browser.quit()
+
+
+def test_the_explorer_page_shows_the_sobol_indices_of_a_saltelli_sweep(dashboard_server):
+    browser = chromium()
+    server = dashboard_server
+    try:
+        created = server.http.post("/sweeps", json={
+            "name": "linear", "command": "awk -v a=${a} -v b=${b} 'BEGIN { printf \"{\\\"y\\\": %f}\", 3 * a + b }' > outputs.json",
+            "variables": [{"name": "a", "uniform": {"low": 0, "high": 1}},
+                          {"name": "b", "uniform": {"low": 0, "high": 1}}],
+            "design": {"type": "saltelli", "samples": 16, "seed": 3}})
+        assert created.status_code == 201, created.text
+        sweep = server.wait_sweep(created.json()["id"], timeout=120)
+        assert sweep["counts"] == {"COMPLETED": 96}, sweep
+        browser.get(sweep["explorer"])
+        page_shows(browser, "explorer-sobol", "m.data.value.length", 4, "S1 and ST of a and b")
+        first, _, second, _ = in_page(browser, "explorer-sobol", "Array.from(m.data.value)")
+        assert first > 0.5 > second  # y = 3a + b: a carries 9/10 of the variance (16 samples: noisy)
+        assert in_page(browser, "explorer-sobol-figure", "m.visible") is True
     finally:
         browser.quit()
 

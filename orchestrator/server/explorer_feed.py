@@ -121,7 +121,7 @@ class SweepRows:
         return {
             "sweep_id": sweep_id, "token": state.token, "full": True, "name": sweep.name,
             "variables": sweep.names, "outputs": output_columns(table, sweep.names), "data": data,
-            "api_url": self.api_url(), "published_at": time.time(),
+            "api_url": self.api_url(), "published_at": time.time(), "design": design_of(sweep.spec),
         }
 
     def since(self, sweep_id: str, state: Published) -> dict[str, Any] | None:
@@ -179,6 +179,12 @@ class ExplorerFeed(BackgroundLoop):
             update = await asyncio.to_thread(self.rows.update, sweep_id, held)
             if update is not None:
                 await client.run_on_scheduler(receive, update)
+
+
+def design_of(spec: dict[str, Any]) -> dict[str, Any]:
+    """What the page needs of the design: a saltelli design's runs give Sobol indices."""
+    return {"type": (spec.get("design") or {}).get("type") if spec.get("variables") else None,
+            "nominal": bool(spec.get("include_nominal_run"))}
 
 
 def columns_of(table: ResultsTable) -> dict[str, list[Any]]:
