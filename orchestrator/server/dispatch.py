@@ -26,6 +26,7 @@ logger = logging.getLogger(__name__)
 TARGET_BATCH_S = 0.5
 MIN_BATCH_S = 0.05  # the tail's batches stay worth a Dask round trip
 MAX_BATCH_RUNS = 1000
+MAX_GROWING_SLOTS = 2000  # single-run batches a growable cluster is shown at once
 SMOOTHING = 0.5
 
 LimitReached = Callable[[str, int, int], Awaitable[None]]
@@ -124,7 +125,13 @@ class SweepDispatcher:
     async def _slots(self) -> int:
         if self.max_parallel is not None:
             return self.max_parallel
-        return max(2 * await self.engine.cluster_threads(), 2)
+        slots = max(2 * await self.engine.cluster_threads(), 2)
+        if self.engine.can_grow and (self._run_seconds is None or self._run_seconds >= TARGET_BATCH_S):
+            # Dask's adaptive scaling grows a cluster for the work it sees queued: runs worth a
+            # task each are all shown to it (a few thousand at most), or it never grows past the
+            # size that keeps two batches per thread busy
+            slots = max(slots, min(len(self._pending), MAX_GROWING_SLOTS))
+        return slots
 
     def _batch_size(self, slots: int) -> int:
         if self._run_seconds is None:
