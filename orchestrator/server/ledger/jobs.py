@@ -14,6 +14,8 @@ from typing import Any
 
 from orchestrator.models import FileEntry, JobRecord, JobStatus, StatusChange
 from orchestrator.server.ledger.connection import Connection, chunks, like_escape, marks, ts
+from orchestrator.server.ledger.kept_counts import counts_by_status, kept_job_count, status_values
+from orchestrator.server.ledger.name_search import search_clause, search_page
 from orchestrator.server.ledger.secrets import insert_sealed
 from orchestrator.server.secrets import masked
 
@@ -68,8 +70,18 @@ class JobsTable(Connection):
         limit: int | None = 100,
         order: str = "seq",
     ) -> tuple[int, list[JobRecord]]:
+        if search and limit is not None and order == "seq" and status is None and statuses is None \
+                and sweep_id is None and owner is None and ids is None and shared_with is None:
+            count, seqs = search_page(self, search, offset, limit)
+            rows = self.select_in("SELECT * FROM jobs WHERE seq IN ({}) ORDER BY seq", seqs)
+            return count, [job_from_row(row) for row in rows]
         where, params = _job_filters(status, search, sweep_id, owner, ids, statuses, shared_with)
-        count = self._query(f"SELECT COUNT(*) FROM jobs {where}", params)[0][0]
+        count = None
+        if not search and ids is None and shared_with is None:
+            count = kept_job_count(self, owner=owner, sweep_id=sweep_id,
+                                   statuses=status_values(status, statuses))
+        if count is None:
+            count = self._query(f"SELECT COUNT(*) FROM jobs {where}", params)[0][0]
         ordering = {"seq": "seq", "idx": "idx, seq"}[order]
         if limit is None:
             rows = self._query(f"SELECT * FROM jobs {where} ORDER BY {ordering}", params)
@@ -86,8 +98,7 @@ class JobsTable(Connection):
         self._query("SELECT 1 FROM jobs LIMIT 1")
 
     def count_by_status(self) -> dict[str, int]:
-        rows = self._query("SELECT status, COUNT(*) FROM jobs GROUP BY status")
-        return {row[0]: row[1] for row in rows}
+        return counts_by_status(self)
 
     def count_owned(self, owner: str, statuses: Iterable[JobStatus]) -> int:
         """Jobs of `owner` in these statuses, sweep runs left out: what per-user limits count."""
@@ -377,8 +388,9 @@ def _job_filters(
         clauses.append(f"status IN ({marks(len(statuses))})")
         params.extend(JobStatus(s).value for s in statuses)
     if search:
-        clauses.append("name LIKE ? ESCAPE '\\'")
-        params.append(f"%{like_escape(search)}%")
+        clause, values = search_clause(search)
+        clauses.append(clause)
+        params.extend(values)
     if sweep_id is not None:
         clauses.append("sweep_id = ?")
         params.append(sweep_id)

@@ -127,6 +127,68 @@ TENANCY_SCHEMA = (
 )""",
 )
 
+# A run "has an output problem" when it completed with a result carrying an error.
+_PROBLEM = ("(CASE WHEN {r}.status = 'COMPLETED' AND json_valid({r}.result)"
+            " THEN json_extract({r}.result, '$.error') IS NOT NULL ELSE 0 END)")
+_ADD_JOB = ("INSERT INTO job_counts (owner, status, n) VALUES (new.owner, new.status, 1)"
+            " ON CONFLICT (owner, status) DO UPDATE SET n = n + 1;")
+_DROP_JOB = "UPDATE job_counts SET n = n - 1 WHERE owner = old.owner AND status = old.status;"
+_ADD_RUN = ("INSERT INTO sweep_tallies (sweep_id, status, n, problems, storage_bytes)"
+            f" SELECT new.sweep_id, new.status, 1, {_PROBLEM.format(r='new')}, new.storage_bytes"
+            " WHERE new.sweep_id IS NOT NULL ON CONFLICT (sweep_id, status) DO UPDATE SET"
+            " n = n + 1, problems = problems + excluded.problems,"
+            " storage_bytes = storage_bytes + excluded.storage_bytes;")
+_DROP_RUN = (f"UPDATE sweep_tallies SET n = n - 1, problems = problems - {_PROBLEM.format(r='old')},"
+             " storage_bytes = storage_bytes - old.storage_bytes"
+             " WHERE sweep_id = old.sweep_id AND status = old.status;")
+
+KEPT_COUNTS_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS job_counts (
+    owner TEXT NOT NULL,
+    status TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (owner, status)
+) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS sweep_tallies (
+    sweep_id TEXT NOT NULL,
+    status TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    problems INTEGER NOT NULL,
+    storage_bytes INTEGER NOT NULL,
+    PRIMARY KEY (sweep_id, status)
+) WITHOUT ROWID""",
+    f"CREATE TRIGGER IF NOT EXISTS jobs_counted_insert AFTER INSERT ON jobs BEGIN {_ADD_JOB} {_ADD_RUN} END",
+    "CREATE TRIGGER IF NOT EXISTS jobs_counted_delete AFTER DELETE ON jobs BEGIN"
+    f" {_DROP_JOB} {_DROP_RUN}"
+    " DELETE FROM sweep_tallies WHERE sweep_id = old.sweep_id AND status = old.status AND n = 0; END",
+    "CREATE TRIGGER IF NOT EXISTS jobs_counted_owner_status AFTER UPDATE OF owner, status ON jobs"
+    f" WHEN old.owner IS NOT new.owner OR old.status IS NOT new.status BEGIN {_DROP_JOB} {_ADD_JOB} END",
+    "CREATE TRIGGER IF NOT EXISTS jobs_counted_run AFTER UPDATE OF sweep_id, status, result, storage_bytes"
+    " ON jobs WHEN old.sweep_id IS NOT NULL OR new.sweep_id IS NOT NULL"
+    f" BEGIN {_DROP_RUN} {_ADD_RUN} END",
+    "DELETE FROM job_counts",  # rebuilt from the rows, so the step can run again (a v0 ledger)
+    "INSERT INTO job_counts (owner, status, n) SELECT owner, status, COUNT(*) FROM jobs GROUP BY owner, status",
+    "DELETE FROM sweep_tallies",
+    "INSERT INTO sweep_tallies (sweep_id, status, n, problems, storage_bytes)"
+    f" SELECT sweep_id, status, COUNT(*), SUM({_PROBLEM.format(r='jobs')}), SUM(storage_bytes) FROM jobs"
+    " WHERE sweep_id IS NOT NULL GROUP BY sweep_id, status",
+)
+
+# The index holds lower(name): SQLite's lower() folds ASCII letters only, exactly as LIKE
+# compares, so a case-sensitive trigram match on it is LIKE's substring match, no recheck.
+NAME_SEARCH_SCHEMA = (
+    "CREATE VIRTUAL TABLE IF NOT EXISTS jobs_search USING fts5(name, tokenize='trigram case_sensitive 1')",
+    "CREATE TRIGGER IF NOT EXISTS jobs_search_insert AFTER INSERT ON jobs BEGIN"
+    " INSERT INTO jobs_search (rowid, name) VALUES (new.seq, lower(new.name)); END",
+    "CREATE TRIGGER IF NOT EXISTS jobs_search_delete AFTER DELETE ON jobs BEGIN"
+    " DELETE FROM jobs_search WHERE rowid = old.seq; END",
+    "CREATE TRIGGER IF NOT EXISTS jobs_search_rename AFTER UPDATE OF name ON jobs"
+    " WHEN old.name IS NOT new.name BEGIN"
+    " UPDATE jobs_search SET name = lower(new.name) WHERE rowid = new.seq; END",
+    "DELETE FROM jobs_search",
+    "INSERT INTO jobs_search (rowid, name) SELECT seq, lower(name) FROM jobs",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     # 1
     Migration(
@@ -233,6 +295,19 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         "job_files.kind: a run's files are its outputs, and the inputs it ran with as staged",
         columns=(("job_files", "kind", "TEXT NOT NULL DEFAULT 'output'"),),
+    ),
+    # 11
+    Migration(
+        "job_counts and sweep_tallies: jobs by owner and status, and each sweep's runs by status "
+        "(with output problems and storage bytes), kept by triggers in the same transaction as "
+        "every change, so listings never count a million rows",
+        KEPT_COUNTS_SCHEMA,
+    ),
+    # 12
+    Migration(
+        "jobs_search: an FTS5 trigram index over the ASCII-lowered job names, kept by triggers, "
+        "so a name search (LIKE '%text%') is answered without scanning the jobs",
+        NAME_SEARCH_SCHEMA,
     ),
 )
 LATEST = len(MIGRATIONS)

@@ -11,6 +11,7 @@ from typing import Any
 from orchestrator.models import TERMINAL_STATUSES, JobRecord, JobStatus, StatusChange
 from orchestrator.server.ledger.connection import Connection, marks, ts
 from orchestrator.server.ledger.jobs import insert_job_rows, job_from_row
+from orchestrator.server.ledger.kept_counts import sweep_tally
 from orchestrator.server.ledger.secrets import insert_sealed
 
 INSERT_CHUNK = 10_000  # rows per write transaction when recording a sweep's runs
@@ -125,26 +126,26 @@ class SweepsTable(Connection):
 
     def sweep_counts(self, sweep_id: str | None) -> dict[str, int]:
         """Runs of a sweep by status; with None, the jobs outside any sweep."""
-        where = "sweep_id = ?" if sweep_id is not None else "sweep_id IS NULL"
-        params = (sweep_id,) if sweep_id is not None else ()
-        rows = self._query(f"SELECT status, COUNT(*) FROM jobs WHERE {where} GROUP BY status", params)
+        if sweep_id is not None:
+            return sweep_tally(self, sweep_id)[0]
+        rows = self._query("SELECT status, COUNT(*) FROM jobs WHERE sweep_id IS NULL GROUP BY status")
         return {row[0]: row[1] for row in rows}
 
     def sweep_tally(self, sweep_id: str) -> tuple[dict[str, int], int]:
         """A sweep's runs by status, and how many completed with outputs that could not all be
         read (their table cells are blank for a reason), in one pass over its runs."""
-        rows = self._query(
-            "SELECT status, COUNT(*), SUM(status = 'COMPLETED' AND json_extract(result, '$.error') IS NOT NULL)"
-            " FROM jobs WHERE sweep_id = ? GROUP BY status", (sweep_id,))
-        return {row[0]: row[1] for row in rows}, sum(row[2] or 0 for row in rows)
+        counts, problems, _ = sweep_tally(self, sweep_id)  # kept by triggers: no pass over the runs
+        return counts, problems
 
     def sweep_storage_bytes(self, sweep_id: str) -> int:
         """What a sweep's runs keep in storage (its shared inputs are on the sweep)."""
-        rows = self._query("SELECT SUM(storage_bytes) FROM jobs WHERE sweep_id = ?", (sweep_id,))
-        return int(rows[0][0] or 0)
+        return sweep_tally(self, sweep_id)[2]
 
     def sweep_last_finish(self, sweep_id: str) -> str | None:
-        rows = self._query("SELECT MAX(finished_at) FROM jobs WHERE sweep_id = ?", (sweep_id,))
+        """The latest finish of its runs: one index seek per status it has, not a pass over them."""
+        rows = self._query(
+            "SELECT MAX((SELECT MAX(finished_at) FROM jobs WHERE sweep_id = t.sweep_id AND status = t.status))"
+            " FROM sweep_tallies t WHERE t.sweep_id = ? AND t.n > 0", (sweep_id,))
         return rows[0][0]
 
     def sweep_rows(self, sweep_id: str) -> list[tuple[int, str, str, str | None, dict[str, Any], dict[str, Any] | None]]:
