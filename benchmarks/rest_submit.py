@@ -12,7 +12,9 @@ temporary data directory) and measures, on the same machine and cluster:
 4. bare:      ``subprocess.run(["true"])`` N times in 2 parallel processes, the floor set by
    process creation on this machine;
 5. job type:  the same N jobs submitted by job type (a registered type whose command is
-   ``true``), to show that a job by type costs no more than a plain job.
+   ``true``), to show that a job by type costs no more than a plain job;
+6. sync:      one trivial ``POST /jobs?sync=true`` after another on the idle server (after the
+   others have ended): p50 and p90 of the whole round trip.
 
 The ratios against the bare loop say how much of the machine's process-spawning rate
 survives Dask alone and the whole orchestrator (HTTP, job store, storage, Dask).
@@ -43,6 +45,8 @@ TERMINAL = ("COMPLETED", "FAILED", "STOPPED")
 POLL_INTERVAL_S = 0.2
 COMPLETION_TIMEOUT_S = 600.0
 BARE_PROCESSES = 2
+SYNC_JOBS = 200
+SYNC_WARM_UP = 10
 
 
 @dataclass
@@ -141,6 +145,20 @@ def measure_bare(runs: int, processes: int = BARE_PROCESSES) -> float:
     return time.perf_counter() - started
 
 
+def measure_sync(url: str, jobs: int = SYNC_JOBS) -> list[float]:
+    """Seconds of each of `jobs` sequential `?sync=true` round trips of `true` (after warm-up)."""
+    durations = []
+    with httpx.Client(base_url=f"{url}/api/v1", timeout=60) as client:
+        for number in range(jobs + SYNC_WARM_UP):
+            started = time.perf_counter()
+            job = client.post("/jobs", params={"sync": "true"}, json=PLAIN).json()
+            if job.get("status") != "COMPLETED":
+                raise RuntimeError(f"a sync job did not complete: {job}")
+            if number >= SYNC_WARM_UP:
+                durations.append(time.perf_counter() - started)
+    return sorted(durations)
+
+
 def start(loop: LoopThread, data_dir: Path, workers: int) -> RunningServer:
     settings = Settings(
         data_dir=data_dir, port=0, dashboard_address=":0", workers=workers, threads_per_worker=1
@@ -180,6 +198,9 @@ def main() -> None:
                   f"{rate(args.jobs, typed.completed_s):.1f} jobs/s")
             raw_dask_s = measure_raw_dask(server, args.jobs)
             print(f"raw dask: {rate(args.jobs, raw_dask_s):.1f} runs/s ({raw_dask_s:.2f} s)")
+            sync = measure_sync(server.url)
+            print(f"sync p50 = {sync[len(sync) // 2] * 1000:.2f} ms (<= 10), "
+                  f"p90 = {sync[int(len(sync) * 0.9)] * 1000:.2f} ms ({len(sync)} sequential jobs)")
         finally:
             loop.run(server.close())
     finally:
