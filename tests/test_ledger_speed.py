@@ -75,8 +75,10 @@ def assert_kept_counts_true(path: Path) -> None:
             "SELECT sweep_id, status, COUNT(*), SUM(status = 'COMPLETED' AND json_extract(result, '$.error')"
             " IS NOT NULL), SUM(storage_bytes) FROM jobs WHERE sweep_id IS NOT NULL GROUP BY sweep_id, status"))
         assert kept == counted
-        indexed = set(db.execute("SELECT rowid, name FROM jobs_search"))
-        assert indexed == set(db.execute("SELECT seq, lower(name) FROM jobs"))
+        named = set(db.execute("SELECT name, n FROM job_names WHERE n > 0"))
+        assert named == set(db.execute("SELECT lower(name), COUNT(*) FROM jobs GROUP BY lower(name)"))
+        indexed = set(db.execute("SELECT rowid, name FROM names_search"))
+        assert indexed == set(db.execute("SELECT id, name FROM job_names"))
     finally:
         db.close()
 
@@ -194,11 +196,11 @@ def test_an_older_ledger_migrates_with_its_counts_and_search(tmp_path):
     store.close()
     db = sqlite3.connect(path)  # as the release before the kept counts left it
     for name in ("jobs_counted_insert", "jobs_counted_delete", "jobs_counted_owner_status", "jobs_counted_run",
-                 "jobs_search_insert", "jobs_search_delete", "jobs_search_rename"):
+                 "jobs_named", "jobs_unnamed", "jobs_renamed", "job_names_indexed"):
         db.execute(f"DROP TRIGGER {name}")
-    db.execute("DROP TABLE job_counts")
-    db.execute("DROP TABLE sweep_tallies")
-    db.execute("DROP TABLE jobs_search")
+    for table in ("job_counts", "sweep_tallies", "names_search", "job_names"):
+        db.execute(f"DROP TABLE {table}")
+    db.execute("DROP INDEX jobs_lower_name")
     db.execute("PRAGMA user_version = 10")
     db.execute("INSERT INTO jobs (id, name, owner, kind, status, spec, created_at) SELECT"
                " 'late', 'Late_Job', 'erin', kind, 'CREATED', spec, created_at FROM jobs WHERE id = 'j0'")

@@ -174,19 +174,33 @@ KEPT_COUNTS_SCHEMA = (
     " WHERE sweep_id IS NOT NULL GROUP BY sweep_id, status",
 )
 
-# The index holds lower(name): SQLite's lower() folds ASCII letters only, exactly as LIKE
-# compares, so a case-sensitive trigram match on it is LIKE's substring match, no recheck.
+# Names are indexed once each, not once per job: a sweep's runs share one name, and a trigram
+# index costs tens of microseconds per row it takes. job_names holds each distinct
+# ASCII-lowered name (SQLite's lower() folds ASCII only, as LIKE compares) with how many jobs
+# bear it; names_search indexes the distinct names; jobs find theirs by an index on lower(name).
 NAME_SEARCH_SCHEMA = (
-    "CREATE VIRTUAL TABLE IF NOT EXISTS jobs_search USING fts5(name, tokenize='trigram case_sensitive 1')",
-    "CREATE TRIGGER IF NOT EXISTS jobs_search_insert AFTER INSERT ON jobs BEGIN"
-    " INSERT INTO jobs_search (rowid, name) VALUES (new.seq, lower(new.name)); END",
-    "CREATE TRIGGER IF NOT EXISTS jobs_search_delete AFTER DELETE ON jobs BEGIN"
-    " DELETE FROM jobs_search WHERE rowid = old.seq; END",
-    "CREATE TRIGGER IF NOT EXISTS jobs_search_rename AFTER UPDATE OF name ON jobs"
-    " WHEN old.name IS NOT new.name BEGIN"
-    " UPDATE jobs_search SET name = lower(new.name) WHERE rowid = new.seq; END",
-    "DELETE FROM jobs_search",
-    "INSERT INTO jobs_search (rowid, name) SELECT seq, lower(name) FROM jobs",
+    """CREATE TABLE IF NOT EXISTS job_names (
+    id INTEGER PRIMARY KEY,
+    name TEXT NOT NULL UNIQUE,
+    n INTEGER NOT NULL
+)""",
+    "CREATE VIRTUAL TABLE IF NOT EXISTS names_search USING fts5(name, tokenize='trigram case_sensitive 1')",
+    "CREATE INDEX IF NOT EXISTS jobs_lower_name ON jobs (lower(name), seq)",
+    "CREATE TRIGGER IF NOT EXISTS job_names_indexed AFTER INSERT ON job_names BEGIN"
+    " INSERT INTO names_search (rowid, name) VALUES (new.id, new.name); END",
+    "CREATE TRIGGER IF NOT EXISTS jobs_named AFTER INSERT ON jobs BEGIN"
+    " INSERT INTO job_names (name, n) VALUES (lower(new.name), 1)"
+    " ON CONFLICT (name) DO UPDATE SET n = n + 1; END",
+    "CREATE TRIGGER IF NOT EXISTS jobs_unnamed AFTER DELETE ON jobs BEGIN"
+    " UPDATE job_names SET n = n - 1 WHERE name = lower(old.name); END",
+    "CREATE TRIGGER IF NOT EXISTS jobs_renamed AFTER UPDATE OF name ON jobs"
+    " WHEN lower(old.name) IS NOT lower(new.name) BEGIN"
+    " UPDATE job_names SET n = n - 1 WHERE name = lower(old.name);"
+    " INSERT INTO job_names (name, n) VALUES (lower(new.name), 1)"
+    " ON CONFLICT (name) DO UPDATE SET n = n + 1; END",
+    "DELETE FROM names_search",  # rebuilt from the rows, so the step can run again
+    "DELETE FROM job_names",
+    "INSERT INTO job_names (name, n) SELECT lower(name), COUNT(*) FROM jobs GROUP BY lower(name)",
 )
 
 MIGRATIONS: tuple[Migration, ...] = (
@@ -305,8 +319,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     # 12
     Migration(
-        "jobs_search: an FTS5 trigram index over the ASCII-lowered job names, kept by triggers, "
-        "so a name search (LIKE '%text%') is answered without scanning the jobs",
+        "job_names and names_search: each distinct ASCII-lowered job name once, in an FTS5 trigram "
+        "index, and jobs by lower(name): a name search (LIKE '%text%') without scanning the jobs",
         NAME_SEARCH_SCHEMA,
     ),
 )
