@@ -11,11 +11,14 @@ index cannot serve fewer than three characters: those scan the distinct names wi
 
 from __future__ import annotations
 
+import heapq
+import itertools
 from typing import Any
 
 from orchestrator.server.ledger.connection import Connection, like_escape
 
 TRIGRAM = 3  # the fewest characters the index serves
+MAX_MERGED_NAMES = 64  # more matching names than this: one query over them all
 
 
 def ascii_lower(text: str) -> str:
@@ -40,11 +43,20 @@ def search_clause(text: str) -> tuple[str, list[Any]]:
 
 def search_page(ledger: Connection, text: str, offset: int, limit: int) -> tuple[int, list[int]]:
     """When the name is the only filter: the count (kept per name) and the seqs of one page in
-    seq order, read through the lower(name) index."""
+    seq order. Few matching names (the usual case: a sweep's runs share one) are each read in
+    seq order from the lower(name) index and merged, so a page costs its own rows, never a
+    scan of the jobs for the rare ones or a sort of the many."""
     names, params = _names(text)
-    count = ledger._query(f"SELECT COALESCE(SUM(n), 0) FROM {names}", params)[0][0]
+    matched = ledger._query(f"SELECT name, n FROM {names}", params)
+    count = sum(row[1] for row in matched)
     if offset >= count:
         return count, []
-    rows = ledger._query(f"SELECT seq FROM jobs WHERE lower(name) IN (SELECT name FROM {names})"
-                         " ORDER BY seq LIMIT ? OFFSET ?", [*params, int(limit), int(offset)])
-    return count, [row[0] for row in rows]
+    if len(matched) > MAX_MERGED_NAMES:
+        rows = ledger._query(f"SELECT seq FROM jobs WHERE lower(name) IN (SELECT name FROM {names})"
+                             " ORDER BY seq LIMIT ? OFFSET ?", [*params, int(limit), int(offset)])
+        return count, [row[0] for row in rows]
+    wanted = int(offset) + int(limit)
+    runs = [[row[0] for row in ledger._query(
+        "SELECT seq FROM jobs WHERE lower(name) = ? ORDER BY seq LIMIT ?", (name, wanted))]
+        for name, _ in matched]
+    return count, list(itertools.islice(heapq.merge(*runs), int(offset), wanted))
