@@ -465,6 +465,8 @@ class ContextState(BaseModel):
     imported between its owner's entry-point jobs."""
 
     artifacts: list[str] = Field(description="the binaries on its path, as 'name@version'")
+    artifact: str | None = Field(None, description="the (first) binary's name; null for a callable's context")
+    version: int | None = Field(None, description="that binary's version")
     owner: str
     pid: int
     jobs_run: int

@@ -68,6 +68,7 @@ def test_the_second_job_of_an_application_finds_it_imported(app: Server):
 
     (context,) = wait_until(listed, 30, "the warm context in GET /cluster")
     assert context["artifacts"] == ["wordcount@1"] and context["owner"] == "anonymous"
+    assert context["artifact"] == "wordcount" and context["version"] == 1
     assert context["busy"] is False and context["idle_since"] is not None
 
 

@@ -126,8 +126,12 @@ class WarmContext:
         self.sock.close()
 
     def describe(self) -> dict[str, Any]:
+        first = self.key.artifacts[0].ref if self.key.artifacts else None
+        name, _, version = first.rpartition("@") if first else (None, "", "")
         return {
             "artifacts": [artifact.ref for artifact in self.key.artifacts], "owner": self.key.owner,
+            "artifact": name.rsplit("/", 1)[-1] if name else None,  # an admin's 'owner/name' as its name
+            "version": int(version) if version.isdigit() else None,
             "pid": self.process.pid, "jobs_run": self.jobs_run, "busy": self.idle_since is None,
             "started_at": self.started_at, "idle_since": self.idle_since,
         }
