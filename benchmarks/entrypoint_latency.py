@@ -4,6 +4,8 @@ REST and raw Dask, on the same embedded cluster in the same run.
 1. entrypoint: ``POST /api/v1/jobs?sync=true`` of ``bench_app:noop`` (a one-module binary) in a
    warm context, the way Spark Jobserver answers a job of a loaded application;
 2. command:    the same with the command ``true`` (a process per job);
+   then the time from ``POST /jobs/{id}/stop`` of a running endless entry point to its
+   ``STOPPED`` record (the issue's bound: 5 s);
 3. raw dask:   ``client.submit(noop).result()`` from a client of the same cluster (TLS),
    what Dask alone costs per round trip.
 
@@ -30,7 +32,8 @@ from orchestrator.config import Settings
 from orchestrator.loop_thread import LoopThread
 from orchestrator.server.running import RunningServer, start_server
 
-APP = b"def noop(**kwargs):\n    return 1\n"
+APP = b"def noop(**kwargs):\n    return 1\n\n\ndef spin():\n    while True:\n        pass\n"
+STOPS = 5
 WARM_UP = 10
 
 
@@ -58,6 +61,22 @@ def sync_job(http: httpx.Client, body: dict) -> Callable[[], None]:
     return call
 
 
+def stop_time(http: httpx.Client) -> float:
+    """Seconds from `POST /jobs/{id}/stop` of a running endless entry point to its STOPPED record."""
+    job = http.post("/jobs", json={"entrypoint": "bench_app:spin", "binaries": ["bench_app.py"]}).json()
+    deadline = time.monotonic() + 60
+    while http.get(f"/jobs/{job['id']}").json()["status"] != "RUNNING":
+        if time.monotonic() > deadline:
+            raise RuntimeError("the endless entry point never started")
+        time.sleep(0.05)
+    started = time.perf_counter()
+    http.post(f"/jobs/{job['id']}/stop").raise_for_status()
+    record = http.get(f"/jobs/{job['id']}", params={"wait": 60}).json()
+    if record["status"] != "STOPPED":
+        raise RuntimeError(f"the stopped entry point ended {record['status']}")
+    return time.perf_counter() - started
+
+
 def quantiles(durations: list[float]) -> tuple[float, float]:
     cuts = statistics.quantiles(durations, n=10)
     return statistics.median(durations), cuts[8]
@@ -75,6 +94,9 @@ def measure(server: RunningServer, jobs: int) -> None:
         entry = report("entrypoint (REST, sync)", timed(sync_job(
             http, {"entrypoint": "bench_app:noop", "binaries": ["bench_app.py"]}), jobs))
         command = report("command true (REST, sync)", timed(sync_job(http, {"command": "true"}), jobs))
+        stops = [stop_time(http) for _ in range(STOPS)]
+        print(f"stop of a running entry point (endless loop) to STOPPED: p50 {statistics.median(stops):.2f} s, "
+              f"max {max(stops):.2f} s ({STOPS} stops; the issue's bound: 5 s)")
     connection = server.service.connection
     with Client(connection.address, security=connection.security) as client:
         raw = report("raw dask submit().result()",

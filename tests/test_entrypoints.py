@@ -5,7 +5,6 @@ orchestrator.get_client(), and callables pickled by a remote client."""
 from __future__ import annotations
 
 import json
-import time
 
 import psutil
 import pytest
@@ -89,11 +88,10 @@ def test_stop_ends_an_endless_function_and_the_next_job_gets_a_fresh_context(app
     app.wait_for_status(job["id"], "RUNNING")
     wait_until(lambda: "spinning" in app.http.get(f"/jobs/{job['id']}/logs").text, 30, "spin's log")
 
-    asked = time.monotonic()
     assert app.http.post(f"/jobs/{job['id']}/stop").status_code == 202
-    stopped = app.wait(job["id"], timeout=30)
+    stopped = app.wait(job["id"], timeout=30)  # how fast: benchmarks/entrypoint_latency.py's stop line
 
-    assert stopped["status"] == "STOPPED" and time.monotonic() - asked < 5, stopped
+    assert stopped["status"] == "STOPPED", stopped
     assert stopped["status_reason"].startswith("stop requested by")
     after = call(app, "wordcount.jobs:context_info")["result"]["value"]
     assert after["pid"] != before["pid"] or after["imported_at"] != before["imported_at"]

@@ -166,6 +166,11 @@ class JobsTable(Connection):
                 [(attempt, ts(submitted), job_id) for job_id, attempt, submitted in attempts],
             )
 
+    def jobs_by_ids(self, job_ids: list[str]) -> list[JobRecord]:
+        """These jobs (those that still exist), in the order asked."""
+        by_id = {job.id: job for job in map(job_from_row, self.select_in("SELECT * FROM jobs WHERE id IN ({})", job_ids))}
+        return [by_id[job_id] for job_id in job_ids if job_id in by_id]
+
     def job_states(self, job_ids: list[str]) -> dict[str, tuple[JobStatus, int]]:
         """Status and attempt of each job that still exists: cheaper than whole records."""
         rows = self.select_in("SELECT id, status, attempt FROM jobs WHERE id IN ({})", job_ids)
