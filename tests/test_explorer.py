@@ -58,36 +58,34 @@ def create_sweep(http, command: str = SIMULATE, count: int = 6, **extra) -> dict
 # ---- the feed ---------------------------------------------------------------------------------
 
 
-def test_a_watched_sweep_is_sent_in_full_then_by_the_runs_that_end(server, scheduler, tmp_path):
-    gate = tmp_path / "gate"  # runs past the third wait for it
-    command = f"if [ ${{i}} -gt 3 ]; then while [ ! -e {gate} ]; do sleep 0.05; done; fi; {SIMULATE}"
-    sweep = create_sweep(server.http, command)
+def test_a_watched_sweep_is_sent_in_full_then_by_the_runs_that_end(server, scheduler):
+    sweep = create_sweep(server.http)
     assert sweep["explorer"] is None  # the session cluster serves no dashboard
     unwatched = create_sweep(server.http, count=2)
     server.wait_sweep(unwatched["id"])
+    server.wait_sweep(sweep["id"])
 
-    def three_done() -> dict | None:
-        table = held(scheduler, sweep["id"])
+    def completed(table: dict | None, runs: int) -> dict | None:
         if table is None or "y" not in table["data"]:
             return None
-        done = [y for y, s in zip(table["data"]["y"], table["data"]["status"], strict=True)
-                if s == "COMPLETED" and y is not None]
-        return table if len(done) == 3 else None
+        return table if table["data"]["status"].count("COMPLETED") == runs else None
 
-    first = wait_until(three_done, 60, "the first three runs on the scheduler")
+    first = wait_until(lambda: completed(held(scheduler, sweep["id"]), 6), 60, "the whole table on the scheduler")
     assert first["variables"] == ["i"] and first["outputs"] == ["y", "z"]
     assert sorted(first["data"]["index"]) == list(range(6))
     assert first["api_url"] == server.running.service.api_url
-    gate.touch()
+    runs = server.http.get(f"/sweeps/{sweep['id']}/runs").json()["results"]
+    again = [run["id"] for run in runs if run["index"] in (1, 4)]  # these end again: sent as updates
+    assert server.http.post(f"/sweeps/{sweep['id']}/rerun", json={"ids": again}).status_code == 202
     server.wait_sweep(sweep["id"])
     results = server.http.get(f"/sweeps/{sweep['id']}/results").json()["rows"]
 
-    def all_done() -> dict | None:
-        table = held(scheduler, sweep["id"])
-        return table if table["data"]["status"].count("COMPLETED") == 6 else None
+    def updated() -> dict | None:
+        table = completed(held(scheduler, sweep["id"]), 6)
+        return table if table is not None and table["version"] > first["version"] else None
 
-    last = wait_until(all_done, 30, "every run on the scheduler")
-    assert last["token"] == first["token"] and last["version"] > first["version"]  # updates, not a new table
+    last = wait_until(updated, 30, "the rerun runs' rows on the scheduler")
+    assert last["token"] == first["token"]  # updates, not a new table
     by_index = {index: row for row, index in enumerate(last["data"]["index"])}
     for expected in results:
         row = by_index[expected["index"]]
