@@ -106,6 +106,19 @@ def test_a_function_that_ends_its_process_fails_only_its_job(app: Server):
     assert after["status"] == "COMPLETED" and after["result"]["value"]["words"] == 2
 
 
+def test_a_crash_or_running_out_of_memory_fails_only_its_job_and_replaces_the_context(app: Server):
+    before = call(app, "wordcount.jobs:context_info")["result"]["value"]["pid"]
+    crashed = call(app, "wordcount.jobs:segfault")
+    after_crash = call(app, "wordcount.jobs:context_info")["result"]["value"]["pid"]
+    exhausted = call(app, "wordcount.jobs:exhaust")
+    after_memory = call(app, "wordcount.jobs:context_info")["result"]["value"]["pid"]
+
+    assert crashed["status"] == "FAILED"
+    assert crashed["status_reason"] == "the entry point's process was killed by signal SIGSEGV"
+    assert exhausted["status"] == "FAILED" and exhausted["status_reason"].startswith("MemoryError")
+    assert len({before, after_crash, after_memory}) == 3  # each a fresh context
+
+
 def test_the_timeout_ends_the_function(app: Server):
     job = call(app, "wordcount.jobs:spin", timeout_s=1)
 

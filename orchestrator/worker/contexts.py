@@ -170,7 +170,7 @@ class ContextPool:
                     context.idle_since = time.time()
                 else:
                     self._contexts.remove(context)
-            self.reap()
+            self.reap(check_memory=False)  # the count at once; memory is the reaper thread's, off the job's path
 
     def _take_idle(self, key: ContextKey) -> WarmContext | None:
         with self._lock:
@@ -222,7 +222,7 @@ class ContextPool:
             self._sites[key] = folder
             return folder
 
-    def reap(self) -> list[WarmContext]:
+    def reap(self, check_memory: bool = True) -> list[WarmContext]:
         """End idle contexts that are past their idle time, too many, or while memory is short."""
         now = time.time()
         with self._lock:
@@ -231,7 +231,7 @@ class ContextPool:
             keep = [c for c in idle if c not in doomed]
             excess = len(self._contexts) - len(doomed) - self.max_contexts
             doomed += keep[:max(0, excess)]
-            if memory_short():
+            if check_memory and memory_short():
                 doomed += [c for c in keep if c not in doomed]
             for context in doomed:
                 self._contexts.remove(context)

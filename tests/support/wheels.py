@@ -45,6 +45,16 @@ def crash(code):
     os._exit(code)
 
 
+def segfault():
+    import signal
+
+    os.kill(os.getpid(), signal.SIGSEGV)
+
+
+def exhaust():
+    raise MemoryError
+
+
 def not_json():
     return {1, 2}
 

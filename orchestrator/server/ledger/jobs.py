@@ -14,7 +14,7 @@ from typing import Any
 
 from orchestrator.models import FileEntry, JobRecord, JobStatus, StatusChange
 from orchestrator.server.ledger.connection import Connection, chunks, like_escape, marks, ts
-from orchestrator.server.ledger.kept_counts import counts_by_status, kept_job_count, status_values
+from orchestrator.server.ledger.kept_counts import counts_by_status, kept_count, kept_table
 from orchestrator.server.ledger.name_search import search_clause, search_page
 from orchestrator.server.ledger.secrets import insert_sealed
 from orchestrator.server.secrets import masked
@@ -76,12 +76,9 @@ class JobsTable(Connection):
             rows = self.select_in("SELECT * FROM jobs WHERE seq IN ({}) ORDER BY seq", seqs)
             return count, [job_from_row(row) for row in rows]
         where, params = _job_filters(status, search, sweep_id, owner, ids, statuses, shared_with)
-        count = None
-        if not search and ids is None and shared_with is None:
-            count = kept_job_count(self, owner=owner, sweep_id=sweep_id,
-                                   statuses=status_values(status, statuses))
-        if count is None:
-            count = self._query(f"SELECT COUNT(*) FROM jobs {where}", params)[0][0]
+        table = kept_table(search=search, ids=ids, shared_with=shared_with, owner=owner, sweep_id=sweep_id)
+        count = kept_count(self, table, where, params) if table else \
+            self._query(f"SELECT COUNT(*) FROM jobs {where}", params)[0][0]
         ordering = {"seq": "seq", "idx": "idx, seq"}[order]
         if limit is None:
             rows = self._query(f"SELECT * FROM jobs {where} ORDER BY {ordering}", params)

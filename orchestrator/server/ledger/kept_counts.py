@@ -9,42 +9,22 @@ from __future__ import annotations
 
 from typing import Any
 
-from orchestrator.models import JobStatus
-from orchestrator.server.ledger.connection import Connection, marks
+from orchestrator.server.ledger.connection import Connection
 
 
-def kept_job_count(
-    ledger: Connection, *, owner: str | None, sweep_id: str | None, statuses: list[str] | None,
-) -> int | None:
-    """Jobs of `owner` (or all), of one sweep (or any), in `statuses` (or any): None when
-    both an owner and a sweep are asked for (no kept table is keyed by both)."""
-    clauses: list[str] = []
-    params: list[Any] = []
-    if sweep_id is not None and owner is not None:
+def kept_table(*, search: str | None, ids: list[str] | None, shared_with: str | None,
+               owner: str | None, sweep_id: str | None) -> str | None:
+    """The kept table that answers a listing's count, or None when its filters need the rows:
+    a name, ids, shares, or an owner and a sweep at once (no table is keyed by both)."""
+    if search or ids is not None or shared_with is not None or (owner is not None and sweep_id is not None):
         return None
-    if sweep_id is not None:
-        table = "sweep_tallies"
-        clauses.append("sweep_id = ?")
-        params.append(sweep_id)
-    else:
-        table = "job_counts"
-        if owner is not None:
-            clauses.append("owner = ?")
-            params.append(owner)
-    if statuses is not None:
-        clauses.append(f"status IN ({marks(len(statuses))})" if statuses else "0")
-        params.extend(statuses)
-    where = "WHERE " + " AND ".join(clauses) if clauses else ""
+    return "sweep_tallies" if sweep_id is not None else "job_counts"
+
+
+def kept_count(ledger: Connection, table: str, where: str, params: list[Any]) -> int:
+    """A listing's count from a kept table: its WHERE (on status, owner or sweep_id, the
+    columns the kept tables share with `jobs`) applies there as it is."""
     return int(ledger._query(f"SELECT COALESCE(SUM(n), 0) FROM {table} {where}", params)[0][0])
-
-
-def status_values(status: JobStatus | None, statuses: list[JobStatus] | None) -> list[str] | None:
-    """The statuses a listing keeps: both filters at once keep what they share."""
-    wanted = None if statuses is None else {JobStatus(s).value for s in statuses}
-    if status is not None:
-        one = {JobStatus(status).value}
-        wanted = one if wanted is None else wanted & one
-    return None if wanted is None else sorted(wanted)
 
 
 def counts_by_status(ledger: Connection) -> dict[str, int]:
