@@ -142,9 +142,40 @@ class DryRun(BaseModel):
     runs: list[RunPreview]
 
 
+RESULT_COLUMNS = ("index", "job_id", "status", "exit_code", "duration_s")
+EXPLAINING_COLUMNS = ("status_reason", "outputs_error")  # last: the columns before them stay put
+RESULTS_PAGE_MAX = 10_000  # rows per page of GET /sweeps/{id}/results?after=&limit=
+
+
 class ResultsTable(BaseModel):
     columns: list[str]
     rows: list[dict[str, Any]]
+
+
+class ResultsPage(ResultsTable):
+    """The results table, or one slice of it in index order (`?after=&limit=`)."""
+
+    outputs: dict[str, str] = Field(
+        default_factory=dict, description="each output column and the outputs.json key it holds: "
+        "a page's output columns are those its runs report, so pages are merged by key")
+    next: int | None = Field(None, description="pass as `after` for the next page; null at the end")
+
+
+def output_columns(keys: list[str], taken: set[str]) -> dict[str, str]:
+    """Each output key's column: its own name, or `outputs.<key>` (then a number) if taken by
+    a fixed column or a variable. Shared so that the Python API names a table merged from
+    pages exactly as the server names a whole one."""
+    columns: dict[str, str] = {}
+    used = set(taken) | set(keys)
+    for key in keys:
+        column = key
+        if key in taken:
+            column, n = f"outputs.{key}", 2
+            while column in used:
+                column, n = f"outputs.{key}.{n}", n + 1
+            used.add(column)
+        columns[key] = column
+    return columns
 
 
 class FinishedRuns(BaseModel):

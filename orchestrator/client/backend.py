@@ -34,7 +34,14 @@ from orchestrator.models import (
     JobStatus,
     StatusChange,
 )
-from orchestrator.sweep_models import DryRun, FinishedRuns, ResultsTable, SweepCreate, SweepRecord
+from orchestrator.sweep_models import (
+    DryRun,
+    FinishedRuns,
+    ResultsPage,
+    ResultsTable,
+    SweepCreate,
+    SweepRecord,
+)
 
 
 class Backend(Protocol):
@@ -62,6 +69,7 @@ class Backend(Protocol):
     def sweep_runs(self, sweep_id: str, status: Any) -> list[JobRecord]: ...
     def sweep_finished(self, sweep_id: str, after: int) -> FinishedRuns: ...
     def sweep_results(self, sweep_id: str) -> ResultsTable: ...
+    def sweep_results_page(self, sweep_id: str, after: int | None, limit: int) -> ResultsPage: ...
     def sweep_analysis(self, sweep_id: str, output: str) -> SweepAnalysis: ...
     def stop_sweep(self, sweep_id: str) -> SweepRecord: ...
     def rerun_sweep(self, sweep_id: str, status: list[str] | None, ids: list[str] | None) -> SweepRecord: ...

@@ -218,6 +218,9 @@ class EmbeddedBackend:
     def sweep_results(self, sweep_id: str) -> Any:
         return self._sync(self.service.sweeps.results, sweep_id)
 
+    def sweep_results_page(self, sweep_id: str, after: int | None, limit: int) -> Any:
+        return self._sync(self.service.sweeps.results, sweep_id, None, after, limit)
+
     def sweep_analysis(self, sweep_id: str, output: str) -> Any:
         from orchestrator.server.analysis import sweep_analysis
 

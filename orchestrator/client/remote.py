@@ -35,7 +35,14 @@ from orchestrator.models import (
     StatusChange,
 )
 from orchestrator.storage import layout
-from orchestrator.sweep_models import DryRun, FinishedRuns, ResultsTable, SweepCreate, SweepRecord
+from orchestrator.sweep_models import (
+    DryRun,
+    FinishedRuns,
+    ResultsPage,
+    ResultsTable,
+    SweepCreate,
+    SweepRecord,
+)
 
 
 class RemoteBackend:
@@ -225,6 +232,13 @@ class RemoteBackend:
 
     def sweep_results(self, sweep_id: str) -> ResultsTable:
         return ResultsTable.model_validate(self._call("GET", f"/sweeps/{sweep_id}/results").json())
+
+    def sweep_results_page(self, sweep_id: str, after: int | None, limit: int) -> ResultsPage:
+        params = {"limit": limit, **({"after": after} if after is not None else {})}
+        # the response is dropped before parsing: parsing a page while the response that
+        # read it lives grows the heap by a page's worth with every page (glibc fragmentation)
+        content = self._call("GET", f"/sweeps/{sweep_id}/results", params=params).content
+        return ResultsPage.model_validate_json(content)  # one parse, no dict copy
 
     def sweep_analysis(self, sweep_id: str, output: str) -> SweepAnalysis:
         response = self._call("GET", f"/sweeps/{sweep_id}/analysis", params={"output": output})

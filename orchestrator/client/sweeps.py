@@ -18,9 +18,10 @@ from pydantic import ValidationError
 
 from orchestrator.client.backend import Job
 from orchestrator.client.handle import LiveHandle
+from orchestrator.client.results_frame import FrameBuilder, pages
 from orchestrator.errors import validation_failed
 from orchestrator.models import JobStatus
-from orchestrator.sweep_models import SweepCreate, SweepRecord
+from orchestrator.sweep_models import RESULTS_PAGE_MAX, ResultsPage, SweepCreate, SweepRecord
 
 if TYPE_CHECKING:
     import pandas
@@ -257,14 +258,25 @@ class Sweep(LiveHandle[SweepRecord]):
         """Delete the sweep with its runs and files; `stop` first stops an active one."""
         self._backend.delete_sweep(self.id, stop)
 
-    def results(self) -> pandas.DataFrame:
-        """One row per run (indexed by run index): status, exit code, variables, outputs."""
-        import pandas
+    def results(self, page_size: int = RESULTS_PAGE_MAX) -> pandas.DataFrame:
+        """One row per run (indexed by run index): status, exit code, variables, outputs.
+        Read `page_size` runs at a time, each page kept as Arrow columns until the frame is
+        made from them: a million-run table is never held twice (see results_frame)."""
+        builder = FrameBuilder()
+        for page in pages(self._page, page_size):
+            builder.add(page)
+        return builder.frame()
 
-        table = self._backend.sweep_results(self.id)
-        frame = pandas.DataFrame(table.rows, columns=table.columns)
-        frame["exit_code"] = frame["exit_code"].astype("Int64")  # an integer, blank where none
-        return frame.set_index("index")
+    def iter_results(self, page_size: int = RESULTS_PAGE_MAX) -> Iterator[pandas.DataFrame]:
+        """results()'s rows a page at a time, in run index order, holding one page only; each
+        frame has the output columns its own runs report, and its dtypes are its own."""
+        for page in pages(self._page, page_size):
+            builder = FrameBuilder()
+            builder.add(page)
+            yield builder.frame()
+
+    def _page(self, after: int | None, limit: int) -> ResultsPage:
+        return self._backend.sweep_results_page(self.id, after, limit)
 
     def analysis(self, output: str) -> pandas.DataFrame:
         """Sensitivity of `output` to each variable, a row per variable: pearson, spearman,

@@ -13,6 +13,7 @@ guarded by `from_states`, that table narrowed to what the rule saw.
 from __future__ import annotations
 
 import asyncio
+import functools
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -50,6 +51,7 @@ RESTARTED = "resubmitted after orchestrator restart"
 UNRECORDABLE = "its outcome could not be recorded"
 
 
+@functools.cache  # asked for every update recorded: iterating an Enum is slow
 def from_states(status: JobStatus, among: tuple[JobStatus, ...] | None = None) -> tuple[JobStatus, ...]:
     """The statuses `status` may follow (MAY_FOLLOW), narrowed to `among`: an update's guard."""
     return tuple(s for s in JobStatus if status in MAY_FOLLOW[s] and (among is None or s in among))
@@ -275,6 +277,17 @@ def outcome_of_job(
     return finish(job.id, job.status, status, reason, outcome, now)
 
 
+def outcome_of_batched_job(
+    job: JobRecord | None, key: str, outcome: Outcome, stopper: str | None, lost_worker: str | None,
+    online: bool, now: datetime, worker_loss_retries: int = 3,
+) -> Decision:
+    """A single job's attempt that went in a batch ended: judged as a single job, except that a
+    batch lost with its worker (cancelled by us) means the worker was lost under the job."""
+    if lost_worker is not None and isinstance(outcome, BaseException) and stopper is None:
+        return worker_lost_under_job(job, key, lost_worker, worker_loss_retries, False, now)
+    return outcome_of_job(job, key, outcome, stopper, online, now, worker_loss_retries)
+
+
 def cancelled_reason(outcome: Any, status: JobStatus, online: bool) -> str:
     if not online or getattr(outcome, "reason", None) == LOST_CONNECTION_REASON:
         return CONNECTION_LOST + (" (was RUNNING)" if status == RUNNING else "")
@@ -406,8 +419,8 @@ def stop_live(
 
 def stop_unsent(job_ids: list[str], reason: str, now: datetime) -> list[StatusUpdate]:
     """QUEUED runs no Dask task holds yet: the record alone stops them."""
-    return [StatusUpdate(job_id, STOPPED, reason, now, from_states(STOPPED, (QUEUED,)), {"finished_at": now})
-            for job_id in job_ids]
+    guard = from_states(STOPPED, (QUEUED,))  # once: a stop may end a million runs
+    return [StatusUpdate(job_id, STOPPED, reason, now, guard, {"finished_at": now}) for job_id in job_ids]
 
 
 def settle_stop(job: JobRecord, stopper: str | None, now: datetime) -> Decision | None:
@@ -420,8 +433,8 @@ def settle_stop(job: JobRecord, stopper: str | None, now: datetime) -> Decision 
 
 def fail(job_ids: list[str], reason: str, now: datetime) -> list[StatusUpdate]:
     """Runs whose batch broke in the orchestrator itself: failed, saying why."""
-    return [StatusUpdate(job_id, FAILED, reason, now, from_states(FAILED, ACTIVE), {"finished_at": now})
-            for job_id in job_ids]
+    guard = from_states(FAILED, ACTIVE)
+    return [StatusUpdate(job_id, FAILED, reason, now, guard, {"finished_at": now}) for job_id in job_ids]
 
 
 # ---- recovery -------------------------------------------------------------------------------

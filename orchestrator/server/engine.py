@@ -13,19 +13,20 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from distributed import Client, Future
 from distributed.client import ClosedClientError
 
-from orchestrator.models import JobRecord, JobStatus, Resources, utcnow
+from orchestrator.models import JobRecord, JobStatus, Resources, StatusChange, utcnow
 from orchestrator.plugins.worker import (
     OrchestratorWorkerPlugin,
     request_stop,
     stale_attempt,
 )
 from orchestrator.server import decisions, specs
+from orchestrator.server.admission import GroupCommit
 from orchestrator.server.auth import Principal
 from orchestrator.server.batches import SweepBatches, outcome_of
 from orchestrator.server.connection import ClientFactory, SchedulerLink
@@ -48,12 +49,13 @@ from orchestrator.server.decisions import (  # noqa: F401 - re-exported: other m
     task_key,
 )
 from orchestrator.server.isolation import Isolation
-from orchestrator.server.ledger import StatusUpdate, Store
+from orchestrator.server.ledger import Admitted, StatusUpdate, Store
 from orchestrator.server.placement import RESOURCE_CACHE_S, RESOURCE_FIELDS, Placement  # noqa: F401
 from orchestrator.server.prompt_sends import prompt_sends
 from orchestrator.server.recorder import Recorder, StatusBus, StatusListener, Waiters  # noqa: F401
 from orchestrator.server.recovery import Recovery
 from orchestrator.server.secrets import Sealer, SecretsUnreadable
+from orchestrator.server.single_feed import SingleFeed
 from orchestrator.server.type_gate import TypeGate
 from orchestrator.worker.runner import STATUS_TOPIC, Sealed, run_job
 
@@ -87,6 +89,8 @@ class Engine(SweepBatches, Recovery):
         self.bus = StatusBus(self._spawn)
         self.waiters = Waiters()
         self.recorder = Recorder(store, self.bus, self.waiters)
+        self.admissions = GroupCommit(store)  # new jobs: one transaction per loop turn
+        self.singles = SingleFeed(self)  # single jobs to Dask: alone, or batched in a burst
         self._futures: dict[str, Future] = {}  # job id -> future of its current attempt
         self._batched: dict[str, str] = {}  # job id -> Dask key of the batch running it
         self._early: dict[str, tuple[set[str], BatchReport]] = {}  # batch key -> runs judged before it ended
@@ -172,6 +176,21 @@ class Engine(SweepBatches, Recovery):
         """Refuse a user's work where it would run with the orchestrator's own identity."""
         await self.isolation.check(principal, self.client)
 
+    async def admit(self, job: JobRecord, reason: str | None, sealed: bytes | None) -> JobRecord:
+        """A new job recorded straight as QUEUED, in one transaction with the others accepted
+        in this loop turn (see GroupCommit), then sent; returns once it is committed."""
+        held = self.gate.hold_reason(job)
+        update, queued = decisions.submission(job, held or reason, self.online, utcnow(), {})
+        history = [(StatusChange(status=JobStatus.CREATED, at=job.created_at), job.attempt),
+                   (StatusChange(status=JobStatus.QUEUED, at=update.at, reason=update.reason), queued.attempt)]
+
+        def send() -> None:
+            self.bus.changed(update, lambda: queued)
+            self._queued(queued, held)
+
+        await self.admissions.record(Admitted(queued, history, sealed), send)
+        return queued
+
     def submit(self, job: JobRecord, reason: str | None = None, **recorded: Any) -> JobRecord:
         """Queue the job's next attempt on Dask, record it as QUEUED and return the record.
 
@@ -215,16 +234,23 @@ class Engine(SweepBatches, Recovery):
         return self._send(job, gated=True)
 
     def _send(self, job: JobRecord, gated: bool = False) -> JobRecord:
-        """Hand a QUEUED attempt to Dask and follow its future, unless its type holds it
-        (`gated`: the caller just asked the gate)."""
+        """Hand a QUEUED attempt to Dask (alone, or in a batch when a burst fills the cluster:
+        SingleFeed), unless its type holds it (`gated`: the caller just asked the gate)."""
         if not gated and self.gate.hold_reason(job):
             self.gate.hold(job)
             return job
+        self.gate.sent(job)  # counts toward its type's limit from now: nothing passes meanwhile
+        self.singles.offer(job)
+        return job
+
+    def send_task(self, job: JobRecord, on_end: Callable[[], None]) -> bool:
+        """Send the attempt as a Dask task of its own and follow its future (`on_end` runs when
+        it is over); False when nothing was sent (failed, or kept for the scheduler's return)."""
         try:
             spec = self._run_spec(job)
         except SecretsUnreadable as exc:
             self.fail_active([job.id], str(exc))
-            return self.store.get_job(job.id) or job
+            return False
         try:
             future = self.client.submit(
                 run_job, Sealed(spec), key=spec["key"], resources=job.resources.as_dask() or None,
@@ -232,11 +258,14 @@ class Engine(SweepBatches, Recovery):
             )
         except ClosedClientError:  # it gave up on the scheduler just now: sent on reconnection
             self._unsent[job.id] = job.attempt
-            return job
+            return False
         self._futures[job.id] = future
-        self.gate.sent(job)
-        self._spawn(self._await_outcome(job.id, spec["key"], future))
-        return job
+        self._spawn(self._await_outcome(job.id, spec["key"], future, on_end))
+        return True
+
+    def known_threads(self) -> int:
+        """Worker threads in the cluster as last asked (every submission refreshes it)."""
+        return self.placer.known_threads()
 
     def release_type(self, key: str) -> None:
         """Send the held jobs of a job type (`name@version`) while its gate lets them pass:
@@ -345,7 +374,7 @@ class Engine(SweepBatches, Recovery):
         self._record_outcome(job_id, key, message["outcome"])
         return True
 
-    async def _await_outcome(self, job_id: str, key: str, future: Future) -> None:
+    async def _await_outcome(self, job_id: str, key: str, future: Future, on_end: Callable[[], None]) -> None:
         try:
             await future._state.wait()  # ended: its result is gathered only if it was not announced
             outcome: dict[str, Any] | BaseException = (
@@ -354,15 +383,18 @@ class Engine(SweepBatches, Recovery):
             if self._futures.get(job_id) is future:
                 del self._futures[job_id]
             future.release()
+            on_end()
         if key in self._judged_early:
             self._judged_early.discard(key)
             return
         self._record_outcome(job_id, key, outcome)
 
     def _record_outcome(self, job_id: str, key: str, outcome: dict[str, Any] | BaseException) -> None:
+        job = self.store.get_job(job_id)
+        if job is not None and isinstance(outcome, dict):
+            self.singles.timed(job, decisions.run_seconds([outcome]))
         self._carry_out(decisions.outcome_of_job(
-            self.store.get_job(job_id), key, outcome, self._stop_requests.get(job_id), self.online, utcnow(),
-            self.worker_loss_retries))
+            job, key, outcome, self._stop_requests.get(job_id), self.online, utcnow(), self.worker_loss_retries))
 
     def _carry_out(self, decision: Decision, each: bool = False) -> None:
         """Forget what is settled, record the updates, then act on Dask (Cancel: the caller)."""

@@ -53,6 +53,10 @@ class Placement:
             self._offers_at = now
         return self._offers or []
 
+    def known_threads(self) -> int:
+        """Worker threads as last asked, without asking again."""
+        return max(self._threads, 1)
+
     async def cluster_threads(self) -> int:
         """Worker threads in the cluster now (cached like the resource offers)."""
         await self.worker_resources(fresh=False)

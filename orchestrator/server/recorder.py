@@ -100,16 +100,20 @@ class Recorder:
         if not updates:
             return []
         made = self.store.record_statuses(updates)
+        self.announce([update for update, changed in zip(updates, made, strict=True) if changed])
+        return made
+
+    def announce(self, updates: list[StatusUpdate], records: dict[str, JobRecord] | None = None) -> None:
+        """Tell whoever waits for them of changes already recorded (by `apply`, or as a set by
+        the ledger: see run_sets); `records`: the jobs as they are now, if read already."""
         finished = []
-        for update, changed in zip(updates, made, strict=True):
-            if not changed:
-                continue
-            self.bus.changed(update, lambda job_id=update.job_id: self.store.get_job(job_id))
+        for update in updates:
+            self.bus.changed(update, lambda job_id=update.job_id: (
+                records.get(job_id) if records is not None else self.store.get_job(job_id)))
             if update.status.is_terminal:
                 self.waiters.wake(update.job_id)
                 finished.append(update.job_id)
         self.bus.finished(finished)
-        return made
 
     def apply_each(self, updates: list[StatusUpdate]) -> None:
         """Many changes in one transaction; if that fails, one job at a time, and a job whose

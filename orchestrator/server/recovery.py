@@ -21,7 +21,7 @@ WORKER_FITS = "a worker that fits is connected; waiting for the scheduler to sta
 
 
 class Recovery:
-    """Uses the engine's store, client, online, worker_loss_retries, _futures, _batch_futures,
+    """Uses the engine's store, client, online, worker_loss_retries, _futures, _batched, _batch_futures,
     _lost_batches, _stop_requests, _unsent, _stale_keys, _carry_out, _spawn, _cancel and
     _flag_on_workers."""
 
@@ -93,9 +93,14 @@ class Recovery:
         self._unsent.clear()
 
     def _holds(self, job: JobRecord) -> bool:
-        """A live future (sent on this connection) runs the job's current attempt."""
+        """A live future (sent on this connection) runs the job's current attempt, alone or in
+        a batch."""
+        key = task_key(job)
         future = self._futures.get(job.id)
-        return future is not None and not future.cancelled() and future.key == task_key(job)
+        if future is not None:
+            return not future.cancelled() and future.key == key
+        future, run_keys = self._batch_futures.get(self._batched.get(job.id, ""), (None, []))
+        return future is not None and not future.cancelled() and key in run_keys
 
     async def recover(self) -> None:
         """Reconcile what the store says is active with what the user wants: a job asked to

@@ -4,7 +4,6 @@ and the opened secret environment (for the task only; records keep the masked na
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict
 from typing import Any
 
 from orchestrator.declared_outputs import as_run_fields
@@ -67,7 +66,15 @@ def run_spec(
             setattr(spec, name, value)
         if job.entrypoint is not None:
             spec.kwargs = {**(spec.kwargs or {}), **entry_kwargs(job)}
-    return asdict(spec)
+    return as_fields(spec)
+
+
+def as_fields(spec: RunSpec) -> dict[str, Any]:
+    """The spec's fields as a dict, without dataclasses.asdict's deep copy (it cost more than
+    a trivial job's whole acceptance): the values are the job record's, serialised as sent."""
+    fields = dict(vars(spec))
+    fields["inputs"] = [dict(vars(staged)) for staged in spec.inputs]
+    return fields
 
 
 def batch_spec(

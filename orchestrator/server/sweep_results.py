@@ -1,6 +1,6 @@
 """A sweep's results table: a row per run with its variables and scalar outputs, a column
-per output key (renamed where it would collide with a variable or a fixed column), and the
-same table as CSV."""
+per output key (renamed where it would collide with a variable or a fixed column), a page of
+it, and the same table as CSV."""
 
 from __future__ import annotations
 
@@ -9,14 +9,18 @@ import io
 import math
 from typing import Any
 
-from orchestrator.sweep_models import ResultsTable
+from orchestrator.sweep_models import (
+    EXPLAINING_COLUMNS,
+    RESULT_COLUMNS,
+    ResultsPage,
+    ResultsTable,
+    output_columns,
+)
 
-RESULT_COLUMNS = ("index", "job_id", "status", "exit_code", "duration_s")
-EXPLAINING_COLUMNS = ("status_reason", "outputs_error")  # last: the columns before them stay put
 SweepRows = list[tuple[int, str, str, str | None, dict[str, Any], dict[str, Any] | None]]
 
 
-def results_table(names: list[str], runs: SweepRows) -> ResultsTable:
+def results_table(names: list[str], runs: SweepRows) -> ResultsPage:
     """`runs`: (index, job id, status, status reason, variables, result) of each run, in
     order. A blank output cell is explained: the run's status and reason, and for a
     completed run, what went wrong reading its outputs (`outputs_error`)."""
@@ -25,7 +29,7 @@ def results_table(names: list[str], runs: SweepRows) -> ResultsTable:
         for key, value in ((result or {}).get("outputs") or {}).items():
             if _is_scalar(value):
                 output_keys.setdefault(key, None)
-    output_columns = _output_columns(sorted(output_keys), {*RESULT_COLUMNS, *EXPLAINING_COLUMNS, *names})
+    columns = output_columns(sorted(output_keys), {*RESULT_COLUMNS, *EXPLAINING_COLUMNS, *names})
     rows = []
     for index, job_id, status, reason, variables, result in runs:
         result = result or {}
@@ -34,25 +38,18 @@ def results_table(names: list[str], runs: SweepRows) -> ResultsTable:
                "exit_code": result.get("exit_code"), "duration_s": result.get("duration_s"),
                "outputs_error": result.get("error") if status == "COMPLETED" else None}
         row.update({name: variables.get(name) for name in names})
-        row.update({column: _scalar_or_none(outputs.get(key)) for key, column in output_columns.items()})
+        row.update({column: _scalar_or_none(outputs.get(key)) for key, column in columns.items()})
         rows.append(row)
-    return ResultsTable(columns=[*RESULT_COLUMNS, *names, *output_columns.values(), *EXPLAINING_COLUMNS],
-                        rows=rows)
+    return ResultsPage(columns=[*RESULT_COLUMNS, *names, *columns.values(), *EXPLAINING_COLUMNS],
+                       rows=rows, outputs={column: key for key, column in columns.items()})
 
 
-def _output_columns(keys: list[str], taken: set[str]) -> dict[str, str]:
-    """Each output key's column: its own name, or `outputs.<key>` (then a number) if taken."""
-    columns: dict[str, str] = {}
-    used = set(taken) | set(keys)
-    for key in keys:
-        column = key
-        if key in taken:
-            column, n = f"outputs.{key}", 2
-            while column in used:
-                column, n = f"outputs.{key}.{n}", n + 1
-            used.add(column)
-        columns[key] = column
-    return columns
+def results_page(names: list[str], runs: SweepRows, limit: int) -> ResultsPage:
+    """The page of the first `limit` of `runs` (read one past the page: that one's presence
+    says whether a next page exists, so the last page says so without an empty one after)."""
+    page = results_table(names, runs[:limit])
+    page.next = runs[limit - 1][0] if len(runs) > limit else None
+    return page
 
 
 def results_csv(table: ResultsTable) -> str:

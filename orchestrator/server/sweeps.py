@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from orchestrator import doe, templating
@@ -25,22 +25,24 @@ from orchestrator.models import (
     utcnow,
 )
 from orchestrator.plugins.explorer_state import explorer_url
-from orchestrator.server import typed_sweeps
+from orchestrator.server import run_sets, typed_sweeps
 from orchestrator.server.auth import Principal
 from orchestrator.server.binaries import BinaryRef, BinaryService, artifacts, binary_input
+from orchestrator.server.decisions import RESTARTED
 from orchestrator.server.dispatch import SweepDispatcher
-from orchestrator.server.engine import ACTIVE, Engine
+from orchestrator.server.engine import Engine
 from orchestrator.server.job_types import JobTypeService
 from orchestrator.server.jobs import default_name, refuse_url_artifacts
-from orchestrator.server.ledger import Store, SweepRow
+from orchestrator.server.ledger import Store, SweepRow, sweep_runs
+from orchestrator.server.made_ahead import made_ahead
 from orchestrator.server.secrets import Sealer, masked
 from orchestrator.server.sweep_growth import SweepGrowth
-from orchestrator.server.sweep_results import results_table
+from orchestrator.server.sweep_results import results_page, results_table
 from orchestrator.storage import Storage, layout
 from orchestrator.sweep_models import (
     DryRun,
     FinishedRuns,
-    ResultsTable,
+    ResultsPage,
     RunPreview,
     SweepCreate,
     SweepRecord,
@@ -51,6 +53,7 @@ MAX_TEMPLATE_BYTES = 4 * 2**20
 WAIT_POLL_S = 0.5
 MAX_TABLE_CELLS = 20_000_000  # values in one run table (samples x variables)
 MAX_PREVIEW_BYTES = 64 * 2**20  # rendered text a dry run may answer
+RUN_CHUNK = 2_000  # runs made and recorded per transaction when a sweep is created
 
 
 class SweepService:
@@ -119,26 +122,31 @@ class SweepService:
         waiting = await self.engine.placement(typed.runs[0].resources if typed else request.resources)
         queued_reason = f"run of sweep {sweep_id}" + (f"; {waiting}" if waiting else "")
         if typed:
-            runs = typed.queued(queued_reason)
-        else:
-            runs = await asyncio.to_thread(self._runs, request, creator, sweep_id, kind, table, staged, queued_reason)
-        spec = self._recorded_spec(request, table, runs[0], staged, templates, sweep_id, kind)
+            first = typed.queued(queued_reason)[0]
+        else:  # every run is this record with its own id, index, variables, command and env
+            first = await asyncio.to_thread(self._prototype, request, creator, sweep_id, kind, staged, queued_reason)
+        spec = self._recorded_spec(request, table, first, staged, templates, sweep_id, kind)
         if request.until is not None:
             spec["until_state"] = {"state": "growing", "samples": request.design.samples}
         if typed:
             spec.update(runtime=typed.runtime, configuration=typed.shown_configuration,
-                        resources=runs[0].resources.model_dump(mode="json"), timeout_s=runs[0].timeout_s)
+                        resources=first.resources.model_dump(mode="json"), timeout_s=first.timeout_s)
         sweep = SweepRow(
-            id=sweep_id, name=runs[0].name, owner=owner, kind=kind,
-            names=table.names, seed=table.seed, created_at=runs[0].created_at,
+            id=sweep_id, name=first.name, owner=owner, kind=kind,
+            names=table.names, seed=table.seed, created_at=first.created_at,
             input_bytes=await asyncio.to_thread(self.storage.prefix_bytes, layout.sweep_prefix(sweep_id)),
             spec=spec,
         )
-        history = [StatusChange(status=JobStatus.CREATED, at=runs[0].created_at),
-                   StatusChange(status=JobStatus.QUEUED, at=runs[0].created_at, reason=queued_reason)]
+        history = [StatusChange(status=JobStatus.CREATED, at=first.created_at),
+                   StatusChange(status=JobStatus.QUEUED, at=first.created_at, reason=queued_reason)]
         sealed = self.sealer.seal(typed.secrets if typed else request.secret_env)
-        await asyncio.to_thread(self.store.insert_sweep, sweep, runs, history, sealed)
-        self._dispatch(sweep_id, runs, failed=0)
+        if typed:
+            await asyncio.to_thread(self.store.insert_sweep, sweep, typed.runs, history, sealed)
+        else:  # made while recorded, a chunk at a time, in a thread: the 201 follows the last commit
+            ids = await asyncio.to_thread(sweep_runs.run_ids, self.store, len(table.rows))
+            rows = made_ahead(_run_rows(request, first, table, ids), name=f"sweep-{sweep_id}-rows")
+            await asyncio.to_thread(self.store.insert_sweep_rows, sweep, rows, history, sealed)
+        self._dispatch(sweep_id, failed=0)
         return self.get(sweep_id)
 
     def _staged_files(self, request: SweepCreate, uploaded: list[str]) -> list[str]:
@@ -185,30 +193,20 @@ class SweepService:
             texts[template.target] = (key, text)
         return texts
 
-    def _runs(
-        self, request: SweepCreate, creator: Principal, sweep_id: str, kind: str,
-        table: doe.RunTable, staged: list[str], queued_reason: str,
-    ) -> list[JobRecord]:
-        now = utcnow()
-        prototype = JobRecord(
+    def _prototype(
+        self, request: SweepCreate, creator: Principal, sweep_id: str, kind: str, staged: list[str],
+        queued_reason: str,
+    ) -> JobRecord:
+        """What every run of a sweep shares (see _run_rows)."""
+        return JobRecord(
             id="-", name=request.name or default_name(request.command, request.entrypoint), owner=creator.user,
             kind=kind, status=JobStatus.QUEUED, status_reason=queued_reason,
             entrypoint=request.entrypoint, kwargs=request.kwargs,
             binaries=self.binaries.pin(request.binaries, creator.user, creator.admin), files=staged,
             secret_env=masked(request.secret_env), resources=request.resources,
             timeout_s=request.timeout_s, retries=request.retries, priority=request.priority,
-            sweep_id=sweep_id, created_at=now, outputs=request.outputs,
+            sweep_id=sweep_id, created_at=utcnow(), outputs=request.outputs,
         )
-        runs = []
-        for index, row in table.indexed():
-            env = {**{name: templating.render(value, row) for name, value in request.env.items()},
-                   **templating.environment(row)}
-            command = templating.render_command(request.command, row) if request.command else None
-            runs.append(prototype.model_copy(update={
-                "id": uuid.uuid4().hex[:12], "index": index, "variables": row,
-                "env": env, "command": command,
-            }))
-        return runs
 
     def _recorded_spec(
         self, request: SweepCreate, table: doe.RunTable, first: JobRecord, staged: list[str],
@@ -240,12 +238,13 @@ class SweepService:
 
     # ---- running ----------------------------------------------------------------------
 
-    def _dispatch(self, sweep_id: str, runs: list[JobRecord], failed: int) -> None:
+    def _dispatch(self, sweep_id: str, failed: int) -> None:
+        """A dispatcher for the sweep's QUEUED runs, which it reads from the ledger."""
         sweep = self.store.get_sweep(sweep_id)
         assert sweep is not None  # its runs are dispatched only once its row is recorded
         spec = sweep.spec
         dispatcher = SweepDispatcher(
-            self.engine, sweep_id, spec["runtime"], runs,
+            self.engine, sweep_id, spec["runtime"],
             max_parallel=spec.get("max_parallel"), max_failures=spec.get("max_failures"),
             failed=failed, on_limit=self._failure_limit_reached,
         )
@@ -264,7 +263,7 @@ class SweepService:
         dispatcher = self._dispatchers.get(sweep_id)
         if dispatcher is None or not dispatcher.add(runs):
             failed = self.store.sweep_counts(sweep_id).get(JobStatus.FAILED.value, 0)
-            self._dispatch(sweep_id, runs, failed)
+            self._dispatch(sweep_id, failed)
 
     async def _failure_limit_reached(self, sweep_id: str, failed: int, limit: int) -> None:
         reason = f"max_failures reached ({failed} failed runs, limit {limit})"
@@ -276,13 +275,12 @@ class SweepService:
             sweep = self.store.get_sweep(sweep_id)
             if sweep is None:
                 continue
-            _, active = self.store.list_jobs(sweep_id=sweep_id, statuses=list(ACTIVE), limit=None)
             if sweep.stop_reason:
-                await self.engine.stop_many(active, "the orchestrator", sweep.stop_reason)
+                await self._stop_undispatched(sweep_id, sweep.stop_reason, "the orchestrator")
                 continue
-            requeued = await self.engine.requeue(active, "resubmitted after orchestrator restart")
+            await self.engine.requeue(sweep_id, RESTARTED)  # the runs that were sent, as a set
             failed = self.store.sweep_counts(sweep_id).get(JobStatus.FAILED.value, 0)
-            self._dispatch(sweep_id, requeued, failed)
+            self._dispatch(sweep_id, failed)
         await self.growth.resume()
 
     async def stop(self, sweep_id: str, requested_by: str, owner: str | None = None) -> SweepRecord:
@@ -298,8 +296,14 @@ class SweepService:
         if dispatcher is not None:
             await dispatcher.stop(reason, requested_by)
             return
-        _, active = self.store.list_jobs(sweep_id=sweep_id, statuses=list(ACTIVE), limit=None)
-        await self.engine.stop_many(active, requested_by, reason)
+        await self._stop_undispatched(sweep_id, reason, requested_by)
+
+    async def _stop_undispatched(self, sweep_id: str, reason: str, requested_by: str) -> None:
+        """A sweep no dispatcher feeds: the runs that may have been sent are stopped through
+        the workers, then every QUEUED run by its record alone, as a set."""
+        async for runs in run_sets.sent_runs(self.store, sweep_id):
+            await self.engine.stop_many(runs, requested_by, reason)
+        await self.engine.stop_unsent(sweep_id, reason)
 
     async def close(self) -> None:
         for dispatcher in list(self._dispatchers.values()):
@@ -370,12 +374,36 @@ class SweepService:
         cursor, runs = self.store.finished_runs(sweep_id, after, limit)
         return FinishedRuns(cursor=cursor, results=runs)
 
-    def results(self, sweep_id: str, owner: str | None = None) -> ResultsTable:
-        """One row per run: its variables and scalar outputs; unfinished runs have blanks."""
+    def results(self, sweep_id: str, owner: str | None = None, after: int | None = None,
+                limit: int | None = None) -> ResultsPage:
+        """One row per run: its variables and scalar outputs; unfinished runs have blanks.
+        With `limit`, only the next `limit` runs above index `after` (a page, read by index)."""
         sweep = self.store.get_sweep(sweep_id)
         if sweep is None or (owner is not None and sweep.owner != owner):
             raise NotFound(f"no sweep {sweep_id}")
-        return results_table(sweep.names, self.store.sweep_rows(sweep_id))
+        if limit is None:
+            return results_table(sweep.names, self.store.sweep_rows(sweep_id))
+        rows = self.store.sweep_rows_after(sweep_id, -1 if after is None else after, limit + 1)
+        return results_page(sweep.names, rows, limit)
+
+
+def _run_rows(
+    request: SweepCreate, prototype: JobRecord, table: doe.RunTable, ids: Iterator[str],
+) -> Iterator[list[tuple[Any, ...]]]:
+    """The ledger rows of a sweep's runs, RUN_CHUNK at a time, made as they are recorded."""
+    rows = sweep_runs.RunRows(prototype)
+    chunk: list[tuple[Any, ...]] = []
+    indexed = enumerate(table.rows, start=table.first_index)  # as table.indexed(), with no list of a million
+    for (index, row), job_id in zip(indexed, ids, strict=True):
+        env = {**{name: templating.render(value, row) for name, value in request.env.items()},
+               **templating.environment(row)}
+        command = templating.render_command(request.command, row) if request.command else None
+        chunk.append(rows.row(job_id, index, row, command=command, env=env))
+        if len(chunk) == RUN_CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
 
 
 def _run_table(request: SweepCreate, max_runs: int) -> doe.RunTable:

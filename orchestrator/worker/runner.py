@@ -8,6 +8,7 @@ store code.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import os
@@ -178,6 +179,7 @@ def run_batch(batch: Sealed | dict[str, Any] | str) -> str:
             announce = time.monotonic() - announced_at >= ANNOUNCE_INTERVAL_S
             if announce:
                 announced_at = time.monotonic()
+            late = None if announce else LateStart(spec)  # a long run is shown RUNNING all the same
             try:
                 outcome = execute(spec, announce, scratch)
             except (Exception, SystemExit) as exc:  # one run's failure never loses the batch
@@ -185,9 +187,46 @@ def run_batch(batch: Sealed | dict[str, Any] | str) -> str:
             if budget is not None and outcome.status == "FAILED" and last_try:
                 budget -= 1
             outcomes.append(outcome.as_dict())
-            if announce:  # its start was announced: its end is too, or it would show RUNNING till the batch ends
+            if late is not None:
+                late.ended(outcomes[-1])
+            else:  # its start was announced: its end is too, or it would show RUNNING till the batch ends
                 announce_ended(spec, outcomes[-1])
     return json.dumps(outcomes)  # one string: cheap for the scheduler to pass on
+
+
+class LateStart:
+    """Announces a batched run's start (as when it began) once it has run ANNOUNCE_INTERVAL_S
+    unannounced: starts are announced at most that often, so a long run that began right after
+    another would otherwise show QUEUED until its whole batch ends. Timed on the worker's event
+    loop (a thread per run would cost more than a trivial run); whether it fired, and so whether
+    the run's end is announced too, is settled there, in order."""
+
+    def __init__(self, spec: RunSpec):
+        self._spec, self._worker, self._began = spec, current_worker(), time.time()
+        self._handle: asyncio.TimerHandle | None = None
+        self._fired = False
+        if self._worker is not None:
+            self._worker.loop.add_callback(self._arm)
+
+    def _arm(self) -> None:
+        self._handle = asyncio.get_running_loop().call_later(ANNOUNCE_INTERVAL_S, self._announce)
+
+    def _announce(self) -> None:
+        self._fired = True
+        self._worker.log_event(STATUS_TOPIC, {
+            "job_id": self._spec.job_id, "key": self._spec.key, "status": "RUNNING",
+            "worker": self._worker.address, "at": self._began})
+
+    def ended(self, outcome: dict[str, Any]) -> None:
+        """The run is over: its end is announced if its start was."""
+        if self._worker is not None:
+            self._worker.loop.add_callback(self._settle, outcome)
+
+    def _settle(self, outcome: dict[str, Any]) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+        if self._fired:
+            announce_ended(self._spec, outcome, self._worker)
 
 
 def execute(spec: RunSpec, announce: bool, scratch: Scratch) -> Outcome:
@@ -524,11 +563,11 @@ def announce_running(spec: RunSpec, worker_address: str | None, started: float) 
         )
 
 
-def announce_ended(spec: RunSpec, outcome: dict[str, Any]) -> None:
+def announce_ended(spec: RunSpec, outcome: dict[str, Any], worker: Any = None) -> None:
     """A run's outcome as soon as it ends: a batched run's sweep counts say what runs now, and
     a single job is recorded without a gather of its task's result (a round trip to its worker);
     an outcome too big to pass through the scheduler's event log waits for its task's result."""
-    worker = current_worker()
+    worker = worker or current_worker()
     if worker is None:
         return
     try:

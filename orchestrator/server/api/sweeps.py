@@ -21,9 +21,10 @@ from orchestrator.server.results_parquet import PARQUET_MEDIA_TYPE, results_parq
 from orchestrator.server.sweep_results import results_csv
 from orchestrator.storage import AtomicWriter, layout
 from orchestrator.sweep_models import (
+    RESULTS_PAGE_MAX,
     DryRun,
     FinishedRuns,
-    ResultsTable,
+    ResultsPage,
     SweepCreate,
     SweepRecord,
     new_sweep_id,
@@ -127,6 +128,11 @@ class FinishedQuery(Query):
 class ResultsQuery(Query):
     format: Literal["json", "csv", "parquet"] = Field(
         "json", description="parquet: typed columns (numbers stay numbers, blanks are nulls)")
+    after: Position | None = Field(None, description="a page: runs with a higher index only "
+                                   "(the last page's `next`); absent: from the first run")
+    limit: int | None = Field(None, ge=1, le=RESULTS_PAGE_MAX, description=(
+        f"a page of at most this many runs (default {RESULTS_PAGE_MAX:,} with `after`); without "
+        "`after` and `limit`, the whole table"))
 
 
 class DeleteQuery(Query):
@@ -185,13 +191,21 @@ class SweepFinishedHandler(BaseHandler):
 
 class SweepResultsHandler(BaseHandler):
     openapi = {"get": Operation(
-        "One row per run: index, job id, status, exit code, variables, scalar outputs",
-        query=ResultsQuery, response=ResultsTable, also_as={"text/csv": str, PARQUET_MEDIA_TYPE: bytes},
+        "One row per run: index, job id, status, exit code, variables, scalar outputs; with `after` "
+        "or `limit`, one page in index order (`next` in the JSON and a Link header say what follows)",
+        query=ResultsQuery, response=ResultsPage, also_as={"text/csv": str, PARQUET_MEDIA_TYPE: bytes},
     )}
 
     async def get(self, sweep_id: str) -> None:
-        fmt = self.query_args().format
-        table = await asyncio.to_thread(self.service.sweeps.results, sweep_id, self.principal.scope)
+        query = self.query_args()
+        fmt, limit = query.format, query.limit
+        if limit is None and query.after is not None:
+            limit = RESULTS_PAGE_MAX
+        table = await asyncio.to_thread(self.service.sweeps.results, sweep_id, self.principal.scope,
+                                        query.after, limit)
+        if table.next is not None:
+            self.set_header("Link", f'</api/v1/sweeps/{sweep_id}/results?format={fmt}&after={table.next}'
+                                    f'&limit={limit}>; rel="next"')
         if fmt == "json":
             self.send_json(table)
             return

@@ -38,6 +38,16 @@ class StatusUpdate:
     passed: list[StatusChange] = dataclass_field(default_factory=list)  # history before it
 
 
+@dataclass
+class Admitted:
+    """A new job to record: its row, its first history entries (change, attempt) and its
+    sealed secret environment."""
+
+    job: JobRecord
+    history: list[tuple[StatusChange, int]]
+    sealed: bytes | None = None
+
+
 class JobsTable(Connection):
     """Jobs and their status history."""
 
@@ -46,6 +56,16 @@ class JobsTable(Connection):
         with self.transaction() as db:
             insert_job_rows(db, [job], history)
             insert_sealed(db, job.id, sealed)
+
+    def insert_admitted(self, admitted: list[Admitted]) -> None:
+        """Jobs accepted together (group commit): each with its own history and secrets, in
+        one transaction."""
+        with self.transaction() as db:
+            insert_rows(db, "jobs", _JOB_COLUMNS, [_job_row(entry.job) for entry in admitted])
+            insert_history(db, [(entry.job.id, change, attempt) for entry in admitted
+                                for change, attempt in entry.history])
+            for entry in admitted:
+                insert_sealed(db, entry.job.id, entry.sealed)
 
     def insert_jobs(self, jobs: list[JobRecord], history: list[StatusChange]) -> None:
         """Many jobs in one transaction, each starting with the same history."""
@@ -276,20 +296,25 @@ def insert_job_rows(db: sqlite3.Connection, jobs: list[JobRecord], history: list
     kept counts and the name index) inside a statement journal, which costs as much per
     execution as the row itself; a row per execution (executemany) made a sweep's runs 4x
     slower to record."""
-    insert_rows(db, "jobs", _JOB_COLUMNS, [
-        (
-            job.id, job.name, job.owner, job.kind, job.status.value, job.status_reason,
-            _spec_json(job), job.priority, job.attempt, job.worker, job.sweep_id,
-            job.index, _json_or_none(job.variables), ts(job.created_at),
-            ts(job.submitted_at), job.storage_bytes, job.storage_bytes, type_key(job),
-        )
-        for job in jobs
-    ])
+    insert_rows(db, "jobs", _JOB_COLUMNS, [_job_row(job) for job in jobs])
+    insert_history(db, [(job.id, change, job.attempt) for job in jobs for change in history])
+
+
+def insert_history(db: sqlite3.Connection, entries: list[tuple[str, StatusChange, int]]) -> None:
+    """(job id, change, attempt) rows of the status history, inside the caller's transaction."""
     insert_rows(db, "job_statuses", "job_id, status, at, reason, attempt", [
-        (job.id, h.status.value, h.at.isoformat(), h.reason, job.attempt)
-        for job in jobs
-        for h in history
+        (job_id, change.status.value, change.at.isoformat(), change.reason, attempt)
+        for job_id, change, attempt in entries
     ])
+
+
+def _job_row(job: JobRecord) -> tuple[Any, ...]:
+    return (
+        job.id, job.name, job.owner, job.kind, job.status.value, job.status_reason,
+        _spec_json(job), job.priority, job.attempt, job.worker, job.sweep_id,
+        job.index, _json_or_none(job.variables), ts(job.created_at),
+        ts(job.submitted_at), job.storage_bytes, job.storage_bytes, type_key(job),
+    )
 
 
 def insert_rows(db: sqlite3.Connection, table: str, columns: str, rows: list[tuple[Any, ...]]) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -13,6 +14,7 @@ from orchestrator.server.ledger.connection import Connection, marks, ts
 from orchestrator.server.ledger.jobs import insert_job_rows, job_from_row
 from orchestrator.server.ledger.kept_counts import sweep_tally
 from orchestrator.server.ledger.secrets import insert_sealed
+from orchestrator.server.ledger.sweep_runs import insert_all
 
 INSERT_CHUNK = 10_000  # rows per write transaction when recording a sweep's runs
 READ_CHUNK = 5_000  # runs per query when reading a sweep's whole table
@@ -50,6 +52,19 @@ class SweepsTable(Connection):
         for start in range(0, len(runs), INSERT_CHUNK):
             with self.transaction() as db:
                 insert_job_rows(db, runs[start:start + INSERT_CHUNK], history)
+        self._insert_sweep_row(sweep, sealed)
+
+    def insert_sweep_rows(
+        self, sweep: SweepRow, chunks: Iterable[list[tuple[Any, ...]]], history: list[StatusChange],
+        sealed: bytes | None = None,
+    ) -> None:
+        """As insert_sweep, from chunks of rows (sweep_runs.RunRows) made while they are
+        recorded: no record object per run, and only one chunk held at a time."""
+        insert_all(self, chunks, history)
+        self._insert_sweep_row(sweep, sealed)
+
+    def _insert_sweep_row(self, sweep: SweepRow, sealed: bytes | None) -> None:
+        """The sweep's own row, once all its runs are recorded (see insert_sweep)."""
         with self.transaction() as db:
             db.execute(
                 "INSERT INTO sweeps (id, name, owner, kind, spec, names, seed, created_at, input_bytes)"
@@ -165,6 +180,18 @@ class SweepsTable(Connection):
             rows += chunk
             if len(chunk) < READ_CHUNK:
                 break
+        return [
+            (row[0], row[1], row[2], row[3], json.loads(row[4] or "{}"), json.loads(row[5]) if row[5] else None)
+            for row in rows
+        ]
+
+    def sweep_rows_after(self, sweep_id: str, after: int, limit: int) -> list[
+            tuple[int, str, str, str | None, dict[str, Any], dict[str, Any] | None]]:
+        """As sweep_rows, but only the first `limit` runs with an index above `after`: one page
+        of the results table, one seek into the (sweep_id, idx) index, whatever the sweep's size."""
+        rows = self._query(
+            "SELECT idx, id, status, status_reason, variables, result FROM jobs"
+            " WHERE sweep_id = ? AND idx > ? ORDER BY idx LIMIT ?", (sweep_id, after, limit))
         return [
             (row[0], row[1], row[2], row[3], json.loads(row[4] or "{}"), json.loads(row[5]) if row[5] else None)
             for row in rows

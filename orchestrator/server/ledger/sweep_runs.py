@@ -1,0 +1,164 @@
+"""A sweep's runs handled as a set, so a million-run sweep costs the server no more memory than
+a thousand-run one: recorded from plain row tuples (never a record object per run), read by
+its dispatcher a page at a time in index order, and ended or requeued a chunk per transaction.
+
+Every function here does one bounded piece of work (a page, a chunk): the caller runs it in a
+thread and decides how many; the writer lock is held for one chunk at a time, so status
+changes of running work recorded on the event loop never wait long. The kept counts
+(`job_counts`, `sweep_tallies`) follow every change through the ledger's triggers.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import sqlite3
+from collections.abc import Iterable, Iterator
+from datetime import datetime
+from typing import Any
+
+from orchestrator.models import JobRecord, JobStatus, StatusChange
+from orchestrator.server.ledger.connection import Connection, ts
+from orchestrator.server.ledger.jobs import (
+    _JOB_COLUMNS,
+    _spec_json,
+    insert_rows,
+    job_from_row,
+    type_key,
+)
+
+HISTORY_COLUMNS = "job_id, status, at, reason, attempt"
+ACTIVE_VALUES = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
+
+
+class RunRows:
+    """Rows of `jobs` for a sweep's runs, all made from one prototype record: only what a run
+    changes (its id, index, variables and the spec fields its variables fill) is encoded per
+    run, the rest once. A row is exactly what `insert_job_rows` writes for the same record."""
+
+    def __init__(self, prototype: JobRecord):
+        self._spec = json.loads(_spec_json(prototype))
+        self._spec_parts: dict[tuple[str, ...], tuple[list[str], list[str]]] = {}
+        self._head = (prototype.name, prototype.owner, prototype.kind, prototype.status.value,
+                      prototype.status_reason)
+        self._middle = (prototype.priority, prototype.attempt, prototype.worker, prototype.sweep_id)
+        self._tail = (ts(prototype.created_at), ts(prototype.submitted_at), prototype.storage_bytes,
+                      prototype.storage_bytes, type_key(prototype))
+
+    def row(self, job_id: str, index: int, variables: dict[str, Any] | None, **spec: Any) -> tuple[Any, ...]:
+        """One run's row; `spec`: its own values of spec fields (command, env, inputs...)."""
+        names, parts = self._spec_parts.get(tuple(spec)) or self._split(tuple(spec))
+        text = parts[0] + "".join(json.dumps(spec[name]) + part for name, part in zip(names, parts[1:], strict=True))
+        return (job_id, *self._head, text, *self._middle, index,
+                json.dumps(variables) if variables is not None else None, *self._tail)
+
+    def _split(self, given: tuple[str, ...]) -> tuple[list[str], list[str]]:
+        """The prototype's spec as JSON text cut where each field a run gives goes (in the
+        order json.dumps writes them): a run's spec is these parts joined by its own values'
+        JSON, exactly as json.dumps would write the whole."""
+        marks = {name: f"\x00{name}\x00" for name in given}
+        whole = {**self._spec, **marks}
+        names = [name for name in whole if name in marks]
+        text = json.dumps(whole)
+        parts = []
+        for name in names:
+            before, _, text = text.partition(json.dumps(marks[name]))
+            parts.append(before)
+        parts.append(text)
+        self._spec_parts[given] = (names, parts)
+        return names, parts
+
+
+def run_ids(ledger: Connection, count: int) -> Iterator[str]:
+    """Ids for a new sweep's `count` runs, 12 hex characters as every job id: a random prefix
+    under which the ledger has no id, then the run's number. A chunk of consecutive runs, and
+    their history, then lands on a few pages of the ledger's id indexes rather than a page
+    each: recording and stopping a million runs writes several times less (random ids made
+    every stopped run's history rewrite its own index page)."""
+    width = max(4, len(f"{max(count - 1, 0):x}"))
+    while True:
+        prefix = secrets.token_hex(6)[:12 - width]
+        if not ledger._query("SELECT 1 FROM jobs WHERE id >= ? AND id < ? LIMIT 1", (prefix, prefix + "g")):
+            return (f"{prefix}{number:0{width}x}" for number in range(count))
+
+
+def insert_run_rows(db: sqlite3.Connection, rows: list[tuple[Any, ...]], history: list[StatusChange]) -> None:
+    """Rows made by RunRows, each run starting with the same history, in the caller's transaction."""
+    insert_rows(db, "jobs", _JOB_COLUMNS, rows)
+    changes = [(h.status.value, h.at.isoformat(), h.reason) for h in history]
+    insert_rows(db, "job_statuses", HISTORY_COLUMNS,
+                [(row[0], status, at, reason, row[8]) for row in rows for status, at, reason in changes])
+
+
+def queued_page(ledger: Connection, sweep_id: str, after: int, limit: int) -> list[JobRecord]:
+    """The sweep's QUEUED runs past index `after`, in index order, `limit` at most: the walk
+    of the (sweep_id, idx) index starts at `after`, so a page costs its own rows only while
+    the runs past the cursor are mostly still queued (as they are for a dispatcher)."""
+    rows = ledger._query(
+        "SELECT * FROM jobs INDEXED BY jobs_sweep WHERE sweep_id = ? AND idx > ? AND status = ?"
+        " ORDER BY idx LIMIT ?", (sweep_id, after, JobStatus.QUEUED.value, int(limit)))
+    return [job_from_row(row) for row in rows]
+
+
+def queued_count(ledger: Connection, sweep_id: str) -> int:
+    """The sweep's QUEUED runs, from its kept tally (no pass over its runs)."""
+    rows = ledger._query("SELECT n FROM sweep_tallies WHERE sweep_id = ? AND status = ?",
+                         (sweep_id, JobStatus.QUEUED.value))
+    return int(rows[0][0]) if rows else 0
+
+
+def run_identity(ledger: Connection, sweep_id: str) -> tuple[str, str | None] | None:
+    """The name and job type key (`name@version`) the sweep's runs share, from its first run."""
+    rows = ledger._query("SELECT name, job_type FROM jobs INDEXED BY jobs_sweep WHERE sweep_id = ?"
+                         " ORDER BY idx LIMIT 1", (sweep_id,))
+    return (rows[0][0], rows[0][1]) if rows else None
+
+
+def end_queued(
+    ledger: Connection, sweep_id: str, status: JobStatus, reason: str, at: datetime,
+    keep: str, limit: int,
+) -> list[str]:
+    """End up to `limit` QUEUED runs of the sweep (`status`: STOPPED or FAILED), with their
+    history, in one transaction; `keep`: a JSON array of run ids left alone (those a batch in
+    flight holds). Answers the ids of the runs ended: none left when it is empty.
+
+    The chunk's runs are picked once into a temporary table of the writer's connection, then
+    changed and given their history by set statements: no Python object per run."""
+    when = at.isoformat()
+    with ledger.transaction() as db:
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS ending (seq INTEGER PRIMARY KEY)")
+        db.execute("DELETE FROM temp.ending")
+        db.execute("INSERT INTO temp.ending (seq) SELECT seq FROM jobs WHERE sweep_id = ? AND status = ?"
+                   " AND id NOT IN (SELECT value FROM json_each(?)) LIMIT ?",
+                   (sweep_id, JobStatus.QUEUED.value, keep, int(limit)))
+        db.execute("UPDATE jobs SET status = ?, status_reason = ?, finished_at = ?"
+                   " WHERE seq IN (SELECT seq FROM temp.ending)", (status.value, reason, when))
+        db.execute(f"INSERT INTO job_statuses ({HISTORY_COLUMNS}) SELECT id, ?, ?, ?, attempt FROM jobs"
+                   " WHERE seq IN (SELECT seq FROM temp.ending) ORDER BY seq", (status.value, when, reason))
+        # one row, not a row per run: each row fetched takes the GIL back from the event loop
+        ids = db.execute("SELECT group_concat(id) FROM jobs WHERE seq IN (SELECT seq FROM temp.ending)").fetchone()[0]
+    return ids.split(",") if ids else []
+
+
+def sent_active(ledger: Connection, sweep_id: str, after: int, span: int) -> list[JobRecord]:
+    """Active runs of the sweep with index in (after, after + span] that may have been sent
+    to Dask (RUNNING, or QUEUED with an attempt recorded): what a restart requeues. A window
+    of indexes per query, so no query walks the whole sweep."""
+    rows = ledger._query(
+        "SELECT * FROM jobs INDEXED BY jobs_sweep WHERE sweep_id = ? AND idx > ? AND idx <= ?"
+        " AND status IN (?, ?) AND (attempt > 0 OR status = ?) ORDER BY idx",
+        (sweep_id, after, after + span, *ACTIVE_VALUES, JobStatus.RUNNING.value))
+    return [job_from_row(row) for row in rows]
+
+
+def last_index(ledger: Connection, sweep_id: str) -> int:
+    """The sweep's highest run index (-1 without runs)."""
+    rows = ledger._query("SELECT MAX(idx) FROM jobs WHERE sweep_id = ?", (sweep_id,))
+    return int(rows[0][0]) if rows and rows[0][0] is not None else -1
+
+
+def insert_all(ledger: Connection, chunks: Iterable[list[tuple[Any, ...]]], history: list[StatusChange]) -> None:
+    """Chunks of RunRows rows, a transaction each."""
+    for rows in chunks:
+        with ledger.transaction() as db:
+            insert_run_rows(db, rows, history)

@@ -1,0 +1,95 @@
+"""A sweep's runs changed as a set, never as a record object per run: its queued runs stopped
+(or failed) all at once, and after a restart the runs that may have been sent requeued.
+
+The ledger makes each change a chunk per transaction (ledger/sweep_runs.py), in a thread, so
+the event loop keeps answering and its own status writes wait for one chunk at most; whoever
+follows status changes is told a chunk at a time (Recorder.announce). A stop of a million
+queued runs is thus a few hundred short transactions, not a million updates on the loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from datetime import datetime
+
+from orchestrator.models import JobRecord, JobStatus, utcnow
+from orchestrator.plugins.worker import stale_attempt
+from orchestrator.server import decisions
+from orchestrator.server.decisions import task_key
+from orchestrator.server.ledger import Store, sweep_runs
+from orchestrator.server.recorder import Recorder
+
+CHUNK = 5_000  # runs ended per transaction: tens of ms of the writer
+SPAN = 20_000  # run indexes looked at per query when finding the runs that may have been sent
+
+Flag = Callable[[list[str], str], Awaitable[None]]  # Engine._flag_on_workers
+
+
+async def end_queued(
+    store: Store, recorder: Recorder, sweep_id: str, status: JobStatus, reason: str,
+    keep: Iterable[str] = (),
+) -> int:
+    """Every QUEUED run of the sweep but those in `keep` (runs a batch in flight holds) ends
+    `status` (STOPPED, or FAILED) saying `reason`; how many did. Runs queued again while it
+    works (a batch's retries) are ended too: it stops only when none is left."""
+    kept = json.dumps(sorted(keep))
+    rule = decisions.stop_unsent if status == JobStatus.STOPPED else decisions.fail
+
+    def next_chunk() -> asyncio.Future:
+        return asyncio.ensure_future(asyncio.to_thread(
+            _end_chunk, store, sweep_id, status, reason, kept, bool(recorder.bus.listeners)))
+
+    total = 0
+    chunk = next_chunk()
+    try:
+        while True:
+            ids, at, records = await chunk
+            if not ids:
+                return total
+            chunk = next_chunk()  # the ledger ends the next chunk while this one is announced
+            recorder.announce(rule(ids, reason, at), records)
+            total += len(ids)
+    finally:
+        if not chunk.done():  # cancelled meanwhile: its transaction still ends as a whole
+            await asyncio.wait([chunk])
+
+
+def _end_chunk(
+    store: Store, sweep_id: str, status: JobStatus, reason: str, keep: str, read_records: bool,
+) -> tuple[list[str], datetime, dict[str, JobRecord] | None]:
+    """One chunk ended: its run ids, when, and (when someone listens for whole records) the
+    records as they are now."""
+    now = utcnow()
+    ids = sweep_runs.end_queued(store, sweep_id, status, reason, now, keep, CHUNK)
+    records = {job.id: job for job in store.jobs_by_ids(ids)} if read_records and ids else None
+    return ids, now, records
+
+
+async def sent_runs(store: Store, sweep_id: str) -> AsyncIterator[list[JobRecord]]:
+    """The sweep's active runs that may have been sent to Dask (RUNNING, or QUEUED with an
+    attempt recorded), a window of indexes at a time: after a restart only these need a word
+    to the workers and a line in their history; a run never sent is simply sent."""
+    last = await asyncio.to_thread(sweep_runs.last_index, store, sweep_id)
+    after = -1
+    while after < last:
+        runs = await asyncio.to_thread(sweep_runs.sent_active, store, sweep_id, after, SPAN)
+        after += SPAN
+        if runs:
+            yield runs
+
+
+async def requeue_sent(store: Store, recorder: Recorder, flag: Flag, sweep_id: str, reason: str) -> None:
+    """After a restart: the runs whose batches were lost with us go back to QUEUED saying so
+    (the sweep's new dispatcher sends them); their old attempts are told to stop, in case a
+    batch still runs on a cluster that outlived us. A new attempt has a new key, so the old
+    one can never be mistaken for it."""
+    async for runs in sent_runs(store, sweep_id):
+        stale = [task_key(job) for job in runs if job.attempt > 0]
+        if stale:
+            await flag(stale, stale_attempt("restarted"))
+        updates = decisions.requeue(runs, reason, utcnow())
+        made = await asyncio.to_thread(store.record_statuses, updates)
+        recorder.announce([update for update, ok in zip(updates, made, strict=True) if ok])
+

@@ -1,0 +1,174 @@
+"""What makes a million-run sweep cost no more than a thousand-run one, tested at a size a test
+can afford: runs recorded from rows made one chunk at a time, a dispatcher that pages the
+sweep's queued runs from the ledger (and resumes after a restart mid-sweep), and a stop of the
+queued runs made as a set. Figures are benchmarks/big_sweep.py's, never asserted here."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from orchestrator.config import Settings
+from orchestrator.models import JobRecord, JobStatus, Resources, StatusChange, utcnow
+from orchestrator.server.ledger import Store, SweepRow
+from orchestrator.server.ledger.sweep_runs import RunRows, end_queued, queued_page
+from tests.conftest import start_test_server
+from tests.support import wait_until
+
+TERMINAL = {"COMPLETED", "FAILED", "STOPPED"}
+
+
+# ---- the ledger ---------------------------------------------------------------------------
+
+
+def _prototype(sweep_id: str) -> JobRecord:
+    return JobRecord(id="-", name="study", owner="me", status=JobStatus.QUEUED, status_reason="run of it",
+                     resources=Resources(cores=1), sweep_id=sweep_id, created_at=utcnow(),
+                     env={"A": "1"}, secret_env={"TOKEN": "s3cret"}, files=["in.txt"], retries=2)
+
+
+def _history(at) -> list[StatusChange]:
+    return [StatusChange(status=JobStatus.CREATED, at=at),
+            StatusChange(status=JobStatus.QUEUED, at=at, reason="run of it")]
+
+
+def _jobs_table(path: Path) -> list[tuple]:
+    db = sqlite3.connect(path)
+    try:
+        return db.execute("SELECT * FROM jobs ORDER BY idx").fetchall()
+    finally:
+        db.close()
+
+
+def test_rows_made_from_a_prototype_are_the_rows_its_records_make(tmp_path):
+    """A run recorded from RunRows reads back exactly as the same run recorded from a record."""
+    prototype = _prototype("s1")
+    runs = [prototype.model_copy(update={"id": f"r{i}", "index": i, "variables": {"x": i * 0.5, "n": "a b"},
+                                         "command": f"echo {i}", "env": {"X": str(i)}}) for i in range(5)]
+    by_records, by_rows = Store(tmp_path / "records.db"), Store(tmp_path / "rows.db")
+    sweep = SweepRow(id="s1", name="study", owner="me", kind="command", spec={}, names=["x", "n"], seed=None,
+                     created_at=prototype.created_at)
+    history = _history(prototype.created_at)
+    by_records.insert_sweep(sweep, runs, history)
+    rows = RunRows(prototype)
+    by_rows.insert_sweep_rows(sweep, [[rows.row(run.id, run.index, run.variables, command=run.command,
+                                                env=run.env) for run in runs]], history)
+    assert by_rows.get_job("r3") == by_records.get_job("r3")
+    assert by_rows.history("r3") == by_records.history("r3")
+    assert by_rows.sweep_counts("s1") == by_records.sweep_counts("s1") == {"QUEUED": 5}
+    by_records.close(), by_rows.close()
+    assert _jobs_table(tmp_path / "rows.db") == _jobs_table(tmp_path / "records.db")
+
+
+def test_queued_runs_are_paged_and_ended_as_a_set_with_counts_kept(tmp_path):
+    store = Store(tmp_path / "jobs.db")
+    prototype = _prototype("s1")
+    rows = RunRows(prototype)
+    sweep = SweepRow(id="s1", name="study", owner="me", kind="command", spec={}, names=["x"], seed=None,
+                     created_at=prototype.created_at)
+    store.insert_sweep_rows(sweep, ([rows.row(f"r{i}", i, {"x": i}) for i in range(start, start + 100)]
+                                    for start in range(0, 500, 100)), _history(prototype.created_at))
+    store.record_status("r1", JobStatus.RUNNING, "on w", utcnow())
+    page = queued_page(store, "s1", -1, 3)
+    assert [job.index for job in page] == [0, 2, 3]  # in index order, the running one skipped
+    assert [job.index for job in queued_page(store, "s1", 497, 10)] == [498, 499]
+
+    ended = end_queued(store, "s1", JobStatus.STOPPED, "stop requested by me", utcnow(), '["r0", "r7"]', 200)
+    assert len(ended) == 200 and not {"r0", "r7", "r1"} & set(ended)
+    while end_queued(store, "s1", JobStatus.STOPPED, "stop requested by me", utcnow(), '["r0", "r7"]', 200):
+        pass
+    assert store.sweep_counts("s1") == {"STOPPED": 497, "QUEUED": 2, "RUNNING": 1}
+    assert store.count_by_status() == {"STOPPED": 497, "QUEUED": 2, "RUNNING": 1}
+    counted = Counter(job.status.value for job in store.list_jobs(sweep_id="s1", limit=None)[1])
+    assert counted == store.sweep_counts("s1")  # the kept counts follow the set change
+    stopped = store.get_job("r300")
+    assert stopped.status_reason == "stop requested by me" and stopped.finished_at is not None
+    assert [(h.status, h.reason) for h in store.history("r300")][-1] == (JobStatus.STOPPED, "stop requested by me")
+    store.close()
+
+
+# ---- the service --------------------------------------------------------------------------
+
+
+def _close(server) -> None:
+    """Shut the server down as a restart would, leaving its runs as the ledger has them."""
+    server.http.close()
+    server.loop.run(server.running.close(), timeout=60)
+    server.loop.stop()
+
+
+@pytest.mark.timeout(600)
+def test_a_restart_mid_sweep_resumes_and_every_run_ends_exactly_once(tmp_path, make_server, dask_cluster):
+    """The new server's dispatcher reads the sweep's queued runs from the ledger; the runs
+    that were in flight are requeued saying so; every run completes once, no attempt twice."""
+    runs = 300
+    ran = tmp_path / "ran.txt"
+    data_dir = tmp_path / "data"
+    first = start_test_server(Settings(data_dir=data_dir, port=0, **dask_cluster.settings))
+    try:
+        sweep = first.http.post("/sweeps", json={
+            "name": "resumed", "max_parallel": 2,
+            "command": f'sleep 0.02; echo "${{i}} $ORCHESTRATOR_TASK_KEY" >> {ran}',
+            "variables": [{"name": "i", "range": {"start": 0, "stop": runs - 1, "step": 1}}],
+        }).json()
+        wait_until(lambda: first.http.get(f"/sweeps/{sweep['id']}").json()["counts"].get("COMPLETED", 0) >= 20,
+                   120, "the sweep under way", every=0.05)
+    finally:
+        _close(first)
+    left = Store(data_dir / "jobs.db")
+    assert left.sweep_counts(sweep["id"]).get("QUEUED", 0) > 0, "closed mid-sweep"
+    left.close()
+
+    second = make_server(data_dir=data_dir)
+    done = second.wait_sweep(sweep["id"], timeout=300)
+    assert done["status"] == "COMPLETED" and done["counts"] == {"COMPLETED": runs}, done
+    records = second.http.get(f"/sweeps/{sweep['id']}/runs", params={"page_size": 1000}).json()["results"]
+    assert sorted(run["index"] for run in records) == list(range(runs))
+    for run in records:
+        history = second.http.get(f"/jobs/{run['id']}/statuses").json()
+        assert [h["status"] for h in history].count("COMPLETED") == 1, history
+        assert not TERMINAL & {h["status"] for h in history[:-1]}, history  # ended once, at the end
+        if run["attempt"] >= 2:  # sent before the restart, and again after it: the history says why
+            assert any(h["reason"] == "resubmitted after orchestrator restart" for h in history), history
+    again = [run for run in records if run["attempt"] >= 2]
+    assert again, "no run was in flight at the restart: the test proved nothing"
+    keys = [line.split()[1] for line in ran.read_text().splitlines()]
+    assert max(Counter(keys).values()) == 1  # no attempt ran twice
+    assert {key.rsplit("-", 1)[1] for key in keys} == {run["id"] for run in records}
+
+
+def test_stopping_a_sweep_ends_its_queued_runs_as_a_set_and_wakes_its_waiters(server):
+    """Runs that were never sent end STOPPED by the record alone; what follows the sweep (a
+    waiting client, the events stream's subscribers, the kept counts) learns it."""
+    runs = 5000
+    sweep = server.http.post("/sweeps", json={
+        "name": "stopped", "max_parallel": 1, "command": "sleep 30",
+        "variables": [{"name": "i", "range": {"start": 0, "stop": runs - 1, "step": 1}}],
+    }).json()
+    service = server.running.service
+    subscription = service.events.subscribe(sweep_id=sweep["id"])
+    try:
+        wait_until(lambda: server.http.get(f"/sweeps/{sweep['id']}").json()["counts"].get("RUNNING"), 60,
+                   "a run started", every=0.05)
+        waiting = asyncio.run_coroutine_threadsafe(service.sweeps.wait(sweep["id"], 120), server.loop.loop)
+        assert server.http.post(f"/sweeps/{sweep['id']}/stop").status_code == 202
+        done = waiting.result(180)
+        assert done.status == JobStatus.STOPPED and done.counts == {"STOPPED": runs}, done
+        events = []
+        while not subscription.queue.empty():
+            events.append(subscription.queue.get_nowait())
+    finally:
+        service.events.unsubscribe(subscription)
+    stopped = [event["job_id"] for event in events if event.get("status") == "STOPPED"]
+    assert len(stopped) == len(set(stopped)) == runs  # one event per run, each once
+    store = service.store
+    assert Counter(job.status.value for job in store.list_jobs(sweep_id=sweep["id"], limit=None)[1]) \
+        == store.sweep_counts(sweep["id"]) == {"STOPPED": runs}
+    last = server.http.get(f"/sweeps/{sweep['id']}/runs", params={"page": runs // 100}).json()["results"][-1]
+    history = server.http.get(f"/jobs/{last['id']}/statuses").json()
+    assert [h["status"] for h in history] == ["CREATED", "QUEUED", "STOPPED"]
+    assert history[-1]["reason"].startswith("stop requested by")
