@@ -10,12 +10,14 @@ import sqlite3
 from collections import Counter
 from pathlib import Path
 
+import psutil
 import pytest
 
 from orchestrator.config import Settings
 from orchestrator.models import JobRecord, JobStatus, Resources, StatusChange, utcnow
+from orchestrator.server import dispatch
 from orchestrator.server.ledger import Store, SweepRow
-from orchestrator.server.ledger.sweep_runs import RunRows, end_queued, queued_page
+from orchestrator.server.ledger.sweep_runs import RunRows, end_queued, queued_page, run_ids
 from tests.conftest import start_test_server
 from tests.support import wait_until
 
@@ -77,9 +79,9 @@ def test_queued_runs_are_paged_and_ended_as_a_set_with_counts_kept(tmp_path):
     assert [job.index for job in page] == [0, 2, 3]  # in index order, the running one skipped
     assert [job.index for job in queued_page(store, "s1", 497, 10)] == [498, 499]
 
-    ended = end_queued(store, "s1", JobStatus.STOPPED, "stop requested by me", utcnow(), '["r0", "r7"]', 200)
+    ended = end_queued(store, "s1", JobStatus.STOPPED, "stop requested by me", utcnow(), ["r0", "r7"], 200)
     assert len(ended) == 200 and not {"r0", "r7", "r1"} & set(ended)
-    while end_queued(store, "s1", JobStatus.STOPPED, "stop requested by me", utcnow(), '["r0", "r7"]', 200):
+    while end_queued(store, "s1", JobStatus.STOPPED, "stop requested by me", utcnow(), ["r0", "r7"], 200):
         pass
     assert store.sweep_counts("s1") == {"STOPPED": 497, "QUEUED": 2, "RUNNING": 1}
     assert store.count_by_status() == {"STOPPED": 497, "QUEUED": 2, "RUNNING": 1}
@@ -88,6 +90,36 @@ def test_queued_runs_are_paged_and_ended_as_a_set_with_counts_kept(tmp_path):
     stopped = store.get_job("r300")
     assert stopped.status_reason == "stop requested by me" and stopped.finished_at is not None
     assert [(h.status, h.reason) for h in store.history("r300")][-1] == (JobStatus.STOPPED, "stop requested by me")
+    store.close()
+
+
+def test_a_sweep_whose_rows_stop_midway_is_never_half_recorded(tmp_path):
+    """Chunks are committed as they come, the sweep's row last: rows of a creation that died
+    midway belong to no sweep, and the next start removes them."""
+    store = Store(tmp_path / "jobs.db")
+    prototype = _prototype("s1")
+    rows = RunRows(prototype)
+    sweep = SweepRow(id="s1", name="study", owner="me", kind="command", spec={}, names=["x"], seed=None,
+                     created_at=prototype.created_at)
+
+    def chunks():
+        yield [rows.row(f"r{i}", i, {"x": i}) for i in range(10)]
+        raise RuntimeError("the server died here")
+
+    with pytest.raises(RuntimeError):
+        store.insert_sweep_rows(sweep, chunks(), _history(prototype.created_at))
+    assert store.get_sweep("s1") is None and store.get_job("r3") is not None
+    store.close()
+    reopened = Store(tmp_path / "jobs.db")
+    assert reopened.get_job("r3") is None and reopened.count_by_status() == {}
+    reopened.close()
+
+
+def test_run_ids_are_consecutive_under_a_prefix_no_job_has(tmp_path):
+    store = Store(tmp_path / "jobs.db")
+    ids = list(run_ids(store, 70_000))
+    assert len(set(ids)) == 70_000 and all(len(i) == 12 for i in ids) and ids == sorted(ids)
+    assert len({i[:7] for i in ids}) == 1  # 5 hex digits number 70,000 runs
     store.close()
 
 
@@ -133,7 +165,8 @@ def test_a_restart_mid_sweep_resumes_and_every_run_ends_exactly_once(tmp_path, m
         assert [h["status"] for h in history].count("COMPLETED") == 1, history
         assert not TERMINAL & {h["status"] for h in history[:-1]}, history  # ended once, at the end
         if run["attempt"] >= 2:  # sent before the restart, and again after it: the history says why
-            assert any(h["reason"] == "resubmitted after orchestrator restart" for h in history), history
+            assert any((h["reason"] or "").startswith("resubmitted after orchestrator restart")
+                       for h in history), history
     again = [run for run in records if run["attempt"] >= 2]
     assert again, "no run was in flight at the restart: the test proved nothing"
     keys = [line.split()[1] for line in ran.read_text().splitlines()]
@@ -172,3 +205,59 @@ def test_stopping_a_sweep_ends_its_queued_runs_as_a_set_and_wakes_its_waiters(se
     history = server.http.get(f"/jobs/{last['id']}/statuses").json()
     assert [h["status"] for h in history] == ["CREATED", "QUEUED", "STOPPED"]
     assert history[-1]["reason"].startswith("stop requested by")
+
+
+@pytest.mark.parametrize("held", [dispatch.HELD_RERUNS, 0], ids=["kept by id", "cursor moved back"])
+def test_runs_rerun_behind_a_running_dispatchers_cursor_are_sent(server, monkeypatch, held):
+    """A rerun while the sweep still runs goes to its dispatcher: a few runs are kept by id, a
+    large rerun moves its ledger cursor back (HELD_RERUNS 0 makes any rerun large)."""
+    monkeypatch.setattr(dispatch, "HELD_RERUNS", held)
+    sweep = server.http.post("/sweeps", json={
+        "name": "rerun", "max_parallel": 1, "command": "sleep 0.2",
+        "variables": [{"name": "i", "range": {"start": 0, "stop": 24, "step": 1}}],
+    }).json()
+    wait_until(lambda: server.http.get(f"/sweeps/{sweep['id']}").json()["counts"].get("COMPLETED", 0) >= 3,
+               60, "runs completed", every=0.05)
+    first = server.http.get(f"/sweeps/{sweep['id']}/runs", params={"page_size": 3}).json()["results"]
+    rerun = server.http.post(f"/sweeps/{sweep['id']}/rerun", json={"ids": [run["id"] for run in first]})
+    assert rerun.status_code == 202, rerun.text
+    assert server.running.service.sweeps._dispatchers.get(sweep["id"]) is not None  # fed, not replaced
+    done = server.wait_sweep(sweep["id"], timeout=120)
+    assert done["counts"] == {"COMPLETED": 25}, done
+    for run in first:
+        history = server.http.get(f"/jobs/{run['id']}/statuses").json()
+        assert [h["status"] for h in history].count("COMPLETED") == 2, history
+        assert history[-1]["status"] == "COMPLETED"
+
+
+@pytest.mark.timeout(300)
+def test_a_stop_recorded_before_a_restart_is_finished_by_the_next_start(tmp_path, make_server, dask_cluster):
+    """The sweep's stop reason is in the ledger but its runs are still active (the server went
+    down right after recording it): the next start stops the running run through its worker
+    and every queued run by its record, as a set."""
+    data_dir = tmp_path / "data"
+    first = start_test_server(Settings(data_dir=data_dir, port=0, **dask_cluster.settings))
+    try:
+        sweep = first.http.post("/sweeps", json={
+            "name": "stopping", "max_parallel": 1, "command": "sleep 60 # big-stop ${i}",
+            "variables": [{"name": "i", "range": {"start": 0, "stop": 299, "step": 1}}],
+        }).json()
+        wait_until(lambda: first.http.get(f"/sweeps/{sweep['id']}").json()["counts"].get("RUNNING"), 60,
+                   "a run started", every=0.05)
+    finally:
+        _close(first)
+    ledger = Store(data_dir / "jobs.db")
+    assert ledger.set_sweep_stop_reason(sweep["id"], "stop requested by alice")
+    assert ledger.sweep_counts(sweep["id"]).get("RUNNING") == 1
+    ledger.close()
+
+    second = make_server(data_dir=data_dir)
+    done = second.wait_sweep(sweep["id"], timeout=120)
+    assert done["status"] == "STOPPED" and done["counts"] == {"STOPPED": 300}, done
+    assert done["status_reason"] == "stop requested by alice"
+    first_run = second.http.get(f"/sweeps/{sweep['id']}/runs", params={"page_size": 1}).json()["results"][0]
+    history = second.http.get(f"/jobs/{first_run['id']}/statuses").json()
+    assert [h["status"] for h in history][-2:] == ["RUNNING", "STOPPED"], history
+    wait_until(lambda: not [p for p in psutil.process_iter(["cmdline"])
+                            if "sleep 60 # big-stop" in " ".join(p.info["cmdline"] or [])],
+               30, "the run's process ended")

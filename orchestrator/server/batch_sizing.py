@@ -14,6 +14,7 @@ TARGET_BATCH_S = 0.5
 MIN_BATCH_S = 0.05  # the tail's batches stay worth a Dask round trip
 MAX_BATCH_RUNS = 1000
 SMOOTHING = 0.5  # weight of the newest timing in the running estimate
+MAX_GROWING_SLOTS = 2000  # tasks a growable cluster is shown at once: adaptive scaling grows for them
 
 
 def batch_size(run_seconds: float | None, waiting: int, slots: int) -> int:

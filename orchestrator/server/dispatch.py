@@ -3,7 +3,8 @@
 Runs are sent as Dask tasks of several runs each, so a sweep of cheap runs does not pay
 Dask's per-task cost per run. Batches start at one run; once runs have been timed, a batch
 holds about TARGET_BATCH_S of work, never more than its fair share of what is left (so the
-tail still spreads over every worker) nor MAX_BATCH_RUNS. At most `max_parallel` batches are
+tail still spreads over every worker) nor MAX_BATCH_RUNS (the rule is batch_sizing's, shared
+with batched single jobs). At most `max_parallel` batches are
 out at once (runs within a batch run one after another), or twice the cluster's threads.
 Near the end batches shrink to spread the last runs, but not below MIN_BATCH_S of work.
 
@@ -18,23 +19,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 from collections import deque
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from orchestrator.models import JobRecord, JobStatus
 from orchestrator.server import run_sets
+from orchestrator.server.batch_sizing import (
+    MAX_BATCH_RUNS,
+    MAX_GROWING_SLOTS,
+    TARGET_BATCH_S,
+    batch_size,
+    smoothed,
+)
 from orchestrator.server.engine import BatchReport, Engine, batch_key
 from orchestrator.server.ledger import sweep_runs
 
 logger = logging.getLogger(__name__)
 
-TARGET_BATCH_S = 0.5
-MIN_BATCH_S = 0.05  # the tail's batches stay worth a Dask round trip
-MAX_BATCH_RUNS = 1000
-MAX_GROWING_SLOTS = 2000  # single-run batches a growable cluster is shown at once
-SMOOTHING = 0.5
 HELD_RERUNS = 50_000  # runs added behind the cursor kept by id; more move the cursor back
 
 LimitReached = Callable[[str, int, int], Awaitable[None]]
@@ -148,11 +150,7 @@ class SweepDispatcher:
         return slots
 
     def _batch_size(self, slots: int) -> int:
-        if self._run_seconds is None:
-            return 1  # nothing timed yet: learn from single runs first
-        run_s = max(self._run_seconds, 1e-6)
-        fair_share = max(math.ceil(self._waiting() / slots), int(MIN_BATCH_S / run_s))
-        return max(1, min(int(TARGET_BATCH_S / run_s), fair_share, MAX_BATCH_RUNS))
+        return batch_size(self._run_seconds, self._waiting(), slots)  # one run until timed
 
     def _has_more(self) -> bool:
         """Whether runs may still wait to be sent (the ledger's queue is read to know)."""
@@ -192,11 +190,7 @@ class SweepDispatcher:
     def _absorb(self, report: BatchReport) -> None:
         self.failed += report.failed
         self._again.extend(_queued(report.requeued))
-        if report.run_seconds is not None:
-            old = self._run_seconds
-            self._run_seconds = report.run_seconds if old is None else (
-                SMOOTHING * report.run_seconds + (1 - SMOOTHING) * old
-            )
+        self._run_seconds = smoothed(self._run_seconds, report.run_seconds)
 
     async def _check_failures(self) -> None:
         if self.max_failures is not None and self.failed >= self.max_failures and not self._stopped:
@@ -222,8 +216,8 @@ class SweepDispatcher:
         self._again.clear()
         self._exhausted = True
         flying = [job for batch in self._flying.values() for job in batch]
+        await self.engine.stop_many(flying, requested_by, reason)  # first: they are running
         await self.engine.stop_unsent(self.sweep_id, reason, keep=[job.id for job in flying])
-        await self.engine.stop_many(flying, requested_by, reason)
 
     async def cancel(self) -> None:
         """Service shutdown: the ledger keeps every run's state for the next start."""

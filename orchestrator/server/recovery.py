@@ -86,7 +86,7 @@ class Recovery:
     def _resubmit_lost(self) -> None:
         """Every active single job no live future holds: a new attempt (or the first sending of
         one queued while away); one asked to stop while away ends STOPPED. Idempotent."""
-        for job in self.store.jobs_with_status(list(ACTIVE)):
+        for job in self.store.jobs_with_status(list(ACTIVE), singles=True):  # runs: their batches
             self._carry_out(decisions.after_reconnect(
                 job, self._holds(job), self._stop_requests.get(job.id), self._unsent.pop(job.id, None),
                 utcnow()))
@@ -107,7 +107,7 @@ class Recovery:
         stop ends STOPPED, the rest is resubmitted (the futures died with us). Processes an
         earlier life left behind (a job runs in its own session, so it outlives a worker
         killed with us) are ended first, found by their marker."""
-        active = self.store.jobs_with_status(list(ACTIVE))
+        active = self.store.active_to_recover()
         if self.online and (keys := [task_key(job) for job in active if job.attempt > 0]):
             with contextlib.suppress(Exception):
                 await self.client.run(end_orphans, keys, on_error="ignore")

@@ -10,7 +10,7 @@ queued runs is thus a few hundred short transactions, not a million updates on t
 from __future__ import annotations
 
 import asyncio
-import json
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import datetime
 
@@ -22,6 +22,7 @@ from orchestrator.server.ledger import Store, sweep_runs
 from orchestrator.server.recorder import Recorder
 
 CHUNK = 5_000  # runs ended per transaction: tens of ms of the writer
+TOLD = 500  # updates made per announcement: short-lived, they never reach Python's oldest GC generation
 SPAN = 20_000  # run indexes looked at per query when finding the runs that may have been sent
 
 Flag = Callable[[list[str], str], Awaitable[None]]  # Engine._flag_on_workers
@@ -34,35 +35,41 @@ async def end_queued(
     """Every QUEUED run of the sweep but those in `keep` (runs a batch in flight holds) ends
     `status` (STOPPED, or FAILED) saying `reason`; how many did. Runs queued again while it
     works (a batch's retries) are ended too: it stops only when none is left."""
-    kept = json.dumps(sorted(keep))
+    kept = sorted(keep)
     rule = decisions.stop_unsent if status == JobStatus.STOPPED else decisions.fail
+    loop = asyncio.get_running_loop()
+    halt = threading.Event()
 
-    def next_chunk() -> asyncio.Future:
-        return asyncio.ensure_future(asyncio.to_thread(
-            _end_chunk, store, sweep_id, status, reason, kept, bool(recorder.bus.listeners)))
+    def tell(ids: list[str], at: datetime, records: dict[str, JobRecord] | None) -> None:
+        for start in range(0, len(ids), TOLD):  # updates made and dropped a slice at a time
+            recorder.announce(rule(ids[start:start + TOLD], reason, at), records)
 
-    total = 0
-    chunk = next_chunk()
-    try:
-        while True:
-            ids, at, records = await chunk
+    def end_all() -> int:
+        """Chunk after chunk, never waiting for the loop: each is announced there meanwhile."""
+        total = 0
+        while not halt.is_set():
+            ids, at, records = _end_chunk(store, sweep_id, status, reason, kept, bool(recorder.bus.listeners))
             if not ids:
-                return total
-            chunk = next_chunk()  # the ledger ends the next chunk while this one is announced
-            recorder.announce(rule(ids, reason, at), records)
+                break
+            loop.call_soon_threadsafe(tell, ids, at, records)
             total += len(ids)
+        return total
+
+    try:
+        return await asyncio.to_thread(end_all)  # its announcements run before its answer
     finally:
-        if not chunk.done():  # cancelled meanwhile: its transaction still ends as a whole
-            await asyncio.wait([chunk])
+        halt.set()  # cancelled (the service closes): the chunk under way is its last
 
 
 def _end_chunk(
-    store: Store, sweep_id: str, status: JobStatus, reason: str, keep: str, read_records: bool,
+    store: Store, sweep_id: str, status: JobStatus, reason: str, keep: list[str], read_records: bool,
 ) -> tuple[list[str], datetime, dict[str, JobRecord] | None]:
     """One chunk ended: its run ids, when, and (when someone listens for whole records) the
-    records as they are now."""
+    records as they are now. A stop goes on only while the sweep is stopping: a rerun
+    meanwhile queues runs that must run, not be stopped by the stop before it."""
     now = utcnow()
-    ids = sweep_runs.end_queued(store, sweep_id, status, reason, now, keep, CHUNK)
+    ids = sweep_runs.end_queued(store, sweep_id, status, reason, now, keep, CHUNK,
+                                while_stopping=status == JobStatus.STOPPED)
     records = {job.id: job for job in store.jobs_by_ids(ids)} if read_records and ids else None
     return ids, now, records
 

@@ -22,11 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from orchestrator.models import JobKind, JobRecord, JobStatus
-from orchestrator.server.batch_sizing import batch_size, smoothed
+from orchestrator.server.batch_sizing import MAX_GROWING_SLOTS, batch_size, smoothed
 from orchestrator.server.decisions import batch_key
 from orchestrator.server.ledger import Store
 
-MAX_GROWING_SLOTS = 2000  # tasks a growable cluster is shown at once: adaptive scaling sees them
 TIMED_KINDS = 10_000  # run-time estimates kept (the least recently timed are forgotten)
 
 Signature = tuple[tuple[str, float], ...]  # a job's Dask resource restrictions, sorted

@@ -1,9 +1,13 @@
 """Sweeps as users see them: a job template run once per row of a run table.
 
-A sweep is recorded with all its runs (one job each, QUEUED) in one transaction, so a crash
-never leaves half a sweep. Its dispatcher then feeds the runs to Dask in batches. Status,
-progress and the results table are always computed from the runs themselves, so they are
-right while the sweep runs, after a restart, and after single runs are stopped or deleted.
+A sweep is recorded with all its runs (one job each, QUEUED) before it is answered: the runs
+are made as ledger rows a chunk at a time while earlier chunks are recorded (never a record
+object per run), each chunk its own short transaction, and the sweep's own row last, so a
+crash midway leaves runs of no sweep, which the next start removes: never half a sweep. Its
+dispatcher then reads the queued runs from the ledger a batch at a time and feeds them to
+Dask; a stop ends the queued runs as a set (run_sets). Status, progress and the results table
+are always computed from the runs themselves, so they are right while the sweep runs, after
+a restart, and after single runs are stopped or deleted.
 """
 
 from __future__ import annotations

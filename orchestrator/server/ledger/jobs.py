@@ -133,9 +133,19 @@ class JobsTable(Connection):
                            f" ORDER BY seq LIMIT {int(limit)}", [like_escape(p) + "%" for p in prefixes])
         return [job_from_row(row) for row in rows]
 
-    def jobs_with_status(self, statuses: Iterable[JobStatus]) -> list[JobRecord]:
+    def jobs_with_status(self, statuses: Iterable[JobStatus], singles: bool = False) -> list[JobRecord]:
+        """`singles`: single jobs only, not sweep runs."""
         wanted = [s.value for s in statuses]
-        rows = self._query(f"SELECT * FROM jobs WHERE status IN ({marks(len(wanted))}) ORDER BY seq", wanted)
+        only = " AND sweep_id IS NULL" if singles else ""
+        rows = self._query(f"SELECT * FROM jobs WHERE status IN ({marks(len(wanted))}){only} ORDER BY seq", wanted)
+        return [job_from_row(row) for row in rows]
+
+    def active_to_recover(self) -> list[JobRecord]:
+        """Active jobs a start must settle: single jobs, and sweep runs that may have been sent
+        (an attempt recorded) or were asked to stop. A sweep's runs never sent wait in the
+        ledger for its dispatcher: a million of them are never read as records here."""
+        rows = self._query("SELECT * FROM jobs WHERE status IN ('QUEUED', 'RUNNING') AND"
+                           " (sweep_id IS NULL OR attempt > 0 OR stop_requested IS NOT NULL) ORDER BY seq")
         return [job_from_row(row) for row in rows]
 
     def record_status(
@@ -356,6 +366,8 @@ def _apply_update(db: sqlite3.Connection, update: StatusUpdate) -> bool:
     fields = dict(update.fields)
     attempt_bytes = fields.pop("attempt_bytes", None)  # what the attempt stored: outputs, logs
     columns = {"status": update.status.value, "status_reason": update.reason, **_encode_fields(fields)}
+    if update.status.is_terminal:
+        columns["stop_requested"] = None  # settled: a rerun of the job is not stopped by it again
     sets = ", ".join(f"{name} = ?" for name in columns)
     params: list[Any] = list(columns.values())
     if attempt_bytes is not None:

@@ -116,22 +116,26 @@ def run_identity(ledger: Connection, sweep_id: str) -> tuple[str, str | None] | 
 
 def end_queued(
     ledger: Connection, sweep_id: str, status: JobStatus, reason: str, at: datetime,
-    keep: str, limit: int,
+    keep: list[str], limit: int, while_stopping: bool = False,
 ) -> list[str]:
     """End up to `limit` QUEUED runs of the sweep (`status`: STOPPED or FAILED), with their
-    history, in one transaction; `keep`: a JSON array of run ids left alone (those a batch in
-    flight holds). Answers the ids of the runs ended: none left when it is empty.
+    history, in one transaction; `keep`: run ids left alone (those a batch in flight holds);
+    `while_stopping`: only while the sweep has a stop reason (a rerun clears it). Answers the
+    ids of the runs ended: none left when it is empty.
 
     The chunk's runs are picked once into a temporary table of the writer's connection, then
     changed and given their history by set statements: no Python object per run."""
     when = at.isoformat()
+    spared = " AND id NOT IN (SELECT value FROM json_each(?))" if keep else ""
     with ledger.transaction() as db:
+        if while_stopping and not db.execute(
+                "SELECT 1 FROM sweeps WHERE id = ? AND stop_reason IS NOT NULL", (sweep_id,)).fetchone():
+            return []
         db.execute("CREATE TEMP TABLE IF NOT EXISTS ending (seq INTEGER PRIMARY KEY)")
         db.execute("DELETE FROM temp.ending")
-        db.execute("INSERT INTO temp.ending (seq) SELECT seq FROM jobs WHERE sweep_id = ? AND status = ?"
-                   " AND id NOT IN (SELECT value FROM json_each(?)) LIMIT ?",
-                   (sweep_id, JobStatus.QUEUED.value, keep, int(limit)))
-        db.execute("UPDATE jobs SET status = ?, status_reason = ?, finished_at = ?"
+        db.execute(f"INSERT INTO temp.ending (seq) SELECT seq FROM jobs WHERE sweep_id = ? AND status = ?{spared}"
+                   " LIMIT ?", (sweep_id, JobStatus.QUEUED.value, *([json.dumps(keep)] if keep else []), int(limit)))
+        db.execute("UPDATE jobs SET status = ?, status_reason = ?, finished_at = ?, stop_requested = NULL"
                    " WHERE seq IN (SELECT seq FROM temp.ending)", (status.value, reason, when))
         db.execute(f"INSERT INTO job_statuses ({HISTORY_COLUMNS}) SELECT id, ?, ?, ?, attempt FROM jobs"
                    " WHERE seq IN (SELECT seq FROM temp.ending) ORDER BY seq", (status.value, when, reason))
