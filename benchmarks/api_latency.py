@@ -49,7 +49,7 @@ import tempfile
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -297,6 +297,13 @@ class Process:
             if stream is not None:
                 stream.close()
 
+    def close(self) -> None:
+        """Stop it, and say how it exited if not as asked, with the tail of its log."""
+        self.stop()
+        if self.popen.returncode not in (0, None, -15):
+            print(f"server exited {self.popen.returncode}; log tail:\n"
+                  f"{self.log.read_text()[-2000:] if self.log else ''}")
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -427,7 +434,26 @@ def hammer(port: int, label: str, paths: list[str], seconds: float, concurrency:
     return Stats(label, [x for mine in latencies for x in mine], elapsed, sum(errors))
 
 
-class HealthProbe:
+class Background:
+    """A loop (`_run`, until `_stop` is set) in a thread for the length of a `with` block."""
+
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def __enter__(self) -> Background:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class HealthProbe(Background):
     """GET /health every HEALTH_PROBE_S in a thread; the worst latency says whether the event
     loop stayed free. Also the server's peak memory (its process tree)."""
 
@@ -435,16 +461,7 @@ class HealthProbe:
         self.port, self.pid = port, pid
         self.samples: list[tuple[float, float]] = []  # (when, latency)
         self.peak_rss = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> HealthProbe:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        super().__init__()
 
     def _run(self) -> None:
         import psutil
@@ -717,10 +734,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
     finally:
         if bare is not None:
             bare.stop()
-        server.stop()
-        if server.popen.returncode not in (0, None, -15):
-            print(f"server exited {server.popen.returncode}; log tail:\n"
-                  f"{server.log.read_text()[-2000:] if server.log else ''}")
+        server.close()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -737,8 +751,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="a smoke run: 20,000 rows, 200-run and 10,000-run sweeps, 1 s per line")
     parser.add_argument("--ledger-cache", help="copy the ledger from this file if it exists, "
                         "else record it and save a copy there (saves minutes on reruns)")
-    parser.add_argument("--data-root", help="where the temporary data directory goes")
-    parser.add_argument("--keep", action="store_true", help="keep the data directory")
+    add_data_dir_options(parser)
     args = parser.parse_args(argv)
     if args.quick:
         args.rows, args.sweep_runs, args.seconds = 20_000, 200, 1.0
@@ -747,9 +760,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    data_dir = Path(tempfile.mkdtemp(prefix="orchestrator-latency-", dir=args.data_root))
+def add_data_dir_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-root", help="where the temporary data directory goes")
+    parser.add_argument("--keep", action="store_true", help="keep the data directory")
+
+
+def run_in_data_dir(run: Callable[[argparse.Namespace, Path], None], args: argparse.Namespace, prefix: str) -> None:
+    """`run` on a fresh temporary data directory (under --data-root), removed after unless --keep."""
+    data_dir = Path(tempfile.mkdtemp(prefix=prefix, dir=args.data_root))
     try:
         run(args, data_dir)
     finally:
@@ -757,6 +775,10 @@ def main(argv: list[str] | None = None) -> None:
             print(f"data kept in {data_dir}")
         else:
             shutil.rmtree(data_dir, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    run_in_data_dir(run, parse_args(argv), "orchestrator-latency-")
 
 
 if __name__ == "__main__":

@@ -38,11 +38,8 @@ import contextlib
 import http.client
 import json
 import os
-import shutil
 import statistics
 import sys
-import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -50,7 +47,16 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # its sibling, however it is started
-from api_latency import API, get_json, request, start_orchestrator, sweep_body  # noqa: E402
+from api_latency import (  # noqa: E402
+    API,
+    Background,
+    add_data_dir_options,
+    get_json,
+    request,
+    run_in_data_dir,
+    start_orchestrator,
+    sweep_body,
+)
 
 PROBE_S = 0.05
 GOAL_CREATE_S = 30.0
@@ -78,7 +84,7 @@ class Phase:
         return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-class Prober:
+class Prober(Background):
     """GET /health and GET /jobs/{id} every PROBE_S, filed under the phase current when each
     was sent; the server's own RSS sampled as often."""
 
@@ -88,8 +94,7 @@ class Prober:
         self.job_id = job_id
         self.phases: dict[str, Phase] = {}
         self.phase = self._enter("idle")
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__()
 
     def _enter(self, name: str) -> Phase:
         return self.phases.setdefault(name, Phase(name))
@@ -98,14 +103,6 @@ class Prober:
         if job_id is not None:
             self.job_id = job_id
         self.phase = self._enter(name)
-
-    def __enter__(self) -> Prober:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -207,10 +204,7 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
             time.sleep(0.2)
         report(args.runs, create_s, stop_s, counts, idle, prober)
     finally:
-        server.stop()
-        if server.popen.returncode not in (0, None, -15):
-            print(f"server exited {server.popen.returncode}; log tail:\n"
-                  f"{server.log.read_text()[-2000:] if server.log else ''}")
+        server.close()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -221,21 +215,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--workers", type=int, default=2, help="worker processes of the embedded cluster")
     parser.add_argument("--run-seconds", type=float, default=5.0, help="how long it runs before the stop")
     parser.add_argument("--idle-seconds", type=float, default=3.0, help="warm-up before idle memory is read")
-    parser.add_argument("--data-root", help="where the temporary data directory goes")
-    parser.add_argument("--keep", action="store_true", help="keep the data directory")
+    add_data_dir_options(parser)
     return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parse_args(argv)
-    data_dir = Path(tempfile.mkdtemp(prefix="orchestrator-big-sweep-", dir=args.data_root))
-    try:
-        run(args, data_dir)
-    finally:
-        if args.keep:
-            print(f"data kept in {data_dir}")
-        else:
-            shutil.rmtree(data_dir, ignore_errors=True)
+    run_in_data_dir(run, parse_args(argv), "orchestrator-big-sweep-")
 
 
 if __name__ == "__main__":
