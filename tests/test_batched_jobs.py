@@ -6,6 +6,7 @@ answering 201 loses no acknowledged job."""
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import threading
@@ -15,19 +16,24 @@ import httpx
 import pytest
 from distributed import Client
 
+from orchestrator.models import JobRecord, JobStatus, Resources, utcnow
+from orchestrator.server.jobs import new_job_id
 from tests.support import wait_until
 from tests.test_persistence import _place, kill_9, serving
 
 BURST = 60  # jobs of one command at once: far more than the test cluster's 4 slots
 
 
-def _burst(server, count: int, **job) -> list[dict]:
-    """`count` jobs posted at once from 8 connections (each answered 201)."""
-    def post(_: int) -> dict:
-        return server.submit(**job)
-
+def _burst(server, jobs: list[dict], blocker_s: float = 2.0) -> list[dict]:
+    """Post `jobs` from 8 connections (each answered 201) while blockers (`sleep`, a kind of
+    their own, with the jobs' resources) hold every slot of their resource shape: the jobs
+    wait, and leave in batches once the blockers end."""
+    resources = jobs[0].get("resources")
+    slots = 2 * server.running.service.engine.known_threads()
+    for _ in range(slots):
+        server.submit(command=f"sleep {blocker_s}", **({"resources": resources} if resources else {}))
     with ThreadPoolExecutor(8) as pool:
-        return list(pool.map(post, range(count)))
+        return list(pool.map(lambda job: server.submit(**job), jobs))
 
 
 def _feed(server):
@@ -41,18 +47,14 @@ def _history(server, job_id: str) -> list[dict]:
 def _timed_then_burst(server, count: int, **job) -> list[dict]:
     """One job of the kind first (so it is timed), then a burst of it: batches follow."""
     server.wait(server.submit(**job)["id"])
-    return _burst(server, count, **job)
+    return _burst(server, [job] * count)
 
 
 def test_a_burst_goes_in_batches_and_each_job_keeps_its_history_logs_and_outputs(server):
     command = 'echo "out $X"; echo "err $X" >&2; echo "{\\"x\\": $X}" > outputs.json; echo "$X" > mine.txt'
     server.wait(server.submit(command=command, env={"X": "0"})["id"])
-
-    def post(number: int) -> dict:
-        return server.submit(command=command, env={"X": str(number)}, name=f"burst-{number}")
-
-    with ThreadPoolExecutor(8) as pool:
-        jobs = list(pool.map(post, range(1, BURST + 1)))
+    jobs = _burst(server, [{"command": command, "env": {"X": str(n)}, "name": f"burst-{n}"}
+                           for n in range(1, BURST + 1)])
     feed = _feed(server)
     assert all(job["status"] == "QUEUED" for job in jobs)
     for number, job in enumerate(jobs, start=1):
@@ -75,12 +77,9 @@ def test_a_batched_job_fails_and_retries_on_its_own(server, tmp_path):
     command = f'if [ -n "$FAIL_ONCE" ] && [ ! -e {marks}/$NUMBER ]; then touch {marks}/$NUMBER; exit 3; fi; echo ok'
     server.wait(server.submit(command=command, env={"NUMBER": "first"})["id"])
 
-    def post(number: int) -> dict:
-        env = {"NUMBER": str(number), **({"FAIL_ONCE": "1"} if number % 10 == 0 else {})}
-        return server.submit(command=command, env=env, retries=1)
-
-    with ThreadPoolExecutor(8) as pool:
-        jobs = list(pool.map(post, range(BURST)))
+    jobs = _burst(server, [{"command": command, "retries": 1,
+                            "env": {"NUMBER": str(n), **({"FAIL_ONCE": "1"} if n % 10 == 0 else {})}}
+                           for n in range(BURST)])
     for number, job in enumerate(jobs):
         done = server.wait(job["id"])
         assert done["status"] == "COMPLETED", done
@@ -99,11 +98,7 @@ def test_a_batched_job_stops_alone_and_the_rest_of_its_batch_runs(server):
     feed = _feed(server)
     before = feed.jobs_batched
 
-    def post(number: int) -> dict:
-        return server.submit(command=command, env={"SLEEP": "60" if number == 20 else "0"})
-
-    with ThreadPoolExecutor(8) as pool:
-        jobs = list(pool.map(post, range(BURST)))
+    jobs = _burst(server, [{"command": command, "env": {"SLEEP": "60" if n == 20 else "0"}} for n in range(BURST)])
     sleeper = jobs[20]["id"]
     server.wait_for_status(sleeper, "RUNNING", timeout=60)
     assert server.http.post(f"/jobs/{sleeper}/stop").status_code in (200, 202)
@@ -136,7 +131,7 @@ def test_batched_jobs_keep_their_resources(server, tmp_path):
     for job in jobs:
         assert server.wait(job["id"], timeout=120)["status"] == "COMPLETED"
     intervals = sorted(tuple(map(float, line.split())) for line in spans.read_text().splitlines())
-    assert len(intervals) == 31
+    assert len(intervals) == 31  # the blockers wrote nothing there
     overlapping = [(a, b) for a, b in zip(intervals, intervals[1:], strict=False) if b[0] < a[1]]
     assert not overlapping, overlapping[:3]
     assert _feed(server).jobs_batched > before, "nothing was batched"
@@ -146,8 +141,8 @@ def test_a_worker_lost_under_a_batch_runs_its_jobs_again(make_server):
     server = make_server(scheduler=None, workers=2, threads_per_worker=1, dashboard_address=":0")
     command = "sleep 0.1"  # timed, then batched five to a task (about 0.5 s of work each)
     server.wait(server.submit(command=command)["id"], timeout=120)
-    jobs = _burst(server, 40, command=command)
-    later = jobs[10:]  # the first few go alone while the cluster has room; these wait for batches
+    jobs = _burst(server, [{"command": command}] * 40)
+    later = jobs[10:]
     running = wait_until(lambda: next((j for j in (server.http.get(f"/jobs/{job['id']}").json() for job in later)
                                        if j["status"] == "RUNNING" and j["worker"]), None),
                          60, "a batched job of the burst running")
@@ -201,7 +196,9 @@ def test_kill_9_right_after_201s_loses_no_acknowledged_job(tmp_path):
 
 
 def test_jobs_accepted_in_one_turn_are_one_transaction(server):
-    """Group commit: a burst of acknowledged jobs costs far fewer transactions than jobs."""
+    """Group commit: jobs admitted in one turn of the event loop are recorded by one
+    transaction, and each is sent after it."""
+    engine = server.running.service.engine
     store = server.running.service.store
     counted: list[int] = []
     original = store.insert_admitted
@@ -210,15 +207,21 @@ def test_jobs_accepted_in_one_turn_are_one_transaction(server):
         counted.append(len(admitted))
         return original(admitted)
 
+    async def admit(count: int) -> list[JobRecord]:
+        jobs = [JobRecord(id=new_job_id(), name="grouped", owner="admin", status=JobStatus.CREATED,
+                          created_at=utcnow(), command="true", resources=Resources()) for _ in range(count)]
+        return await asyncio.gather(*(engine.admit(job, None, None) for job in jobs))
+
     store.insert_admitted = counting
     try:
-        jobs = _burst(server, 80, command="true")
+        queued = server.loop.run(admit(5))
     finally:
         del store.insert_admitted
-    assert sum(counted) == 80 and len(jobs) == 80
-    assert max(counted) > 1, counted
-    for job in jobs:
-        assert server.wait(job["id"])["status"] == "COMPLETED"
+    assert counted == [5]
+    for job in queued:
+        assert job.status == JobStatus.QUEUED and job.attempt == 1
+        assert server.wait(job.id)["status"] == "COMPLETED"
+        assert [c["status"] for c in _history(server, job.id)] == ["CREATED", "QUEUED", "RUNNING", "COMPLETED"]
 
 
 def test_the_sync_answer_of_a_job_on_an_idle_server_is_its_end(server):
