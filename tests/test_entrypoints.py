@@ -176,10 +176,17 @@ def test_stopping_a_job_cancels_the_tasks_it_started(app: Server, dask_cluster):
     job = app.http.post("/jobs", json={"entrypoint": "wordcount.jobs:fan_out_slowly", "kwargs": {"n": 100},
                                        "binaries": ["wordcount"]}).json()
     path = f"/jobs/{job['id']}"
-    try:
-        wait_until(lambda: "fanned out" in app.http.get(f"{path}/logs").text, 120, "fan-out")
-    except AssertionError as exc:  # say where the job was
+
+    def fanned_out_or_ended() -> bool:
+        return "fanned out" in app.http.get(f"{path}/logs").text or app.http.get(path).json()["status"] in (
+            "COMPLETED", "FAILED", "STOPPED")
+
+    try:  # within pytest's own timeout, so that a failure says where the job was
+        wait_until(fanned_out_or_ended, 90, "fan-out")
+    except AssertionError as exc:
         raise AssertionError(f"{exc}; the job: {app.http.get(path).json()}") from None
+    assert "fanned out" in app.http.get(f"{path}/logs").text, (
+        app.http.get(path).json(), app.http.get(f"{path}/logs", params={"stream": "stderr"}).text)
     prefix = f"fan_out_slowly-1-{job['id']}/"
 
     with dask_cluster.client() as client:
