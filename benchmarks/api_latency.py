@@ -34,6 +34,7 @@ by an older version is migrated when the server opens it (counted in "server: up
 
 from __future__ import annotations
 
+import abc
 import argparse
 import contextlib
 import http.client
@@ -434,7 +435,7 @@ def hammer(port: int, label: str, paths: list[str], seconds: float, concurrency:
     return Stats(label, [x for mine in latencies for x in mine], elapsed, sum(errors))
 
 
-class Background:
+class Background(abc.ABC):
     """A loop (`_run`, until `_stop` is set) in a thread for the length of a `with` block."""
 
     def __init__(self) -> None:
@@ -449,8 +450,9 @@ class Background:
         self._stop.set()
         self._thread.join()
 
+    @abc.abstractmethod
     def _run(self) -> None:
-        raise NotImplementedError
+        """Sample until `_stop` is set."""
 
 
 class HealthProbe(Background):

@@ -16,8 +16,10 @@ import httpx
 import pytest
 from distributed import Client
 
+from orchestrator.config import Settings
 from orchestrator.models import JobRecord, JobStatus, Resources, utcnow
 from orchestrator.server.jobs import new_job_id
+from tests.conftest import start_test_server
 from tests.support import wait_until
 from tests.test_persistence import _place, kill_9, serving
 
@@ -228,3 +230,26 @@ def test_the_sync_answer_of_a_job_on_an_idle_server_is_its_end(server):
     answer = server.http.post("/jobs", params={"sync": "true"}, json={"command": "echo hi"})
     assert answer.status_code == 201 and answer.json()["status"] == "COMPLETED"
     assert server.http.get(f"/jobs/{answer.json()['id']}/logs").text == "hi\n"
+
+
+def test_a_rerun_of_a_stopped_job_is_not_stopped_again_by_a_restart(make_server, dask_cluster, tmp_path):
+    """The first attempt's stop request is settled when that attempt ends: a start after the
+    rerun must resubmit the job, not stop it again (its old request used to linger)."""
+    data_dir = tmp_path / "kept"
+    first = start_test_server(Settings(data_dir=data_dir, port=0, **dask_cluster.settings))
+    job = first.submit(command="sleep 600")
+    first.wait_for_status(job["id"], "RUNNING")
+    first.http.post(f"/jobs/{job['id']}/stop")
+    assert first.wait(job["id"])["status"] == "STOPPED"
+    again = first.http.post(f"/jobs/{job['id']}/rerun")
+    assert again.status_code == 202, again.text
+    first.http.close()  # closed with the rerun still active, like a crash: nothing stops it
+    first.loop.run(first.running.close(), timeout=60)
+    first.loop.stop()
+
+    second = make_server(data_dir=data_dir)
+    recovered = second.http.get(f"/jobs/{job['id']}").json()
+    assert recovered["status"] in ("QUEUED", "RUNNING"), recovered
+    second.http.post(f"/jobs/{job['id']}/stop")  # the test's own end
+    history = [c["reason"] or "" for c in _history(second, job["id"])]
+    assert any("resubmitted after orchestrator restart" in reason for reason in history), history

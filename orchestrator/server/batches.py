@@ -26,7 +26,7 @@ from orchestrator.worker.runner import Sealed, run_batch
 
 class SweepBatches:
     """Uses the engine's store, client, isolation, storage_url, worker_loss_retries, online,
-    secret_env, _run_spec, _record_outcome, _unsent, _batched, _batch_futures, _lost_batches,
+    secret_env, send_when_back, _run_spec, _record_outcome, _batched, _batch_futures, _lost_batches,
     _stop_requests, _carry_out, _apply, _apply_each and _flag_on_workers."""
 
     async def run_batch(
@@ -68,8 +68,9 @@ class SweepBatches:
         spec = {"template": {}, "runs": runs, "failure_budget": None}
         try:
             outcomes, (judged, _) = await self._one_task(sendable, key, spec)
-        except ClosedClientError:  # it gave up on the scheduler just now: sent on reconnection
-            self._unsent.update({job.id: job.attempt for job in sendable})
+        except ClosedClientError:  # it gave up on the scheduler just now
+            for job in sendable:
+                self.send_when_back(job.id, job.attempt)
             return None
         lost = self._lost_batches.pop(key, None)
         left = [(job, run["key"], i) for i, (job, run) in enumerate(zip(sendable, runs, strict=True))

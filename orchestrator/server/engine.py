@@ -229,7 +229,7 @@ class Engine(SweepBatches, Recovery):
             self.gate.hold(job)
             return job
         if not online:
-            self._unsent[job.id] = job.attempt  # the record says QUEUED: sent on reconnection
+            self.send_when_back(job.id, job.attempt)  # the record says QUEUED
             return job
         return self._send(job, gated=True)
 
@@ -256,12 +256,16 @@ class Engine(SweepBatches, Recovery):
                 run_job, Sealed(spec), key=spec["key"], resources=job.resources.as_dask() or None,
                 priority=job.priority, pure=False, retries=0,
             )
-        except ClosedClientError:  # it gave up on the scheduler just now: sent on reconnection
-            self._unsent[job.id] = job.attempt
+        except ClosedClientError:  # it gave up on the scheduler just now
+            self.send_when_back(job.id, job.attempt)
             return False
         self._futures[job.id] = future
         self._spawn(self._await_outcome(job.id, spec["key"], future, on_end))
         return True
+
+    def send_when_back(self, job_id: str, attempt: int) -> None:
+        """A QUEUED attempt the scheduler's absence kept from Dask: sent on reconnection."""
+        self._unsent[job_id] = attempt
 
     def known_threads(self) -> int:
         """Worker threads in the cluster as last asked (every submission refreshes it)."""

@@ -37,9 +37,9 @@ class Sender(Protocol):
     store: Store
     online: bool
     can_grow: bool
-    _unsent: dict[str, int]
 
     def known_threads(self) -> int: ...
+    def send_when_back(self, job_id: str, attempt: int) -> None: ...
     def send_task(self, job: JobRecord, on_end: Callable[[], None]) -> bool: ...
     def run_singles(self, jobs: list[JobRecord], key: str) -> Coroutine[Any, Any, float | None]: ...
     def background(self, coroutine: Coroutine[Any, Any, Any]) -> None: ...
@@ -107,9 +107,6 @@ class SingleFeed:
         self._timing[kind] = smoothed(self._timing.pop(kind, None), seconds)  # type: ignore[assignment]
         if len(self._timing) > TIMED_KINDS:
             self._timing.popitem(last=False)
-
-    def waiting(self) -> int:
-        return sum(len(group.waiting) for group in self._groups.values())
 
     # ---- sending ------------------------------------------------------------------------
 
@@ -186,8 +183,8 @@ class SingleFeed:
             self._ended(shape)
 
     def _keep_for_reconnection(self) -> None:
-        """The scheduler is away: what waits is sent once it is back (Engine._unsent)."""
+        """The scheduler is away: what waits is sent once it is back."""
         for group in self._groups.values():
             for job_id, attempt, _ in group.waiting:
-                self.sender._unsent[job_id] = attempt
+                self.sender.send_when_back(job_id, attempt)
         self._groups.clear()
