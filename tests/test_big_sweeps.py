@@ -16,10 +16,11 @@ import pytest
 from orchestrator.config import Settings
 from orchestrator.models import JobRecord, JobStatus, Resources, StatusChange, utcnow
 from orchestrator.server import dispatch
-from orchestrator.server.ledger import Store, SweepRow
+from orchestrator.server.ledger import Store, SweepRow, sweep_runs
 from orchestrator.server.ledger.sweep_runs import RunRows, end_queued, queued_page, run_ids
 from tests.conftest import start_test_server
 from tests.support import wait_until
+from tests.test_ledger_speed import assert_kept_counts_true
 
 TERMINAL = {"COMPLETED", "FAILED", "STOPPED"}
 
@@ -91,6 +92,40 @@ def test_queued_runs_are_paged_and_ended_as_a_set_with_counts_kept(tmp_path):
     assert stopped.status_reason == "stop requested by me" and stopped.finished_at is not None
     assert [(h.status, h.reason) for h in store.history("r300")][-1] == (JobStatus.STOPPED, "stop requested by me")
     store.close()
+    assert_kept_counts_true(tmp_path / "jobs.db")  # names and bytes too, counted without a trigger per row
+
+
+def test_a_set_change_counts_its_runs_itself_only_inside_its_transaction(tmp_path, monkeypatch):
+    """Creating and stopping runs as a set holds the per-row count triggers and counts the
+    chunk itself; a chunk that fails midway leaves neither its change nor the hold behind, and
+    every other change is counted by the triggers again."""
+    store = Store(tmp_path / "jobs.db")
+    prototype = _prototype("s1").model_copy(update={"storage_bytes": 7})
+    rows = RunRows(prototype)
+    sweep = SweepRow(id="s1", name="study", owner="me", kind="command", spec={}, names=["x"], seed=None,
+                     created_at=prototype.created_at)
+    store.insert_sweep_rows(sweep, ([rows.row(f"r{i}", i, {"x": i}) for i in range(start, start + 50)]
+                                    for start in range(0, 150, 50)), _history(prototype.created_at))
+    assert_kept_counts_true(store.path)
+    assert store.sweep_storage_bytes("s1") == 150 * 7
+
+    def broken(*args, **kwargs):
+        raise sqlite3.OperationalError("disk I/O error")
+
+    monkeypatch.setattr(sweep_runs, "count_runs", broken)
+    with pytest.raises(sqlite3.OperationalError):
+        end_queued(store, "s1", JobStatus.STOPPED, "stop requested by me", utcnow(), [], 100)
+    monkeypatch.undo()
+    assert store.sweep_counts("s1") == {"QUEUED": 150}
+    assert store._query("SELECT held FROM counts_held")[0][0] == 0
+    store.record_status("r0", JobStatus.RUNNING, "on w", utcnow())  # counted by its trigger
+    store.insert_jobs([prototype.model_copy(update={"id": "single", "sweep_id": None, "name": "Other"})],
+                      _history(prototype.created_at))
+    assert len(end_queued(store, "s1", JobStatus.FAILED, "failed as a set", utcnow(), [], 100)) == 100
+    assert store.sweep_counts("s1") == {"QUEUED": 49, "RUNNING": 1, "FAILED": 100}
+    assert store.sweep_storage_bytes("s1") == 150 * 7
+    store.close()
+    assert_kept_counts_true(tmp_path / "jobs.db")
 
 
 def test_a_sweep_whose_rows_stop_midway_is_never_half_recorded(tmp_path):

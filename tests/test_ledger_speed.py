@@ -217,3 +217,16 @@ def test_an_older_ledger_migrates_with_its_counts_and_search(tmp_path):
             assert searched(store, text) == like_names(path, text), text
     finally:
         store.close()
+
+
+def test_jobs_waiting_to_be_deleted_are_found_among_those_that_end(store):
+    """An ended job is deleted if its owner asked while it ran: found through a partial index
+    of the few marked jobs, or by looking the ended jobs up when more are marked than ended."""
+    store.insert_jobs([job(f"j{i}", "x") for i in range(6)], QUEUED)
+    assert store.marked_among([f"j{i}" for i in range(6)]) == []
+    for job_id in ("j1", "j3", "j4"):
+        store.update_job(job_id, delete_when_done=True)
+    assert sorted(store.marked_among([f"j{i}" for i in range(6)])) == ["j1", "j3", "j4"]
+    assert store.marked_among(["j3"]) == ["j3"]  # more marked than ended: looked up
+    assert store.marked_among(["j0", "j4", "nope"]) == ["j4"]
+    assert sorted(job.id for job in store.jobs_to_delete()) == ["j1", "j3", "j4"]

@@ -17,7 +17,8 @@ TYPE = r"(?P<name>[A-Za-z0-9-]+)"
 TYPE_VERSION = TYPE + r"/(?P<version>[0-9A-Za-z.+-]+)"
 PREFIX = "/api/v1"
 
-ROUTES = [
+ROUTES = [  # tried in order: the busiest first
+    (r"/jobs", jobs.JobsHandler),
     (r"/health", system.HealthHandler),
     (r"/openapi\.json", system.OpenAPIHandler),
     (r"/cluster", system.ClusterHandler),
@@ -26,7 +27,6 @@ ROUTES = [
     (r"/binaries", binaries.BinariesHandler),
     (rf"/binaries/{NAME}/content", binaries.BinaryContentHandler),
     (rf"/binaries/{NAME}", binaries.BinaryHandler),
-    (r"/jobs", jobs.JobsHandler),
     (r"/jobs/stop", jobs.JobsStopHandler),
     (rf"/jobs/{ID}", jobs.JobHandler),
     (rf"/jobs/{ID}/submit", jobs.JobSubmitHandler),

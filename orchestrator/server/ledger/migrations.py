@@ -203,6 +203,36 @@ NAME_SEARCH_SCHEMA = (
     "INSERT INTO job_names (name, n) SELECT lower(name), COUNT(*) FROM jobs GROUP BY lower(name)",
 )
 
+# The per-row triggers that keep counts and names step aside while `counts_held.held` is 1: a
+# change of thousands of runs at once (a sweep's runs created, or its queued runs stopped, a
+# chunk at a time) counts them by a few statements instead (kept_counts.counts_held). The flag is set and cleared inside that
+# one transaction, so no other connection ever sees it set, and a crash rolls it back.
+_NOT_HELD = "(SELECT held FROM counts_held) = 0"
+HELD_COUNTS_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS counts_held (held INTEGER NOT NULL)",
+    "DELETE FROM counts_held",
+    "INSERT INTO counts_held (held) VALUES (0)",
+    "DROP TRIGGER IF EXISTS jobs_counted_insert",
+    "DROP TRIGGER IF EXISTS jobs_counted_delete",
+    "DROP TRIGGER IF EXISTS jobs_counted_owner_status",
+    "DROP TRIGGER IF EXISTS jobs_counted_run",
+    "DROP TRIGGER IF EXISTS jobs_named",
+    f"CREATE TRIGGER jobs_counted_insert AFTER INSERT ON jobs WHEN {_NOT_HELD}"
+    f" BEGIN {_ADD_JOB} {_ADD_RUN} END",
+    f"CREATE TRIGGER jobs_counted_delete AFTER DELETE ON jobs WHEN {_NOT_HELD} BEGIN"
+    f" {_DROP_JOB} {_DROP_RUN}"
+    " DELETE FROM sweep_tallies WHERE sweep_id = old.sweep_id AND status = old.status AND n = 0; END",
+    "CREATE TRIGGER jobs_counted_owner_status AFTER UPDATE OF owner, status ON jobs"
+    f" WHEN (old.owner IS NOT new.owner OR old.status IS NOT new.status) AND {_NOT_HELD}"
+    f" BEGIN {_DROP_JOB} {_ADD_JOB} END",
+    "CREATE TRIGGER jobs_counted_run AFTER UPDATE OF sweep_id, status, result, storage_bytes"
+    f" ON jobs WHEN (old.sweep_id IS NOT NULL OR new.sweep_id IS NOT NULL) AND {_NOT_HELD}"
+    f" BEGIN {_DROP_RUN} {_ADD_RUN} END",
+    f"CREATE TRIGGER jobs_named AFTER INSERT ON jobs WHEN {_NOT_HELD} BEGIN"
+    " INSERT INTO job_names (name, n) VALUES (lower(new.name), 1)"
+    " ON CONFLICT (name) DO UPDATE SET n = n + 1; END",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     # 1
     Migration(
@@ -322,6 +352,18 @@ MIGRATIONS: tuple[Migration, ...] = (
         "job_names and names_search: each distinct ASCII-lowered job name once, in an FTS5 trigram "
         "index, and jobs by lower(name): a name search (LIKE '%text%') without scanning the jobs",
         NAME_SEARCH_SCHEMA,
+    ),
+    # 13
+    Migration(
+        "counts_held: the triggers keeping counts and names step aside while a change of many "
+        "runs at once counts them itself, in the same transaction",
+        HELD_COUNTS_SCHEMA,
+    ),
+    # 14
+    Migration(
+        "jobs_to_delete: the few jobs waiting to be deleted once they end, found without looking "
+        "up every job that ends (a stop of a million runs asked it of each)",
+        ("CREATE INDEX IF NOT EXISTS jobs_to_delete ON jobs (id) WHERE delete_when_done = 1",),
     ),
 )
 LATEST = len(MIGRATIONS)

@@ -5,7 +5,8 @@ its dispatcher a page at a time in index order, and ended or requeued a chunk pe
 Every function here does one bounded piece of work (a page, a chunk): the caller runs it in a
 thread and decides how many; the writer lock is held for one chunk at a time, so status
 changes of running work recorded on the event loop never wait long. The kept counts
-(`job_counts`, `sweep_tallies`) follow every change through the ledger's triggers.
+(`job_counts`, `sweep_tallies`) follow every change through the ledger's triggers, or, for a
+chunk changed at once, by a few statements in its transaction (kept_counts.counts_held).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import secrets
 import sqlite3
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import datetime
 from typing import Any
@@ -26,8 +28,12 @@ from orchestrator.server.ledger.jobs import (
     job_from_row,
     type_key,
 )
+from orchestrator.server.ledger.kept_counts import count_runs, counts_held, name_runs
 
 HISTORY_COLUMNS = "job_id, status, at, reason, attempt"
+_NAME, _OWNER, _STATUS, _SWEEP, _STORED = (
+    [column.strip() for column in _JOB_COLUMNS.split(",")].index(name)
+    for name in ("name", "owner", "status", "sweep_id", "storage_bytes"))
 ACTIVE_VALUES = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 
 
@@ -84,10 +90,28 @@ def run_ids(ledger: Connection, count: int) -> Iterator[str]:
 
 def insert_run_rows(db: sqlite3.Connection, rows: list[tuple[Any, ...]], history: list[StatusChange]) -> None:
     """Rows made by RunRows, each run starting with the same history, in the caller's transaction."""
-    insert_rows(db, "jobs", _JOB_COLUMNS, rows)
+    with counts_held(db):
+        insert_rows(db, "jobs", _JOB_COLUMNS, rows)
+        _count_new(db, rows)
     changes = [(h.status.value, h.at.isoformat(), h.reason) for h in history]
     insert_rows(db, "job_statuses", HISTORY_COLUMNS,
                 [(row[0], status, at, reason, row[8]) for row in rows for status, at, reason in changes])
+
+
+def _count_new(db: sqlite3.Connection, rows: list[tuple[Any, ...]]) -> None:
+    """New runs in the kept counts and the name index, a statement per kind of row (a chunk of
+    one sweep's runs is one kind) rather than a trigger per row."""
+    counted: dict[tuple[str, str, str], list[int]] = {}
+    named: Counter[str] = Counter()
+    for row in rows:
+        tally = counted.setdefault((row[_SWEEP], row[_OWNER], row[_STATUS]), [0, 0])
+        tally[0] += 1
+        tally[1] += row[_STORED]
+        named[row[_NAME]] += 1
+    for (sweep_id, owner, status), (runs, stored) in counted.items():
+        count_runs(db, sweep_id, owner, status, runs, stored)
+    for name, runs in named.items():
+        name_runs(db, name, runs)
 
 
 def queued_page(ledger: Connection, sweep_id: str, after: int, limit: int) -> list[JobRecord]:
@@ -128,19 +152,26 @@ def end_queued(
     when = at.isoformat()
     spared = " AND id NOT IN (SELECT value FROM json_each(?))" if keep else ""
     with ledger.transaction() as db:
-        if while_stopping and not db.execute(
-                "SELECT 1 FROM sweeps WHERE id = ? AND stop_reason IS NOT NULL", (sweep_id,)).fetchone():
+        sweep = db.execute("SELECT owner, stop_reason FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
+        if sweep is None or (while_stopping and sweep[1] is None):
             return []
-        db.execute("CREATE TEMP TABLE IF NOT EXISTS ending (seq INTEGER PRIMARY KEY)")
-        db.execute("DELETE FROM temp.ending")
-        db.execute(f"INSERT INTO temp.ending (seq) SELECT seq FROM jobs WHERE sweep_id = ? AND status = ?{spared}"
-                   " LIMIT ?", (sweep_id, JobStatus.QUEUED.value, *([json.dumps(keep)] if keep else []), int(limit)))
-        db.execute("UPDATE jobs SET status = ?, status_reason = ?, finished_at = ?, stop_requested = NULL"
-                   " WHERE seq IN (SELECT seq FROM temp.ending)", (status.value, reason, when))
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS ending_runs (seq INTEGER PRIMARY KEY, storage_bytes INTEGER)")
+        db.execute("DELETE FROM temp.ending_runs")
+        # from the index on (sweep_id, status, finished_at, storage_bytes) alone: no row read
+        db.execute(f"INSERT INTO temp.ending_runs SELECT seq, storage_bytes FROM jobs WHERE sweep_id = ?"
+                   f" AND status = ?{spared} LIMIT ?",
+                   (sweep_id, JobStatus.QUEUED.value, *([json.dumps(keep)] if keep else []), int(limit)))
+        runs, stored = db.execute("SELECT COUNT(*), COALESCE(SUM(storage_bytes), 0) FROM temp.ending_runs").fetchone()
+        with counts_held(db):
+            db.execute("UPDATE jobs SET status = ?, status_reason = ?, finished_at = ?, stop_requested = NULL"
+                       " WHERE seq IN (SELECT seq FROM temp.ending_runs)", (status.value, reason, when))
+            count_runs(db, sweep_id, sweep[0], JobStatus.QUEUED.value, -runs, -stored)
+            count_runs(db, sweep_id, sweep[0], status.value, runs, stored)
         db.execute(f"INSERT INTO job_statuses ({HISTORY_COLUMNS}) SELECT id, ?, ?, ?, attempt FROM jobs"
-                   " WHERE seq IN (SELECT seq FROM temp.ending) ORDER BY seq", (status.value, when, reason))
+                   " WHERE seq IN (SELECT seq FROM temp.ending_runs) ORDER BY seq", (status.value, when, reason))
         # one row, not a row per run: each row fetched takes the GIL back from the event loop
-        ids = db.execute("SELECT group_concat(id) FROM jobs WHERE seq IN (SELECT seq FROM temp.ending)").fetchone()[0]
+        ids = db.execute("SELECT group_concat(id) FROM jobs WHERE seq IN (SELECT seq FROM temp.ending_runs)"
+                         ).fetchone()[0]
     return ids.split(",") if ids else []
 
 
