@@ -13,7 +13,8 @@ One run:
    small ``max_parallel``, so nearly every run stays pending, and times ``POST /sweeps``;
 4. lets it run ``--run-seconds``, sampling the server's RSS (memory pending: the peak over
    that phase, minus idle);
-5. stops it (``POST /sweeps/{id}/stop``), timed until ``GET /sweeps/{id}`` says it ended.
+5. stops it (``POST /sweeps/{id}/stop``), timed until ``GET /sweeps/{id}`` says it ended;
+6. deletes it (``DELETE /sweeps/{id}``), timed until its 204, with the runs' history and files.
 
 All along, a prober thread asks ``GET /health`` and ``GET /jobs/{id}`` (the single job during
 the creation, a run of the sweep afterwards) every 50 ms, each on a new connection, and keeps
@@ -26,6 +27,7 @@ It prints one line per figure of the goal, with the goal in brackets:
     stop = N s (<= 15)
     probe p99 = N ms (<= 200), max = N ms      (create, run, stop, and overall)
     memory pending = +N MiB over idle (<= 500)
+    delete = N s, memory +N MiB over idle      (no goal set: a sweep's end of life)
 
     python benchmarks/big_sweep.py                      # 1,000,000 runs
     python benchmarks/big_sweep.py --runs 100000        # a tenth: minutes less
@@ -63,6 +65,7 @@ GOAL_CREATE_S = 30.0
 GOAL_STOP_S = 15.0
 GOAL_P99_MS = 200.0
 GOAL_MEMORY_MIB = 500.0
+DELETE_TIMEOUT_S = 3600.0
 MIB = 2**20
 
 
@@ -154,12 +157,21 @@ def stop(port: int, sweep_id: str, timeout: float = 3600) -> tuple[float, dict]:
         time.sleep(0.1)
 
 
+def delete(port: int, sweep_id: str) -> float:
+    begun = time.perf_counter()
+    status, answer = request(port, f"{API}/sweeps/{sweep_id}", "DELETE", timeout=DELETE_TIMEOUT_S)
+    if status != 204:
+        raise RuntimeError(f"DELETE /sweeps/{sweep_id} answered {status}: {answer[:500]!r}")
+    return time.perf_counter() - begun
+
+
 def first_run(port: int, sweep_id: str) -> str:
     return get_json(port, f"{API}/sweeps/{sweep_id}/runs?page_size=1")["results"][0]["id"]
 
 
-def report(runs: int, create_s: float, stop_s: float, counts: dict, idle: float, prober: Prober) -> None:
-    phases = [prober.phases[name] for name in ("create", "run", "stop") if name in prober.phases]
+def report(runs: int, create_s: float, stop_s: float, delete_s: float, counts: dict, idle: float,
+           prober: Prober) -> None:
+    phases = [prober.phases[name] for name in ("create", "run", "stop", "delete") if name in prober.phases]
     pending = max(prober.phases["run"].rss, default=0)
     created_peak = max(prober.phases["create"].rss, default=0)
     print()
@@ -175,6 +187,8 @@ def report(runs: int, create_s: float, stop_s: float, counts: dict, idle: float,
     print(f"memory pending = +{(pending - idle) / MIB:.0f} MiB over idle (<= {GOAL_MEMORY_MIB:g}) "
           f"(idle {idle / MIB:.0f} MiB; peak while creating +{(created_peak - idle) / MIB:.0f} MiB; "
           "the server process's own RSS, workers left out)")
+    deleting = max(prober.phases["delete"].rss, default=0)
+    print(f"delete = {delete_s:.1f} s, memory +{(deleting - idle) / MIB:.0f} MiB over idle (no goal set)")
 
 
 def run(args: argparse.Namespace, data_dir: Path) -> None:
@@ -200,9 +214,12 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
             print(f"while running: {during}; stopping ...", flush=True)
             prober.switch("stop")
             stop_s, counts = stop(server.port, sweep_id)
+            print(f"stopped in {stop_s:.1f} s; deleting ...", flush=True)
+            prober.switch("delete", job_id)  # the sweep's runs go: the single job is asked for
+            delete_s = delete(server.port, sweep_id)
             prober.switch("after")
             time.sleep(0.2)
-        report(args.runs, create_s, stop_s, counts, idle, prober)
+        report(args.runs, create_s, stop_s, delete_s, counts, idle, prober)
     finally:
         server.close()
 

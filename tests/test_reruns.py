@@ -154,3 +154,33 @@ def test_rerun_and_delete_from_the_cli(server):
     deleted = cli("sweeps", "--delete", started["id"])
     assert deleted.returncode == 0 and "deleted" in deleted.stdout, deleted.stderr
     assert server.http.get(f"/sweeps/{started['id']}").status_code == 404
+
+
+def test_a_sweep_is_deleted_a_chunk_of_runs_at_a_time_with_everything_kept_about_them(server, monkeypatch):
+    """Runs go a chunk per transaction, their counts and names taken away as a set: nothing
+    of them is left in the ledger or storage, and every kept count equals a recount."""
+    from orchestrator.server import reruns
+    from tests.test_ledger_speed import assert_kept_counts_true
+
+    monkeypatch.setattr(reruns, "DELETE_CHUNK", 3)
+    before = server.http.get("/jobs", params={"page_size": 1}).json()["count"]
+    done = sweep(server, command="echo ${i} > out.txt; test ${i} -lt 6",
+                 variables=[{"name": "i", "values": list(range(8))}], name="Chunked_Delete")
+    server.wait_sweep(done["id"])
+    runs = server.http.get(f"/sweeps/{done['id']}/runs", params={"page_size": 20}).json()["results"]
+    assert {run["status"] for run in runs} == {"COMPLETED", "FAILED"}
+    storage, store = server.running.service.storage, server.running.service.store
+    assert all(storage.exists(f"jobs/{run['id']}/outputs/out.txt") for run in runs)
+    assert server.http.delete(f"/sweeps/{done['id']}").status_code == 204
+    assert server.http.get(f"/sweeps/{done['id']}").status_code == 404
+    assert server.http.get("/jobs", params={"page_size": 1}).json()["count"] == before
+    assert server.http.get("/jobs", params={"search": "chunked_delete"}).json()["count"] == 0
+    ids = [run["id"] for run in runs]
+    for run_id in ids:
+        assert server.http.get(f"/jobs/{run_id}").status_code == 404
+        assert not storage.exists(f"jobs/{run_id}")
+    marks = ",".join("?" * len(ids))
+    for table, column in (("job_statuses", "job_id"), ("job_files", "job_id")):
+        assert store._query(f"SELECT COUNT(*) FROM {table} WHERE {column} IN ({marks})", ids)[0][0] == 0
+    assert store._query("SELECT COUNT(*) FROM sweep_tallies WHERE sweep_id = ?", (done["id"],))[0][0] == 0
+    assert_kept_counts_true(store.path)

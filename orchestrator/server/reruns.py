@@ -15,10 +15,12 @@ from orchestrator.errors import Conflict, ValidationFailed
 from orchestrator.models import JobRecord, JobStatus, Request
 from orchestrator.server.auth import Principal
 from orchestrator.server.decisions import ACTIVE, ENDED
+from orchestrator.server.ledger import sweep_runs
 from orchestrator.storage import Storage, layout
 from orchestrator.sweep_models import SweepRecord
 
 logger = logging.getLogger(__name__)
+DELETE_CHUNK = 10_000  # runs deleted per transaction
 
 
 class SweepRerun(Request):
@@ -90,9 +92,10 @@ async def delete_sweep(service, sweep_id: str, stop: bool, requested_by: str, ow
     """Delete the sweep with its runs and files now (True); with `stop`, an active sweep is
     stopped first and deleted once every run has ended (False)."""
     service.sweeps.get(sweep_id, owner)
-    _, active = service.store.list_jobs(sweep_id=sweep_id, statuses=list(ACTIVE), limit=None)
+    counts = service.store.sweep_counts(sweep_id)  # kept counts: no run read
+    active = sum(counts.get(status.value, 0) for status in ACTIVE)
     if active and not stop:
-        raise Conflict(f"sweep {sweep_id} has {len(active)} active runs; stop it first or pass stop=true")
+        raise Conflict(f"sweep {sweep_id} has {active} active runs; stop it first or pass stop=true")
     if not active:
         await _remove_sweep(service, sweep_id)
         return True
@@ -107,9 +110,22 @@ async def _remove_when_ended(service, sweep_id: str) -> None:
 
 
 async def _remove_sweep(service, sweep_id: str) -> None:
-    _, runs = service.store.list_jobs(sweep_id=sweep_id, limit=None)
-    for run in runs:
-        await service.jobs.remove(run.id)
-    await asyncio.to_thread(service.storage.delete_prefix, layout.sweep_prefix(sweep_id))
-    service.store.delete_sweep(sweep_id)
-    logger.info("sweep %s deleted with its %d runs", sweep_id, len(runs))
+    """Its runs a chunk per transaction, in a thread (the API keeps answering while a million
+    go), each chunk's files first; then the sweep's own files and row. Interrupted, the sweep
+    is still there with the runs left, and deleting it again goes on."""
+    store, storage, removed = service.store, service.storage, 0
+    while True:
+        ids, with_files = await asyncio.to_thread(sweep_runs.runs_to_delete, store, sweep_id, DELETE_CHUNK)
+        if not ids:
+            break
+        await asyncio.to_thread(_delete_run_files, storage, with_files)
+        await asyncio.to_thread(sweep_runs.delete_runs, store, sweep_id, ids)
+        removed += len(ids)
+    await asyncio.to_thread(storage.delete_prefix, layout.sweep_prefix(sweep_id))
+    store.delete_sweep(sweep_id)
+    logger.info("sweep %s deleted with its %d runs", sweep_id, removed)
+
+
+def _delete_run_files(storage: Storage, run_ids: list[str]) -> None:
+    for run_id in run_ids:
+        storage.delete_prefix(layout.job_prefix(run_id))

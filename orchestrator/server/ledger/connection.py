@@ -43,13 +43,13 @@ class Connection:
         self._db.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         self._db.execute("PRAGMA temp_store=MEMORY")  # a set-based change's scratch tables
         migrate(self._db, self.path)
-        self._after_open()
         # Reads get their own connection: under WAL they see the last commit without waiting
         # for a long write (a million-run sweep being recorded) to finish.
         self._reader = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._reader.row_factory = sqlite3.Row
         self._reader.execute(f"PRAGMA cache_size=-{CACHE_KIB}")
         self._read_lock = threading.Lock()
+        self._after_open()
 
     def _after_open(self) -> None:
         """Repairs a table group makes once the schema is current (see Store)."""

@@ -27,18 +27,20 @@ def counts_held(db: sqlite3.Connection) -> Iterator[None]:
 
 
 def count_runs(db: sqlite3.Connection, sweep_id: str, owner: str, status: str, runs: int,
-               storage_bytes: int) -> None:
-    """`runs` runs of the sweep in `status` (owned by `owner`, as all its runs) added to the
-    kept counts, or taken away when negative; never COMPLETED ones, so no output problem."""
+               storage_bytes: int, problems: int = 0) -> None:
+    """`runs` runs of the sweep in `status` (owned by `owner`), with their bytes and output
+    problems, added to the kept counts, or taken away when negative."""
     db.execute("INSERT INTO job_counts (owner, status, n) VALUES (?, ?, ?)"
                " ON CONFLICT (owner, status) DO UPDATE SET n = n + excluded.n", (owner, status, runs))
-    db.execute("INSERT INTO sweep_tallies (sweep_id, status, n, problems, storage_bytes) VALUES (?, ?, ?, 0, ?)"
-               " ON CONFLICT (sweep_id, status) DO UPDATE SET n = n + excluded.n,"
-               " storage_bytes = storage_bytes + excluded.storage_bytes", (sweep_id, status, runs, storage_bytes))
+    db.execute("INSERT INTO sweep_tallies (sweep_id, status, n, problems, storage_bytes) VALUES (?, ?, ?, ?, ?)"
+               " ON CONFLICT (sweep_id, status) DO UPDATE SET n = n + excluded.n, problems = problems +"
+               " excluded.problems, storage_bytes = storage_bytes + excluded.storage_bytes",
+               (sweep_id, status, runs, problems, storage_bytes))
 
 
 def name_runs(db: sqlite3.Connection, name: str, runs: int) -> None:
-    """`runs` new jobs named `name` in the name index, as the per-row trigger would count them."""
+    """`runs` new jobs named `name` in the name index (taken away when negative), as the
+    per-row triggers would count them."""
     db.execute("INSERT INTO job_names (name, n) VALUES (lower(?), ?) ON CONFLICT (name) DO UPDATE SET n = n + excluded.n",
                (name, runs))
 

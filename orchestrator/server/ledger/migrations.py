@@ -128,17 +128,17 @@ TENANCY_SCHEMA = (
 )
 
 # A run "has an output problem" when it completed with a result carrying an error.
-_PROBLEM = ("(CASE WHEN {r}.status = 'COMPLETED' AND json_valid({r}.result)"
+RUN_PROBLEM = ("(CASE WHEN {r}.status = 'COMPLETED' AND json_valid({r}.result)"
             " THEN json_extract({r}.result, '$.error') IS NOT NULL ELSE 0 END)")
 _ADD_JOB = ("INSERT INTO job_counts (owner, status, n) VALUES (new.owner, new.status, 1)"
             " ON CONFLICT (owner, status) DO UPDATE SET n = n + 1;")
 _DROP_JOB = "UPDATE job_counts SET n = n - 1 WHERE owner = old.owner AND status = old.status;"
 _ADD_RUN = ("INSERT INTO sweep_tallies (sweep_id, status, n, problems, storage_bytes)"
-            f" SELECT new.sweep_id, new.status, 1, {_PROBLEM.format(r='new')}, new.storage_bytes"
+            f" SELECT new.sweep_id, new.status, 1, {RUN_PROBLEM.format(r='new')}, new.storage_bytes"
             " WHERE new.sweep_id IS NOT NULL ON CONFLICT (sweep_id, status) DO UPDATE SET"
             " n = n + 1, problems = problems + excluded.problems,"
             " storage_bytes = storage_bytes + excluded.storage_bytes;")
-_DROP_RUN = (f"UPDATE sweep_tallies SET n = n - 1, problems = problems - {_PROBLEM.format(r='old')},"
+_DROP_RUN = (f"UPDATE sweep_tallies SET n = n - 1, problems = problems - {RUN_PROBLEM.format(r='old')},"
              " storage_bytes = storage_bytes - old.storage_bytes"
              " WHERE sweep_id = old.sweep_id AND status = old.status;")
 
@@ -170,7 +170,7 @@ KEPT_COUNTS_SCHEMA = (
     "INSERT INTO job_counts (owner, status, n) SELECT owner, status, COUNT(*) FROM jobs GROUP BY owner, status",
     "DELETE FROM sweep_tallies",
     "INSERT INTO sweep_tallies (sweep_id, status, n, problems, storage_bytes)"
-    f" SELECT sweep_id, status, COUNT(*), SUM({_PROBLEM.format(r='jobs')}), SUM(storage_bytes) FROM jobs"
+    f" SELECT sweep_id, status, COUNT(*), SUM({RUN_PROBLEM.format(r='jobs')}), SUM(storage_bytes) FROM jobs"
     " WHERE sweep_id IS NOT NULL GROUP BY sweep_id, status",
 )
 
@@ -204,8 +204,8 @@ NAME_SEARCH_SCHEMA = (
 )
 
 # The per-row triggers that keep counts and names step aside while `counts_held.held` is 1: a
-# change of thousands of runs at once (a sweep's runs created, or its queued runs stopped, a
-# chunk at a time) counts them by a few statements instead (kept_counts.counts_held). The flag is set and cleared inside that
+# change of thousands of runs at once (a sweep's runs created, stopped or deleted, a chunk at a
+# time) counts them by a few statements instead (kept_counts.counts_held). The flag is set and cleared inside that
 # one transaction, so no other connection ever sees it set, and a crash rolls it back.
 _NOT_HELD = "(SELECT held FROM counts_held) = 0"
 HELD_COUNTS_SCHEMA = (
@@ -217,6 +217,7 @@ HELD_COUNTS_SCHEMA = (
     "DROP TRIGGER IF EXISTS jobs_counted_owner_status",
     "DROP TRIGGER IF EXISTS jobs_counted_run",
     "DROP TRIGGER IF EXISTS jobs_named",
+    "DROP TRIGGER IF EXISTS jobs_unnamed",
     f"CREATE TRIGGER jobs_counted_insert AFTER INSERT ON jobs WHEN {_NOT_HELD}"
     f" BEGIN {_ADD_JOB} {_ADD_RUN} END",
     f"CREATE TRIGGER jobs_counted_delete AFTER DELETE ON jobs WHEN {_NOT_HELD} BEGIN"
@@ -231,6 +232,8 @@ HELD_COUNTS_SCHEMA = (
     f"CREATE TRIGGER jobs_named AFTER INSERT ON jobs WHEN {_NOT_HELD} BEGIN"
     " INSERT INTO job_names (name, n) VALUES (lower(new.name), 1)"
     " ON CONFLICT (name) DO UPDATE SET n = n + 1; END",
+    f"CREATE TRIGGER jobs_unnamed AFTER DELETE ON jobs WHEN {_NOT_HELD} BEGIN"
+    " UPDATE job_names SET n = n - 1 WHERE name = lower(old.name); END",
 )
 
 MIGRATIONS: tuple[Migration, ...] = (

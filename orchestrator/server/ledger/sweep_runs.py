@@ -29,6 +29,7 @@ from orchestrator.server.ledger.jobs import (
     type_key,
 )
 from orchestrator.server.ledger.kept_counts import count_runs, counts_held, name_runs
+from orchestrator.server.ledger.migrations import RUN_PROBLEM
 
 HISTORY_COLUMNS = "job_id, status, at, reason, attempt"
 _NAME, _OWNER, _STATUS, _SWEEP, _STORED = (
@@ -190,6 +191,38 @@ def last_index(ledger: Connection, sweep_id: str) -> int:
     """The sweep's highest run index (-1 without runs)."""
     rows = ledger._query("SELECT MAX(idx) FROM jobs WHERE sweep_id = ?", (sweep_id,))
     return int(rows[0][0]) if rows and rows[0][0] is not None else -1
+
+
+def runs_to_delete(ledger: Connection, sweep_id: str, limit: int) -> tuple[list[str], list[str]]:
+    """The ids of up to `limit` runs of the sweep (the first by index), and those of them that
+    were ever sent or keep bytes: only they can have files in storage."""
+    rows = ledger._query("SELECT id, attempt > 0 OR storage_bytes > 0 FROM jobs INDEXED BY jobs_sweep"
+                         " WHERE sweep_id = ? ORDER BY idx LIMIT ?", (sweep_id, int(limit)))
+    return [row[0] for row in rows], [row[0] for row in rows if row[1]]
+
+
+def delete_runs(ledger: Connection, sweep_id: str, ids: list[str]) -> None:
+    """These runs of the sweep with their history, files, shares and secrets, in one
+    transaction; their counts and names are taken away as a set, not a trigger per row."""
+    with ledger.transaction() as db:
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS deleting_runs (seq INTEGER PRIMARY KEY, id TEXT NOT NULL)")
+        db.execute("DELETE FROM temp.deleting_runs")
+        db.execute("INSERT INTO temp.deleting_runs SELECT seq, id FROM jobs WHERE sweep_id = ?"
+                   " AND id IN (SELECT value FROM json_each(?))", (sweep_id, json.dumps(ids)))
+        rows = "FROM jobs WHERE seq IN (SELECT seq FROM temp.deleting_runs)"
+        counted = db.execute(f"SELECT owner, status, COUNT(*), SUM({RUN_PROBLEM.format(r='jobs')}),"
+                             f" SUM(storage_bytes) {rows} GROUP BY owner, status").fetchall()
+        named = db.execute(f"SELECT name, COUNT(*) {rows} GROUP BY lower(name)").fetchall()
+        with counts_held(db):
+            for table, column in (("job_files", "job_id"), ("job_statuses", "job_id"), ("job_shares", "job_id"),
+                                  ("secrets", "holder")):
+                db.execute(f"DELETE FROM {table} WHERE {column} IN (SELECT id FROM temp.deleting_runs)")
+            db.execute(f"DELETE {rows}")
+            for owner, status, runs, problems, stored in counted:
+                count_runs(db, sweep_id, owner, status, -runs, -stored, -problems)
+            for name, runs in named:
+                name_runs(db, name, -runs)
+        db.execute("DELETE FROM sweep_tallies WHERE sweep_id = ? AND n = 0", (sweep_id,))
 
 
 def insert_all(ledger: Connection, chunks: Iterable[list[tuple[Any, ...]]], history: list[StatusChange]) -> None:

@@ -14,7 +14,7 @@ from orchestrator.server.ledger.connection import Connection, marks, ts
 from orchestrator.server.ledger.jobs import insert_job_rows, job_from_row
 from orchestrator.server.ledger.kept_counts import sweep_tally
 from orchestrator.server.ledger.secrets import insert_sealed
-from orchestrator.server.ledger.sweep_runs import insert_all
+from orchestrator.server.ledger.sweep_runs import delete_runs, insert_all, runs_to_delete
 
 INSERT_CHUNK = 10_000  # rows per write transaction when recording a sweep's runs
 READ_CHUNK = 5_000  # runs per query when reading a sweep's whole table
@@ -96,10 +96,8 @@ class SweepsTable(Connection):
             "SELECT DISTINCT sweep_id FROM jobs WHERE sweep_id IS NOT NULL"
             " AND sweep_id NOT IN (SELECT id FROM sweeps)")]
         for sweep_id in orphans:
-            with self.transaction() as db:
-                db.execute("DELETE FROM job_statuses WHERE job_id IN"
-                           " (SELECT id FROM jobs WHERE sweep_id = ?)", (sweep_id,))
-                db.execute("DELETE FROM jobs WHERE sweep_id = ?", (sweep_id,))
+            while ids := runs_to_delete(self, sweep_id, INSERT_CHUNK)[0]:  # a crash midway: the next start goes on
+                delete_runs(self, sweep_id, ids)
 
     def get_sweep(self, sweep_id: str) -> SweepRow | None:
         rows = self._query("SELECT * FROM sweeps WHERE id = ?", (sweep_id,))
