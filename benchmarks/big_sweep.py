@@ -14,7 +14,9 @@ One run:
 4. lets it run ``--run-seconds``, sampling the server's RSS (memory pending: the peak over
    that phase, minus idle);
 5. stops it (``POST /sweeps/{id}/stop``), timed until ``GET /sweeps/{id}`` says it ended;
-6. deletes it (``DELETE /sweeps/{id}``), timed until its 204, with the runs' history and files.
+6. resumes it (``POST /sweeps/{id}/rerun``: its stopped runs queued again), timed until its 202,
+   lets it run ``--run-seconds`` again and stops it again;
+7. deletes it (``DELETE /sweeps/{id}``), timed until its 204, with the runs' history and files.
 
 All along, a prober thread asks ``GET /health`` and ``GET /jobs/{id}`` (the single job during
 the creation, a run of the sweep afterwards) every 50 ms, each on a new connection, and keeps
@@ -27,6 +29,7 @@ It prints one line per figure of the goal, with the goal in brackets:
     stop = N s (<= 15)
     probe p99 = N ms (<= 200), max = N ms      (create, run, stop, and overall)
     memory pending = +N MiB over idle (<= 500)
+    rerun = N s, stop again = N s              (no goal set: resuming a stopped sweep)
     delete = N s, memory +N MiB over idle      (no goal set: a sweep's end of life)
 
     python benchmarks/big_sweep.py                      # 1,000,000 runs
@@ -157,6 +160,14 @@ def stop(port: int, sweep_id: str, timeout: float = 3600) -> tuple[float, dict]:
         time.sleep(0.1)
 
 
+def rerun(port: int, sweep_id: str) -> float:
+    begun = time.perf_counter()
+    status, answer = request(port, f"{API}/sweeps/{sweep_id}/rerun", "POST", {}, timeout=DELETE_TIMEOUT_S)
+    if status != 202:
+        raise RuntimeError(f"POST /sweeps/{sweep_id}/rerun answered {status}: {answer[:500]!r}")
+    return time.perf_counter() - begun
+
+
 def delete(port: int, sweep_id: str) -> float:
     begun = time.perf_counter()
     status, answer = request(port, f"{API}/sweeps/{sweep_id}", "DELETE", timeout=DELETE_TIMEOUT_S)
@@ -169,15 +180,24 @@ def first_run(port: int, sweep_id: str) -> str:
     return get_json(port, f"{API}/sweeps/{sweep_id}/runs?page_size=1")["results"][0]["id"]
 
 
-def report(runs: int, create_s: float, stop_s: float, delete_s: float, counts: dict, idle: float,
-           prober: Prober) -> None:
-    phases = [prober.phases[name] for name in ("create", "run", "stop", "delete") if name in prober.phases]
+@dataclass
+class Timings:
+    create_s: float
+    stop_s: float
+    rerun_s: float
+    restop_s: float
+    delete_s: float
+
+
+def report(runs: int, took: Timings, counts: dict, idle: float, prober: Prober) -> None:
+    phases = [prober.phases[name] for name in ("create", "run", "stop", "rerun", "restop", "delete")
+              if name in prober.phases]
     pending = max(prober.phases["run"].rss, default=0)
     created_peak = max(prober.phases["create"].rss, default=0)
     print()
     print(f"{runs:,}-run sweep; ended with {counts}")
-    print(f"create = {create_s:.1f} s (<= {GOAL_CREATE_S:g})")
-    print(f"stop = {stop_s:.1f} s (<= {GOAL_STOP_S:g})")
+    print(f"create = {took.create_s:.1f} s (<= {GOAL_CREATE_S:g})")
+    print(f"stop = {took.stop_s:.1f} s (<= {GOAL_STOP_S:g})")
     overall = Phase("overall", [x for p in phases for x in p.latencies], sum(p.failures for p in phases))
     for phase in [*phases, overall]:
         print(f"probe p99 ({phase.name}) = {phase.quantile(0.99) * 1000:.0f} ms (<= {GOAL_P99_MS:g}), "
@@ -188,7 +208,8 @@ def report(runs: int, create_s: float, stop_s: float, delete_s: float, counts: d
           f"(idle {idle / MIB:.0f} MiB; peak while creating +{(created_peak - idle) / MIB:.0f} MiB; "
           "the server process's own RSS, workers left out)")
     deleting = max(prober.phases["delete"].rss, default=0)
-    print(f"delete = {delete_s:.1f} s, memory +{(deleting - idle) / MIB:.0f} MiB over idle (no goal set)")
+    print(f"rerun = {took.rerun_s:.1f} s, stop again = {took.restop_s:.1f} s (no goal set)")
+    print(f"delete = {took.delete_s:.1f} s, memory +{(deleting - idle) / MIB:.0f} MiB over idle (no goal set)")
 
 
 def run(args: argparse.Namespace, data_dir: Path) -> None:
@@ -214,12 +235,20 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
             print(f"while running: {during}; stopping ...", flush=True)
             prober.switch("stop")
             stop_s, counts = stop(server.port, sweep_id)
-            print(f"stopped in {stop_s:.1f} s; deleting ...", flush=True)
+            print(f"stopped in {stop_s:.1f} s; resuming ...", flush=True)
+            prober.switch("rerun")
+            rerun_s = rerun(server.port, sweep_id)
+            time.sleep(args.run_seconds)
+            during = get_json(server.port, f"{API}/sweeps/{sweep_id}")["counts"]
+            print(f"resumed in {rerun_s:.1f} s: {during}; stopping again ...", flush=True)
+            prober.switch("restop")
+            restop_s, counts = stop(server.port, sweep_id)
+            print(f"stopped again in {restop_s:.1f} s; deleting ...", flush=True)
             prober.switch("delete", job_id)  # the sweep's runs go: the single job is asked for
             delete_s = delete(server.port, sweep_id)
             prober.switch("after")
             time.sleep(0.2)
-        report(args.runs, create_s, stop_s, delete_s, counts, idle, prober)
+        report(args.runs, Timings(create_s, stop_s, rerun_s, restop_s, delete_s), counts, idle, prober)
     finally:
         server.close()
 

@@ -296,3 +296,36 @@ def test_a_stop_recorded_before_a_restart_is_finished_by_the_next_start(tmp_path
     wait_until(lambda: not [p for p in psutil.process_iter(["cmdline"])
                             if "sleep 60 # big-stop" in " ".join(p.info["cmdline"] or [])],
                30, "the run's process ended")
+
+
+def test_ended_runs_are_queued_again_as_a_set_in_index_order(tmp_path):
+    """A rerun as a set: each chosen run a new attempt with its end, worker and result cleared
+    and a history line, counted as a set (output problems too), each run looked at once."""
+    from orchestrator.models import JobResult
+    from orchestrator.server.ledger.sweep_runs import requeue_ended
+
+    store = Store(tmp_path / "jobs.db")
+    prototype = _prototype("s1")
+    rows = RunRows(prototype)
+    sweep = SweepRow(id="s1", name="study", owner="me", kind="command", spec={}, names=["x"], seed=None,
+                     created_at=prototype.created_at)
+    store.insert_sweep_rows(sweep, [[rows.row(f"r{i}", i, {"x": i}) for i in range(6)]], _history(prototype.created_at))
+    store.record_status("r0", JobStatus.COMPLETED, None, utcnow(), result=JobResult(error="unreadable"), attempt=1,
+                        worker="w", finished_at=utcnow(), storage_bytes=5)
+    store.record_status("r1", JobStatus.FAILED, "exit 3", utcnow(), attempt=1, worker_losses=1, finished_at=utcnow())
+    store.record_status("r4", JobStatus.STOPPED, "stop requested by me", utcnow())
+    wanted = ["COMPLETED", "FAILED", "STOPPED"]
+    ids, last = requeue_ended(store, "s1", wanted, "rerun requested by me", utcnow(), -1, 2)
+    assert (ids, last) == (["r0", "r1"], 1)
+    store.record_status("r1", JobStatus.FAILED, "again", utcnow())  # ends again meanwhile: not queued twice
+    ids, last = requeue_ended(store, "s1", wanted, "rerun requested by me", utcnow(), last, 2)
+    assert (ids, last) == (["r4"], 4)
+    assert requeue_ended(store, "s1", wanted, "rerun requested by me", utcnow(), last, 2) == ([], None)
+    again = store.get_job("r0")
+    assert (again.status, again.status_reason, again.attempt) == (JobStatus.QUEUED, "rerun requested by me", 2)
+    assert again.worker is None and again.finished_at is None and again.result is None
+    assert store.get_job("r1").worker_losses == 0 and store.get_job("r1").attempt == 2  # requeued once
+    assert [(h.status, h.reason) for h in store.history("r4")][-1] == (JobStatus.QUEUED, "rerun requested by me")
+    assert store.sweep_tally("s1") == ({"QUEUED": 5, "FAILED": 1}, 0)
+    store.close()
+    assert_kept_counts_true(tmp_path / "jobs.db")

@@ -184,3 +184,28 @@ def test_a_sweep_is_deleted_a_chunk_of_runs_at_a_time_with_everything_kept_about
         assert store._query(f"SELECT COUNT(*) FROM {table} WHERE {column} IN ({marks})", ids)[0][0] == 0
     assert store._query("SELECT COUNT(*) FROM sweep_tallies WHERE sweep_id = ?", (done["id"],))[0][0] == 0
     assert_kept_counts_true(store.path)
+
+
+def test_runs_rerun_by_status_are_queued_again_as_a_set_a_chunk_at_a_time(server, monkeypatch):
+    """A rerun by status never makes a record per run: runs are queued again a chunk per
+    transaction and the kept attempts found a window of indexes at a time, and still each
+    run keeps its last attempt's outputs, says why it queued again, and runs once more."""
+    from orchestrator.server import run_sets
+    from tests.test_ledger_speed import assert_kept_counts_true
+
+    monkeypatch.setattr(run_sets, "CHUNK", 2)
+    monkeypatch.setattr(run_sets, "SPAN", 3)
+    started = sweep(server, command=FLAKY, variables=[{"name": "i", "values": list(range(7))}])
+    assert server.wait_sweep(started["id"])["counts"] == {"FAILED": 7}
+    rerun = server.http.post(f"/sweeps/{started['id']}/rerun", json={"status": ["FAILED"]})
+    assert rerun.status_code == 202, rerun.text
+    assert rerun.json()["counts"].get("FAILED", 0) == 0, rerun.json()
+    assert server.wait_sweep(started["id"])["counts"] == {"COMPLETED": 7}
+    storage = server.running.service.storage
+    for run in server.http.get(f"/sweeps/{started['id']}/runs").json()["results"]:
+        assert run["attempt"] > 1 and run["finished_at"] is not None, run
+        assert storage.open(f"jobs/{run['id']}/attempts/1/outputs/first.txt").read() == b"first\n"
+        assert server.http.get(f"/jobs/{run['id']}/files/out.txt").text == "second\n"
+        statuses = [(h["status"], h["reason"], h.get("attempt")) for h in history(server, run["id"])]
+        assert ("QUEUED", "rerun requested by anonymous") in [(s, r) for s, r, _ in statuses], statuses
+    assert_kept_counts_true(server.running.service.store.path)

@@ -431,6 +431,12 @@ def settle_stop(job: JobRecord, stopper: str | None, now: datetime) -> Decision 
                                   {"finished_at": now})], [ForgetStop(job.id)])
 
 
+def rerun_as_set(job_ids: list[str], reason: str, now: datetime) -> list[StatusUpdate]:
+    """Ended runs the ledger queued again as a set (run_sets.requeue_ended), as announced."""
+    guard = from_states(QUEUED, ENDED)
+    return [StatusUpdate(job_id, QUEUED, reason, now, guard, {}) for job_id in job_ids]
+
+
 def fail(job_ids: list[str], reason: str, now: datetime) -> list[StatusUpdate]:
     """Runs whose batch broke in the orchestrator itself: failed, saying why."""
     guard = from_states(FAILED, ACTIVE)

@@ -203,8 +203,14 @@ class SweepDispatcher:
         if len(runs) <= HELD_RERUNS:
             self._again.extend(_queued(runs))
             return True
-        first = min((job.index for job in runs if job.index is not None), default=-1)
-        self._cursor = min(self._cursor, first - 1)  # the page reads them again from the ledger
+        return self.rewind(min((job.index for job in runs if job.index is not None), default=-1))
+
+    def rewind(self, first: int = -1) -> bool:
+        """Runs from index `first` on may be QUEUED again (a rerun as a set): the ledger's
+        queue is read again from there. False once this dispatcher has ended or stops."""
+        if self._stopped or self._task is None or self._task.done():
+            return False
+        self._cursor = min(self._cursor, first - 1)
         self._exhausted = False
         return True
 

@@ -13,6 +13,7 @@ from pydantic import Field
 
 from orchestrator.errors import Conflict, ValidationFailed
 from orchestrator.models import JobRecord, JobStatus, Request
+from orchestrator.server import run_sets
 from orchestrator.server.auth import Principal
 from orchestrator.server.decisions import ACTIVE, ENDED
 from orchestrator.server.ledger import sweep_runs
@@ -31,14 +32,15 @@ class SweepRerun(Request):
     ids: list[str] | None = Field(None, max_length=1_000_000, description="runs of the sweep, by id")
 
 
-def archive_attempts(storage: Storage, jobs: Iterable[JobRecord]) -> None:
-    """Keep each job's current attempt's outputs and logs before a rerun clears them."""
-    for job in jobs:
-        if job.attempt < 1:
+def archive_attempts(storage: Storage, attempts: Iterable[tuple[str, int]]) -> None:
+    """Keep each job's current attempt's outputs and logs, (job id, attempt), before a rerun
+    clears them."""
+    for job_id, attempt in attempts:
+        if attempt < 1:
             continue
-        kept = layout.attempt_prefix(job.id, job.attempt)
-        storage.copy_prefix(layout.outputs_prefix(job.id), kept + "outputs")
-        storage.copy_prefix(layout.logs_prefix(job.id), kept + "logs")
+        kept = layout.attempt_prefix(job_id, attempt)
+        storage.copy_prefix(layout.outputs_prefix(job_id), kept + "outputs")
+        storage.copy_prefix(layout.logs_prefix(job_id), kept + "logs")
 
 
 async def rerun_job(service, job_id: str, requested_by: str, viewer: Principal | None) -> JobRecord:
@@ -49,7 +51,7 @@ async def rerun_job(service, job_id: str, requested_by: str, viewer: Principal |
     if job.sweep_id is not None:
         await rerun_sweep(service, job.sweep_id, SweepRerun(ids=[job_id]), requested_by, None)
         return service.jobs.get(job_id)
-    await asyncio.to_thread(archive_attempts, service.storage, [job])
+    await asyncio.to_thread(archive_attempts, service.storage, [(job.id, job.attempt)])
     if service.engine.rerun(job, requested_by) is None:
         raise Conflict(f"job {job_id} is running again already")
     return service.jobs.get(job_id)
@@ -58,33 +60,40 @@ async def rerun_job(service, job_id: str, requested_by: str, viewer: Principal |
 async def rerun_sweep(
     service, sweep_id: str, request: SweepRerun, requested_by: str, owner: str | None,
 ) -> SweepRecord:
-    """Run a sweep's chosen ended runs again; a stopped sweep resumes."""
+    """Run a sweep's chosen ended runs again; a stopped sweep resumes. Chosen by status, they
+    are queued again as a set (a million stopped runs never become a million records)."""
     sweeps = service.sweeps
     sweeps.get(sweep_id, owner)
-    runs = _chosen_runs(service, sweep_id, request)
-    await asyncio.to_thread(archive_attempts, service.storage, runs)
-    queued = service.engine.requeue_ended(runs, requested_by)
+    if request.ids is not None:
+        runs = _chosen_runs(service, sweep_id, request.ids)
+        await asyncio.to_thread(archive_attempts, service.storage, [(run.id, run.attempt) for run in runs])
+        queued = service.engine.requeue_ended(runs, requested_by)
+        service.store.clear_sweep_stop_reason(sweep_id)
+        if queued:
+            sweeps.feed(sweep_id, queued)
+        return sweeps.get(sweep_id)
+    statuses = request.status or [JobStatus.FAILED, JobStatus.STOPPED]
+    if any(status not in ENDED for status in statuses):
+        raise ValidationFailed("only ended runs can be rerun", {"status": "COMPLETED, FAILED or STOPPED"})
+    async for attempts in run_sets.sent_attempts(service.store, sweep_id, statuses):
+        await asyncio.to_thread(archive_attempts, service.storage, attempts)
+    queued = await run_sets.requeue_ended(service.store, service.engine.recorder, sweep_id, statuses,
+                                          f"rerun requested by {requested_by}")
     service.store.clear_sweep_stop_reason(sweep_id)
     if queued:
-        sweeps.feed(sweep_id, queued)
+        sweeps.feed_all(sweep_id)
     return sweeps.get(sweep_id)
 
 
-def _chosen_runs(service, sweep_id: str, request: SweepRerun) -> list[JobRecord]:
-    if request.ids is not None:
-        _, runs = service.store.list_jobs(sweep_id=sweep_id, ids=request.ids, limit=None)
-        unknown = sorted(set(request.ids) - {run.id for run in runs})
-        if unknown:
-            raise ValidationFailed(f"not runs of sweep {sweep_id}: {', '.join(unknown[:5])}",
-                                   {"ids": f"{unknown[0]} is not a run of sweep {sweep_id}"})
-        active = [run.id for run in runs if not run.status.is_terminal]
-        if active:
-            raise Conflict(f"runs still active: {', '.join(active[:5])}; only ended runs can be rerun")
-        return runs
-    wanted = request.status or [JobStatus.FAILED, JobStatus.STOPPED]
-    if any(status not in ENDED for status in wanted):
-        raise ValidationFailed("only ended runs can be rerun", {"status": "COMPLETED, FAILED or STOPPED"})
-    _, runs = service.store.list_jobs(sweep_id=sweep_id, statuses=wanted, limit=None)
+def _chosen_runs(service, sweep_id: str, ids: list[str]) -> list[JobRecord]:
+    _, runs = service.store.list_jobs(sweep_id=sweep_id, ids=ids, limit=None)
+    unknown = sorted(set(ids) - {run.id for run in runs})
+    if unknown:
+        raise ValidationFailed(f"not runs of sweep {sweep_id}: {', '.join(unknown[:5])}",
+                               {"ids": f"{unknown[0]} is not a run of sweep {sweep_id}"})
+    active = [run.id for run in runs if not run.status.is_terminal]
+    if active:
+        raise Conflict(f"runs still active: {', '.join(active[:5])}; only ended runs can be rerun")
     return runs
 
 

@@ -74,6 +74,40 @@ def _end_chunk(
     return ids, now, records
 
 
+async def requeue_ended(store: Store, recorder: Recorder, sweep_id: str, statuses: list[JobStatus], reason: str) -> int:
+    """Every run of the sweep in these ended `statuses` QUEUED again as a new attempt (a rerun),
+    a chunk per transaction in a thread, announced a chunk at a time; how many were."""
+    wanted = [status.value for status in statuses]
+    loop = asyncio.get_running_loop()
+
+    def tell(ids: list[str], at: datetime) -> None:
+        for start in range(0, len(ids), TOLD):
+            recorder.announce(decisions.rerun_as_set(ids[start:start + TOLD], reason, at))
+
+    def requeue_all() -> int:
+        total, after = 0, -1
+        while True:
+            now = utcnow()
+            ids, last = sweep_runs.requeue_ended(store, sweep_id, wanted, reason, now, after, CHUNK)
+            if last is None:
+                return total
+            loop.call_soon_threadsafe(tell, ids, now)
+            total, after = total + len(ids), last
+
+    return await asyncio.to_thread(requeue_all)
+
+
+async def sent_attempts(store: Store, sweep_id: str, statuses: list[JobStatus]) -> AsyncIterator[list[tuple[str, int]]]:
+    """(id, attempt) of the sweep's runs in `statuses` that ran at least once, a window of
+    indexes at a time: the attempts a rerun keeps the outputs and logs of."""
+    wanted = [status.value for status in statuses]
+    last = await asyncio.to_thread(sweep_runs.last_index, store, sweep_id)
+    for after in range(-1, last, SPAN):
+        runs = await asyncio.to_thread(sweep_runs.sent_attempts, store, sweep_id, wanted, after, SPAN)
+        if runs:
+            yield runs
+
+
 async def sent_runs(store: Store, sweep_id: str) -> AsyncIterator[list[JobRecord]]:
     """The sweep's active runs that may have been sent to Dask (RUNNING, or QUEUED with an
     attempt recorded), a window of indexes at a time: after a restart only these need a word

@@ -266,8 +266,18 @@ class SweepService:
         """Runs QUEUED again (a rerun) go to the sweep's dispatcher, or to a new one."""
         dispatcher = self._dispatchers.get(sweep_id)
         if dispatcher is None or not dispatcher.add(runs):
-            failed = self.store.sweep_counts(sweep_id).get(JobStatus.FAILED.value, 0)
-            self._dispatch(sweep_id, failed)
+            self._dispatch_queued(sweep_id)
+
+    def feed_all(self, sweep_id: str) -> None:
+        """Runs of the sweep QUEUED again as a set: its dispatcher reads its queue from the
+        start, or a new one does."""
+        dispatcher = self._dispatchers.get(sweep_id)
+        if dispatcher is None or not dispatcher.rewind():
+            self._dispatch_queued(sweep_id)
+
+    def _dispatch_queued(self, sweep_id: str) -> None:
+        """A new dispatcher, counting the failures the sweep has had against its max_failures."""
+        self._dispatch(sweep_id, self.store.sweep_counts(sweep_id).get(JobStatus.FAILED.value, 0))
 
     async def _failure_limit_reached(self, sweep_id: str, failed: int, limit: int) -> None:
         reason = f"max_failures reached ({failed} failed runs, limit {limit})"
@@ -283,8 +293,7 @@ class SweepService:
                 await self._stop_undispatched(sweep_id, sweep.stop_reason, "the orchestrator")
                 continue
             await self.engine.requeue(sweep_id, RESTARTED)  # the runs that were sent, as a set
-            failed = self.store.sweep_counts(sweep_id).get(JobStatus.FAILED.value, 0)
-            self._dispatch(sweep_id, failed)
+            self._dispatch_queued(sweep_id)
         await self.growth.resume()
 
     async def stop(self, sweep_id: str, requested_by: str, owner: str | None = None) -> SweepRecord:

@@ -20,7 +20,7 @@ from datetime import datetime
 from typing import Any
 
 from orchestrator.models import JobRecord, JobStatus, StatusChange
-from orchestrator.server.ledger.connection import Connection, ts
+from orchestrator.server.ledger.connection import Connection, marks, ts
 from orchestrator.server.ledger.jobs import (
     _JOB_COLUMNS,
     _spec_json,
@@ -191,6 +191,51 @@ def last_index(ledger: Connection, sweep_id: str) -> int:
     """The sweep's highest run index (-1 without runs)."""
     rows = ledger._query("SELECT MAX(idx) FROM jobs WHERE sweep_id = ?", (sweep_id,))
     return int(rows[0][0]) if rows and rows[0][0] is not None else -1
+
+
+def requeue_ended(
+    ledger: Connection, sweep_id: str, statuses: list[str], reason: str, at: datetime, after: int, limit: int,
+) -> tuple[list[str], int | None]:
+    """Up to `limit` runs of the sweep in these ended `statuses`, with index past `after`, QUEUED
+    again as new attempts as `decisions.rerun` makes one (its attempt counted up, its start,
+    end, worker and result cleared), with history, in one transaction, counted as a set.
+    Answers their ids and the last index looked at (None: none left). Runs are looked at in
+    index order past `after`, so a run that ends again meanwhile is not queued twice."""
+    when = at.isoformat()
+    with ledger.transaction() as db:
+        db.execute("CREATE TEMP TABLE IF NOT EXISTS rerun_runs (seq INTEGER PRIMARY KEY, idx INTEGER)")
+        db.execute("DELETE FROM temp.rerun_runs")
+        db.execute(f"INSERT INTO temp.rerun_runs SELECT seq, idx FROM jobs INDEXED BY jobs_sweep WHERE sweep_id = ?"
+                   f" AND idx > ? AND status IN ({marks(len(statuses))}) ORDER BY idx LIMIT ?",
+                   (sweep_id, after, *statuses, int(limit)))
+        last = db.execute("SELECT MAX(idx) FROM temp.rerun_runs").fetchone()[0]
+        rows = "FROM jobs WHERE seq IN (SELECT seq FROM temp.rerun_runs)"
+        counted = db.execute(f"SELECT owner, status, COUNT(*), SUM({RUN_PROBLEM.format(r='jobs')}),"
+                             f" SUM(storage_bytes) {rows} GROUP BY owner, status").fetchall()
+        with counts_held(db):
+            db.execute("UPDATE jobs SET status = ?, status_reason = ?, attempt = attempt + 1, worker = NULL,"
+                       " started_at = NULL, finished_at = NULL, result = NULL, worker_losses = 0,"
+                       " submitted_at = COALESCE(submitted_at, ?) WHERE seq IN (SELECT seq FROM temp.rerun_runs)",
+                       (JobStatus.QUEUED.value, reason, when))
+            for owner, status, runs, problems, stored in counted:
+                count_runs(db, sweep_id, owner, status, -runs, -stored, -problems)
+                count_runs(db, sweep_id, owner, JobStatus.QUEUED.value, runs, stored)
+        db.execute(f"INSERT INTO job_statuses ({HISTORY_COLUMNS}) SELECT id, ?, ?, ?, attempt {rows} ORDER BY seq",
+                   (JobStatus.QUEUED.value, when, reason))
+        ids = db.execute(f"SELECT group_concat(id) {rows}").fetchone()[0]
+    return (ids.split(",") if ids else []), last
+
+
+def sent_attempts(
+    ledger: Connection, sweep_id: str, statuses: list[str], after: int, span: int,
+) -> list[tuple[str, int]]:
+    """(id, attempt) of the sweep's runs in `statuses` with index in (after, after + span] that
+    ran at least once: only their attempts have outputs and logs to keep before a rerun."""
+    rows = ledger._query(
+        f"SELECT id, attempt FROM jobs INDEXED BY jobs_sweep WHERE sweep_id = ? AND idx > ? AND idx <= ?"
+        f" AND status IN ({marks(len(statuses))}) AND attempt > 0 ORDER BY idx",
+        (sweep_id, after, after + span, *statuses))
+    return [(row[0], row[1]) for row in rows]
 
 
 def runs_to_delete(ledger: Connection, sweep_id: str, limit: int) -> tuple[list[str], list[str]]:
