@@ -10,7 +10,9 @@ queued runs is thus a few hundred short transactions, not a million updates on t
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import datetime
 
@@ -26,6 +28,8 @@ TOLD = 500  # updates made per announcement: short-lived, they never reach Pytho
 SPAN = 20_000  # run indexes looked at per query when finding the runs that may have been sent
 
 Flag = Callable[[list[str], str], Awaitable[None]]  # Engine._flag_on_workers
+
+logger = logging.getLogger(__name__)
 
 
 async def end_queued(
@@ -46,13 +50,14 @@ async def end_queued(
 
     def end_all() -> int:
         """Chunk after chunk, never waiting for the loop: each is announced there meanwhile."""
-        total = 0
+        total, began = 0, time.monotonic()
         while not halt.is_set():
             ids, at, records = _end_chunk(store, sweep_id, status, reason, kept, bool(recorder.bus.listeners))
             if not ids:
                 break
             loop.call_soon_threadsafe(tell, ids, at, records)
             total += len(ids)
+        logger.info("%d queued runs of sweep %s %s in %.1f s", total, sweep_id, status.value, time.monotonic() - began)
         return total
 
     try:
@@ -90,6 +95,7 @@ async def requeue_ended(store: Store, recorder: Recorder, sweep_id: str, statuse
             now = utcnow()
             ids, last = sweep_runs.requeue_ended(store, sweep_id, wanted, reason, now, after, CHUNK)
             if last is None:
+                logger.info("%d runs of sweep %s queued again", total, sweep_id)
                 return total
             loop.call_soon_threadsafe(tell, ids, now)
             total, after = total + len(ids), last
