@@ -19,7 +19,6 @@ from orchestrator.server.auth import AuthState, Tokens, is_loopback
 from orchestrator.server.ledger import Store
 from orchestrator.server.service import Service
 
-
 # How long a thread may hold the GIL while another waits for it (Python's default: 5 ms). The
 # ledger's writes run in threads and give the GIL up at every SQLite statement; taking it back
 # from a busy event loop cost them up to the whole interval each time, which made stopping a
