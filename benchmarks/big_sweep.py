@@ -176,6 +176,17 @@ def delete(port: int, sweep_id: str) -> float:
     return time.perf_counter() - begun
 
 
+def run_then_stop(port: int, prober: Prober, sweep_id: str, seconds: float, phase: str) -> tuple[float, dict]:
+    """Let the sweep run `seconds`, then stop it, timed, with the probes filed under `phase`."""
+    time.sleep(seconds)
+    during = get_json(port, f"{API}/sweeps/{sweep_id}")["counts"]
+    print(f"while running: {during}; stopping ...", flush=True)
+    prober.switch(phase)
+    took, counts = stop(port, sweep_id)
+    print(f"stopped in {took:.1f} s", flush=True)
+    return took, counts
+
+
 def first_run(port: int, sweep_id: str) -> str:
     return get_json(port, f"{API}/sweeps/{sweep_id}/runs?page_size=1")["results"][0]["id"]
 
@@ -230,20 +241,11 @@ def run(args: argparse.Namespace, data_dir: Path) -> None:
             sweep_id, create_s = create(server.port, body)
             print(f"created in {create_s:.1f} s; running {args.run_seconds:g} s ...", flush=True)
             prober.switch("run", first_run(server.port, sweep_id))
-            time.sleep(args.run_seconds)
-            during = get_json(server.port, f"{API}/sweeps/{sweep_id}")["counts"]
-            print(f"while running: {during}; stopping ...", flush=True)
-            prober.switch("stop")
-            stop_s, counts = stop(server.port, sweep_id)
-            print(f"stopped in {stop_s:.1f} s; resuming ...", flush=True)
+            stop_s, _ = run_then_stop(server.port, prober, sweep_id, args.run_seconds, "stop")
             prober.switch("rerun")
             rerun_s = rerun(server.port, sweep_id)
-            time.sleep(args.run_seconds)
-            during = get_json(server.port, f"{API}/sweeps/{sweep_id}")["counts"]
-            print(f"resumed in {rerun_s:.1f} s: {during}; stopping again ...", flush=True)
-            prober.switch("restop")
-            restop_s, counts = stop(server.port, sweep_id)
-            print(f"stopped again in {restop_s:.1f} s; deleting ...", flush=True)
+            print(f"resumed in {rerun_s:.1f} s", flush=True)
+            restop_s, counts = run_then_stop(server.port, prober, sweep_id, args.run_seconds, "restop")
             prober.switch("delete", job_id)  # the sweep's runs go: the single job is asked for
             delete_s = delete(server.port, sweep_id)
             prober.switch("after")

@@ -124,12 +124,12 @@ async def _remove_sweep(service, sweep_id: str) -> None:
     is still there with the runs left, and deleting it again goes on."""
     store, storage, removed = service.store, service.storage, 0
     while True:
-        ids, with_files = await asyncio.to_thread(sweep_runs.runs_to_delete, store, sweep_id, DELETE_CHUNK)
-        if not ids:
+        seqs, with_files = await asyncio.to_thread(sweep_runs.runs_to_delete, store, sweep_id, DELETE_CHUNK)
+        if not seqs:
             break
         await asyncio.to_thread(_delete_run_files, storage, with_files)
-        await asyncio.to_thread(sweep_runs.delete_runs, store, sweep_id, ids)
-        removed += len(ids)
+        await asyncio.to_thread(sweep_runs.delete_runs, store, sweep_id, seqs)
+        removed += len(seqs)
     await asyncio.to_thread(storage.delete_prefix, layout.sweep_prefix(sweep_id))
     store.delete_sweep(sweep_id)
     logger.info("sweep %s deleted with its %d runs", sweep_id, removed)

@@ -238,22 +238,24 @@ def sent_attempts(
     return [(row[0], row[1]) for row in rows]
 
 
-def runs_to_delete(ledger: Connection, sweep_id: str, limit: int) -> tuple[list[str], list[str]]:
-    """The ids of up to `limit` runs of the sweep (the first by index), and those of them that
-    were ever sent or keep bytes: only they can have files in storage."""
-    rows = ledger._query("SELECT id, attempt > 0 OR storage_bytes > 0 FROM jobs INDEXED BY jobs_sweep"
+def runs_to_delete(ledger: Connection, sweep_id: str, limit: int) -> tuple[list[int], list[str]]:
+    """The ledger keys (seq) of up to `limit` runs of the sweep (the first by index), and the
+    ids of those of them that were ever sent or keep bytes: only they can have stored files."""
+    rows = ledger._query("SELECT seq, id, attempt > 0 OR storage_bytes > 0 FROM jobs INDEXED BY jobs_sweep"
                          " WHERE sweep_id = ? ORDER BY idx LIMIT ?", (sweep_id, int(limit)))
-    return [row[0] for row in rows], [row[0] for row in rows if row[1]]
+    return [row[0] for row in rows], [row[1] for row in rows if row[2]]
 
 
-def delete_runs(ledger: Connection, sweep_id: str, ids: list[str]) -> None:
-    """These runs of the sweep with their history, files, shares and secrets, in one
-    transaction; their counts and names are taken away as a set, not a trigger per row."""
+def delete_runs(ledger: Connection, sweep_id: str, seqs: list[int]) -> None:
+    """These runs of the sweep (by seq, from runs_to_delete) with their history, files, shares
+    and secrets, in one transaction; their counts and names are taken away as a set, not a
+    trigger per row."""
     with ledger.transaction() as db:
         db.execute("CREATE TEMP TABLE IF NOT EXISTS deleting_runs (seq INTEGER PRIMARY KEY, id TEXT NOT NULL)")
         db.execute("DELETE FROM temp.deleting_runs")
-        db.execute("INSERT INTO temp.deleting_runs SELECT seq, id FROM jobs WHERE sweep_id = ?"
-                   " AND id IN (SELECT value FROM json_each(?))", (sweep_id, json.dumps(ids)))
+        # CROSS JOIN: the given keys drive the lookup, never a walk of the sweep's other runs
+        db.execute("INSERT INTO temp.deleting_runs SELECT jobs.seq, jobs.id FROM json_each(?) AS given"
+                   " CROSS JOIN jobs ON jobs.seq = given.value WHERE jobs.sweep_id = ?", (json.dumps(seqs), sweep_id))
         rows = "FROM jobs WHERE seq IN (SELECT seq FROM temp.deleting_runs)"
         counted = db.execute(f"SELECT owner, status, COUNT(*), SUM({RUN_PROBLEM.format(r='jobs')}),"
                              f" SUM(storage_bytes) {rows} GROUP BY owner, status").fetchall()

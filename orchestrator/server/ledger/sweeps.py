@@ -96,8 +96,8 @@ class SweepsTable(Connection):
             "SELECT DISTINCT sweep_id FROM jobs WHERE sweep_id IS NOT NULL"
             " AND sweep_id NOT IN (SELECT id FROM sweeps)")]
         for sweep_id in orphans:
-            while ids := runs_to_delete(self, sweep_id, INSERT_CHUNK)[0]:  # a crash midway: the next start goes on
-                delete_runs(self, sweep_id, ids)
+            while seqs := runs_to_delete(self, sweep_id, INSERT_CHUNK)[0]:  # a crash midway: the next start goes on
+                delete_runs(self, sweep_id, seqs)
 
     def get_sweep(self, sweep_id: str) -> SweepRow | None:
         rows = self._query("SELECT * FROM sweeps WHERE id = ?", (sweep_id,))
