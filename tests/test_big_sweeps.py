@@ -265,6 +265,39 @@ def test_runs_rerun_behind_a_running_dispatchers_cursor_are_sent(server, monkeyp
         assert history[-1]["status"] == "COMPLETED"
 
 
+def test_runs_rerun_by_status_while_the_sweep_runs_are_sent_by_its_dispatcher(server):
+    """A rerun by status queues the runs again as a set while the sweep's dispatcher runs: the
+    dispatcher reads its queue again from the start (not replaced), every run reruns exactly
+    once more, and the events stream tells each run's new QUEUED once."""
+    sweep = server.http.post("/sweeps", json={
+        "name": "rerun-set", "max_parallel": 1, "command": "sleep 0.2",
+        "variables": [{"name": "i", "range": {"start": 0, "stop": 24, "step": 1}}],
+    }).json()
+    service = server.running.service
+    wait_until(lambda: server.http.get(f"/sweeps/{sweep['id']}").json()["counts"].get("COMPLETED", 0) >= 3,
+               60, "runs completed", every=0.05)
+    dispatcher = service.sweeps._dispatchers.get(sweep["id"])
+    subscription = service.events.subscribe(sweep_id=sweep["id"])
+    try:
+        rerun = server.http.post(f"/sweeps/{sweep['id']}/rerun", json={"status": ["COMPLETED"]})
+        assert rerun.status_code == 202, rerun.text
+        assert service.sweeps._dispatchers.get(sweep["id"]) is dispatcher is not None  # rewound, not replaced
+        done = server.wait_sweep(sweep["id"], timeout=120)
+        events = []
+        while not subscription.queue.empty():
+            events.append(subscription.queue.get_nowait())
+    finally:
+        service.events.unsubscribe(subscription)
+    assert done["counts"] == {"COMPLETED": 25}, done
+    rerun_reason = "rerun requested by anonymous"
+    told = [event["job_id"] for event in events if event.get("reason") == rerun_reason]
+    assert len(told) == len(set(told)) >= 3
+    for job_id in told:
+        history = server.http.get(f"/jobs/{job_id}/statuses").json()
+        assert [h["status"] for h in history].count("COMPLETED") == 2, history
+        assert [h["reason"] for h in history].count(rerun_reason) == 1 and history[-1]["status"] == "COMPLETED"
+
+
 @pytest.mark.timeout(300)
 def test_a_stop_recorded_before_a_restart_is_finished_by_the_next_start(tmp_path, make_server, dask_cluster):
     """The sweep's stop reason is in the ledger but its runs are still active (the server went

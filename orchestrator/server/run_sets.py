@@ -20,7 +20,7 @@ from orchestrator.models import JobRecord, JobStatus, utcnow
 from orchestrator.plugins.worker import stale_attempt
 from orchestrator.server import decisions
 from orchestrator.server.decisions import task_key
-from orchestrator.server.ledger import Store, sweep_runs
+from orchestrator.server.ledger import StatusUpdate, Store, sweep_runs
 from orchestrator.server.recorder import Recorder
 
 CHUNK = 10_000  # runs ended per transaction: about 0.1 s of the writer
@@ -38,69 +38,74 @@ async def end_queued(
 ) -> int:
     """Every QUEUED run of the sweep but those in `keep` (runs a batch in flight holds) ends
     `status` (STOPPED, or FAILED) saying `reason`; how many did. Runs queued again while it
-    works (a batch's retries) are ended too: it stops only when none is left."""
+    works (a batch's retries) are ended too: it stops only when none is left. A stop goes on
+    only while the sweep is stopping: a rerun meanwhile queues runs that must run, not be
+    stopped by the stop before it."""
     kept = sorted(keep)
     rule = decisions.stop_unsent if status == JobStatus.STOPPED else decisions.fail
+
+    def chunk(at: datetime) -> list[str] | None:
+        ids = sweep_runs.end_queued(store, sweep_id, status, reason, at, kept, CHUNK,
+                                    while_stopping=status == JobStatus.STOPPED)
+        return ids or None
+
+    began = time.monotonic()
+    total = await _in_chunks(store, recorder, chunk, lambda ids, at: rule(ids, reason, at))
+    logger.info("%d queued runs of sweep %s %s in %.1f s", total, sweep_id, status.value, time.monotonic() - began)
+    return total
+
+
+async def requeue_ended(store: Store, recorder: Recorder, sweep_id: str, statuses: list[JobStatus], reason: str) -> int:
+    """Every run of the sweep in these ended `statuses` QUEUED again as a new attempt (a rerun),
+    looked at in index order, each once; how many were."""
+    wanted = [status.value for status in statuses]
+    after = -1
+
+    def chunk(at: datetime) -> list[str] | None:
+        nonlocal after
+        ids, last = sweep_runs.requeue_ended(store, sweep_id, wanted, reason, at, after, CHUNK)
+        if last is None:
+            return None
+        after = last
+        return ids
+
+    began = time.monotonic()
+    total = await _in_chunks(store, recorder, chunk, lambda ids, at: decisions.rerun_as_set(ids, reason, at))
+    logger.info("%d runs of sweep %s queued again in %.1f s", total, sweep_id, time.monotonic() - began)
+    return total
+
+
+Chunk = Callable[[datetime], "list[str] | None"]  # one chunk changed in one transaction: its ids (None: done)
+Rule = Callable[[list[str], datetime], list[StatusUpdate]]  # the updates that announce them
+
+
+async def _in_chunks(store: Store, recorder: Recorder, chunk: Chunk, rule: Rule) -> int:
+    """`chunk` again and again in a thread, never waiting for the loop, until it says it is
+    done; each chunk is announced on the loop meanwhile (with the records as they are now,
+    read in the thread, when someone listens for whole records); how many runs changed."""
     loop = asyncio.get_running_loop()
     halt = threading.Event()
 
     def tell(ids: list[str], at: datetime, records: dict[str, JobRecord] | None) -> None:
         for start in range(0, len(ids), TOLD):  # updates made and dropped a slice at a time
-            recorder.announce(rule(ids[start:start + TOLD], reason, at), records)
+            recorder.announce(rule(ids[start:start + TOLD], at), records)
 
-    def end_all() -> int:
-        """Chunk after chunk, never waiting for the loop: each is announced there meanwhile."""
-        total, began = 0, time.monotonic()
+    def change_all() -> int:
+        total = 0
         while not halt.is_set():
-            ids, at, records = _end_chunk(store, sweep_id, status, reason, kept, bool(recorder.bus.listeners))
-            if not ids:
+            at = utcnow()
+            ids = chunk(at)
+            if ids is None:
                 break
+            records = {job.id: job for job in store.jobs_by_ids(ids)} if recorder.bus.listeners and ids else None
             loop.call_soon_threadsafe(tell, ids, at, records)
             total += len(ids)
-        logger.info("%d queued runs of sweep %s %s in %.1f s", total, sweep_id, status.value, time.monotonic() - began)
         return total
 
     try:
-        return await asyncio.to_thread(end_all)  # its announcements run before its answer
+        return await asyncio.to_thread(change_all)  # its announcements run before its answer
     finally:
         halt.set()  # cancelled (the service closes): the chunk under way is its last
-
-
-def _end_chunk(
-    store: Store, sweep_id: str, status: JobStatus, reason: str, keep: list[str], read_records: bool,
-) -> tuple[list[str], datetime, dict[str, JobRecord] | None]:
-    """One chunk ended: its run ids, when, and (when someone listens for whole records) the
-    records as they are now. A stop goes on only while the sweep is stopping: a rerun
-    meanwhile queues runs that must run, not be stopped by the stop before it."""
-    now = utcnow()
-    ids = sweep_runs.end_queued(store, sweep_id, status, reason, now, keep, CHUNK,
-                                while_stopping=status == JobStatus.STOPPED)
-    records = {job.id: job for job in store.jobs_by_ids(ids)} if read_records and ids else None
-    return ids, now, records
-
-
-async def requeue_ended(store: Store, recorder: Recorder, sweep_id: str, statuses: list[JobStatus], reason: str) -> int:
-    """Every run of the sweep in these ended `statuses` QUEUED again as a new attempt (a rerun),
-    a chunk per transaction in a thread, announced a chunk at a time; how many were."""
-    wanted = [status.value for status in statuses]
-    loop = asyncio.get_running_loop()
-
-    def tell(ids: list[str], at: datetime) -> None:
-        for start in range(0, len(ids), TOLD):
-            recorder.announce(decisions.rerun_as_set(ids[start:start + TOLD], reason, at))
-
-    def requeue_all() -> int:
-        total, after = 0, -1
-        while True:
-            now = utcnow()
-            ids, last = sweep_runs.requeue_ended(store, sweep_id, wanted, reason, now, after, CHUNK)
-            if last is None:
-                logger.info("%d runs of sweep %s queued again", total, sweep_id)
-                return total
-            loop.call_soon_threadsafe(tell, ids, now)
-            total, after = total + len(ids), last
-
-    return await asyncio.to_thread(requeue_all)
 
 
 async def sent_attempts(store: Store, sweep_id: str, statuses: list[JobStatus]) -> AsyncIterator[list[tuple[str, int]]]:
