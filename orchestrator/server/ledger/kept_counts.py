@@ -22,8 +22,10 @@ def counts_held(db: sqlite3.Connection) -> Iterator[None]:
     (`count_runs`, `name_runs`): a trigger per row cost a fifth of stopping or creating a
     million runs."""
     db.execute("UPDATE counts_held SET held = 1")
-    yield
-    db.execute("UPDATE counts_held SET held = 0")
+    try:
+        yield
+    finally:  # a failure rolls the whole transaction back; this only guards one caught inside it
+        db.execute("UPDATE counts_held SET held = 0")
 
 
 def count_runs(db: sqlite3.Connection, sweep_id: str, owner: str, status: str, runs: int,
