@@ -362,3 +362,21 @@ def test_ended_runs_are_queued_again_as_a_set_in_index_order(tmp_path):
     assert store.sweep_tally("s1") == ({"QUEUED": 5, "FAILED": 1}, 0)
     store.close()
     assert_kept_counts_true(tmp_path / "jobs.db")
+
+
+def test_set_changes_size_their_chunks_by_how_long_the_last_took(monkeypatch):
+    """The first chunk is small (a cold cache makes it slow), the next ones aim at CHUNK_S
+    each, growing at most fourfold a step, never past CHUNK: the event loop's own status
+    writes never wait long for the writer."""
+    from orchestrator.server import run_sets
+
+    clock = [0.0]
+    monkeypatch.setattr(run_sets.time, "monotonic", lambda: clock[0])
+    sizer = run_sets.ChunkSizer()
+    sizes = []
+    for took in (0.02, 0.02, 0.01, 0.01, 0.5, 0.1):
+        with sizer.timed() as size:
+            sizes.append(size)
+            clock[0] += took
+    assert sizes == [run_sets.FIRST_CHUNK, 4_000, 10_000, 10_000, 10_000, 2_000]
+    assert sizer.size == 2_000

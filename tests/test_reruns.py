@@ -159,10 +159,10 @@ def test_rerun_and_delete_from_the_cli(server):
 def test_a_sweep_is_deleted_a_chunk_of_runs_at_a_time_with_everything_kept_about_them(server, monkeypatch):
     """Runs go a chunk per transaction, their counts and names taken away as a set: nothing
     of them is left in the ledger or storage, and every kept count equals a recount."""
-    from orchestrator.server import reruns
+    from orchestrator.server import run_sets
     from tests.test_ledger_speed import assert_kept_counts_true
 
-    monkeypatch.setattr(reruns, "DELETE_CHUNK", 3)
+    monkeypatch.setattr(run_sets, "CHUNK", 3)
     before = server.http.get("/jobs", params={"page_size": 1}).json()["count"]
     done = sweep(server, command="echo ${i} > out.txt; test ${i} -lt 6",
                  variables=[{"name": "i", "values": list(range(8))}], name="Chunked_Delete")

@@ -21,7 +21,6 @@ from orchestrator.storage import Storage, layout
 from orchestrator.sweep_models import SweepRecord
 
 logger = logging.getLogger(__name__)
-DELETE_CHUNK = 10_000  # runs deleted per transaction
 
 
 class SweepRerun(Request):
@@ -122,13 +121,14 @@ async def _remove_sweep(service, sweep_id: str) -> None:
     """Its runs a chunk per transaction, in a thread (the API keeps answering while a million
     go), each chunk's files first; then the sweep's own files and row. Interrupted, the sweep
     is still there with the runs left, and deleting it again goes on."""
-    store, storage, removed = service.store, service.storage, 0
+    store, storage, removed, sizer = service.store, service.storage, 0, run_sets.ChunkSizer()
     while True:
-        seqs, with_files = await asyncio.to_thread(sweep_runs.runs_to_delete, store, sweep_id, DELETE_CHUNK)
+        seqs, with_files = await asyncio.to_thread(sweep_runs.runs_to_delete, store, sweep_id, sizer.size)
         if not seqs:
             break
         await asyncio.to_thread(_delete_run_files, storage, with_files)
-        await asyncio.to_thread(sweep_runs.delete_runs, store, sweep_id, seqs)
+        with sizer.timed():  # the transaction only: files are not the writer's time
+            await asyncio.to_thread(sweep_runs.delete_runs, store, sweep_id, seqs)
         removed += len(seqs)
     await asyncio.to_thread(storage.delete_prefix, layout.sweep_prefix(sweep_id))
     store.delete_sweep(sweep_id)

@@ -10,10 +10,11 @@ queued runs is thus a few hundred short transactions, not a million updates on t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from datetime import datetime
 
 from orchestrator.models import JobRecord, JobStatus, utcnow
@@ -23,7 +24,9 @@ from orchestrator.server.decisions import task_key
 from orchestrator.server.ledger import StatusUpdate, Store, sweep_runs
 from orchestrator.server.recorder import Recorder
 
-CHUNK = 10_000  # runs ended per transaction: about 0.1 s of the writer
+CHUNK = 10_000  # the most runs changed per transaction
+FIRST_CHUNK = 1_000  # the first chunk's runs: a cold cache makes it the slowest by far
+CHUNK_S = 0.1  # what a chunk should take: the longest a status write on the event loop waits for one
 TOLD = 500  # updates made per announcement: short-lived, they never reach Python's oldest GC generation
 SPAN = 20_000  # run indexes looked at per query when finding the runs that may have been sent
 
@@ -44,8 +47,8 @@ async def end_queued(
     kept = sorted(keep)
     rule = decisions.stop_unsent if status == JobStatus.STOPPED else decisions.fail
 
-    def chunk(at: datetime) -> list[str] | None:
-        ids = sweep_runs.end_queued(store, sweep_id, status, reason, at, kept, CHUNK,
+    def chunk(at: datetime, size: int) -> list[str] | None:
+        ids = sweep_runs.end_queued(store, sweep_id, status, reason, at, kept, size,
                                     while_stopping=status == JobStatus.STOPPED)
         return ids or None
 
@@ -61,9 +64,9 @@ async def requeue_ended(store: Store, recorder: Recorder, sweep_id: str, statuse
     wanted = [status.value for status in statuses]
     after = -1
 
-    def chunk(at: datetime) -> list[str] | None:
+    def chunk(at: datetime, size: int) -> list[str] | None:
         nonlocal after
-        ids, last = sweep_runs.requeue_ended(store, sweep_id, wanted, reason, at, after, CHUNK)
+        ids, last = sweep_runs.requeue_ended(store, sweep_id, wanted, reason, at, after, size)
         if last is None:
             return None
         after = last
@@ -75,7 +78,7 @@ async def requeue_ended(store: Store, recorder: Recorder, sweep_id: str, statuse
     return total
 
 
-Chunk = Callable[[datetime], "list[str] | None"]  # one chunk changed in one transaction: its ids (None: done)
+Chunk = Callable[[datetime, int], "list[str] | None"]  # one chunk of at most N changed: its ids (None: done)
 Rule = Callable[[list[str], datetime], list[StatusUpdate]]  # the updates that announce them
 
 
@@ -91,10 +94,11 @@ async def _in_chunks(store: Store, recorder: Recorder, chunk: Chunk, rule: Rule)
             recorder.announce(rule(ids[start:start + TOLD], at), records)
 
     def change_all() -> int:
-        total = 0
+        total, sizer = 0, ChunkSizer()
         while not halt.is_set():
             at = utcnow()
-            ids = chunk(at)
+            with sizer.timed() as size:
+                ids = chunk(at, size)
             if ids is None:
                 break
             records = {job.id: job for job in store.jobs_by_ids(ids)} if recorder.bus.listeners and ids else None
@@ -106,6 +110,24 @@ async def _in_chunks(store: Store, recorder: Recorder, chunk: Chunk, rule: Rule)
         return await asyncio.to_thread(change_all)  # its announcements run before its answer
     finally:
         halt.set()  # cancelled (the service closes): the chunk under way is its last
+
+
+class ChunkSizer:
+    """Chunk sizes that keep each transaction near CHUNK_S: the writer lock is held a chunk at a
+    time, and a status write of running work on the event loop waits for the chunk under way.
+    The first is small (a cold cache can make 10,000 runs take half a second); then each is
+    sized by how long the last took, growing at most fourfold, never past CHUNK."""
+
+    def __init__(self) -> None:
+        self.size = min(FIRST_CHUNK, CHUNK)
+
+    @contextlib.contextmanager
+    def timed(self) -> Iterator[int]:
+        began = time.monotonic()
+        yield self.size
+        took = time.monotonic() - began
+        aimed = int(self.size * CHUNK_S / took) if took > 0 else CHUNK
+        self.size = max(1, min(aimed, 4 * self.size, CHUNK))
 
 
 async def sent_attempts(store: Store, sweep_id: str, statuses: list[JobStatus]) -> AsyncIterator[list[tuple[str, int]]]:
