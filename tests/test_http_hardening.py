@@ -468,3 +468,33 @@ def test_a_default_job_name_never_comes_from_an_environment_assignment(make_serv
     assert created.json()["name"] == name
     listed = httpx.get(api(server) + "/jobs").json()["results"]
     assert all("=" not in job["name"] and "hunter" not in job["name"] for job in listed)
+
+
+def test_the_api_port_is_taken_before_any_cluster_starts(tmp_path, monkeypatch):
+    """The port asked for is bound first: the embedded cluster, whose scheduler and workers take
+    free ports as they start, can never take it (a server started on a port chosen just
+    before once found its own scheduler listening there), and a port in use fails at once."""
+    import asyncio
+
+    from orchestrator.server import running
+
+    started = []
+
+    async def start(self):
+        started.append(self)
+        raise RuntimeError("the cluster would start here")
+
+    monkeypatch.setattr(running.Service, "start", start)
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        taken = busy.getsockname()[1]
+        with pytest.raises(OSError):
+            asyncio.run(running.start_server(Settings(data_dir=tmp_path / "a", port=taken)))
+    assert started == []
+    port = free_port()
+    with pytest.raises(RuntimeError, match="would start here"):
+        asyncio.run(running.start_server(Settings(data_dir=tmp_path / "b", port=port)))
+    assert len(started) == 1
+    with socket.socket() as again:  # the port bound for the API was let go with the failed start
+        again.bind(("127.0.0.1", port))

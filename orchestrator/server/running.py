@@ -42,7 +42,15 @@ async def start_server(settings: Settings) -> RunningServer:
     if not is_loopback(settings.host):
         refuse_unprotected(settings.host, _auth_state(settings))  # before a cluster starts
     sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
-    service = await Service(settings).start()
+    # The API's port first: the embedded cluster's scheduler and workers, which take free ports
+    # as they start, can then never take the one asked for, and a port in use fails at once.
+    sockets = _bind(settings.host, settings.port)
+    try:
+        service = await Service(settings).start()
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
     try:
         quiet_repeated_errors()
         http = HTTPServer(
@@ -52,9 +60,10 @@ async def start_server(settings: Settings) -> RunningServer:
             idle_connection_timeout=300,
             body_timeout=None,  # bodies time out on inactivity instead (body_idle_timeout_s)
         )
-        sockets = _bind(settings.host, settings.port)
         http.add_sockets(sockets)
     except BaseException:
+        for sock in sockets:
+            sock.close()
         await service.close()
         raise
     port = sockets[0].getsockname()[1]
