@@ -75,6 +75,10 @@ def assert_kept_counts_true(path: Path) -> None:
             "SELECT sweep_id, status, COUNT(*), SUM(status = 'COMPLETED' AND json_extract(result, '$.error')"
             " IS NOT NULL), SUM(storage_bytes) FROM jobs WHERE sweep_id IS NOT NULL GROUP BY sweep_id, status"))
         assert kept == counted
+        singles = set(db.execute("SELECT owner, status, n FROM single_counts WHERE n > 0"))
+        assert singles == set(db.execute(
+            "SELECT owner, status, COUNT(*) FROM jobs WHERE sweep_id IS NULL GROUP BY owner, status"))
+        assert db.execute("SELECT COUNT(*) FROM single_counts WHERE n < 0").fetchone()[0] == 0
         named = set(db.execute("SELECT name, n FROM job_names WHERE n > 0"))
         assert named == set(db.execute("SELECT lower(name), COUNT(*) FROM jobs GROUP BY lower(name)"))
         indexed = set(db.execute("SELECT rowid, name FROM names_search"))
@@ -230,3 +234,20 @@ def test_jobs_waiting_to_be_deleted_are_found_among_those_that_end(store):
     assert store.marked_among(["j3"]) == ["j3"]  # more marked than ended: looked up
     assert store.marked_among(["j0", "j4", "nope"]) == ["j4"]
     assert sorted(job.id for job in store.jobs_to_delete()) == ["j1", "j3", "j4"]
+
+
+def test_the_queued_cap_counts_a_users_single_jobs_without_walking_them(store):
+    """count_owned reads kept counts of single jobs (migration 15): sweep runs never count,
+    and every insert, status change and delete of a single job is followed."""
+    store.insert_jobs([job(f"a{i}", "x", owner="alice") for i in range(4)], QUEUED)
+    store.insert_jobs([job("b0", "x", owner="bob")], QUEUED)
+    store.insert_sweep(sweep_row("s", "alice"), [job(f"s-{i}", "run", owner="alice", sweep_id="s", index=i)
+                                                for i in range(5)], QUEUED)
+    assert store.count_owned("alice", [JobStatus.QUEUED]) == 4
+    store.record_status("a0", JobStatus.RUNNING, None, NOW)
+    store.record_status("a1", JobStatus.COMPLETED, None, NOW)
+    store.delete_job("a2")
+    assert store.count_owned("alice", [JobStatus.QUEUED]) == 1
+    assert store.count_owned("alice", [JobStatus.QUEUED, JobStatus.RUNNING]) == 2
+    assert store.count_owned("bob", [JobStatus.QUEUED]) == 1 and store.count_owned("carol", [JobStatus.QUEUED]) == 0
+    assert_kept_counts_true(store.path)

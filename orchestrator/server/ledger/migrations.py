@@ -236,6 +236,34 @@ HELD_COUNTS_SCHEMA = (
     " UPDATE job_names SET n = n - 1 WHERE name = lower(old.name); END",
 )
 
+# Single jobs (no sweep) by owner and status, kept by their own triggers: the per-user cap on
+# queued jobs is checked on every submission, and counting a user's queued jobs walked one index
+# entry per job (0.6 ms per request with 10,000 queued). Sweep runs never touch it, so the set
+# changes of migration 13 need no hold here.
+_ADD_SINGLE = ("INSERT INTO single_counts (owner, status, n) SELECT new.owner, new.status, 1"
+               " WHERE new.sweep_id IS NULL ON CONFLICT (owner, status) DO UPDATE SET n = n + 1;")
+_DROP_SINGLE = ("UPDATE single_counts SET n = n - 1 WHERE old.sweep_id IS NULL AND owner = old.owner"
+                " AND status = old.status;")
+SINGLE_COUNTS_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS single_counts (
+    owner TEXT NOT NULL,
+    status TEXT NOT NULL,
+    n INTEGER NOT NULL,
+    PRIMARY KEY (owner, status)
+) WITHOUT ROWID""",
+    f"CREATE TRIGGER IF NOT EXISTS singles_counted_insert AFTER INSERT ON jobs WHEN new.sweep_id IS NULL"
+    f" BEGIN {_ADD_SINGLE} END",
+    f"CREATE TRIGGER IF NOT EXISTS singles_counted_delete AFTER DELETE ON jobs WHEN old.sweep_id IS NULL"
+    f" BEGIN {_DROP_SINGLE} END",
+    "CREATE TRIGGER IF NOT EXISTS singles_counted_update AFTER UPDATE OF owner, status, sweep_id ON jobs"
+    " WHEN (old.sweep_id IS NULL OR new.sweep_id IS NULL) AND (old.owner IS NOT new.owner"
+    " OR old.status IS NOT new.status OR old.sweep_id IS NOT new.sweep_id)"
+    f" BEGIN {_DROP_SINGLE} {_ADD_SINGLE} END",
+    "DELETE FROM single_counts",  # rebuilt from the rows, so the step can run again
+    "INSERT INTO single_counts (owner, status, n) SELECT owner, status, COUNT(*) FROM jobs"
+    " WHERE sweep_id IS NULL GROUP BY owner, status",
+)
+
 MIGRATIONS: tuple[Migration, ...] = (
     # 1
     Migration(
@@ -367,6 +395,12 @@ MIGRATIONS: tuple[Migration, ...] = (
         "jobs_to_delete: the few jobs waiting to be deleted once they end, found without looking "
         "up every job that ends (a stop of a million runs asked it of each)",
         ("CREATE INDEX IF NOT EXISTS jobs_to_delete ON jobs (id) WHERE delete_when_done = 1",),
+    ),
+    # 15
+    Migration(
+        "single_counts: single jobs by owner and status, kept by triggers, so the per-user cap on "
+        "queued jobs is checked without counting them",
+        SINGLE_COUNTS_SCHEMA,
     ),
 )
 LATEST = len(MIGRATIONS)
