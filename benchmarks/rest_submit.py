@@ -16,7 +16,11 @@ temporary data directory) and measures, on the same machine and cluster:
 5. job type:  the same N jobs submitted by job type (a registered type whose command is
    ``true``), to show that a job by type costs no more than a plain job;
 6. sync:      one trivial ``POST /jobs?sync=true`` after another on the idle server (after the
-   others have ended): p50 and p90 of the whole round trip.
+   others have ended): p50 and p90 of the whole round trip;
+7. deep queue: how fast N ``sleep 600`` jobs are accepted, last (closing the server ends them):
+   jobs that outlast the burst, so the queue deepens and the workers spawn nothing meanwhile,
+   which shows the accepting path alone; measurement 1's trivial jobs share the machine's cores
+   with the workers running them.
 
 The ratios against the bare loop say how much of the machine's process-spawning rate
 survives Dask alone and the whole orchestrator (HTTP, job store, storage, Dask).
@@ -75,6 +79,7 @@ def rate(count: int, seconds: float) -> float:
 
 
 PLAIN = {"command": "true"}
+LONG = {"command": "sleep 600"}  # outlasts any burst: never completes while measured
 TYPED = {"job_type": "bench-true@1.0.0"}
 BENCH_TYPE = {"manifest": {"seedVersion": "1.0.0", "job": {
     "name": "bench-true", "jobVersion": "1.0.0", "packageVersion": "1.0.0", "title": "true",
@@ -184,6 +189,9 @@ def main() -> None:
             sync = measure_sync(server.url)
             print(f"sync p50 = {sync[len(sync) // 2] * 1000:.2f} ms (<= 10), "
                   f"p90 = {sync[int(len(sync) * 0.9)] * 1000:.2f} ms ({len(sync)} sequential jobs)")
+            deep_s = post_many(urlsplit(server.url).port, LONG, args.jobs, args.concurrency)
+            print(f"accepted into a deep queue: {args.jobs} long jobs in {deep_s:.2f} s = "
+                  f"{rate(args.jobs, deep_s):.1f} jobs/s (the workers spawn nothing meanwhile)")
         finally:
             loop.run(server.close())
     finally:
