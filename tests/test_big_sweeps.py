@@ -20,7 +20,7 @@ from orchestrator.server.ledger import Store, SweepRow, sweep_runs
 from orchestrator.server.ledger.sweep_runs import RunRows, end_queued, queued_page, run_ids
 from tests.conftest import start_test_server
 from tests.support import wait_until
-from tests.test_ledger_speed import assert_kept_counts_true
+from tests.support.ledger import assert_kept_counts_true
 
 TERMINAL = {"COMPLETED", "FAILED", "STOPPED"}
 

@@ -14,6 +14,7 @@ import pytest
 from orchestrator.models import JobRecord, JobResult, JobStatus, Resources, StatusChange
 from orchestrator.server.ledger import LATEST, StatusUpdate, Store, SweepRow
 from orchestrator.server.ledger.connection import like_escape
+from tests.support.ledger import assert_kept_counts_true
 
 NOW = datetime.now(timezone.utc)
 QUEUED = [StatusChange(status=JobStatus.QUEUED, at=NOW)]
@@ -59,32 +60,6 @@ def searched(store: Store, text: str, **filters: object) -> list[str]:
         paged_count, page = store.list_jobs(search=text, offset=offset, limit=3, **filters)
         assert paged_count == count == len(ids) and [j.id for j in page] == ids[offset:offset + 3]
     return ids
-
-
-def assert_kept_counts_true(path: Path) -> None:
-    """The kept tables equal a count of the rows."""
-    db = sqlite3.connect(path)
-    try:
-        kept = set(db.execute("SELECT owner, status, n FROM job_counts WHERE n > 0"))
-        counted = set(db.execute("SELECT owner, status, COUNT(*) FROM jobs GROUP BY owner, status"))
-        assert kept == counted
-        assert db.execute("SELECT COUNT(*) FROM job_counts WHERE n < 0").fetchone()[0] == 0
-        kept = set(db.execute("SELECT sweep_id, status, n, problems, storage_bytes FROM sweep_tallies"
-                              " WHERE n > 0 OR problems != 0 OR storage_bytes != 0"))
-        counted = set(db.execute(
-            "SELECT sweep_id, status, COUNT(*), SUM(status = 'COMPLETED' AND json_extract(result, '$.error')"
-            " IS NOT NULL), SUM(storage_bytes) FROM jobs WHERE sweep_id IS NOT NULL GROUP BY sweep_id, status"))
-        assert kept == counted
-        singles = set(db.execute("SELECT owner, status, n FROM single_counts WHERE n > 0"))
-        assert singles == set(db.execute(
-            "SELECT owner, status, COUNT(*) FROM jobs WHERE sweep_id IS NULL GROUP BY owner, status"))
-        assert db.execute("SELECT COUNT(*) FROM single_counts WHERE n < 0").fetchone()[0] == 0
-        named = set(db.execute("SELECT name, n FROM job_names WHERE n > 0"))
-        assert named == set(db.execute("SELECT lower(name), COUNT(*) FROM jobs GROUP BY lower(name)"))
-        indexed = set(db.execute("SELECT rowid, name FROM names_search"))
-        assert indexed == set(db.execute("SELECT id, name FROM job_names"))
-    finally:
-        db.close()
 
 
 @pytest.fixture

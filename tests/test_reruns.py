@@ -160,7 +160,7 @@ def test_a_sweep_is_deleted_a_chunk_of_runs_at_a_time_with_everything_kept_about
     """Runs go a chunk per transaction, their counts and names taken away as a set: nothing
     of them is left in the ledger or storage, and every kept count equals a recount."""
     from orchestrator.server import run_sets
-    from tests.test_ledger_speed import assert_kept_counts_true
+    from tests.support.ledger import assert_kept_counts_true
 
     monkeypatch.setattr(run_sets, "CHUNK", 3)
     before = server.http.get("/jobs", params={"page_size": 1}).json()["count"]
@@ -191,7 +191,7 @@ def test_runs_rerun_by_status_are_queued_again_as_a_set_a_chunk_at_a_time(server
     transaction and the kept attempts found a window of indexes at a time, and still each
     run keeps its last attempt's outputs, says why it queued again, and runs once more."""
     from orchestrator.server import run_sets
-    from tests.test_ledger_speed import assert_kept_counts_true
+    from tests.support.ledger import assert_kept_counts_true
 
     monkeypatch.setattr(run_sets, "CHUNK", 2)
     monkeypatch.setattr(run_sets, "SPAN", 3)

@@ -67,20 +67,19 @@ async def rerun_sweep(
         runs = _chosen_runs(service, sweep_id, request.ids)
         await asyncio.to_thread(archive_attempts, service.storage, [(run.id, run.attempt) for run in runs])
         queued = service.engine.requeue_ended(runs, requested_by)
-        service.store.clear_sweep_stop_reason(sweep_id)
-        if queued:
-            sweeps.feed(sweep_id, queued)
-        return sweeps.get(sweep_id)
-    statuses = request.status or [JobStatus.FAILED, JobStatus.STOPPED]
-    if any(status not in ENDED for status in statuses):
-        raise ValidationFailed("only ended runs can be rerun", {"status": "COMPLETED, FAILED or STOPPED"})
-    async for attempts in run_sets.sent_attempts(service.store, sweep_id, statuses):
-        await asyncio.to_thread(archive_attempts, service.storage, attempts)
-    queued = await run_sets.requeue_ended(service.store, service.engine.recorder, sweep_id, statuses,
-                                          f"rerun requested by {requested_by}")
+        feed: list[JobRecord] | None = queued
+    else:
+        statuses = request.status or [JobStatus.FAILED, JobStatus.STOPPED]
+        if any(status not in ENDED for status in statuses):
+            raise ValidationFailed("only ended runs can be rerun", {"status": "COMPLETED, FAILED or STOPPED"})
+        async for attempts in run_sets.sent_attempts(service.store, sweep_id, statuses):
+            await asyncio.to_thread(archive_attempts, service.storage, attempts)
+        queued = await run_sets.requeue_ended(service.store, service.engine.recorder, sweep_id, statuses,
+                                              f"rerun requested by {requested_by}")
+        feed = None  # queued in the ledger as a set: the dispatcher reads them there
     service.store.clear_sweep_stop_reason(sweep_id)
     if queued:
-        sweeps.feed_all(sweep_id)
+        sweeps.feed(sweep_id, feed)
     return sweeps.get(sweep_id)
 
 

@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator
 from datetime import datetime
+from typing import Any
 
 from orchestrator.models import JobRecord, JobStatus, utcnow
 from orchestrator.plugins.worker import stale_attempt
@@ -134,24 +135,27 @@ async def sent_attempts(store: Store, sweep_id: str, statuses: list[JobStatus]) 
     """(id, attempt) of the sweep's runs in `statuses` that ran at least once, a window of
     indexes at a time: the attempts a rerun keeps the outputs and logs of."""
     wanted = [status.value for status in statuses]
-    last = await asyncio.to_thread(sweep_runs.last_index, store, sweep_id)
-    for after in range(-1, last, SPAN):
-        runs = await asyncio.to_thread(sweep_runs.sent_attempts, store, sweep_id, wanted, after, SPAN)
-        if runs:
-            yield runs
+    async for runs in _windows(store, sweep_id, lambda after: sweep_runs.sent_attempts(
+            store, sweep_id, wanted, after, SPAN)):
+        yield runs
 
 
 async def sent_runs(store: Store, sweep_id: str) -> AsyncIterator[list[JobRecord]]:
     """The sweep's active runs that may have been sent to Dask (RUNNING, or QUEUED with an
     attempt recorded), a window of indexes at a time: after a restart only these need a word
     to the workers and a line in their history; a run never sent is simply sent."""
+    async for runs in _windows(store, sweep_id, lambda after: sweep_runs.sent_active(store, sweep_id, after, SPAN)):
+        yield runs
+
+
+async def _windows(store: Store, sweep_id: str, read: Callable[[int], list[Any]]) -> AsyncIterator[list[Any]]:
+    """What `read` finds in each window of SPAN run indexes past `after` (in a thread, one
+    query a window, so none walks the whole sweep), the empty windows left out."""
     last = await asyncio.to_thread(sweep_runs.last_index, store, sweep_id)
-    after = -1
-    while after < last:
-        runs = await asyncio.to_thread(sweep_runs.sent_active, store, sweep_id, after, SPAN)
-        after += SPAN
-        if runs:
-            yield runs
+    for after in range(-1, last, SPAN):
+        found = await asyncio.to_thread(read, after)
+        if found:
+            yield found
 
 
 async def requeue_sent(store: Store, recorder: Recorder, flag: Flag, sweep_id: str, reason: str) -> None:

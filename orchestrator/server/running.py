@@ -45,13 +45,9 @@ async def start_server(settings: Settings) -> RunningServer:
     # The API's port first: the embedded cluster's scheduler and workers, which take free ports
     # as they start, can then never take the one asked for, and a port in use fails at once.
     sockets = _bind(settings.host, settings.port)
+    service: Service | None = None
     try:
         service = await Service(settings).start()
-    except BaseException:
-        for sock in sockets:
-            sock.close()
-        raise
-    try:
         quiet_repeated_errors()
         http = HTTPServer(
             make_app(service),
@@ -64,7 +60,8 @@ async def start_server(settings: Settings) -> RunningServer:
     except BaseException:
         for sock in sockets:
             sock.close()
-        await service.close()
+        if service is not None:
+            await service.close()
         raise
     port = sockets[0].getsockname()[1]
     url = f"http://{_url_host(settings.host)}:{port}"

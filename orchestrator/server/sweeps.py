@@ -262,17 +262,12 @@ class SweepService:
 
         dispatcher.start(on_done=done)
 
-    def feed(self, sweep_id: str, runs: list[JobRecord]) -> None:
-        """Runs QUEUED again (a rerun) go to the sweep's dispatcher, or to a new one."""
+    def feed(self, sweep_id: str, runs: list[JobRecord] | None = None) -> None:
+        """Runs QUEUED again (a rerun) go to the sweep's dispatcher, or to a new one; None: a
+        set queued again in the ledger, which the dispatcher reads again from the start."""
         dispatcher = self._dispatchers.get(sweep_id)
-        if dispatcher is None or not dispatcher.add(runs):
-            self._dispatch_queued(sweep_id)
-
-    def feed_all(self, sweep_id: str) -> None:
-        """Runs of the sweep QUEUED again as a set: its dispatcher reads its queue from the
-        start, or a new one does."""
-        dispatcher = self._dispatchers.get(sweep_id)
-        if dispatcher is None or not dispatcher.rewind():
+        fed = dispatcher is not None and (dispatcher.add(runs) if runs is not None else dispatcher.rewind())
+        if not fed:
             self._dispatch_queued(sweep_id)
 
     def _dispatch_queued(self, sweep_id: str) -> None:

@@ -48,6 +48,12 @@ class Admitted:
     sealed: bytes | None = None
 
 
+# What the ledger keeps about a job beside its own row, (table, column naming the job): a job
+# is deleted with all of them.
+JOB_OWNED_ROWS = (("job_files", "job_id"), ("job_statuses", "job_id"), ("job_shares", "job_id"),
+                  ("secrets", "holder"))
+
+
 class JobsTable(Connection):
     """Jobs and their status history."""
 
@@ -223,8 +229,7 @@ class JobsTable(Connection):
 
     def delete_job(self, job_id: str) -> None:
         with self.transaction() as db:
-            for table, column in (("job_files", "job_id"), ("job_statuses", "job_id"),
-                                  ("job_shares", "job_id"), ("secrets", "holder"), ("jobs", "id")):
+            for table, column in (*JOB_OWNED_ROWS, ("jobs", "id")):
                 db.execute(f"DELETE FROM {table} WHERE {column} = ?", (job_id,))
 
     def marked_for_deletion(self, job_id: str) -> bool:

@@ -23,6 +23,7 @@ from orchestrator.models import JobRecord, JobStatus, StatusChange
 from orchestrator.server.ledger.connection import Connection, marks, ts
 from orchestrator.server.ledger.jobs import (
     _JOB_COLUMNS,
+    JOB_OWNED_ROWS,
     _spec_json,
     insert_rows,
     job_from_row,
@@ -156,8 +157,7 @@ def end_queued(
         sweep = db.execute("SELECT owner, stop_reason FROM sweeps WHERE id = ?", (sweep_id,)).fetchone()
         if sweep is None or (while_stopping and sweep[1] is None):
             return []
-        db.execute("CREATE TEMP TABLE IF NOT EXISTS ending_runs (seq INTEGER PRIMARY KEY, storage_bytes INTEGER)")
-        db.execute("DELETE FROM temp.ending_runs")
+        _scratch(db, "ending_runs", "storage_bytes INTEGER")
         # from the index on (sweep_id, status, finished_at, storage_bytes) alone: no row read
         db.execute(f"INSERT INTO temp.ending_runs SELECT seq, storage_bytes FROM jobs WHERE sweep_id = ?"
                    f" AND status = ?{spared} LIMIT ?",
@@ -203,15 +203,13 @@ def requeue_ended(
     index order past `after`, so a run that ends again meanwhile is not queued twice."""
     when = at.isoformat()
     with ledger.transaction() as db:
-        db.execute("CREATE TEMP TABLE IF NOT EXISTS rerun_runs (seq INTEGER PRIMARY KEY, idx INTEGER)")
-        db.execute("DELETE FROM temp.rerun_runs")
+        _scratch(db, "rerun_runs", "idx INTEGER")
         db.execute(f"INSERT INTO temp.rerun_runs SELECT seq, idx FROM jobs INDEXED BY jobs_sweep WHERE sweep_id = ?"
                    f" AND idx > ? AND status IN ({marks(len(statuses))}) ORDER BY idx LIMIT ?",
                    (sweep_id, after, *statuses, int(limit)))
         last = db.execute("SELECT MAX(idx) FROM temp.rerun_runs").fetchone()[0]
         rows = "FROM jobs WHERE seq IN (SELECT seq FROM temp.rerun_runs)"
-        counted = db.execute(f"SELECT owner, status, COUNT(*), SUM({RUN_PROBLEM.format(r='jobs')}),"
-                             f" SUM(storage_bytes) {rows} GROUP BY owner, status").fetchall()
+        counted = _tally(db, rows)
         with counts_held(db):
             db.execute("UPDATE jobs SET status = ?, status_reason = ?, attempt = attempt + 1, worker = NULL,"
                        " started_at = NULL, finished_at = NULL, result = NULL, worker_losses = 0,"
@@ -251,18 +249,15 @@ def delete_runs(ledger: Connection, sweep_id: str, seqs: list[int]) -> None:
     and secrets, in one transaction; their counts and names are taken away as a set, not a
     trigger per row."""
     with ledger.transaction() as db:
-        db.execute("CREATE TEMP TABLE IF NOT EXISTS deleting_runs (seq INTEGER PRIMARY KEY, id TEXT NOT NULL)")
-        db.execute("DELETE FROM temp.deleting_runs")
+        _scratch(db, "deleting_runs", "id TEXT NOT NULL")
         # CROSS JOIN: the given keys drive the lookup, never a walk of the sweep's other runs
         db.execute("INSERT INTO temp.deleting_runs SELECT jobs.seq, jobs.id FROM json_each(?) AS given"
                    " CROSS JOIN jobs ON jobs.seq = given.value WHERE jobs.sweep_id = ?", (json.dumps(seqs), sweep_id))
         rows = "FROM jobs WHERE seq IN (SELECT seq FROM temp.deleting_runs)"
-        counted = db.execute(f"SELECT owner, status, COUNT(*), SUM({RUN_PROBLEM.format(r='jobs')}),"
-                             f" SUM(storage_bytes) {rows} GROUP BY owner, status").fetchall()
+        counted = _tally(db, rows)
         named = db.execute(f"SELECT name, COUNT(*) {rows} GROUP BY lower(name)").fetchall()
         with counts_held(db):
-            for table, column in (("job_files", "job_id"), ("job_statuses", "job_id"), ("job_shares", "job_id"),
-                                  ("secrets", "holder")):
+            for table, column in JOB_OWNED_ROWS:
                 db.execute(f"DELETE FROM {table} WHERE {column} IN (SELECT id FROM temp.deleting_runs)")
             db.execute(f"DELETE {rows}")
             for owner, status, runs, problems, stored in counted:
@@ -270,6 +265,20 @@ def delete_runs(ledger: Connection, sweep_id: str, seqs: list[int]) -> None:
             for name, runs in named:
                 name_runs(db, name, -runs)
         db.execute("DELETE FROM sweep_tallies WHERE sweep_id = ? AND n = 0", (sweep_id,))
+
+
+def _scratch(db: sqlite3.Connection, table: str, columns: str) -> None:
+    """An empty temporary table of the writer's connection, keyed by `seq`, for a chunk's runs
+    (picked once, then changed by set statements)."""
+    db.execute(f"CREATE TEMP TABLE IF NOT EXISTS {table} (seq INTEGER PRIMARY KEY, {columns})")
+    db.execute(f"DELETE FROM temp.{table}")
+
+
+def _tally(db: sqlite3.Connection, rows: str) -> list[tuple[str, str, int, int, int]]:
+    """(owner, status, runs, output problems, bytes) of the runs `rows` (a FROM ... WHERE)
+    names, as they are now: what a set change moves in the kept counts."""
+    return db.execute(f"SELECT owner, status, COUNT(*), SUM({RUN_PROBLEM.format(r='jobs')}),"
+                      f" SUM(storage_bytes) {rows} GROUP BY owner, status").fetchall()
 
 
 def insert_all(ledger: Connection, chunks: Iterable[list[tuple[Any, ...]]], history: list[StatusChange]) -> None:
