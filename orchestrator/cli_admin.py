@@ -18,8 +18,6 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator.plugins.worker import GPU_DEVICES_VARIABLE
-
 # ---- serve and config ---------------------------------------------------------------------
 
 
@@ -132,9 +130,11 @@ def tls_argv(args: argparse.Namespace) -> list[str]:
 
 def worker_command(args: argparse.Namespace) -> tuple[list[str], dict[str, str]]:
     """The `dask worker` command line and environment `orchestrator worker` runs."""
+    # Dask is imported here, not at the top: every other command starts without it.
     from dask.utils import parse_bytes
 
     from orchestrator.config import count_gpus, machine_resources
+    from orchestrator.plugins.worker import GPU_DEVICES_VARIABLE
 
     machine = machine_resources()
     if args.gpu_devices is not None:

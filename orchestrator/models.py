@@ -9,7 +9,6 @@ from datetime import datetime, timezone
 from enum import Enum
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from dask.utils import parse_bytes
 from pydantic import (
     AfterValidator,
     BaseModel,
@@ -93,6 +92,8 @@ class Resources(Request):
     @classmethod
     def _parse_size(cls, value: Any) -> Any:
         if isinstance(value, str):
+            from dask.utils import parse_bytes  # the whole of Dask: not for every CLI command
+
             try:
                 return parse_bytes(value)
             except (ValueError, TypeError) as exc:

@@ -53,6 +53,7 @@ JSON_LIMIT = 1_048_576
 FILE_FIELDS = ("file[]", "file", "files", "files[]")
 STORAGE_AREAS = ("jobs", "sweeps", "binaries", "_tmp")
 DEEP = 100_000
+TRICKLE_PAUSE_S = 0.3  # between a slow client's bytes: seconds per request, far past a normal one
 
 
 # ---- the target: one server with canaries planted around its storage ----------------------
@@ -588,7 +589,7 @@ def _trickle(server: Server, head: bytes, body: bytes, results: dict, key: str, 
         with socket.create_connection(address(server), timeout=HANG_S) as sock:
             sock.sendall(head)
             for byte in body:
-                time.sleep(1.0)
+                time.sleep(TRICKLE_PAUSE_S)
                 sock.sendall(bytes([byte]))
             if close_early:
                 results[key] = "abandoned"
@@ -627,7 +628,7 @@ def test_slow_clients_do_not_block_other_requests(target, saved_job):
             assert client.get("/health").status_code == 200
             assert client.get("/jobs", params={"page_size": 1}).status_code == 200
             answered += 1
-            time.sleep(0.5)
+            time.sleep(0.2)
     for thread in threads:
         thread.join(HANG_S)
         assert not thread.is_alive()

@@ -3,8 +3,14 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 from orchestrator.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def run(capsys, *argv: str) -> tuple[int, str]:
@@ -68,3 +74,15 @@ def test_config_prints_settings(capsys, monkeypatch):
     assert settings["ORCHESTRATOR_MAX_UPLOAD_BYTES"] == 12345
     assert settings["ORCHESTRATOR_HOST"] == "127.0.0.1"
     assert settings["ORCHESTRATOR_PORT"] == 8080
+
+
+def test_client_commands_start_without_dask(server):
+    """A user's command starts in a fraction of the second Dask's import takes: only `serve`
+    and `worker` import it."""
+    script = ("import sys\nfrom orchestrator.cli import main\n"
+              f"code = main(['submit', '--url', {server.url!r}, '--wait', 'true'])\n"
+              "print(code, sorted(m for m in ('dask', 'distributed') if m in sys.modules))")
+    ran = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                         env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout.splitlines()[-1] == "0 []", ran.stdout

@@ -254,7 +254,7 @@ def test_a_restarted_scheduler_gets_back_every_job_and_run(tmp_path, dask_proces
         clients = dask_processes.other_clients()
         sweep_id = start_sweep(api, ledger)
         wait_counts(api, sweep_id, lambda c: c.get("COMPLETED", 0) >= 20)
-        singles = [_submit(api, "sleep 6; echo $ORCHESTRATOR_TASK_KEY > out.txt", priority=10) for _ in range(3)]
+        singles = [_submit(api, "sleep 3; echo $ORCHESTRATOR_TASK_KEY > out.txt", priority=10) for _ in range(3)]
         _wait_any_running(api, singles)
 
         lost_at = time.monotonic()
@@ -331,6 +331,6 @@ def _check_attached_again(api: httpx.Client, processes: DaskProcesses) -> None:
     status topic was subscribed again: else RUNNING would only be recorded with the end)."""
     plugins = processes.on_scheduler(lambda dask_scheduler: list(dask_scheduler.worker_plugins))
     assert "orchestrator" in plugins
-    job_id = _submit(api, "sleep 3")
+    job_id = _submit(api, "sleep 1.5")
     _wait_any_running(api, [job_id])
     assert api.get(f"/jobs/{job_id}", params={"wait": 60}, timeout=90).json()["status"] == "COMPLETED"

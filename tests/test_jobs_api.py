@@ -37,6 +37,7 @@ def test_sync_wait_that_runs_out_answers_202(server):
                                 json={"command": "sleep 5"})
     assert response.status_code == 202
     assert response.json()["status"] in ("QUEUED", "RUNNING")
+    server.http.post(f"/jobs/{response.json()['id']}/stop")  # no sleeper left on the shared cluster
 
 
 def test_failed_job_records_exit_code_and_retries(server):
