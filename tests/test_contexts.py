@@ -105,3 +105,39 @@ def test_a_wheel_is_extracted_onto_the_path(store: Path, tmp_path: Path):
     assert (site / "wordcount" / "jobs.py").is_file()
     assert (site / "wordcount-1.0.dist-info" / "METADATA").is_file()
     assert not list(site.glob(".*download"))
+
+
+def test_a_reap_while_a_context_starts_leaves_its_site(store: Path):
+    """The reaper thread (or another job's end) may reap between a new context's site being
+    made and the context being listed: the site must stay, or its job cannot import."""
+    pool = ContextPool()
+    made = pool._site
+
+    def site_then_reap(*args):
+        folder = made(*args)
+        pool.reap()
+        return folder
+
+    pool._site = site_then_reap
+    try:
+        with pool.borrow(key(WHEEL), None, fetcher(store)) as context:
+            site = Path(psutil.Process(context.process.pid).cwd())
+            assert (site / "wordcount" / "jobs.py").is_file(), site
+    finally:
+        pool.end_all()
+
+
+def test_each_new_context_has_a_site_of_its_own(store: Path):
+    """An ended context's site is removed after the pool's lock is let go: a newer context
+    of the same key must not be in the same folder."""
+    pool = ContextPool()
+    try:
+        with pool.borrow(key(WHEEL), None, fetcher(store)) as first:
+            first_site = psutil.Process(first.process.pid).cwd()
+            first.end()  # died: dropped when it is given back
+        with pool.borrow(key(WHEEL), None, fetcher(store)) as second:
+            second_site = psutil.Process(second.process.pid).cwd()
+        assert second_site != first_site and not Path(first_site).exists()
+        assert (Path(second_site) / "wordcount" / "jobs.py").is_file()
+    finally:
+        pool.end_all()

@@ -20,9 +20,11 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import zipfile
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from functools import cache
@@ -146,6 +148,7 @@ class ContextPool:
         self._lock = threading.Lock()
         self._contexts: list[WarmContext] = []
         self._sites: dict[ContextKey, Path] = {}
+        self._starting: Counter[ContextKey] = Counter()  # contexts being made: their sites stay
         self._site_lock = threading.Lock()
         self._reaper: threading.Thread | None = None
 
@@ -181,6 +184,21 @@ class ContextPool:
         return None
 
     def _start(self, key: ContextKey, run_as: RunAs | None, fetch: Any) -> WarmContext:
+        """A new context of `key`. Until it is listed, its key counts as starting, so that a
+        reap meanwhile (the reaper thread, another job's end) cannot remove its site."""
+        with self._lock:
+            self._starting[key] += 1
+        try:
+            context = self._spawn(key, run_as, fetch)
+        finally:
+            with self._lock:
+                self._starting[key] -= 1
+                if not self._starting[key]:
+                    del self._starting[key]
+        self._start_reaper()
+        return context
+
+    def _spawn(self, key: ContextKey, run_as: RunAs | None, fetch: Any) -> WarmContext:
         site = self._site(key, run_as, fetch)
         ours, theirs = socket.socketpair()
         env = clean_environment(run_as, site, {}) if run_as else dict(os.environ)
@@ -197,7 +215,6 @@ class ContextPool:
         context = WarmContext(key, process, ours)
         with self._lock:
             self._contexts.append(context)
-        self._start_reaper()
         return context
 
     def _site(self, key: ContextKey, run_as: RunAs | None, fetch: Any) -> Path:
@@ -206,9 +223,9 @@ class ContextPool:
             site = self._sites.get(key)
             if site is not None and site.is_dir():
                 return site
-            folder = folders_root() / f"context-{key.digest}"  # beside job folders: enterable, not listable
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir(mode=0o700)
+            # Beside job folders (enterable, not listable); a name of its own each time, so that
+            # removing an ended context's site never removes a newer one of the same key.
+            folder = Path(tempfile.mkdtemp(prefix=f"context-{key.digest}-", dir=folders_root()))
             try:
                 for artifact in key.artifacts:
                     unpack(artifact, folder, fetch)
@@ -235,7 +252,7 @@ class ContextPool:
                 doomed += [c for c in keep if c not in doomed]
             for context in doomed:
                 self._contexts.remove(context)
-            left = {c.key for c in self._contexts}
+            left = {c.key for c in self._contexts} | set(self._starting)
             gone_sites = [self._sites.pop(k) for k in list(self._sites) if k not in left]
         for context in doomed:
             context.end()
