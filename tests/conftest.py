@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from orchestrator.certs import TlsFiles, write_tls_files
 from orchestrator.config import Settings
 from orchestrator.loop_thread import LoopThread
 from orchestrator.server.running import RunningServer, start_server
+from tests.support.ports import free_port  # noqa: F401 - imported from here by test modules
 
 REPO = Path(__file__).resolve().parent.parent
 TERMINAL = {"COMPLETED", "FAILED", "STOPPED"}
@@ -203,12 +203,6 @@ def any_server(request, make_server) -> Server:
         return make_server()
     s3: S3Server = request.getfixturevalue("s3")
     return make_server(storage=f"s3://{s3.new_bucket()}/orchestrator", storage_options=s3.options)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def serve_subprocess(data_dir: Path, port: int, *extra: str) -> subprocess.Popen:

@@ -26,6 +26,8 @@ from pathlib import Path
 
 import psutil
 
+from tests.support.ports import free_port
+
 PARTITION = "debug"
 START_TIMEOUT_S = 60.0
 STOP_TIMEOUT_S = 15.0
@@ -127,12 +129,6 @@ def outer_slurm_vars(environ: dict[str, str]) -> list[str]:
     """Variables of an outer Slurm job (pytest run under Slurm) that must not leak into ours."""
     return [name for name in environ if name != "SLURM_CONF"
             and name.startswith(("SLURM_", "SBATCH_", "SQUEUE_", "SRUN_", "SALLOC_"))]
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _hardware() -> tuple[int, int]:
@@ -278,7 +274,7 @@ def slurm_cluster(tmp_path: Path, timeout: float = START_TIMEOUT_S) -> Iterator[
     memory_mb = max(512, memory * 9 // 10)
     conf = root / "slurm.conf"
     conf.write_text(_slurm_conf(root, spool, node, cpus, memory_mb,
-                                (_free_port(), _free_port()), munge_socket))
+                                (free_port(), free_port()), munge_socket))
 
     marker = str(root)
     env = {**os.environ, "SLURM_CONF": str(conf), MARKER_VAR: marker}
