@@ -35,7 +35,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -44,6 +43,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
+from loopback import free_port  # its sibling: run as a script
 
 REPO = Path(__file__).resolve().parent.parent
 CHUNK = 1024 * 1024
@@ -54,12 +54,6 @@ TRANSFER_TIMEOUT_S = 1800.0
 
 
 # ---- processes ----------------------------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def spawn(argv: list[str], log: Path, env: dict[str, str] | None = None) -> subprocess.Popen:
