@@ -16,7 +16,10 @@ temporary data directory) and measures, on the same machine and cluster:
 5. job type:  the same N jobs submitted by job type (a registered type whose command is
    ``true``), to show that a job by type costs no more than a plain job;
 6. sync:      one trivial ``POST /jobs?sync=true`` after another on the idle server (after the
-   others have ended): p50 and p90 of the whole round trip;
+   others have ended): p50 and p90 of the whole round trip, from a client in a process of its
+   own, as any user's client is (in this process it would compete for the server's GIL),
+   against raw Dask's own round trip: ``client.submit(run_true).result()`` one after another
+   from a process of its own, with Dask's default settings;
 7. deep queue: how fast N ``sleep 600`` jobs are accepted, last (closing the server ends them):
    jobs that outlast the burst, so the queue deepens and the workers spawn nothing meanwhile,
    which shows the accepting path alone; measurement 1's trivial jobs share the machine's cores
@@ -31,6 +34,7 @@ survives Dask alone and the whole orchestrator (HTTP, job store, storage, Dask).
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import shutil
 import subprocess
 import tempfile
@@ -38,6 +42,8 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from statistics import median
+from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -124,6 +130,19 @@ def measure_raw_dask(server: RunningServer, jobs: int) -> float:
         return time.perf_counter() - started
 
 
+def measure_raw_dask_sync(address: str, security: Any, runs: int = SYNC_JOBS) -> list[float]:
+    """Seconds of each of `runs` sequential ``client.submit(run_true).result()`` round trips
+    (after warm-up): the sync line's baseline, raw Dask as its users call it."""
+    durations = []
+    with Client(address, security=security) as client:
+        for number in range(runs + SYNC_WARM_UP):
+            started = time.perf_counter()
+            client.submit(run_true, number, pure=False).result()
+            if number >= SYNC_WARM_UP:
+                durations.append(time.perf_counter() - started)
+    return sorted(durations)
+
+
 def measure_bare(runs: int, processes: int = BARE_PROCESSES) -> float:
     """Seconds for `runs` runs of `true` split across `processes` processes, pool start included."""
     shares = [runs // processes + (1 if i < runs % processes else 0) for i in range(processes)]
@@ -186,9 +205,14 @@ def main() -> None:
                   f"{rate(args.jobs, typed.completed_s):.1f} jobs/s")
             raw_dask_s = measure_raw_dask(server, args.jobs)
             print(f"raw dask: {rate(args.jobs, raw_dask_s):.1f} runs/s ({raw_dask_s:.2f} s)")
-            sync = measure_sync(server.url)
-            print(f"sync p50 = {sync[len(sync) // 2] * 1000:.2f} ms (<= 10), "
+            connection = server.service.connection
+            with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:  # clients of their own
+                sync = pool.submit(measure_sync, server.url).result()
+                raw_sync = pool.submit(measure_raw_dask_sync, connection.address, connection.security).result()
+            print(f"sync p50 = {median(sync) * 1000:.2f} ms (<= 10), "
                   f"p90 = {sync[int(len(sync) * 0.9)] * 1000:.2f} ms ({len(sync)} sequential jobs)")
+            print(f"raw dask sync p50 = {median(raw_sync) * 1000:.2f} ms (client.submit(...).result() one after "
+                  f"another), ratio sync/raw-dask-sync = {median(sync) / median(raw_sync):.2f}")
             deep_s = post_many(urlsplit(server.url).port, LONG, args.jobs, args.concurrency)
             print(f"accepted into a deep queue: {args.jobs} long jobs in {deep_s:.2f} s = "
                   f"{rate(args.jobs, deep_s):.1f} jobs/s (the workers spawn nothing meanwhile)")
