@@ -95,8 +95,6 @@ class SweepCreate(JobTemplate):
                              "saltelli design over variables; its samples are the first batch")
         if self.until.statistic == "sobol" and kind != "saltelli":
             raise ValueError("until: Sobol indices need a saltelli design")
-        if self.job_type is not None:
-            raise ValueError("until: a job type's sweep cannot grow yet")
         return self
 
 

@@ -490,6 +490,51 @@ def test_a_variable_named_like_an_input_fills_it_and_a_bad_value_refuses_the_swe
     assert "inputs.json.READ_LENGTH" in refused.json()["error"]["fields"]
 
 
+def test_a_sweep_of_a_type_grows_with_runs_of_the_revision_it_pinned(tenants: Tenants):
+    bob = tenants["bob"]
+    created = sweep_of_type(bob, {
+        "inputs": {"files": {"INPUT_TEXT": ["in.txt"]}},
+        "variables": [{"name": "READ_LENGTH", "integer": {"low": 1, "high": 9}}],
+        "design": {"type": "monte_carlo", "samples": 3, "seed": 4}})
+    assert created.status_code == 201, created.text
+    sweep_id = created.json()["id"]
+    assert bob.get(f"/sweeps/{sweep_id}", params={"wait": 60}, timeout=90).json()["status"] == "COMPLETED"
+
+    grown = bob.post(f"/sweeps/{sweep_id}/extend", json={"samples": 2})
+    assert grown.status_code == 202, grown.text
+    done = bob.get(f"/sweeps/{sweep_id}", params={"wait": 60}, timeout=90).json()
+    assert done["status"] == "COMPLETED" and done["counts"] == {"COMPLETED": 5}, done
+    runs = sorted(bob.get(f"/sweeps/{sweep_id}/runs").json()["results"], key=lambda run: run["index"])
+    assert [run["index"] for run in runs] == list(range(5))
+    for run in runs:
+        length = run["variables"]["READ_LENGTH"]
+        assert run["kind"] == "job_type" and run["job_type"] == runs[0]["job_type"], run
+        assert run["inputs"] == {"files": {"INPUT_TEXT": ["in.txt"]}, "json": {"READ_LENGTH": length}}
+        assert bob.get(f"/jobs/{run['id']}/files/output_text.txt").content == TEXT[:length]
+    rows = bob.get(f"/sweeps/{sweep_id}/results").json()["rows"]
+    assert [row["READ_LENGTH"] for row in rows] == [run["variables"]["READ_LENGTH"] for run in runs]
+
+
+def test_an_adaptive_sweep_of_a_type_grows_by_its_batches(tenants: Tenants):
+    register_version(tenants["root"], "9.1.0", command=(
+        "head -c ${READ_LENGTH} ${INPUT_TEXT} > ${OUTPUT_DIR}/output_text.txt; "
+        "printf '{\"TOTAL_INPUT\": %s}' ${READ_LENGTH} > ${OUTPUT_DIR}/seed.outputs.json"))
+    bob = tenants["bob"]
+    created = sweep_of_type(bob, {
+        "job_type": "test@9.1.0", "inputs": {"files": {"INPUT_TEXT": ["in.txt"]}},
+        "variables": [{"name": "READ_LENGTH", "integer": {"low": 1, "high": 9}}],
+        "design": {"type": "monte_carlo", "samples": 3, "seed": 4},
+        "until": {"output": "total_input", "rel_ci_half_width": 0.0001, "batch": 2, "max_samples": 7}})
+    assert created.status_code == 201, created.text
+    sweep_id = created.json()["id"]
+    done = wait_until(lambda: (lambda s: s if s["until"]["state"] != "growing" else None)(
+        bob.get(f"/sweeps/{sweep_id}").json()), 120, "the adaptive sweep settled", every=0.2)
+    assert done["until"]["state"] == "max_samples", done
+    table = bob.get(f"/sweeps/{sweep_id}/results").json()
+    assert len(table["rows"]) == 7 and {row["status"] for row in table["rows"]} == {"COMPLETED"}, table
+    assert all(row["total_input"] == row["READ_LENGTH"] for row in table["rows"]), table["rows"]
+
+
 def test_a_paused_type_holds_its_sweep_until_resumed(tenants: Tenants):
     root, bob = tenants["root"], tenants["bob"]
     register_version(root, "8.0.0")

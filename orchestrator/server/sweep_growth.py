@@ -15,6 +15,7 @@ import asyncio
 import logging
 import math
 import uuid
+from datetime import datetime
 from typing import Any
 
 import numpy as np
@@ -25,6 +26,7 @@ from orchestrator.errors import Conflict, ValidationFailed
 from orchestrator.growth_models import Until, UntilState
 from orchestrator.intervals import mean_interval, quantile_interval
 from orchestrator.models import JobRecord, JobStatus, StatusChange, utcnow
+from orchestrator.server import typed_sweeps
 from orchestrator.server.engine import ACTIVE
 from orchestrator.sweep_models import SweepCreate, SweepRecord
 
@@ -80,8 +82,6 @@ class SweepGrowth:
         spec = dict(sweep.spec)
         request = recorded_request(spec)
         design = request.design
-        if request.job_type is not None:
-            raise Conflict("a job type's sweep cannot grow yet; create a larger one")
         if not isinstance(design, doe.Sampled) or design.type not in GROWABLE or not request.variables:
             raise Conflict(f"only {', '.join(GROWABLE)} designs over variables can grow; "
                            f"this sweep's is {getattr(design, 'type', 'a table of cases')}")
@@ -96,7 +96,7 @@ class SweepGrowth:
                                    {"samples": f"at most {self.sweeps.max_runs} runs in one sweep"})
         now = utcnow()
         reason = f"run of sweep {sweep_id} (extension {growth.lineage['number']})"
-        runs = _new_runs(firsts[0], request, growth.table, reason, now)
+        runs = self._runs_of(firsts[0], request, growth.table, reason, now)
         spec["design"] = {**spec["design"], "samples": design.samples + samples}
         spec["extensions"] = [*extensions, {**growth.lineage, "at": now.isoformat()}]
         history = [StatusChange(status=JobStatus.CREATED, at=now),
@@ -105,6 +105,14 @@ class SweepGrowth:
             return  # stopped while the extension was being made
         await asyncio.to_thread(self.store.grow_sweep, sweep_id, runs, history, spec)
         self.sweeps.feed(sweep_id, runs)
+
+    def _runs_of(self, first: JobRecord, request: SweepCreate, table: doe.RunTable, reason: str,
+                 now: datetime) -> list[JobRecord]:
+        """New runs like the sweep's first: of its command, or of the job type revision it pinned."""
+        if first.job_type is None:
+            return _new_runs(first, request, table, reason, now)
+        manifest, _ = self.sweeps.job_types.revision_contract(first.job_type)
+        return typed_sweeps.grown_runs(first, request, manifest, table, reason, now)
 
     # ---- adaptive stopping ------------------------------------------------------------
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from orchestrator import doe, templating
@@ -93,7 +94,27 @@ def _runs(
         id="-", owner=creator.user, status=JobStatus.QUEUED,
         files=sorted(uploaded), retries=request.retries, sweep_id=sweep_id, created_at=now, **common.fields,
     )
-    shared_env = {k: v for k, v in prototype.env.items() if k not in json_env(inputs[0].get("json", {}))}
+    return _like(prototype, inputs[0], rows, inputs)
+
+
+def grown_runs(first: JobRecord, request: SweepCreate, manifest: Manifest, table: doe.RunTable,
+               reason: str, now: datetime) -> list[JobRecord]:
+    """An extension's runs (sweep_growth): jobs of the revision the sweep pinned, like its first
+    run, each run's inputs filled from its variables and checked as at the sweep's creation."""
+    rows = list(table.indexed())
+    inputs = [_run_inputs(manifest, request.inputs, variables, index) for index, variables in rows]
+    prototype = first.model_copy(update={
+        "status": JobStatus.QUEUED, "status_reason": reason, "created_at": now, "attempt": 0,
+        "worker": None, "worker_losses": 0, "storage_bytes": 0, "submitted_at": None,
+        "started_at": None, "finished_at": None, "result": None})
+    return _like(prototype, first.inputs or {}, rows, inputs)
+
+
+def _like(prototype: JobRecord, its_inputs: dict[str, Any], rows: list[tuple[int, dict[str, Any]]],
+          inputs: list[dict[str, Any]]) -> list[JobRecord]:
+    """Runs like `prototype` (whose environment holds `its_inputs`' JSON values), with their
+    own index, variables, inputs and the environment those make."""
+    shared_env = {k: v for k, v in prototype.env.items() if k not in json_env(its_inputs.get("json", {}))}
     return [
         prototype.model_copy(update={
             "id": uuid.uuid4().hex[:12], "index": index, "variables": variables, "inputs": run_inputs,
