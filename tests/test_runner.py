@@ -3,12 +3,17 @@ nothing, so it can never overwrite the files of the attempt that replaced it."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 import time
 import uuid
 
+import psutil
+
 from orchestrator.plugins.worker import job_processes, request_stop, stale_attempt
 from orchestrator.storage import Storage, layout
+from orchestrator.worker import runner
 from orchestrator.worker.runner import run_job
 from tests.support import wait_until
 
@@ -48,3 +53,19 @@ def test_a_user_stop_keeps_what_the_job_wrote(tmp_path):
     assert outcome["status"] == "STOPPED"
     assert storage.read_range(layout.output_key(spec["job_id"], "out.txt"), 0) == b"late\n"
     assert storage.read_range(layout.log_key(spec["job_id"], "stdout"), 0) == b"log\n"
+
+
+def test_a_dead_process_waiting_to_be_reaped_does_not_count_as_surviving_a_stop():
+    """A stop's killed processes whose parent died first are zombies until PID 1 reaps them,
+    which can take over a second: they are dead, and a stop must not report them alive."""
+    holder = subprocess.Popen(  # starts `true` and never reaps it
+        [sys.executable, "-c", "import subprocess, time; child = subprocess.Popen(['true']); "
+         "print(child.pid, flush=True); time.sleep(60)"], stdout=subprocess.PIPE, text=True)
+    try:
+        zombie = psutil.Process(int(holder.stdout.readline()))
+        wait_until(lambda: zombie.status() == psutil.STATUS_ZOMBIE, 10, "the child to end")
+        assert not runner._still_running(zombie)
+        assert runner._still_running(psutil.Process(holder.pid))
+    finally:
+        holder.kill()
+        holder.wait()

@@ -452,7 +452,15 @@ def _terminate_tree(process: subprocess.Popen, key: str) -> list[str]:
         with contextlib.suppress(psutil.Error):
             proc.kill()
     _, alive = psutil.wait_procs(marked, timeout=1.0)
-    return [f"pid {p.pid} ({_name(p)})" for p in alive]
+    return [f"pid {p.pid} ({_name(p)})" for p in alive if _still_running(p)]
+
+
+def _still_running(proc: psutil.Process) -> bool:
+    """A killed process whose parent died before it is a zombie until PID 1 reaps it, which
+    may take a while (this worker cannot wait for a process it did not start): it is dead."""
+    with contextlib.suppress(psutil.Error):
+        return proc.status() != psutil.STATUS_ZOMBIE
+    return False
 
 
 def _kill_group_remains(process: subprocess.Popen) -> None:
