@@ -241,14 +241,15 @@ def wait_until_serving(url: str, process: subprocess.Popen, timeout: float = 90)
 
 
 def kill_session(process: subprocess.Popen) -> None:
-    """Everything the server started (worker processes and their jobs) after it is gone."""
+    """Everything the server started (worker processes and their jobs) after it is gone. A
+    killed process waiting for PID 1 to reap it (a zombie) is gone: it runs nothing."""
     with contextlib.suppress(ProcessLookupError):
         os.killpg(process.pid, 9)
     process.wait(timeout=10)
     deadline = time.monotonic() + 10
     while time.monotonic() < deadline and any(
-        p.info["pid"] != os.getpid() and _session(p) == process.pid
-        for p in psutil.process_iter(["pid"])
+        p.info["pid"] != os.getpid() and p.info["status"] != psutil.STATUS_ZOMBIE and _session(p) == process.pid
+        for p in psutil.process_iter(["pid", "status"])
     ):
         time.sleep(0.1)
 

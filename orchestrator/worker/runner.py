@@ -438,9 +438,7 @@ def _exit_reason(exit_code: int) -> str:
 
 def _terminate_tree(process: subprocess.Popen, key: str) -> list[str]:
     """SIGTERM the group, SIGKILL what stays, then hunt escaped descendants by their marker.
-
-    Returns descriptions of processes still alive afterwards (there should be none).
-    """
+    Returns descriptions of processes still running afterwards (there should be none)."""
     signal_group(process, signal.SIGTERM)
     with contextlib.suppress(subprocess.TimeoutExpired):
         process.wait(timeout=STOP_GRACE_S)
@@ -456,8 +454,7 @@ def _terminate_tree(process: subprocess.Popen, key: str) -> list[str]:
 
 
 def _still_running(proc: psutil.Process) -> bool:
-    """A killed process whose parent died before it is a zombie until PID 1 reaps it, which
-    may take a while (this worker cannot wait for a process it did not start): it is dead."""
+    """Not a zombie: a killed orphan is one until PID 1 (not this worker) reaps it, maybe later."""
     with contextlib.suppress(psutil.Error):
         return proc.status() != psutil.STATUS_ZOMBIE
     return False
