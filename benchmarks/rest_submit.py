@@ -39,6 +39,7 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,17 +131,11 @@ def measure_raw_dask(server: RunningServer, jobs: int) -> float:
         return time.perf_counter() - started
 
 
-def measure_raw_dask_sync(address: str, security: Any, runs: int = SYNC_JOBS) -> list[float]:
-    """Seconds of each of `runs` sequential ``client.submit(run_true).result()`` round trips
-    (after warm-up): the sync line's baseline, raw Dask as its users call it."""
-    durations = []
+def measure_raw_dask_sync(address: str, security: Any) -> list[float]:
+    """Sequential ``client.submit(run_true).result()`` round trips: the sync line's baseline,
+    raw Dask as its users call it."""
     with Client(address, security=security) as client:
-        for number in range(runs + SYNC_WARM_UP):
-            started = time.perf_counter()
-            client.submit(run_true, number, pure=False).result()
-            if number >= SYNC_WARM_UP:
-                durations.append(time.perf_counter() - started)
-    return sorted(durations)
+        return round_trips(lambda number: client.submit(run_true, number, pure=False).result())
 
 
 def measure_bare(runs: int, processes: int = BARE_PROCESSES) -> float:
@@ -152,18 +147,25 @@ def measure_bare(runs: int, processes: int = BARE_PROCESSES) -> float:
     return time.perf_counter() - started
 
 
-def measure_sync(url: str, jobs: int = SYNC_JOBS) -> list[float]:
-    """Seconds of each of `jobs` sequential `?sync=true` round trips of `true` (after warm-up)."""
+def round_trips(call: Callable[[int], None], count: int = SYNC_JOBS) -> list[float]:
+    """Seconds of each of `count` calls one after another, after SYNC_WARM_UP unmeasured, sorted."""
     durations = []
+    for number in range(count + SYNC_WARM_UP):
+        started = time.perf_counter()
+        call(number)
+        if number >= SYNC_WARM_UP:
+            durations.append(time.perf_counter() - started)
+    return sorted(durations)
+
+
+def measure_sync(url: str) -> list[float]:
+    """Sequential `?sync=true` round trips of `true`."""
     with httpx.Client(base_url=f"{url}/api/v1", timeout=60) as client:
-        for number in range(jobs + SYNC_WARM_UP):
-            started = time.perf_counter()
+        def post(_: int) -> None:
             job = client.post("/jobs", params={"sync": "true"}, json=PLAIN).json()
             if job.get("status") != "COMPLETED":
                 raise RuntimeError(f"a sync job did not complete: {job}")
-            if number >= SYNC_WARM_UP:
-                durations.append(time.perf_counter() - started)
-    return sorted(durations)
+        return round_trips(post)
 
 
 def start(loop: LoopThread, data_dir: Path, workers: int) -> RunningServer:

@@ -53,10 +53,8 @@ async def end_queued(
                                     while_stopping=status == JobStatus.STOPPED)
         return ids or None
 
-    began = time.monotonic()
-    total = await _in_chunks(store, recorder, chunk, lambda ids, at: rule(ids, reason, at))
-    logger.info("%d queued runs of sweep %s %s in %.1f s", total, sweep_id, status.value, time.monotonic() - began)
-    return total
+    return await _in_chunks(store, recorder, chunk, lambda ids, at: rule(ids, reason, at),
+                            f"queued runs of sweep {sweep_id} {status.value}")
 
 
 async def requeue_ended(store: Store, recorder: Recorder, sweep_id: str, statuses: list[JobStatus], reason: str) -> int:
@@ -73,21 +71,21 @@ async def requeue_ended(store: Store, recorder: Recorder, sweep_id: str, statuse
         after = last
         return ids
 
-    began = time.monotonic()
-    total = await _in_chunks(store, recorder, chunk, lambda ids, at: decisions.rerun_as_set(ids, reason, at))
-    logger.info("%d runs of sweep %s queued again in %.1f s", total, sweep_id, time.monotonic() - began)
-    return total
+    return await _in_chunks(store, recorder, chunk, lambda ids, at: decisions.rerun_as_set(ids, reason, at),
+                            f"runs of sweep {sweep_id} queued again")
 
 
 Chunk = Callable[[datetime, int], "list[str] | None"]  # one chunk of at most N changed: its ids (None: done)
 Rule = Callable[[list[str], datetime], list[StatusUpdate]]  # the updates that announce them
 
 
-async def _in_chunks(store: Store, recorder: Recorder, chunk: Chunk, rule: Rule) -> int:
+async def _in_chunks(store: Store, recorder: Recorder, chunk: Chunk, rule: Rule, what: str) -> int:
     """`chunk` again and again in a thread, never waiting for the loop, until it says it is
     done; each chunk is announced on the loop meanwhile (with the records as they are now,
-    read in the thread, when someone listens for whole records); how many runs changed."""
+    read in the thread, when someone listens for whole records); how many runs changed,
+    logged as `what` with the time it took."""
     loop = asyncio.get_running_loop()
+    began = time.monotonic()
     halt = threading.Event()
 
     def tell(ids: list[str], at: datetime, records: dict[str, JobRecord] | None) -> None:
@@ -108,9 +106,11 @@ async def _in_chunks(store: Store, recorder: Recorder, chunk: Chunk, rule: Rule)
         return total
 
     try:
-        return await asyncio.to_thread(change_all)  # its announcements run before its answer
+        total = await asyncio.to_thread(change_all)  # its announcements run before its answer
     finally:
         halt.set()  # cancelled (the service closes): the chunk under way is its last
+    logger.info("%d %s in %.1f s", total, what, time.monotonic() - began)
+    return total
 
 
 class ChunkSizer:

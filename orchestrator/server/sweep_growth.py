@@ -109,10 +109,11 @@ class SweepGrowth:
     def _runs_of(self, first: JobRecord, request: SweepCreate, table: doe.RunTable, reason: str,
                  now: datetime) -> list[JobRecord]:
         """New runs like the sweep's first: of its command, or of the job type revision it pinned."""
+        prototype = _fresh_like(first, reason, now)
         if first.job_type is None:
-            return _new_runs(first, request, table, reason, now)
+            return _new_runs(prototype, request, table)
         manifest, _ = self.sweeps.job_types.revision_contract(first.job_type)
-        return typed_sweeps.grown_runs(first, request, manifest, table, reason, now)
+        return typed_sweeps.grown_runs(prototype, first.inputs or {}, request, manifest, table)
 
     # ---- adaptive stopping ------------------------------------------------------------
 
@@ -155,15 +156,17 @@ def _next_index(store: Any, sweep_id: str, runs: int) -> int:
     return (last[0].index + 1) if last and last[0].index is not None else runs
 
 
-def _new_runs(first: JobRecord, request: SweepCreate, table: doe.RunTable, reason: str, now: Any) -> list[JobRecord]:
-    """Runs like the sweep's first (pinned binaries, files, limits) with the new rows."""
-    prototype = JobRecord(
-        id="-", name=first.name, owner=first.owner, kind=first.kind, status=JobStatus.QUEUED,
-        status_reason=reason, entrypoint=first.entrypoint, kwargs=first.kwargs, binaries=first.binaries,
-        files=first.files, secret_env=first.secret_env, resources=first.resources, timeout_s=first.timeout_s,
-        retries=first.retries, priority=first.priority, sweep_id=first.sweep_id, created_at=now,
-        outputs=first.outputs, in_context=first.in_context,
-    )
+def _fresh_like(first: JobRecord, reason: str, now: datetime) -> JobRecord:
+    """The sweep's first run as it was defined (pinned binaries, files, limits, job type), with
+    nothing of what happened to it: what a grown run starts from."""
+    return first.model_copy(update={
+        "status": JobStatus.QUEUED, "status_reason": reason, "created_at": now, "attempt": 0,
+        "worker": None, "worker_losses": 0, "storage_bytes": 0, "submitted_at": None,
+        "started_at": None, "finished_at": None, "result": None})
+
+
+def _new_runs(prototype: JobRecord, request: SweepCreate, table: doe.RunTable) -> list[JobRecord]:
+    """Command runs like `prototype` with the new rows: their command and environment rendered."""
     runs = []
     for index, row in table.indexed():
         env = {**{name: templating.render(value, row) for name, value in request.env.items()},

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from orchestrator import doe, templating
@@ -97,17 +96,14 @@ def _runs(
     return _like(prototype, inputs[0], rows, inputs)
 
 
-def grown_runs(first: JobRecord, request: SweepCreate, manifest: Manifest, table: doe.RunTable,
-               reason: str, now: datetime) -> list[JobRecord]:
-    """An extension's runs (sweep_growth): jobs of the revision the sweep pinned, like its first
-    run, each run's inputs filled from its variables and checked as at the sweep's creation."""
+def grown_runs(prototype: JobRecord, its_inputs: dict[str, Any], request: SweepCreate, manifest: Manifest,
+               table: doe.RunTable) -> list[JobRecord]:
+    """An extension's runs (sweep_growth): jobs of the revision the sweep pinned, like
+    `prototype` (its first run, whose inputs were `its_inputs`), each run's inputs filled from its
+    variables and checked as at the sweep's creation."""
     rows = list(table.indexed())
     inputs = [_run_inputs(manifest, request.inputs, variables, index) for index, variables in rows]
-    prototype = first.model_copy(update={
-        "status": JobStatus.QUEUED, "status_reason": reason, "created_at": now, "attempt": 0,
-        "worker": None, "worker_losses": 0, "storage_bytes": 0, "submitted_at": None,
-        "started_at": None, "finished_at": None, "result": None})
-    return _like(prototype, first.inputs or {}, rows, inputs)
+    return _like(prototype, its_inputs, rows, inputs)
 
 
 def _like(prototype: JobRecord, its_inputs: dict[str, Any], rows: list[tuple[int, dict[str, Any]]],

@@ -112,11 +112,9 @@ class Outcome:
 
 
 class Sealed:
-    """A task argument whose repr never shows what it holds.
-
-    Dask prints a failed task's arguments in its logs ("Compute Failed") and on its
-    dashboard; a run spec holds the job's opened secret environment.
-    """
+    """A task argument whose repr never shows what it holds: Dask prints a failed task's
+    arguments in its logs ("Compute Failed") and on its dashboard; a run spec holds the job's
+    opened secret environment."""
 
     __slots__ = ("content",)
 
@@ -449,12 +447,14 @@ def _terminate_tree(process: subprocess.Popen, key: str) -> list[str]:
     for proc in marked:
         with contextlib.suppress(psutil.Error):
             proc.kill()
-    _, alive = psutil.wait_procs(marked, timeout=1.0)
-    return [f"pid {p.pid} ({_name(p)})" for p in alive if _still_running(p)]
+    deadline = time.monotonic() + 1.0  # psutil.wait_procs would wait it all out on a zombie
+    while (alive := [p for p in marked if _still_running(p)]) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return [f"pid {p.pid} ({_name(p)})" for p in alive]
 
 
 def _still_running(proc: psutil.Process) -> bool:
-    """Not a zombie: a killed orphan is one until PID 1 (not this worker) reaps it, maybe later."""
+    """Not gone nor a zombie: a killed orphan is one until PID 1 (not this worker) reaps it."""
     with contextlib.suppress(psutil.Error):
         return proc.status() != psutil.STATUS_ZOMBIE
     return False
